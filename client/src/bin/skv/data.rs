@@ -1,0 +1,262 @@
+//! The data commands: get, put, delete, scan, cas, ping.
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::ffi::OsStringExt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use skv_client::{exit, CasResult, ClientError, ConnectOptions, Connection, Profile, Security};
+
+use crate::args::{Command, ConnArgs};
+use crate::output;
+
+/// Run a data command; returns the exit code.
+pub(crate) fn run(conn: &ConnArgs, json: bool, command: Command) -> u8 {
+    let result = connect_options(conn).and_then(|opts| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Config(format!("cannot start the async runtime: {e}")))?;
+        runtime.block_on(execute(opts, json, command))
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("skv: {err}");
+            err.exit_code()
+        }
+    }
+}
+
+/// Merge flags and environment (already merged by clap) over the profile.
+pub(crate) fn connect_options(conn: &ConnArgs) -> Result<ConnectOptions, ClientError> {
+    let profile = match &conn.profile {
+        Some(path) => Profile::load(path)?,
+        None => Profile::default(),
+    };
+    let addr = conn
+        .addr
+        .clone()
+        .or(profile.addr)
+        .unwrap_or_else(|| skv_client::DEFAULT_ADDR.to_owned());
+    let security = if conn.plaintext {
+        Security::Plaintext
+    } else {
+        let ca = conn.ca.clone().or(profile.ca).ok_or_else(|| {
+            ClientError::Config(
+                "no CA certificate to verify the node with: pass --ca FILE (or SKV_CA, or \
+                 --profile FILE); create dev credentials with `skv certs init`"
+                    .into(),
+            )
+        })?;
+        let cert = conn.cert.clone().or(profile.cert);
+        let key = conn.key.clone().or(profile.key);
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ClientError::Config(
+                    "--cert given without --key: pass both, or neither".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ClientError::Config(
+                    "--key given without --cert: pass both, or neither".into(),
+                ))
+            }
+        };
+        Security::Tls { ca, identity }
+    };
+    let mut opts = ConnectOptions::new(addr, security);
+    opts.server_name = conn.server_name.clone();
+    opts.connect_timeout = Duration::from_secs(conn.timeout.max(1));
+    opts.request_timeout = Duration::from_secs(conn.timeout.max(1));
+    Ok(opts)
+}
+
+fn bytes_of(arg: OsString) -> Bytes {
+    Bytes::from(arg.into_vec())
+}
+
+/// A value argument: its bytes, or standard input for `-`.
+fn value_of(arg: OsString) -> Result<Bytes, ClientError> {
+    if arg == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| ClientError::Config(format!("cannot read the value from stdin: {e}")))?;
+        Ok(Bytes::from(buf))
+    } else {
+        Ok(bytes_of(arg))
+    }
+}
+
+async fn execute(opts: ConnectOptions, json: bool, command: Command) -> Result<u8, ClientError> {
+    let started = Instant::now();
+    let conn = Connection::connect(&opts).await?;
+    match command {
+        Command::Ping => {
+            let rtt = Instant::now();
+            conn.ping().await?;
+            let rtt = rtt.elapsed();
+            if json {
+                output::json_line(&serde_json::json!({
+                    "node": conn.node(),
+                    "rtt_us": rtt.as_micros() as u64,
+                    "connect_us": (started.elapsed() - rtt).as_micros() as u64,
+                }));
+            } else {
+                println!(
+                    "PONG from {} at {} in {:.2} ms (connect + handshake {:.2} ms)",
+                    conn.node(),
+                    conn.addr(),
+                    rtt.as_secs_f64() * 1e3,
+                    (started.elapsed() - rtt).as_secs_f64() * 1e3
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Get { key } => {
+            let key = bytes_of(key);
+            match conn.get(key.clone()).await? {
+                None => {
+                    eprintln!("skv: key not found");
+                    Ok(exit::NOT_FOUND)
+                }
+                Some((version, value)) => {
+                    if json {
+                        let mut obj = output::entry_json(&key, version, &value);
+                        obj["found"] = true.into();
+                        output::json_line(&obj);
+                    } else {
+                        let mut out = std::io::stdout().lock();
+                        let is_tty = out.is_terminal();
+                        let written = out
+                            .write_all(&value)
+                            .and_then(|()| if is_tty { out.write_all(b"\n") } else { Ok(()) })
+                            .and_then(|()| out.flush());
+                        if let Err(e) = written {
+                            // A closed pipe (`skv get k | head -c1`) is not the node's fault.
+                            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                                return Err(ClientError::Config(format!(
+                                    "cannot write to stdout: {e}"
+                                )));
+                            }
+                        }
+                    }
+                    Ok(exit::OK)
+                }
+            }
+        }
+        Command::Put { key, value } => {
+            let version = conn.put(bytes_of(key), value_of(value)?).await?;
+            if json {
+                output::json_line(&serde_json::json!({ "version": version }));
+            } else {
+                println!("OK version {version}");
+            }
+            Ok(exit::OK)
+        }
+        Command::Delete { key } => {
+            let existed = conn.delete(bytes_of(key)).await?;
+            if json {
+                output::json_line(&serde_json::json!({ "deleted": existed }));
+            } else if existed {
+                println!("deleted");
+            } else {
+                eprintln!("skv: key not found (nothing deleted)");
+            }
+            Ok(if existed { exit::OK } else { exit::NOT_FOUND })
+        }
+        Command::Cas {
+            key,
+            expect_version,
+            value,
+        } => match conn
+            .cas(bytes_of(key), expect_version, value_of(value)?)
+            .await?
+        {
+            CasResult::Written(version) => {
+                if json {
+                    output::json_line(&serde_json::json!({ "written": true, "version": version }));
+                } else {
+                    println!("OK version {version}");
+                }
+                Ok(exit::OK)
+            }
+            CasResult::Conflict(current) => {
+                if json {
+                    output::json_line(
+                        &serde_json::json!({ "written": false, "current_version": current }),
+                    );
+                }
+                let now = if current == 0 {
+                    "the key does not exist".to_owned()
+                } else {
+                    format!("the key is at version {current}")
+                };
+                eprintln!("skv: CAS conflict: expected version {expect_version}, but {now}; nothing written");
+                Ok(exit::CAS_CONFLICT)
+            }
+        },
+        Command::Scan {
+            prefix,
+            limit,
+            cursor,
+        } => scan(&conn, json, bytes_of(prefix), limit, cursor.map(bytes_of)).await,
+        Command::Certs(_) | Command::Demo(_) => unreachable_command(),
+    }
+}
+
+fn unreachable_command() -> Result<u8, ClientError> {
+    Err(ClientError::Config(
+        "internal: command routed to the wrong handler".into(),
+    ))
+}
+
+/// Page through a scan, printing entries as they arrive so a large scan streams.
+async fn scan(
+    conn: &Connection,
+    json: bool,
+    prefix: Bytes,
+    limit: Option<u64>,
+    mut cursor: Option<Bytes>,
+) -> Result<u8, ClientError> {
+    let mut remaining = limit.unwrap_or(u64::MAX);
+    let mut entries = Vec::new();
+    let mut out = std::io::stdout().lock();
+    while remaining > 0 {
+        let page_limit = remaining.min(u64::from(skv_server::MAX_SCAN_PAGE)) as u32;
+        let page = conn.scan(prefix.clone(), page_limit, cursor.take()).await?;
+        remaining -= (page.entries.len() as u64).min(remaining);
+        for entry in page.entries {
+            if json {
+                entries.push(output::entry_json(&entry.key, entry.version, &entry.value));
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{}\t{}",
+                    output::escape(&entry.key),
+                    output::escape(&entry.value)
+                );
+            }
+        }
+        cursor = page.cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    if json {
+        output::json_line(&serde_json::json!({
+            "entries": entries,
+            "cursor": cursor.as_deref().map(output::text),
+        }));
+    } else if let Some(c) = &cursor {
+        eprintln!(
+            "skv: more keys follow; continue with --cursor '{}'",
+            output::escape(c)
+        );
+    }
+    Ok(exit::OK)
+}

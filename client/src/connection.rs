@@ -1,0 +1,390 @@
+//! One multiplexed connection to a node.
+//!
+//! A driver task owns the socket. Callers hand it requests through a channel and wait on a
+//! oneshot for the answer; the driver stamps each request with a fresh id, writes whatever
+//! requests are queued in one batch, and routes each answer to its caller by id. Many tasks
+//! can therefore share one connection with many requests in flight (pipelining), and no lock
+//! is held across I/O.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use skv_proto::{
+    FrameCodec, FrameError, Request, RequestBody, Response, ResponseBody, ScanEntry,
+    DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
+
+use crate::config::{tls_config, ConnectOptions, Security};
+use crate::error::ClientError;
+
+/// Requests queued for the driver before callers wait for room.
+const QUEUE: usize = 1024;
+
+type Reply = oneshot::Sender<Result<ResponseBody, ClientError>>;
+
+struct Call {
+    body: RequestBody,
+    reply: Reply,
+}
+
+/// Outcome of a compare-and-swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasResult {
+    /// Written; the key's new version.
+    Written(u64),
+    /// Not written: the key's current version differs (0: it does not exist).
+    Conflict(u64),
+}
+
+/// One page of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Entries in key order.
+    pub entries: Vec<ScanEntry>,
+    /// Pass back to continue; `None` at the end.
+    pub cursor: Option<Bytes>,
+}
+
+/// A connection to one node. Cheap to clone; clones share the socket.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    calls: mpsc::Sender<Call>,
+    node: String,
+    addr: String,
+    request_timeout: Duration,
+}
+
+impl Connection {
+    /// Connect, handshake (TLS, then HELLO) and start the driver.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ClientError> {
+        let timeout = opts.connect_timeout;
+        let addr = opts.addr.clone();
+        match tokio::time::timeout(timeout, Self::connect_inner(opts)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout {
+                addr,
+                after: timeout,
+                waiting_for: "connect, TLS handshake and HELLO",
+            }),
+        }
+    }
+
+    async fn connect_inner(opts: &ConnectOptions) -> Result<Connection, ClientError> {
+        let tls = tls_config(&opts.security)?;
+        let server_name = match tls {
+            Some(_) => Some(opts.server_name()?),
+            None => None,
+        };
+        let socket = TcpStream::connect(&opts.addr)
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr: opts.addr.clone(),
+                reason: e.to_string(),
+            })?;
+        socket.set_nodelay(true).map_err(|e| ClientError::Connect {
+            addr: opts.addr.clone(),
+            reason: e.to_string(),
+        })?;
+        let ca = match &opts.security {
+            Security::Tls { ca, .. } => Some(ca.display().to_string()),
+            Security::Plaintext => None,
+        };
+        match (tls, server_name) {
+            (Some(tls), Some(name)) => {
+                let stream = TlsConnector::from(tls)
+                    .connect(name, socket)
+                    .await
+                    .map_err(|e| ClientError::from_io(&opts.addr, &e, ca.as_deref()))?;
+                Self::start(stream, opts, ca).await
+            }
+            _ => Self::start(socket, opts, None).await,
+        }
+    }
+
+    async fn start<S>(
+        stream: S,
+        opts: &ConnectOptions,
+        ca: Option<String>,
+    ) -> Result<Connection, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let addr = opts.addr.clone();
+        let token = opts.token.clone().map(Bytes::from);
+        let mut framed = Framed::new(stream, FrameCodec::new(DEFAULT_MAX_FRAME));
+        let hello = Request {
+            id: 0,
+            token: token.clone(),
+            body: RequestBody::Hello {
+                min_version: PROTOCOL_VERSION,
+                max_version: PROTOCOL_VERSION,
+            },
+        };
+        // With TLS 1.3 the node checks our certificate only after our side of the handshake
+        // is done, so a refused certificate shows up here, as an alert on the first read.
+        let io_err = |e: FrameError| frame_error(&addr, e, ca.as_deref());
+        framed.send(&hello).await.map_err(io_err)?;
+        let answer = match framed.next().await {
+            Some(Ok(payload)) => Response::decode(payload).map_err(|e| {
+                ClientError::Protocol(format!(
+                    "{addr} answered HELLO with something that is not skv: {e}"
+                ))
+            })?,
+            Some(Err(e)) => return Err(io_err(e)),
+            None => {
+                return Err(ClientError::Disconnected {
+                    addr,
+                    reason: "the node closed the connection during the handshake; if the node \
+                             uses TLS, drop --plaintext, and check the node's log"
+                        .into(),
+                })
+            }
+        };
+        let (node, max_frame) = match answer.body {
+            ResponseBody::HelloOk {
+                node, max_frame, ..
+            } => (node, max_frame as usize),
+            ResponseBody::Error(err) => return Err(ClientError::from_wire(err)),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "{addr} answered HELLO with {other:?}; is it an skv node?"
+                )))
+            }
+        };
+        // Keep bytes the node may have sent after HELLO_OK: the new codec only changes limits.
+        let framed = framed.map_codec(|_| FrameCodec::new(max_frame.max(skv_proto::MIN_MAX_FRAME)));
+        let (calls, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(drive(framed, rx, token, addr.clone(), ca));
+        Ok(Connection {
+            calls,
+            node,
+            addr,
+            request_timeout: opts.request_timeout,
+        })
+    }
+
+    /// The node's name, from its HELLO answer.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The address this connection dialled.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Send one request and wait for its answer. Error answers become [`ClientError`]s.
+    pub async fn call(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        let lost = || ClientError::Disconnected {
+            addr: self.addr.clone(),
+            reason: "the connection is closed".into(),
+        };
+        self.calls
+            .send(Call { body, reply })
+            .await
+            .map_err(|_| lost())?;
+        let answer = tokio::time::timeout(self.request_timeout, answer)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                addr: self.addr.clone(),
+                after: self.request_timeout,
+                waiting_for: "an answer",
+            })?
+            .map_err(|_| lost())??;
+        match answer {
+            ResponseBody::Error(err) => Err(ClientError::from_wire(err)),
+            other => Ok(other),
+        }
+    }
+
+    /// Liveness check.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        match self.call(RequestBody::Ping).await? {
+            ResponseBody::Pong => Ok(()),
+            other => Err(unexpected("PING", &other)),
+        }
+    }
+
+    /// The value and version of `key`, or `None` if it does not exist.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<(u64, Bytes)>, ClientError> {
+        match self.call(RequestBody::Get { key: key.into() }).await? {
+            ResponseBody::Value { version, value } => Ok(Some((version, value))),
+            ResponseBody::NotFound => Ok(None),
+            other => Err(unexpected("GET", &other)),
+        }
+    }
+
+    /// Write `value` under `key`; returns the new version.
+    pub async fn put(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<u64, ClientError> {
+        let body = RequestBody::Put {
+            key: key.into(),
+            value: value.into(),
+        };
+        match self.call(body).await? {
+            ResponseBody::Written { version } => Ok(version),
+            other => Err(unexpected("PUT", &other)),
+        }
+    }
+
+    /// Remove `key`; returns whether it existed.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool, ClientError> {
+        match self.call(RequestBody::Delete { key: key.into() }).await? {
+            ResponseBody::Deleted { existed } => Ok(existed),
+            other => Err(unexpected("DELETE", &other)),
+        }
+    }
+
+    /// Write `value` under `key` only if its version is `expect_version` (0: must not exist).
+    pub async fn cas(
+        &self,
+        key: impl Into<Bytes>,
+        expect_version: u64,
+        value: impl Into<Bytes>,
+    ) -> Result<CasResult, ClientError> {
+        let body = RequestBody::Cas {
+            key: key.into(),
+            expect_version,
+            value: value.into(),
+        };
+        match self.call(body).await? {
+            ResponseBody::Written { version } => Ok(CasResult::Written(version)),
+            ResponseBody::CasConflict { current } => Ok(CasResult::Conflict(current)),
+            other => Err(unexpected("CAS", &other)),
+        }
+    }
+
+    /// One page of keys under `prefix`, after `cursor`; `limit` 0 asks for the node's maximum.
+    pub async fn scan(
+        &self,
+        prefix: impl Into<Bytes>,
+        limit: u32,
+        cursor: Option<Bytes>,
+    ) -> Result<ScanPage, ClientError> {
+        let body = RequestBody::Scan {
+            prefix: prefix.into(),
+            limit,
+            cursor,
+        };
+        match self.call(body).await? {
+            ResponseBody::ScanPage { entries, cursor } => Ok(ScanPage { entries, cursor }),
+            other => Err(unexpected("SCAN", &other)),
+        }
+    }
+}
+
+fn unexpected(op: &str, body: &ResponseBody) -> ClientError {
+    let kind = match body {
+        ResponseBody::HelloOk { .. } => "HELLO_OK",
+        ResponseBody::Pong => "PONG",
+        ResponseBody::Value { .. } => "VALUE",
+        ResponseBody::NotFound => "NOT_FOUND",
+        ResponseBody::Written { .. } => "WRITTEN",
+        ResponseBody::Deleted { .. } => "DELETED",
+        ResponseBody::ScanPage { .. } => "SCAN_PAGE",
+        ResponseBody::CasConflict { .. } => "CAS_CONFLICT",
+        ResponseBody::Error(_) => "ERROR",
+    };
+    ClientError::Protocol(format!("the node answered {op} with {kind}"))
+}
+
+fn frame_error(addr: &str, err: FrameError, ca: Option<&str>) -> ClientError {
+    match err {
+        FrameError::Io(io) => ClientError::from_io(addr, &io, ca),
+        FrameError::TooLarge { .. } | FrameError::Empty if ca.is_none() => {
+            ClientError::Protocol(format!(
+                "{addr} answered with bytes that are not skv frames; if the node uses TLS, drop \
+                 --plaintext"
+            ))
+        }
+        other => ClientError::Protocol(format!("bad frame from {addr}: {other}")),
+    }
+}
+
+/// The driver: owns the socket, assigns ids, batches writes, routes answers.
+async fn drive<S>(
+    mut framed: Framed<S, FrameCodec>,
+    mut calls: mpsc::Receiver<Call>,
+    token: Option<Bytes>,
+    addr: String,
+    ca: Option<String>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut waiting: HashMap<u64, Reply> = HashMap::new();
+    // Id 0 was HELLO's.
+    let mut next_id: u64 = 1;
+    let failure = loop {
+        tokio::select! {
+            call = calls.recv() => {
+                let Some(mut call) = call else { break None };
+                // Take everything already queued, write it as one batch, flush once.
+                let mut batch = 0;
+                let result = loop {
+                    let id = next_id;
+                    next_id += 1;
+                    let request = Request { id, token: token.clone(), body: call.body };
+                    match framed.feed(&request).await {
+                        Ok(()) => { waiting.insert(id, call.reply); }
+                        Err(FrameError::TooLarge { len, max }) => {
+                            let _ = call.reply.send(Err(ClientError::Config(format!(
+                                "request of {len} bytes exceeds the node's {max}-byte frame limit"
+                            ))));
+                        }
+                        Err(e) => break Err(e),
+                    }
+                    batch += 1;
+                    match calls.try_recv() {
+                        Ok(next) if batch < 256 => call = next,
+                        Ok(next) => {
+                            // Bound the batch so answers keep flowing under a flood of calls.
+                            if let Err(e) = SinkExt::<&Request>::flush(&mut framed).await {
+                                break Err(e);
+                            }
+                            batch = 0;
+                            call = next;
+                        }
+                        Err(_) => break SinkExt::<&Request>::flush(&mut framed).await,
+                    }
+                };
+                if let Err(e) = result {
+                    break Some(frame_error(&addr, e, ca.as_deref()));
+                }
+            }
+            frame = framed.next() => match frame {
+                Some(Ok(payload)) => match Response::decode(payload) {
+                    Ok(response) => {
+                        if let Some(reply) = waiting.remove(&response.id) {
+                            let _ = reply.send(Ok(response.body));
+                        } else if let ResponseBody::Error(err) = response.body {
+                            // Id 0: the node refused something about the connection itself.
+                            break Some(ClientError::from_wire(err));
+                        }
+                    }
+                    Err(e) => break Some(ClientError::Protocol(format!("undecodable answer from {addr}: {e}"))),
+                },
+                Some(Err(e)) => break Some(frame_error(&addr, e, ca.as_deref())),
+                None => break Some(ClientError::Disconnected { addr: addr.clone(), reason: "the node closed the connection".into() }),
+            },
+        }
+    };
+    // Everyone still waiting learns why.
+    let failure = failure.unwrap_or_else(|| ClientError::Disconnected {
+        addr: addr.clone(),
+        reason: "the connection was closed".into(),
+    });
+    for (_, reply) in waiting.drain() {
+        let _ = reply.send(Err(failure.clone()));
+    }
+}

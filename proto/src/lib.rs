@@ -1,0 +1,28 @@
+//! Wire types and codec shared by the skv client and server.
+//!
+//! This crate owns everything both ends must agree on byte for byte: the frame format and
+//! its size limit ([`frame`]), the requests, responses and typed errors that travel inside
+//! frames ([`message`]), and the protocol version. `docs/PROTOCOL.md` is the specification;
+//! the code here is its reference implementation and the two must change together.
+
+#![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod message;
+
+pub use frame::{
+    encode_frame, EncodeFrame, FrameCodec, FrameError, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN,
+    MIN_MAX_FRAME,
+};
+pub use message::{
+    peek_request_id, scan_entry_wire_len, DecodeError, ErrorCode, Op, Request, RequestBody,
+    Response, ResponseBody, ScanEntry, WireError, MAX_KEY_LEN, MAX_TOKEN_LEN, SCAN_PAGE_OVERHEAD,
+};
+
+/// The protocol version this build speaks. A client offers a range in HELLO; the node picks
+/// the highest version both sides know.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The three bytes that open every HELLO body, so a node can tell a confused peer (an HTTP
+/// client, a TLS client on a plaintext port) from an skv client with a different version.
+pub const HELLO_MAGIC: [u8; 3] = *b"SKV";

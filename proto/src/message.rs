@@ -1,0 +1,871 @@
+//! Requests, responses and the typed errors that travel between client and node.
+//!
+//! Every frame payload starts with a request id (u64, big-endian), so one connection can
+//! carry many requests in flight and the answers may come back in any order. All integers are
+//! big-endian; byte strings carry their length in front (u16 for keys, cursors, tokens and
+//! messages, u32 for values). docs/PROTOCOL.md gives the same layout as tables.
+//!
+//! Decoding never trusts a length or a count from the wire for allocation: keys and values
+//! are zero-copy slices of the frame (already bounded by the frame limit), and lists grow only
+//! as entries actually decode.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::frame::EncodeFrame;
+use crate::HELLO_MAGIC;
+
+/// Largest key, in bytes. Keys this long are already unusual; the bound keeps scan pages and
+/// audit lines of predictable size.
+pub const MAX_KEY_LEN: usize = 4096;
+
+/// Largest token carried in a request envelope, in bytes; larger tokens are refused before
+/// any parsing.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Request envelope flag: a token follows the flags byte.
+const FLAG_TOKEN: u8 = 0x01;
+
+/// The operation a request asks for. The discriminant is the opcode on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Op {
+    /// Version handshake; must be the first request on a connection.
+    Hello = 0x00,
+    /// Liveness check.
+    Ping = 0x01,
+    /// Read one key.
+    Get = 0x02,
+    /// Write one key unconditionally.
+    Put = 0x03,
+    /// Remove one key.
+    Delete = 0x04,
+    /// List keys under a prefix, a page at a time.
+    Scan = 0x05,
+    /// Write one key if its version matches.
+    Cas = 0x06,
+}
+
+impl Op {
+    /// Lower-case name, as used in logs and docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Hello => "hello",
+            Op::Ping => "ping",
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::Delete => "delete",
+            Op::Scan => "scan",
+            Op::Cas => "cas",
+        }
+    }
+
+    fn from_u8(byte: u8) -> Option<Op> {
+        Some(match byte {
+            0x00 => Op::Hello,
+            0x01 => Op::Ping,
+            0x02 => Op::Get,
+            0x03 => Op::Put,
+            0x04 => Op::Delete,
+            0x05 => Op::Scan,
+            0x06 => Op::Cas,
+            _ => return None,
+        })
+    }
+}
+
+/// One request: an id chosen by the client, an optional bearer token, and the operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Echoed in the response so the client can match answers to questions.
+    pub id: u64,
+    /// Bearer token (a JWT) for nodes that check one per request.
+    pub token: Option<Bytes>,
+    /// What to do.
+    pub body: RequestBody,
+}
+
+/// The operation-specific part of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestBody {
+    /// Opens a connection: the client offers the protocol versions it speaks.
+    Hello {
+        /// Lowest version the client accepts.
+        min_version: u16,
+        /// Highest version the client accepts.
+        max_version: u16,
+    },
+    /// Answered with [`ResponseBody::Pong`].
+    Ping,
+    /// Read `key`.
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// Write `value` under `key`.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The value, any bytes.
+        value: Bytes,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Keys starting with `prefix`, in byte order, after `cursor` when given.
+    Scan {
+        /// Only keys with this prefix.
+        prefix: Bytes,
+        /// At most this many entries in the page (the node may return fewer).
+        limit: u32,
+        /// Resume after this key: the `cursor` of the previous page.
+        cursor: Option<Bytes>,
+    },
+    /// Write `value` under `key` only if the key's current version is `expect_version`
+    /// (0: only if the key does not exist).
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// The version the key must have now.
+        expect_version: u64,
+        /// The value to write.
+        value: Bytes,
+    },
+}
+
+impl RequestBody {
+    /// The opcode of this body.
+    pub fn op(&self) -> Op {
+        match self {
+            RequestBody::Hello { .. } => Op::Hello,
+            RequestBody::Ping => Op::Ping,
+            RequestBody::Get { .. } => Op::Get,
+            RequestBody::Put { .. } => Op::Put,
+            RequestBody::Delete { .. } => Op::Delete,
+            RequestBody::Scan { .. } => Op::Scan,
+            RequestBody::Cas { .. } => Op::Cas,
+        }
+    }
+}
+
+/// One entry of a scan page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanEntry {
+    /// The key.
+    pub key: Bytes,
+    /// Its version.
+    pub version: u64,
+    /// Its value.
+    pub value: Bytes,
+}
+
+/// One response, naming the request it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The id of the request this answers (0 when the request was too short to carry one).
+    pub id: u64,
+    /// The answer.
+    pub body: ResponseBody,
+}
+
+/// The kind-specific part of a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// The handshake succeeded.
+    HelloOk {
+        /// The protocol version both sides now speak.
+        version: u16,
+        /// The node's frame limit: the client must not send larger frames.
+        max_frame: u32,
+        /// The node's name, for messages and logs.
+        node: String,
+    },
+    /// Answer to PING.
+    Pong,
+    /// The key's current value.
+    Value {
+        /// Its version.
+        version: u64,
+        /// Its bytes.
+        value: Bytes,
+    },
+    /// GET of a key that does not exist.
+    NotFound,
+    /// A PUT or CAS was applied (and, with sync durability, is on disk).
+    Written {
+        /// The key's new version.
+        version: u64,
+    },
+    /// A DELETE was applied.
+    Deleted {
+        /// Whether the key existed.
+        existed: bool,
+    },
+    /// A page of scan results.
+    ScanPage {
+        /// Entries in key order.
+        entries: Vec<ScanEntry>,
+        /// Pass this back to get the next page; `None` when the scan is complete.
+        cursor: Option<Bytes>,
+    },
+    /// A CAS found a different version; nothing was written.
+    CasConflict {
+        /// The key's current version (0: the key does not exist).
+        current: u64,
+    },
+    /// The request failed.
+    Error(WireError),
+}
+
+/// A typed error that crosses the wire. The message is for people and never contains keys,
+/// values or tokens: it may end up in logs on either side.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct WireError {
+    /// Machine-readable category.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl WireError {
+    /// An error with `code` and a human-readable `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Error categories. The numbers are part of the protocol; unknown numbers from a newer peer
+/// decode as [`ErrorCode::Other`] so old clients keep working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The frame payload could not be decoded (truncated field, bad length, trailing bytes).
+    Malformed,
+    /// The frame exceeded the node's limit; the node closes the connection.
+    FrameTooLarge,
+    /// The opcode is not one this node knows.
+    UnknownOp,
+    /// No protocol version in the client's range is spoken by the node.
+    UnsupportedVersion,
+    /// The first request on a connection was not HELLO, or HELLO was sent twice.
+    HandshakeRequired,
+    /// The key is longer than [`MAX_KEY_LEN`] or the token longer than [`MAX_TOKEN_LEN`].
+    TooLarge,
+    /// The request carried no valid credentials.
+    Unauthenticated,
+    /// The credentials do not allow this operation on this key.
+    Forbidden,
+    /// The node is shutting down and takes no new requests.
+    ShuttingDown,
+    /// The storage engine failed; the write may not have happened.
+    Storage,
+    /// Any other failure inside the node.
+    Internal,
+    /// A code this build does not know.
+    Other(u16),
+}
+
+impl ErrorCode {
+    /// The number on the wire.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::Malformed => 1,
+            ErrorCode::FrameTooLarge => 2,
+            ErrorCode::UnknownOp => 3,
+            ErrorCode::UnsupportedVersion => 4,
+            ErrorCode::HandshakeRequired => 5,
+            ErrorCode::TooLarge => 6,
+            ErrorCode::Unauthenticated => 7,
+            ErrorCode::Forbidden => 8,
+            ErrorCode::ShuttingDown => 9,
+            ErrorCode::Storage => 10,
+            ErrorCode::Internal => 11,
+            ErrorCode::Other(n) => n,
+        }
+    }
+
+    /// The code for a number on the wire.
+    pub fn from_u16(n: u16) -> Self {
+        match n {
+            1 => ErrorCode::Malformed,
+            2 => ErrorCode::FrameTooLarge,
+            3 => ErrorCode::UnknownOp,
+            4 => ErrorCode::UnsupportedVersion,
+            5 => ErrorCode::HandshakeRequired,
+            6 => ErrorCode::TooLarge,
+            7 => ErrorCode::Unauthenticated,
+            8 => ErrorCode::Forbidden,
+            9 => ErrorCode::ShuttingDown,
+            10 => ErrorCode::Storage,
+            11 => ErrorCode::Internal,
+            n => ErrorCode::Other(n),
+        }
+    }
+
+    /// Lower-case name, as in docs/PROTOCOL.md.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::HandshakeRequired => "handshake_required",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Storage => "storage",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Other(_) => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorCode::Other(n) => write!(f, "error {n}"),
+            code => f.write_str(code.as_str()),
+        }
+    }
+}
+
+/// Why a payload could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The payload ended inside the named field.
+    #[error("payload ends inside field `{0}`")]
+    Truncated(&'static str),
+    /// The payload had bytes left over after the last field.
+    #[error("{0} unexpected bytes after the last field")]
+    TrailingBytes(usize),
+    /// The opcode is unknown.
+    #[error("unknown opcode 0x{0:02x}")]
+    UnknownOp(u8),
+    /// The response kind is unknown.
+    #[error("unknown response kind 0x{0:02x}")]
+    UnknownKind(u8),
+    /// HELLO did not start with the skv magic.
+    #[error("HELLO without the SKV magic: not an skv client")]
+    BadMagic,
+    /// A key or cursor exceeds [`MAX_KEY_LEN`].
+    #[error("key of {0} bytes exceeds the {MAX_KEY_LEN}-byte limit")]
+    KeyTooLarge(usize),
+    /// A token exceeds [`MAX_TOKEN_LEN`].
+    #[error("token of {0} bytes exceeds the {MAX_TOKEN_LEN}-byte limit")]
+    TokenTooLarge(usize),
+    /// A string field is not UTF-8.
+    #[error("field `{0}` is not UTF-8")]
+    InvalidUtf8(&'static str),
+    /// Unknown flag bits were set.
+    #[error("unknown flags 0x{0:02x}")]
+    UnknownFlags(u8),
+}
+
+impl DecodeError {
+    /// The error code a node answers with for this decoding failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::UnknownOp(_) => ErrorCode::UnknownOp,
+            DecodeError::KeyTooLarge(_) | DecodeError::TokenTooLarge(_) => ErrorCode::TooLarge,
+            DecodeError::BadMagic => ErrorCode::HandshakeRequired,
+            _ => ErrorCode::Malformed,
+        }
+    }
+}
+
+/// The request id at the front of a payload, or 0 when the payload is too short to hold one.
+/// Lets a node address its error to the right request even when the rest is garbage.
+pub fn peek_request_id(payload: &[u8]) -> u64 {
+    payload
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+// ---- encoding -------------------------------------------------------------------------------
+
+fn put_short_bytes(dst: &mut BytesMut, b: &[u8]) {
+    // Callers keep short fields within u16 (keys, cursors, tokens, messages are all bounded
+    // well below 64 KiB); truncating instead of panicking keeps the encoder total.
+    let len = b.len().min(u16::MAX as usize);
+    dst.put_u16(len as u16);
+    dst.extend_from_slice(&b[..len]);
+}
+
+fn put_long_bytes(dst: &mut BytesMut, b: &[u8]) {
+    let len = b.len().min(u32::MAX as usize);
+    dst.put_u32(len as u32);
+    dst.extend_from_slice(&b[..len]);
+}
+
+fn put_optional_short(dst: &mut BytesMut, b: Option<&Bytes>) {
+    match b {
+        Some(b) => {
+            dst.put_u8(1);
+            put_short_bytes(dst, b);
+        }
+        None => dst.put_u8(0),
+    }
+}
+
+impl EncodeFrame for Request {
+    fn encode_payload(&self, dst: &mut BytesMut) {
+        dst.put_u64(self.id);
+        dst.put_u8(self.body.op() as u8);
+        match &self.token {
+            Some(token) => {
+                dst.put_u8(FLAG_TOKEN);
+                put_short_bytes(dst, token);
+            }
+            None => dst.put_u8(0),
+        }
+        match &self.body {
+            RequestBody::Hello {
+                min_version,
+                max_version,
+            } => {
+                dst.extend_from_slice(&HELLO_MAGIC);
+                dst.put_u16(*min_version);
+                dst.put_u16(*max_version);
+            }
+            RequestBody::Ping => {}
+            RequestBody::Get { key } | RequestBody::Delete { key } => put_short_bytes(dst, key),
+            RequestBody::Put { key, value } => {
+                put_short_bytes(dst, key);
+                put_long_bytes(dst, value);
+            }
+            RequestBody::Scan {
+                prefix,
+                limit,
+                cursor,
+            } => {
+                put_short_bytes(dst, prefix);
+                dst.put_u32(*limit);
+                put_optional_short(dst, cursor.as_ref());
+            }
+            RequestBody::Cas {
+                key,
+                expect_version,
+                value,
+            } => {
+                put_short_bytes(dst, key);
+                dst.put_u64(*expect_version);
+                put_long_bytes(dst, value);
+            }
+        }
+    }
+}
+
+/// Response kinds on the wire.
+mod kind {
+    pub(super) const HELLO_OK: u8 = 0x00;
+    pub(super) const PONG: u8 = 0x01;
+    pub(super) const VALUE: u8 = 0x02;
+    pub(super) const NOT_FOUND: u8 = 0x03;
+    pub(super) const WRITTEN: u8 = 0x04;
+    pub(super) const DELETED: u8 = 0x05;
+    pub(super) const SCAN_PAGE: u8 = 0x06;
+    pub(super) const CAS_CONFLICT: u8 = 0x07;
+    pub(super) const ERROR: u8 = 0xff;
+}
+
+impl EncodeFrame for Response {
+    fn encode_payload(&self, dst: &mut BytesMut) {
+        dst.put_u64(self.id);
+        match &self.body {
+            ResponseBody::HelloOk {
+                version,
+                max_frame,
+                node,
+            } => {
+                dst.put_u8(kind::HELLO_OK);
+                dst.put_u16(*version);
+                dst.put_u32(*max_frame);
+                put_short_bytes(dst, node.as_bytes());
+            }
+            ResponseBody::Pong => dst.put_u8(kind::PONG),
+            ResponseBody::Value { version, value } => {
+                dst.put_u8(kind::VALUE);
+                dst.put_u64(*version);
+                put_long_bytes(dst, value);
+            }
+            ResponseBody::NotFound => dst.put_u8(kind::NOT_FOUND),
+            ResponseBody::Written { version } => {
+                dst.put_u8(kind::WRITTEN);
+                dst.put_u64(*version);
+            }
+            ResponseBody::Deleted { existed } => {
+                dst.put_u8(kind::DELETED);
+                dst.put_u8(u8::from(*existed));
+            }
+            ResponseBody::ScanPage { entries, cursor } => {
+                dst.put_u8(kind::SCAN_PAGE);
+                dst.put_u32(entries.len().min(u32::MAX as usize) as u32);
+                for entry in entries {
+                    put_short_bytes(dst, &entry.key);
+                    dst.put_u64(entry.version);
+                    put_long_bytes(dst, &entry.value);
+                }
+                put_optional_short(dst, cursor.as_ref());
+            }
+            ResponseBody::CasConflict { current } => {
+                dst.put_u8(kind::CAS_CONFLICT);
+                dst.put_u64(*current);
+            }
+            ResponseBody::Error(err) => {
+                dst.put_u8(kind::ERROR);
+                dst.put_u16(err.code.to_u16());
+                put_short_bytes(dst, err.message.as_bytes());
+            }
+        }
+    }
+}
+
+/// Encoded size of a scan entry, for nodes that fill a page up to the frame limit.
+pub fn scan_entry_wire_len(key_len: usize, value_len: usize) -> usize {
+    2 + key_len + 8 + 4 + value_len
+}
+
+/// Bytes a SCAN_PAGE response spends outside its entries, cursor included, for a key-sized
+/// cursor.
+pub const SCAN_PAGE_OVERHEAD: usize = 8 + 1 + 4 + 1 + 2 + MAX_KEY_LEN;
+
+// ---- decoding -------------------------------------------------------------------------------
+
+/// A cursor over a frame payload whose reads fail with [`DecodeError::Truncated`] instead of
+/// panicking, and hand out zero-copy slices.
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize, field: &'static str) -> Result<(), DecodeError> {
+        if self.buf.remaining() < n {
+            Err(DecodeError::Truncated(field))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        self.need(1, field)?;
+        Ok(self.buf.get_u8())
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        self.need(2, field)?;
+        Ok(self.buf.get_u16())
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        self.need(4, field)?;
+        Ok(self.buf.get_u32())
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        self.need(8, field)?;
+        Ok(self.buf.get_u64())
+    }
+
+    fn bytes(&mut self, len: usize, field: &'static str) -> Result<Bytes, DecodeError> {
+        self.need(len, field)?;
+        Ok(self.buf.split_to(len))
+    }
+
+    fn short_bytes(&mut self, field: &'static str) -> Result<Bytes, DecodeError> {
+        let len = self.u16(field)? as usize;
+        self.bytes(len, field)
+    }
+
+    fn long_bytes(&mut self, field: &'static str) -> Result<Bytes, DecodeError> {
+        let len = self.u32(field)? as usize;
+        self.bytes(len, field)
+    }
+
+    fn key(&mut self, field: &'static str) -> Result<Bytes, DecodeError> {
+        let key = self.short_bytes(field)?;
+        if key.len() > MAX_KEY_LEN {
+            return Err(DecodeError::KeyTooLarge(key.len()));
+        }
+        Ok(key)
+    }
+
+    fn optional_key(&mut self, field: &'static str) -> Result<Option<Bytes>, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(None),
+            1 => self.key(field).map(Some),
+            other => Err(DecodeError::UnknownFlags(other)),
+        }
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        let raw = self.short_bytes(field)?;
+        String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::InvalidUtf8(field))
+    }
+
+    fn finish(self) -> Result<(), DecodeError> {
+        match self.buf.remaining() {
+            0 => Ok(()),
+            n => Err(DecodeError::TrailingBytes(n)),
+        }
+    }
+}
+
+impl Request {
+    /// Decode a frame payload. The returned keys and values share the payload's memory.
+    pub fn decode(payload: Bytes) -> Result<Request, DecodeError> {
+        let mut r = Reader { buf: payload };
+        let id = r.u64("request id")?;
+        let opcode = r.u8("opcode")?;
+        let flags = r.u8("flags")?;
+        if flags & !FLAG_TOKEN != 0 {
+            return Err(DecodeError::UnknownFlags(flags));
+        }
+        let token = if flags & FLAG_TOKEN != 0 {
+            let token = r.short_bytes("token")?;
+            if token.len() > MAX_TOKEN_LEN {
+                return Err(DecodeError::TokenTooLarge(token.len()));
+            }
+            Some(token)
+        } else {
+            None
+        };
+        let op = Op::from_u8(opcode).ok_or(DecodeError::UnknownOp(opcode))?;
+        let body = match op {
+            Op::Hello => {
+                let magic = r.bytes(HELLO_MAGIC.len(), "magic")?;
+                if magic[..] != HELLO_MAGIC {
+                    return Err(DecodeError::BadMagic);
+                }
+                RequestBody::Hello {
+                    min_version: r.u16("min version")?,
+                    max_version: r.u16("max version")?,
+                }
+            }
+            Op::Ping => RequestBody::Ping,
+            Op::Get => RequestBody::Get { key: r.key("key")? },
+            Op::Delete => RequestBody::Delete { key: r.key("key")? },
+            Op::Put => RequestBody::Put {
+                key: r.key("key")?,
+                value: r.long_bytes("value")?,
+            },
+            Op::Scan => RequestBody::Scan {
+                prefix: r.key("prefix")?,
+                limit: r.u32("limit")?,
+                cursor: r.optional_key("cursor")?,
+            },
+            Op::Cas => RequestBody::Cas {
+                key: r.key("key")?,
+                expect_version: r.u64("expect version")?,
+                value: r.long_bytes("value")?,
+            },
+        };
+        r.finish()?;
+        Ok(Request { id, token, body })
+    }
+}
+
+impl Response {
+    /// Decode a frame payload.
+    pub fn decode(payload: Bytes) -> Result<Response, DecodeError> {
+        let mut r = Reader { buf: payload };
+        let id = r.u64("request id")?;
+        let kind = r.u8("kind")?;
+        let body = match kind {
+            kind::HELLO_OK => ResponseBody::HelloOk {
+                version: r.u16("version")?,
+                max_frame: r.u32("max frame")?,
+                node: r.string("node")?,
+            },
+            kind::PONG => ResponseBody::Pong,
+            kind::VALUE => ResponseBody::Value {
+                version: r.u64("version")?,
+                value: r.long_bytes("value")?,
+            },
+            kind::NOT_FOUND => ResponseBody::NotFound,
+            kind::WRITTEN => ResponseBody::Written {
+                version: r.u64("version")?,
+            },
+            kind::DELETED => ResponseBody::Deleted {
+                existed: r.u8("existed")? != 0,
+            },
+            kind::SCAN_PAGE => {
+                let count = r.u32("entry count")?;
+                // Grow as entries decode; a lying count fails on truncation instead of
+                // reserving memory up front.
+                let mut entries = Vec::new();
+                for _ in 0..count {
+                    entries.push(ScanEntry {
+                        key: r.key("entry key")?,
+                        version: r.u64("entry version")?,
+                        value: r.long_bytes("entry value")?,
+                    });
+                }
+                ResponseBody::ScanPage {
+                    entries,
+                    cursor: r.optional_key("cursor")?,
+                }
+            }
+            kind::CAS_CONFLICT => ResponseBody::CasConflict {
+                current: r.u64("current version")?,
+            },
+            kind::ERROR => {
+                let code = ErrorCode::from_u16(r.u16("error code")?);
+                let message = r.string("error message")?;
+                ResponseBody::Error(WireError { code, message })
+            }
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok(Response { id, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload<M: EncodeFrame>(m: &M) -> Bytes {
+        let mut buf = BytesMut::new();
+        m.encode_payload(&mut buf);
+        buf.freeze()
+    }
+
+    fn b(s: &'static [u8]) -> Bytes {
+        Bytes::from_static(s)
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let bodies = vec![
+            RequestBody::Hello {
+                min_version: 1,
+                max_version: 3,
+            },
+            RequestBody::Ping,
+            RequestBody::Get { key: b(b"k") },
+            RequestBody::Put {
+                key: b(b"k\x00\xff"),
+                value: b(b"\x00binary\xff"),
+            },
+            RequestBody::Delete { key: b(b"") },
+            RequestBody::Scan {
+                prefix: b(b"users/"),
+                limit: 10,
+                cursor: Some(b(b"users/bob")),
+            },
+            RequestBody::Scan {
+                prefix: b(b""),
+                limit: 0,
+                cursor: None,
+            },
+            RequestBody::Cas {
+                key: b(b"k"),
+                expect_version: 0,
+                value: b(b"v"),
+            },
+        ];
+        for (i, body) in bodies.into_iter().enumerate() {
+            for token in [None, Some(b(b"header.claims.sig"))] {
+                let req = Request {
+                    id: i as u64 * 7919,
+                    token,
+                    body: body.clone(),
+                };
+                assert_eq!(Request::decode(payload(&req)).unwrap(), req);
+            }
+        }
+    }
+
+    #[test]
+    fn every_response_round_trips() {
+        let bodies = vec![
+            ResponseBody::HelloOk {
+                version: 1,
+                max_frame: 1 << 20,
+                node: "n1".into(),
+            },
+            ResponseBody::Pong,
+            ResponseBody::Value {
+                version: 9,
+                value: b(b"v"),
+            },
+            ResponseBody::NotFound,
+            ResponseBody::Written { version: u64::MAX },
+            ResponseBody::Deleted { existed: true },
+            ResponseBody::ScanPage {
+                entries: vec![ScanEntry {
+                    key: b(b"a"),
+                    version: 1,
+                    value: b(b"x"),
+                }],
+                cursor: Some(b(b"a")),
+            },
+            ResponseBody::CasConflict { current: 4 },
+            ResponseBody::Error(WireError::new(ErrorCode::Forbidden, "no")),
+            ResponseBody::Error(WireError::new(ErrorCode::Other(999), "future")),
+        ];
+        for body in bodies {
+            let resp = Response { id: 42, body };
+            assert_eq!(Response::decode(payload(&resp)).unwrap(), resp);
+        }
+    }
+
+    #[test]
+    fn decoding_failures_are_typed() {
+        let mut raw = BytesMut::new();
+        raw.put_u64(5);
+        raw.put_u8(0x7f);
+        raw.put_u8(0);
+        assert_eq!(
+            Request::decode(raw.clone().freeze()),
+            Err(DecodeError::UnknownOp(0x7f))
+        );
+        assert_eq!(peek_request_id(&raw), 5);
+        assert_eq!(peek_request_id(b"abc"), 0);
+
+        let get = payload(&Request {
+            id: 1,
+            token: None,
+            body: RequestBody::Get { key: b(b"key") },
+        });
+        assert_eq!(
+            Request::decode(get.slice(..get.len() - 1)),
+            Err(DecodeError::Truncated("key"))
+        );
+        let mut long = BytesMut::from(&get[..]);
+        long.put_u8(0);
+        assert_eq!(
+            Request::decode(long.freeze()),
+            Err(DecodeError::TrailingBytes(1))
+        );
+
+        let huge_key = Bytes::from(vec![b'k'; MAX_KEY_LEN + 1]);
+        let too_long = payload(&Request {
+            id: 1,
+            token: None,
+            body: RequestBody::Get { key: huge_key },
+        });
+        assert_eq!(
+            Request::decode(too_long),
+            Err(DecodeError::KeyTooLarge(MAX_KEY_LEN + 1))
+        );
+    }
+
+    #[test]
+    fn scan_page_with_lying_count_fails_without_reserving() {
+        let mut raw = BytesMut::new();
+        raw.put_u64(1);
+        raw.put_u8(kind::SCAN_PAGE);
+        raw.put_u32(u32::MAX);
+        assert_eq!(
+            Response::decode(raw.freeze()),
+            Err(DecodeError::Truncated("entry key"))
+        );
+    }
+}

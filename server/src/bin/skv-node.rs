@@ -1,0 +1,138 @@
+//! `skv-node`: run one skv node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use skv_server::{Durability, Engine, FileConfig, NodeConfig, RunningNode};
+use std::io::Write;
+
+/// One skv node: a sled-backed key-value store behind mutual TLS.
+///
+/// Settings come from flags, then the --config file, then defaults. Once the node accepts
+/// connections it prints `listening on HOST:PORT` on stdout. SIGINT or SIGTERM stop it
+/// gracefully: no new connections, in-flight requests finish, storage is flushed, exit 0.
+#[derive(Debug, Parser)]
+#[command(name = "skv-node", version)]
+struct Args {
+    /// TOML config file; relative paths in it are relative to the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Node name, shown to clients and in logs.
+    #[arg(long)]
+    name: Option<String>,
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:7400].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Directory of the sled database [default: ./skv-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Storage engine [default: sled].
+    #[arg(long, value_enum)]
+    engine: Option<Engine>,
+    /// sync: acknowledge writes after they are flushed (group commit); async: sled flushes
+    /// every --flush-every-ms and a crash may lose that window [default: sync].
+    #[arg(long, value_enum)]
+    durability: Option<Durability>,
+    /// Background flush interval for --durability async [default: 500].
+    #[arg(long, value_name = "MS")]
+    flush_every_ms: Option<u64>,
+    /// Cluster CA certificate (PEM) that client certificates must chain to.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// This node's certificate chain (PEM).
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Serve WITHOUT TLS. Only for benchmark baselines and labs; clients need --plaintext.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// Largest frame payload accepted, in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_frame: Option<usize>,
+    /// Most connections served at once [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Seconds a client has to complete the TLS handshake and HELLO [default: 10].
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout: Option<u64>,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<NodeConfig> {
+        let mut file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        macro_rules! flag_wins {
+            ($($field:ident => $target:ident),* $(,)?) => {
+                $(if let Some(v) = self.$field { file.$target = Some(v); })*
+            };
+        }
+        flag_wins!(
+            name => name, listen => listen, data_dir => data_dir, engine => engine,
+            durability => durability, flush_every_ms => flush_every_ms, ca => ca, cert => cert,
+            key => key, max_frame => max_frame, max_connections => max_connections,
+            handshake_timeout => handshake_timeout_secs,
+        );
+        if self.insecure_plaintext {
+            file.insecure_plaintext = Some(true);
+        }
+        Ok(NodeConfig::from_file_config(file)?)
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("skv-node: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let name = config.name.clone();
+        let node = RunningNode::start(config).await?;
+        let addr = node.local_addr();
+        tracing::info!(node = %name, %addr, "node started");
+        // Scripts and tests wait for exactly this line.
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {addr}")?;
+        stdout.flush()?;
+        drop(stdout);
+        wait_for_signal().await?;
+        tracing::info!("signal received; shutting down");
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

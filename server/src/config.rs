@@ -1,0 +1,290 @@
+//! Node configuration: the TOML file, the command-line flags that override it, and the
+//! validated [`NodeConfig`] the node runs with.
+//!
+//! Precedence is flag > file > default. Relative paths in a config file are resolved against
+//! the file's own directory, so a generated config works from any working directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use skv_proto::{DEFAULT_MAX_FRAME, MIN_MAX_FRAME};
+
+/// Default listen address. Loopback, so a node started without thought is not reachable
+/// from the network.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+
+/// How a write reaches the disk before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// A write is acknowledged only after it is flushed to disk; concurrent writes share one
+    /// flush (group commit).
+    #[default]
+    Sync,
+    /// sled flushes in the background every `flush_every_ms`; a crash loses at most that
+    /// window of acknowledged writes.
+    Async,
+}
+
+/// Which storage engine holds the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// sled on disk in `data_dir`.
+    #[default]
+    Sled,
+    /// In memory only: everything is lost at exit. For benchmarks and tests.
+    Memory,
+}
+
+/// A configuration problem, reported before the node binds anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for a node config.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation (line and column included).
+        message: String,
+    },
+    /// A setting has a value the node cannot run with.
+    #[error("invalid setting `{setting}`: {message}")]
+    Invalid {
+        /// The setting's name as in the config file.
+        setting: &'static str,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+}
+
+/// The config file, as written by people: every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Node name, used in logs and in HELLO answers.
+    pub name: Option<String>,
+    /// Address to listen on, `HOST:PORT`; port 0 picks a free port.
+    pub listen: Option<String>,
+    /// Directory of the sled database.
+    pub data_dir: Option<PathBuf>,
+    /// Storage engine.
+    pub engine: Option<Engine>,
+    /// Durability of writes.
+    pub durability: Option<Durability>,
+    /// Background flush interval for `durability = "async"`.
+    pub flush_every_ms: Option<u64>,
+    /// PEM file of the cluster CA that client certificates must chain to.
+    pub ca: Option<PathBuf>,
+    /// PEM file of this node's certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM file of this node's private key.
+    pub key: Option<PathBuf>,
+    /// Serve without TLS. Only for benchmarks and labs.
+    pub insecure_plaintext: Option<bool>,
+    /// Largest frame payload accepted, in bytes.
+    pub max_frame: Option<usize>,
+    /// Most connections served at once; further clients wait in the kernel's backlog.
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to finish the TLS handshake and HELLO.
+    pub handshake_timeout_secs: Option<u64>,
+    /// Seconds a graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout_secs: Option<u64>,
+}
+
+impl FileConfig {
+    /// Read and parse a config file, resolving its relative paths against its directory.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.data_dir, &mut cfg.ca, &mut cfg.cert, &mut cfg.key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// Transport security of the listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportConfig {
+    /// Mutual TLS 1.3: clients must present a certificate that chains to `ca`.
+    Tls {
+        /// Cluster CA (PEM).
+        ca: PathBuf,
+        /// Node certificate chain (PEM).
+        cert: PathBuf,
+        /// Node private key (PEM).
+        key: PathBuf,
+    },
+    /// No TLS at all (`--insecure-plaintext`).
+    Plaintext,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node name.
+    pub name: String,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// sled directory (unused by the memory engine).
+    pub data_dir: PathBuf,
+    /// Storage engine.
+    pub engine: Engine,
+    /// Write durability.
+    pub durability: Durability,
+    /// Background flush interval for async durability.
+    pub flush_every: Duration,
+    /// TLS or plaintext.
+    pub transport: TransportConfig,
+    /// Frame payload limit.
+    pub max_frame: usize,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// Deadline for TLS handshake plus HELLO.
+    pub handshake_timeout: Duration,
+    /// Deadline for draining in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// Validate a file config (already merged with flags) into a runnable config.
+    pub fn from_file_config(cfg: FileConfig) -> Result<NodeConfig, ConfigError> {
+        let listen_text = cfg.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.parse().map_err(|_| ConfigError::Invalid {
+            setting: "listen",
+            message: format!(
+                "`{listen_text}` is not HOST:PORT with a numeric IP, e.g. 127.0.0.1:7400"
+            ),
+        })?;
+        let max_frame = cfg.max_frame.unwrap_or(DEFAULT_MAX_FRAME);
+        if !(MIN_MAX_FRAME..=u32::MAX as usize).contains(&max_frame) {
+            return Err(ConfigError::Invalid {
+                setting: "max_frame",
+                message: format!(
+                    "{max_frame} is outside {MIN_MAX_FRAME}..={} bytes",
+                    u32::MAX
+                ),
+            });
+        }
+        let max_connections = cfg.max_connections.unwrap_or(1024);
+        if max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "max_connections",
+                message: "must be at least 1".into(),
+            });
+        }
+        let transport = if cfg.insecure_plaintext.unwrap_or(false) {
+            TransportConfig::Plaintext
+        } else {
+            let missing = |setting: &'static str| ConfigError::Invalid {
+                setting,
+                message: format!(
+                    "TLS needs --ca, --cert and --key (create them with `skv certs init`), \
+                     or --insecure-plaintext for a benchmark baseline; `{setting}` is missing"
+                ),
+            };
+            TransportConfig::Tls {
+                ca: cfg.ca.ok_or_else(|| missing("ca"))?,
+                cert: cfg.cert.ok_or_else(|| missing("cert"))?,
+                key: cfg.key.ok_or_else(|| missing("key"))?,
+            }
+        };
+        let name = cfg.name.unwrap_or_else(|| "skv-node".to_owned());
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::Invalid {
+                setting: "name",
+                message: "must be 1 to 64 printable characters".into(),
+            });
+        }
+        let handshake_secs = cfg.handshake_timeout_secs.unwrap_or(10);
+        if handshake_secs == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "handshake_timeout_secs",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(NodeConfig {
+            name,
+            listen,
+            data_dir: cfg.data_dir.unwrap_or_else(|| PathBuf::from("skv-data")),
+            engine: cfg.engine.unwrap_or_default(),
+            durability: cfg.durability.unwrap_or_default(),
+            flush_every: Duration::from_millis(cfg.flush_every_ms.unwrap_or(500).max(1)),
+            transport,
+            max_frame,
+            max_connections,
+            handshake_timeout: Duration::from_secs(handshake_secs),
+            shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs.unwrap_or(30)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nca = \"ca.pem\"\ncert = \"/abs/n1.pem\"\nkey = \"k.pem\"\ndurability = \"async\"\n",
+        )
+        .unwrap();
+        let cfg = NodeConfig::from_file_config(FileConfig::load(&path).unwrap()).unwrap();
+        assert_eq!(cfg.data_dir, dir.path().join("data"));
+        assert_eq!(cfg.durability, Durability::Async);
+        assert_eq!(
+            cfg.transport,
+            TransportConfig::Tls {
+                ca: dir.path().join("ca.pem"),
+                cert: PathBuf::from("/abs/n1.pem"),
+                key: dir.path().join("k.pem"),
+            }
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err = NodeConfig::from_file_config(FileConfig {
+            insecure_plaintext: Some(true),
+            max_frame: Some(10),
+            ..FileConfig::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("max_frame"), "{err}");
+
+        let err = NodeConfig::from_file_config(FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("skv certs init"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "listne = \"x\"\n").unwrap();
+        let err = FileConfig::load(&path).unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+    }
+}

@@ -1,0 +1,283 @@
+//! One client connection, from HELLO to close.
+//!
+//! A single task owns the stream: it reads frames, executes them, and buffers the answers,
+//! writing the buffer only when no further complete request is already waiting. A pipelining
+//! client therefore gets many answers per TLS record and per syscall, and no lock is shared
+//! between a reader and a writer half.
+//!
+//! Durable writes are applied in arrival order inside this task (so writes on one connection
+//! are ordered), then wait for their group commit in a small spawned task that sends the
+//! answer back through a bounded channel. The number of such waits is capped per connection,
+//! so a client that streams writes gets backpressure, not unbounded memory.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use skv_proto::{
+    peek_request_id, ErrorCode, FrameCodec, FrameError, Request, RequestBody, Response,
+    ResponseBody, WireError, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::{self, Outcome};
+use crate::node::Shared;
+
+/// Most durable writes of one connection waiting for their flush at once.
+const MAX_PENDING_DURABLE: usize = 1024;
+
+/// Write out buffered answers once this many bytes are waiting, even mid-batch.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Why a connection ended early; logged at debug level by the listener.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectionError {
+    #[error("no HELLO within the handshake timeout")]
+    HelloTimeout,
+    #[error("peer closed before HELLO")]
+    ClosedBeforeHello,
+    #[error("handshake refused: {0}")]
+    Handshake(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// Serve one connection until the peer closes, it breaks the protocol, or the node shuts
+/// down.
+pub(crate) async fn serve<S>(
+    stream: S,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let max_frame = shared.config.max_frame;
+    let mut framed = Framed::new(stream, FrameCodec::new(max_frame));
+    framed.set_backpressure_boundary(WRITE_BATCH_BYTES);
+
+    // HELLO shares the deadline of the TLS handshake: a peer that connects and stays silent
+    // holds a connection slot for at most that long.
+    let hello = tokio::time::timeout(shared.config.handshake_timeout, framed.next()).await;
+    let first = match hello {
+        Err(_) => return Err(ConnectionError::HelloTimeout),
+        Ok(None) => return Err(ConnectionError::ClosedBeforeHello),
+        Ok(Some(Err(err))) => {
+            refuse_frame(&mut framed, &err).await;
+            return Err(err.into());
+        }
+        Ok(Some(Ok(payload))) => payload,
+    };
+    let id = peek_request_id(&first);
+    match Request::decode(first) {
+        Ok(Request {
+            body:
+                RequestBody::Hello {
+                    min_version,
+                    max_version,
+                },
+            ..
+        }) => {
+            let version = max_version.min(PROTOCOL_VERSION);
+            if version < min_version {
+                let msg = format!(
+                    "node speaks protocol version {PROTOCOL_VERSION}; client asked for {min_version}..={max_version}"
+                );
+                send_error(&mut framed, id, ErrorCode::UnsupportedVersion, &msg).await;
+                return Err(ConnectionError::Handshake(msg));
+            }
+            let ok = Response {
+                id,
+                body: ResponseBody::HelloOk {
+                    version,
+                    max_frame: max_frame as u32,
+                    node: shared.config.name.clone(),
+                },
+            };
+            framed.send(&ok).await?;
+        }
+        Ok(_) => {
+            let msg = "the first request on a connection must be HELLO";
+            send_error(&mut framed, id, ErrorCode::HandshakeRequired, msg).await;
+            return Err(ConnectionError::Handshake(msg.into()));
+        }
+        Err(err) => {
+            send_error(&mut framed, id, err.code(), &err.to_string()).await;
+            return Err(ConnectionError::Handshake(err.to_string()));
+        }
+    }
+
+    // A permit travels with each durable answer until this task takes it off the channel, so
+    // waiting tasks plus queued answers never exceed the channel's capacity and a waiting
+    // task's send never blocks.
+    let (durable_tx, mut durable_rx) =
+        mpsc::channel::<(Response, OwnedSemaphorePermit)>(MAX_PENDING_DURABLE);
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_DURABLE));
+    let mut result = Ok(());
+    'conn: loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some((done, _permit)) = durable_rx.recv() => framed.feed(&done).await?,
+            frame = framed.next() => match frame {
+                None => break,
+                Some(Ok(payload)) => {
+                    let id = peek_request_id(&payload);
+                    match Request::decode(payload) {
+                        Ok(request) => {
+                            // A Request's token is ignored until the auth checkpoint lands.
+                            match handler::execute(shared.storage.as_ref(), request.body, max_frame) {
+                                Outcome::Reply(body) => reply(&mut framed, id, body).await?,
+                                Outcome::ReplyWhenDurable(body) => match &shared.group_commit {
+                                    None => reply(&mut framed, id, body).await?,
+                                    Some(group_commit) => {
+                                        // At the cap, deliver finished answers until a
+                                        // permit frees up: every permit is either with a
+                                        // waiting task or on the channel, so this ends.
+                                        let permit = loop {
+                                            if let Ok(permit) = pending.clone().try_acquire_owned() {
+                                                break permit;
+                                            }
+                                            match durable_rx.recv().await {
+                                                Some((done, _permit)) => framed.feed(&done).await?,
+                                                // Cannot happen while this task holds a sender.
+                                                None => break 'conn,
+                                            }
+                                        };
+                                        let group_commit = group_commit.clone();
+                                        let tx = durable_tx.clone();
+                                        tokio::spawn(async move {
+                                            let body = match group_commit.wait_durable().await {
+                                                Ok(()) => body,
+                                                Err(err) => {
+                                                    tracing::error!(error = ?err, "flush failed; write not acknowledged");
+                                                    ResponseBody::Error(WireError::new(
+                                                        ErrorCode::Storage,
+                                                        "the node could not flush the write to disk; it may or may not persist",
+                                                    ))
+                                                }
+                                            };
+                                            let _ = tx.send((Response { id, body }, permit)).await;
+                                        });
+                                    }
+                                },
+                            }
+                        }
+                        // The frame boundary is intact, so a bad request costs only itself.
+                        Err(err) => send_error_buffered(&mut framed, id, err.code(), &err.to_string()).await?,
+                    }
+                }
+                Some(Err(err)) => {
+                    refuse_frame(&mut framed, &err).await;
+                    result = Err(err.into());
+                    break;
+                }
+            },
+        }
+        // Flush only when the next request is not already buffered: answers to a pipelined
+        // burst leave together.
+        if !framed.write_buffer().is_empty() && !has_complete_frame(framed.read_buffer()) {
+            flush(&mut framed).await?;
+        }
+    }
+
+    // Finish what was started: every applied durable write still gets its answer.
+    drop(durable_tx);
+    let drain = async {
+        while let Some((done, _permit)) = durable_rx.recv().await {
+            framed.feed(&done).await?;
+        }
+        flush(&mut framed).await?;
+        framed.get_mut().shutdown().await.map_err(FrameError::Io)
+    };
+    match tokio::time::timeout(shared.config.shutdown_timeout, drain).await {
+        Ok(Err(err)) if result.is_ok() => result = Err(err.into()),
+        Err(_) => tracing::warn!("gave up draining a connection at shutdown"),
+        _ => {}
+    }
+    result
+}
+
+/// Write out buffered answers. (Framed is a sink for every encodable type, so the item type
+/// must be named.)
+async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, FrameCodec>,
+) -> Result<(), FrameError> {
+    SinkExt::<&Response>::flush(framed).await
+}
+
+/// Whether `buf` already holds a whole frame (length prefix plus payload).
+fn has_complete_frame(buf: &[u8]) -> bool {
+    match buf.get(..4) {
+        Some(h) => {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            buf.len() >= 4 + len
+        }
+        None => false,
+    }
+}
+
+async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, FrameCodec>,
+    id: u64,
+    body: ResponseBody,
+) -> Result<(), FrameError> {
+    match framed.feed(&Response { id, body }).await {
+        // Only a scan page can outgrow the frame; answer with a typed error instead.
+        Err(FrameError::TooLarge { .. }) => {
+            send_error_buffered(
+                framed,
+                id,
+                ErrorCode::TooLarge,
+                "the answer does not fit in one frame; retry with a smaller scan limit",
+            )
+            .await
+        }
+        other => other,
+    }
+}
+
+async fn send_error_buffered<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, FrameCodec>,
+    id: u64,
+    code: ErrorCode,
+    message: &str,
+) -> Result<(), FrameError> {
+    framed
+        .feed(&Response {
+            id,
+            body: ResponseBody::Error(WireError::new(code, message)),
+        })
+        .await
+}
+
+/// Best effort: the connection is about to close anyway.
+async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, FrameCodec>,
+    id: u64,
+    code: ErrorCode,
+    message: &str,
+) {
+    let _ = framed
+        .send(&Response {
+            id,
+            body: ResponseBody::Error(WireError::new(code, message)),
+        })
+        .await;
+}
+
+/// Tell the peer why its frame is refused before closing, when the failure left us able to.
+async fn refuse_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, FrameCodec>,
+    err: &FrameError,
+) {
+    let code = match err {
+        FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+        FrameError::Empty => ErrorCode::Malformed,
+        FrameError::Truncated { .. } | FrameError::Io(_) => return,
+    };
+    send_error(framed, 0, code, &err.to_string()).await;
+    let _ = framed.get_mut().shutdown().await;
+}

@@ -1,0 +1,210 @@
+//! A running node: storage, the listener, its connection tasks, and graceful shutdown.
+//!
+//! The listener follows mini-redis: a semaphore caps live connections, and a permit is taken
+//! *before* `accept`, so at the cap new clients wait in the kernel backlog instead of costing
+//! the node memory. Each connection gets its own task, and its TLS handshake runs inside that
+//! task under a timeout, so a stalled peer never delays anyone else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Durability, Engine, NodeConfig, TransportConfig};
+use crate::connection;
+use crate::storage::{GroupCommit, MemoryStorage, SledStorage, Storage, StorageError};
+use crate::tls::{self, TlsSetupError};
+
+/// A node that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS credentials are missing or unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// The storage engine could not open its data directory.
+    #[error("cannot open storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// State every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: NodeConfig,
+    pub(crate) storage: Arc<dyn Storage>,
+    /// Present with `durability = "sync"`: writes are answered after the group flush.
+    pub(crate) group_commit: Option<GroupCommit>,
+}
+
+/// A node accepting connections. Dropping it does not stop it; call [`RunningNode::shutdown`].
+#[derive(Debug)]
+pub struct RunningNode {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Open storage, bind the listener and start serving on the current tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
+        let acceptor = match &config.transport {
+            TransportConfig::Tls { ca, cert, key } => {
+                Some(TlsAcceptor::from(tls::server_config(ca, cert, key)?))
+            }
+            TransportConfig::Plaintext => {
+                tracing::warn!(
+                    "serving WITHOUT TLS (--insecure-plaintext): anyone on the network can read \
+                     and forge traffic; use this only for benchmark baselines and labs"
+                );
+                None
+            }
+        };
+        let storage: Arc<dyn Storage> = match config.engine {
+            Engine::Memory => Arc::new(MemoryStorage::new()),
+            Engine::Sled => {
+                let flush_every = match config.durability {
+                    // Sync mode flushes explicitly; sled's timer would only add fsyncs.
+                    Durability::Sync => None,
+                    Durability::Async => Some(config.flush_every.as_millis() as u64),
+                };
+                Arc::new(SledStorage::open(&config.data_dir, flush_every)?)
+            }
+        };
+        let group_commit = match (config.durability, config.engine) {
+            (Durability::Sync, Engine::Sled) => Some(GroupCommit::start(storage.clone())),
+            _ => None,
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            config,
+            storage,
+            group_commit,
+        });
+        let task = tokio::spawn(accept_loop(listener, acceptor, shared, shutdown.clone()));
+        Ok(RunningNode {
+            local_addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The address the node listens on (with the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stop accepting, let connections finish their in-flight requests, flush storage, and
+    /// return once everything is closed.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Wait until the node stops (only after [`RunningNode::shutdown`] from elsewhere or a
+    /// fatal listener error).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+
+    /// A token that, once cancelled, shuts the node down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (socket, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(err) = handle(socket, acceptor, shared, shutdown).await {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("stopped accepting; finishing in-flight requests");
+    tracker.close();
+    tracker.wait().await;
+    if let Some(group_commit) = shared.group_commit.clone() {
+        group_commit.shutdown().await;
+    }
+    if let Err(err) = shared.storage.flush() {
+        tracing::error!(error = %err, "final flush failed");
+    }
+    tracing::info!("node stopped");
+}
+
+async fn handle(
+    socket: TcpStream,
+    acceptor: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // Requests and answers are small; Nagle would hold them back waiting for an ACK.
+    socket.set_nodelay(true)?;
+    match acceptor {
+        None => Ok(connection::serve(socket, shared, shutdown).await?),
+        Some(acceptor) => {
+            let tls = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                tls = tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(socket)) => tls,
+            };
+            let stream = tls
+                .map_err(|_| "TLS handshake timed out")?
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            Ok(connection::serve(stream, shared, shutdown).await?)
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration suites: real `skv-node` processes on 127.0.0.1 ephemeral ports, driven through
+//! the `skv` binary and the client library. One binary with modules (the openraft habit);
+//! every test starts its own node on its own port, so they run in parallel.
+
+mod bad_input;
+mod durability;
+mod ops;
+mod tls;
