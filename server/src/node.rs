@@ -27,10 +27,10 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
     /// The storage engine could not open its data directory.
-    #[error("cannot open storage: {0}")]
+    #[error("cannot open storage")]
     Storage(#[from] StorageError),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -71,6 +71,18 @@ impl RunningNode {
                 None
             }
         };
+        // Bind before opening storage: a port conflict then leaves the data dir untouched.
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let storage: Arc<dyn Storage> = match config.engine {
             Engine::Memory => Arc::new(MemoryStorage::new()),
             Engine::Sled => {
@@ -86,17 +98,6 @@ impl RunningNode {
             (Durability::Sync, Engine::Sled) => Some(GroupCommit::start(storage.clone())),
             _ => None,
         };
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
             config,

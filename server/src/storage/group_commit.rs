@@ -185,8 +185,11 @@ async fn run_flusher(storage: Arc<dyn Storage>, shared: Arc<Shared>, tx: watch::
                 }
                 Err(join) => {
                     // A panicking flush means the engine is broken; retrying would only hide
-                    // it. Stopping drops `tx`, so every waiter gets `Closed`.
-                    tracing::error!(error = %join, "group-commit flush panicked; flusher stopped");
+                    // it. A cancelled one means the runtime is going away. Either way, stopping
+                    // drops `tx`, so every waiter gets `Closed`.
+                    if join.is_panic() {
+                        tracing::error!(error = %join, "group-commit flush panicked; flusher stopped");
+                    }
                     return;
                 }
             }
