@@ -14,6 +14,7 @@
 mod ca;
 mod error;
 mod init;
+pub mod issuer;
 mod keys;
 mod names;
 mod write;

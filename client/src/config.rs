@@ -30,6 +30,8 @@ pub struct Profile {
     pub cert: Option<PathBuf>,
     /// Client private key (PEM).
     pub key: Option<PathBuf>,
+    /// File holding the bearer token.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Profile {
@@ -44,9 +46,14 @@ impl Profile {
         let mut profile: Profile = toml::from_str(&text)
             .map_err(|e| ClientError::Config(format!("invalid profile {}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut profile.ca, &mut profile.cert, &mut profile.key]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut profile.ca,
+            &mut profile.cert,
+            &mut profile.key,
+            &mut profile.token_file,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -371,7 +371,9 @@ impl DecodeError {
     pub fn code(&self) -> ErrorCode {
         match self {
             DecodeError::UnknownOp(_) => ErrorCode::UnknownOp,
-            DecodeError::KeyTooLarge(_) | DecodeError::TokenTooLarge(_) => ErrorCode::TooLarge,
+            DecodeError::KeyTooLarge(_) => ErrorCode::TooLarge,
+            // An oversized token is an authentication failure, refused before any parsing.
+            DecodeError::TokenTooLarge(_) => ErrorCode::Unauthenticated,
             DecodeError::BadMagic => ErrorCode::HandshakeRequired,
             _ => ErrorCode::Malformed,
         }

@@ -39,6 +39,44 @@ pub enum Engine {
     Memory,
 }
 
+/// Where and how often tokens are checked (checkpoint 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// A token in every request frame: fully stateless, optionally with a verified-token cache.
+    PerRequest,
+    /// A token once, in HELLO; every later request is still checked against its expiry.
+    PerConnection,
+    /// No token checks: mutual TLS alone admits a client.
+    Off,
+}
+
+/// Default number of verified tokens cached per node.
+pub const DEFAULT_TOKEN_CACHE: usize = 10_000;
+
+/// Token checking settings, present when the node has a keyset and auth is not off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Public keyset file (JWKS-style JSON); reloaded on change and on SIGHUP.
+    pub keyset: PathBuf,
+    /// Per request or per connection.
+    pub mode: AuthMode,
+    /// Entries in the verified-token cache (per-request mode); 0 disables it.
+    pub token_cache: usize,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Clock skew tolerated on exp and nbf.
+    pub leeway: Duration,
+    /// Refuse tokens without a certificate binding (`cnf`).
+    pub require_bound_tokens: bool,
+    /// Audit log file; refusals always, allows with `audit_allows`.
+    pub audit_log: Option<PathBuf>,
+    /// Also log allowed requests.
+    pub audit_allows: bool,
+}
+
 /// A configuration problem, reported before the node binds anything.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -100,6 +138,24 @@ pub struct FileConfig {
     pub handshake_timeout_secs: Option<u64>,
     /// Seconds a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: Option<u64>,
+    /// Public keyset for token verification; enables checkpoint 2.
+    pub keyset: Option<PathBuf>,
+    /// Token mode (default with a keyset: per-request).
+    pub auth: Option<AuthMode>,
+    /// Verified-token cache entries (default 10000; 0 disables).
+    pub token_cache: Option<usize>,
+    /// Required token audience.
+    pub aud: Option<String>,
+    /// Required token issuer.
+    pub iss: Option<String>,
+    /// Seconds of clock skew tolerated on exp/nbf (default 5).
+    pub leeway_secs: Option<u64>,
+    /// Refuse tokens that are not bound to the client certificate.
+    pub require_bound_tokens: Option<bool>,
+    /// Audit log file.
+    pub audit_log: Option<PathBuf>,
+    /// Log allowed requests too, not just refusals.
+    pub audit_allows: Option<bool>,
 }
 
 impl FileConfig {
@@ -114,9 +170,16 @@ impl FileConfig {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.data_dir, &mut cfg.ca, &mut cfg.cert, &mut cfg.key]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.ca,
+            &mut cfg.cert,
+            &mut cfg.key,
+            &mut cfg.keyset,
+            &mut cfg.audit_log,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -167,11 +230,14 @@ pub struct NodeConfig {
     pub handshake_timeout: Duration,
     /// Deadline for draining in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
+    /// Token checks; `None` when auth is off.
+    pub auth: Option<AuthConfig>,
 }
 
 impl NodeConfig {
     /// Validate a file config (already merged with flags) into a runnable config.
     pub fn from_file_config(cfg: FileConfig) -> Result<NodeConfig, ConfigError> {
+        let auth = auth_config(&cfg)?;
         let listen_text = cfg.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = listen_text.parse().map_err(|_| ConfigError::Invalid {
             setting: "listen",
@@ -227,6 +293,7 @@ impl NodeConfig {
             });
         }
         Ok(NodeConfig {
+            auth,
             name,
             listen,
             data_dir: cfg.data_dir.unwrap_or_else(|| PathBuf::from("skv-data")),
@@ -240,6 +307,40 @@ impl NodeConfig {
             shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs.unwrap_or(30)),
         })
     }
+}
+
+fn auth_config(cfg: &FileConfig) -> Result<Option<AuthConfig>, ConfigError> {
+    let mode = match (cfg.auth, &cfg.keyset) {
+        (Some(AuthMode::Off), _) | (None, None) => return Ok(None),
+        (Some(mode), Some(_)) => mode,
+        (None, Some(_)) => AuthMode::PerRequest,
+        (Some(_), None) => {
+            return Err(ConfigError::Invalid {
+                setting: "keyset",
+                message: "token auth needs --keyset FILE (create one with `skv keys init`)".into(),
+            })
+        }
+    };
+    let Some(keyset) = cfg.keyset.clone() else {
+        return Ok(None);
+    };
+    Ok(Some(AuthConfig {
+        keyset,
+        mode,
+        token_cache: cfg.token_cache.unwrap_or(DEFAULT_TOKEN_CACHE),
+        audience: cfg
+            .aud
+            .clone()
+            .unwrap_or_else(|| skv_proto::DEFAULT_TOKEN_AUDIENCE.to_owned()),
+        issuer: cfg
+            .iss
+            .clone()
+            .unwrap_or_else(|| skv_proto::DEFAULT_TOKEN_ISSUER.to_owned()),
+        leeway: Duration::from_secs(cfg.leeway_secs.unwrap_or(5)),
+        require_bound_tokens: cfg.require_bound_tokens.unwrap_or(false),
+        audit_log: cfg.audit_log.clone(),
+        audit_allows: cfg.audit_allows.unwrap_or(false),
+    }))
 }
 
 #[cfg(test)]

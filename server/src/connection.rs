@@ -14,14 +14,16 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use skv_proto::{
-    peek_request_id, ErrorCode, FrameCodec, FrameError, Request, RequestBody, Response,
-    ResponseBody, WireError, PROTOCOL_VERSION,
+    peek_request_id, DecodeError, ErrorCode, FrameCodec, FrameError, Request, RequestBody,
+    Response, ResponseBody, WireError, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::CertThumbprint;
+use crate::checkpoint::{Refusal, Session};
 use crate::handler::{self, Outcome};
 use crate::node::Shared;
 
@@ -30,6 +32,16 @@ const MAX_PENDING_DURABLE: usize = 1024;
 
 /// Write out buffered answers once this many bytes are waiting, even mid-batch.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// The client certificate's thumbprint from a TLS chain (the leaf comes first). Hashed once
+/// per connection, so per-request binding checks compare 32 bytes.
+pub(crate) fn thumbprint_of(
+    chain: Option<&[rustls_pki_types::CertificateDer<'_>]>,
+) -> Option<CertThumbprint> {
+    chain
+        .and_then(|c| c.first())
+        .map(|leaf| CertThumbprint::of(leaf.as_ref()))
+}
 
 /// Why a connection ended early; logged at debug level by the listener.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +60,7 @@ pub(crate) enum ConnectionError {
 /// down.
 pub(crate) async fn serve<S>(
     stream: S,
+    thumbprint: Option<CertThumbprint>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError>
@@ -55,6 +68,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let max_frame = shared.config.max_frame;
+    let mut session = Session::new(thumbprint);
     let mut framed = Framed::new(stream, FrameCodec::new(max_frame));
     framed.set_backpressure_boundary(WRITE_BATCH_BYTES);
 
@@ -78,6 +92,7 @@ where
                     min_version,
                     max_version,
                 },
+            token,
             ..
         }) => {
             let version = max_version.min(PROTOCOL_VERSION);
@@ -87,6 +102,12 @@ where
                 );
                 send_error(&mut framed, id, ErrorCode::UnsupportedVersion, &msg).await;
                 return Err(ConnectionError::Handshake(msg));
+            }
+            if let Some(checkpoint) = &shared.checkpoint {
+                if let Err(refusal) = checkpoint.hello(&mut session, token.as_ref()) {
+                    send_error(&mut framed, id, refusal.code, refusal.message).await;
+                    return Err(ConnectionError::Handshake(refusal.message.into()));
+                }
             }
             let ok = Response {
                 id,
@@ -104,8 +125,9 @@ where
             return Err(ConnectionError::Handshake(msg.into()));
         }
         Err(err) => {
-            send_error(&mut framed, id, err.code(), &err.to_string()).await;
-            return Err(ConnectionError::Handshake(err.to_string()));
+            let (code, message) = decode_refusal(&shared, &session, &err, "hello");
+            send_error(&mut framed, id, code, &message).await;
+            return Err(ConnectionError::Handshake(message));
         }
     }
 
@@ -127,7 +149,15 @@ where
                     let id = peek_request_id(&payload);
                     match Request::decode(payload) {
                         Ok(request) => {
-                            // A Request's token is ignored until the auth checkpoint lands.
+                            let refused = match &shared.checkpoint {
+                                Some(checkpoint) => checkpoint
+                                    .authorize(&mut session, request.token.as_ref(), &request.body)
+                                    .err(),
+                                None => None,
+                            };
+                            if let Some(Refusal { code, message }) = refused {
+                                send_error_buffered(&mut framed, id, code, message).await?;
+                            } else {
                             match handler::execute(shared.storage.as_ref(), request.body, max_frame) {
                                 Outcome::Reply(body) => reply(&mut framed, id, body).await?,
                                 Outcome::ReplyWhenDurable(body) => match &shared.group_commit {
@@ -164,9 +194,13 @@ where
                                     }
                                 },
                             }
+                            }
                         }
                         // The frame boundary is intact, so a bad request costs only itself.
-                        Err(err) => send_error_buffered(&mut framed, id, err.code(), &err.to_string()).await?,
+                        Err(err) => {
+                            let (code, message) = decode_refusal(&shared, &session, &err, "request");
+                            send_error_buffered(&mut framed, id, code, &message).await?;
+                        }
                     }
                 }
                 Some(Err(err)) => {
@@ -206,6 +240,21 @@ async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S, FrameCodec>,
 ) -> Result<(), FrameError> {
     SinkExt::<&Response>::flush(framed).await
+}
+
+/// The answer to an undecodable request. An oversized token is an authentication failure
+/// (audited when the node checks tokens); everything else is a protocol error.
+fn decode_refusal(
+    shared: &Shared,
+    session: &Session,
+    err: &DecodeError,
+    op: &str,
+) -> (ErrorCode, String) {
+    if let (DecodeError::TokenTooLarge(len), Some(checkpoint)) = (err, &shared.checkpoint) {
+        let refusal = checkpoint.deny_oversized_token(session, op, *len);
+        return (refusal.code, refusal.message.to_owned());
+    }
+    (err.code(), err.to_string())
 }
 
 /// Whether `buf` already holds a whole frame (length prefix plus payload).

@@ -7,6 +7,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod auth;
+mod checkpoint;
 pub mod config;
 mod connection;
 mod handler;
@@ -14,6 +17,7 @@ pub mod node;
 pub mod storage;
 pub mod tls;
 
+pub use checkpoint::CheckpointError;
 pub use config::{Durability, Engine, FileConfig, NodeConfig, TransportConfig};
 pub use handler::MAX_SCAN_PAGE;
 pub use node::{RunningNode, StartError};

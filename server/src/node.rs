@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::config::{Durability, Engine, NodeConfig, TransportConfig};
 use crate::connection;
 use crate::storage::{GroupCommit, MemoryStorage, SledStorage, Storage, StorageError};
@@ -29,6 +30,9 @@ pub enum StartError {
     /// The storage engine could not open its data directory.
     #[error("cannot open storage")]
     Storage(#[from] StorageError),
+    /// The token checkpoint could not be set up (keyset, policy or audit log).
+    #[error("cannot set up token checks")]
+    Auth(#[from] CheckpointError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -46,11 +50,14 @@ pub(crate) struct Shared {
     pub(crate) storage: Arc<dyn Storage>,
     /// Present with `durability = "sync"`: writes are answered after the group flush.
     pub(crate) group_commit: Option<GroupCommit>,
+    /// Present when tokens are checked.
+    pub(crate) checkpoint: Option<Arc<Checkpoint>>,
 }
 
 /// A node accepting connections. Dropping it does not stop it; call [`RunningNode::shutdown`].
 #[derive(Debug)]
 pub struct RunningNode {
+    shared: Arc<Shared>,
     local_addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -70,6 +77,10 @@ impl RunningNode {
                 );
                 None
             }
+        };
+        let checkpoint = match &config.auth {
+            Some(auth) => Some(Arc::new(Checkpoint::new(auth, &config.name)?)),
+            None => None,
         };
         // Bind before opening storage: a port conflict then leaves the data dir untouched.
         let listener =
@@ -99,16 +110,26 @@ impl RunningNode {
             _ => None,
         };
         let shutdown = CancellationToken::new();
+        if let Some(checkpoint) = &checkpoint {
+            checkpoint.clone().watch(shutdown.clone());
+        }
         let shared = Arc::new(Shared {
             config,
             storage,
             group_commit,
+            checkpoint,
         });
-        let task = tokio::spawn(accept_loop(listener, acceptor, shared, shutdown.clone()));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            shared.clone(),
+            shutdown.clone(),
+        ));
         Ok(RunningNode {
             local_addr,
             shutdown,
             task,
+            shared,
         })
     }
 
@@ -128,6 +149,14 @@ impl RunningNode {
     /// fatal listener error).
     pub async fn wait(&mut self) {
         let _ = (&mut self.task).await;
+    }
+
+    /// Re-read the token keyset now (what SIGHUP does). A keyset that fails to load is
+    /// refused and the previous one stays in force; either way the outcome is logged.
+    pub fn reload_keyset(&self) {
+        if let Some(checkpoint) = &self.shared.checkpoint {
+            checkpoint.reload_and_log();
+        }
     }
 
     /// A token that, once cancelled, shuts the node down.
@@ -196,7 +225,7 @@ async fn handle(
     // Requests and answers are small; Nagle would hold them back waiting for an ACK.
     socket.set_nodelay(true)?;
     match acceptor {
-        None => Ok(connection::serve(socket, shared, shutdown).await?),
+        None => Ok(connection::serve(socket, None, shared, shutdown).await?),
         Some(acceptor) => {
             let tls = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -205,7 +234,8 @@ async fn handle(
             let stream = tls
                 .map_err(|_| "TLS handshake timed out")?
                 .map_err(|e| format!("TLS handshake failed: {e}"))?;
-            Ok(connection::serve(stream, shared, shutdown).await?)
+            let thumbprint = connection::thumbprint_of(stream.get_ref().1.peer_certificates());
+            Ok(connection::serve(stream, thumbprint, shared, shutdown).await?)
         }
     }
 }

@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod jwt;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use skv_server::config::AuthMode;
 use skv_server::{Durability, Engine, FileConfig, NodeConfig, RunningNode};
 use std::io::Write;
 
@@ -59,6 +60,34 @@ struct Args {
     /// Seconds a client has to complete the TLS handshake and HELLO [default: 10].
     #[arg(long, value_name = "SECS")]
     handshake_timeout: Option<u64>,
+    /// Public keyset (from `skv keys init`) for token checks; reloaded when the file changes
+    /// and on SIGHUP. With a keyset, --auth defaults to per-request.
+    #[arg(long, value_name = "FILE")]
+    keyset: Option<PathBuf>,
+    /// Token mode: a token in every request, once per connection, or no token checks.
+    #[arg(long, value_enum)]
+    auth: Option<AuthMode>,
+    /// Verified-token cache entries for per-request mode; 0 disables it [default: 10000].
+    #[arg(long, value_name = "N")]
+    token_cache: Option<usize>,
+    /// Audience tokens must carry [default: skv].
+    #[arg(long, value_name = "AUD")]
+    aud: Option<String>,
+    /// Issuer tokens must carry [default: skv].
+    #[arg(long, value_name = "ISS")]
+    iss: Option<String>,
+    /// Seconds of clock skew tolerated on exp and nbf [default: 5].
+    #[arg(long, value_name = "SECS")]
+    leeway: Option<u64>,
+    /// Refuse tokens that are not bound to the client's certificate.
+    #[arg(long)]
+    require_bound_tokens: bool,
+    /// Append one JSON line per refused request (and per allowed one with --audit-allows).
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// Log allowed requests in the audit log too.
+    #[arg(long)]
+    audit_allows: bool,
 }
 
 impl Args {
@@ -76,10 +105,18 @@ impl Args {
             name => name, listen => listen, data_dir => data_dir, engine => engine,
             durability => durability, flush_every_ms => flush_every_ms, ca => ca, cert => cert,
             key => key, max_frame => max_frame, max_connections => max_connections,
-            handshake_timeout => handshake_timeout_secs,
+            handshake_timeout => handshake_timeout_secs, keyset => keyset, auth => auth,
+            token_cache => token_cache, aud => aud, iss => iss, leeway => leeway_secs,
+            audit_log => audit_log,
         );
-        if self.insecure_plaintext {
-            file.insecure_plaintext = Some(true);
+        for (flag, target) in [
+            (self.insecure_plaintext, &mut file.insecure_plaintext),
+            (self.require_bound_tokens, &mut file.require_bound_tokens),
+            (self.audit_allows, &mut file.audit_allows),
+        ] {
+            if flag {
+                *target = Some(true);
+            }
         }
         Ok(NodeConfig::from_file_config(file)?)
     }
@@ -136,20 +173,27 @@ fn run(args: Args) -> anyhow::Result<()> {
         writeln!(stdout, "listening on {addr}")?;
         stdout.flush()?;
         drop(stdout);
-        wait_for_signal().await?;
+        wait_for_stop(&node).await?;
         tracing::info!("signal received; shutting down");
         node.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Serve until SIGTERM or SIGINT; SIGHUP reloads the token keyset meanwhile.
+async fn wait_for_stop(node: &RunningNode) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the keyset");
+                node.reload_keyset();
+            }
+        }
     }
-    Ok(())
 }

@@ -1,4 +1,5 @@
-//! The command line: global connection flags and one subcommand per operation.
+//! The command line: connection flags (given before the command) and one subcommand per
+//! operation.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -15,8 +16,10 @@ Exit codes:
   5  server error
   6  compare-and-swap conflict (nothing written)
 
-Connection settings: flags override environment variables (SKV_ADDR, SKV_CA, SKV_CERT,
-SKV_KEY, SKV_PROFILE), which override the profile file.";
+Connection settings go before the command (`skv --addr H:P get k`). Flags override
+environment variables (SKV_ADDR, SKV_CA, SKV_CERT, SKV_KEY, SKV_PROFILE, SKV_TOKEN,
+SKV_TOKEN_FILE), which override the profile file. A token given directly (--token or
+SKV_TOKEN) wins over a token file.";
 
 /// skv: a secure, sharded key-value store.
 #[derive(Debug, Parser)]
@@ -28,42 +31,55 @@ pub(crate) struct Cli {
     #[arg(long, global = true)]
     pub(crate) json: bool,
     #[command(subcommand)]
-    pub(crate) command: Command,
+    pub(crate) command: TopCommand,
+}
+
+/// Every subcommand: those of [`Command`], plus `bench`.
+// `bench` sits beside `Command` rather than in it, so the data commands' exhaustive dispatch
+// in data.rs needs no arm for it.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TopCommand {
+    #[command(flatten)]
+    Base(Command),
+    /// Load generator: many connections with pipelined requests; reports ops/s, latency
+    /// percentiles and errors (`--json`: one object).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// How to reach and authenticate to a node.
 #[derive(Debug, Args)]
 pub(crate) struct ConnArgs {
     /// Node address, HOST:PORT [default: 127.0.0.1:7400].
-    #[arg(long, env = "SKV_ADDR", global = true, value_name = "HOST:PORT")]
+    #[arg(long, env = "SKV_ADDR", value_name = "HOST:PORT")]
     pub(crate) addr: Option<String>,
     /// Cluster CA certificate (PEM) used to verify the node.
-    #[arg(long, env = "SKV_CA", global = true, value_name = "FILE")]
+    #[arg(long, env = "SKV_CA", value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
     /// Client certificate (PEM) presented to the node.
-    #[arg(long, env = "SKV_CERT", global = true, value_name = "FILE")]
+    #[arg(long, env = "SKV_CERT", value_name = "FILE")]
     pub(crate) cert: Option<PathBuf>,
     /// Client private key (PEM).
     // A distinct id: subcommands have a positional argument called `key` (the data key).
-    #[arg(
-        long = "key",
-        id = "key_file",
-        env = "SKV_KEY",
-        global = true,
-        value_name = "FILE"
-    )]
+    #[arg(long = "key", id = "key_file", env = "SKV_KEY", value_name = "FILE")]
     pub(crate) key: Option<PathBuf>,
     /// Profile (TOML) naming addr, ca, cert and key; `skv certs init` writes one per client.
-    #[arg(long, env = "SKV_PROFILE", global = true, value_name = "FILE")]
+    #[arg(long, env = "SKV_PROFILE", value_name = "FILE")]
     pub(crate) profile: Option<PathBuf>,
     /// Talk to a node started with --insecure-plaintext (no TLS).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub(crate) plaintext: bool,
     /// Name to verify in the node's certificate [default: the host of --addr].
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, value_name = "NAME")]
     pub(crate) server_name: Option<String>,
+    /// Bearer token (from `skv token issue`) for nodes that check tokens. Prefer SKV_TOKEN or
+    /// --token-file: a command line is visible to other users of the machine.
+    #[arg(long, env = "SKV_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// File holding the token (used when --token/SKV_TOKEN is not given).
+    #[arg(long, env = "SKV_TOKEN_FILE", value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
     /// Seconds to wait for a connection and for each answer.
-    #[arg(long, global = true, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub(crate) timeout: u64,
 }
 
@@ -113,8 +129,81 @@ pub(crate) enum Command {
     /// Development PKI: CA, node and client certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Token issuer keys: create, rotate, retire.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Tokens: issue one, or look inside one.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// A narrated tour: makes a PKI, starts a node in-process, and uses it.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Create the issuer key and keyset in DIR; run again with a new --kid to rotate (the old
+    /// key keeps verifying until retired).
+    Init {
+        /// Issuer directory: issuer-key.pem (secret) and keyset.json (for the nodes).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Signature algorithm: eddsa (default), es256, rs256 (needs `openssl`) or hs256
+        /// (shared secret: every node can then mint tokens; see docs/SECURITY.md).
+        #[arg(long, default_value = "eddsa")]
+        alg: skv_proto::token::Alg,
+        /// Key id [default: derived from the key].
+        #[arg(long, value_name = "ID")]
+        kid: Option<String>,
+        /// Replace a key whose kid is already in the keyset.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a key from the keyset: tokens it signed are refused once nodes reload it.
+    Retire {
+        /// Issuer directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The kid to remove (not the current signing key).
+        #[arg(long, value_name = "ID")]
+        kid: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Mint a token; prints it alone on stdout.
+    Issue(IssueArgs),
+    /// Print a token's header and claims WITHOUT verifying anything.
+    Inspect {
+        /// The token, or `-` to read it from stdin.
+        token: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IssueArgs {
+    /// The current issuer key, DIR/issuer-key.pem (DIR/issuer-key.secret for hs256).
+    #[arg(long, value_name = "ISSUER_KEY")]
+    pub(crate) key: PathBuf,
+    /// Who the token is for.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) sub: String,
+    /// A grant, OPS:PREFIX, e.g. `read,write:users/alice/` (ops: read, write, delete, admin;
+    /// an empty prefix means every key). Repeat for several.
+    #[arg(long, value_name = "OPS:PREFIX")]
+    pub(crate) allow: Vec<String>,
+    /// Lifetime, e.g. 15m, 1h, 30s. Keep it short: there is no revocation list.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) ttl: String,
+    /// Audience: the cluster the token is for.
+    #[arg(long, value_name = "AUD", default_value = skv_proto::DEFAULT_TOKEN_AUDIENCE)]
+    pub(crate) aud: String,
+    /// Issuer name nodes require.
+    #[arg(long, value_name = "ISS", default_value = skv_proto::DEFAULT_TOKEN_ISSUER)]
+    pub(crate) iss: String,
+    /// Bind the token to this client certificate (PEM): it is then refused over any other.
+    #[arg(long, value_name = "CERT.pem")]
+    pub(crate) bind_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

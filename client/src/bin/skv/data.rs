@@ -68,7 +68,23 @@ pub(crate) fn connect_options(conn: &ConnArgs) -> Result<ConnectOptions, ClientE
         };
         Security::Tls { ca, identity }
     };
+    let token = match (&conn.token, conn.token_file.as_ref().or(profile.token_file.as_ref())) {
+        (Some(token), _) => Some(token.trim().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    ClientError::Config(format!(
+                        "cannot read the token file {}: {e}; write one with `skv token issue ... > FILE`",
+                        path.display()
+                    ))
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
     let mut opts = ConnectOptions::new(addr, security);
+    opts.token = token;
     opts.server_name = conn.server_name.clone();
     opts.connect_timeout = Duration::from_secs(conn.timeout.max(1));
     opts.request_timeout = Duration::from_secs(conn.timeout.max(1));
@@ -205,7 +221,9 @@ async fn execute(opts: ConnectOptions, json: bool, command: Command) -> Result<u
             limit,
             cursor,
         } => scan(&conn, json, bytes_of(prefix), limit, cursor.map(bytes_of)).await,
-        Command::Certs(_) | Command::Demo(_) => unreachable_command(),
+        Command::Certs(_) | Command::Demo(_) | Command::Keys(_) | Command::Token(_) => {
+            unreachable_command()
+        }
     }
 }
 

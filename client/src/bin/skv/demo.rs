@@ -94,6 +94,7 @@ fn tour(args: DemoArgs) -> anyhow::Result<()> {
             max_connections: 64,
             handshake_timeout: std::time::Duration::from_secs(10),
             shutdown_timeout: std::time::Duration::from_secs(10),
+            auth: None,
         };
         let node = RunningNode::start(config)
             .await

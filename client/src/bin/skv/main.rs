@@ -3,16 +3,19 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod bench;
 mod certs;
 mod data;
 mod demo;
+mod keys;
 mod output;
+mod token;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use args::{Cli, Command};
+use args::{Cli, Command, TopCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -23,9 +26,12 @@ fn main() -> ExitCode {
             .init();
     }
     let code = match cli.command {
-        Command::Certs(cmd) => certs::run(cmd),
-        Command::Demo(cmd) => demo::run(cmd),
-        command => data::run(&cli.conn, cli.json, command),
+        TopCommand::Bench(args) => bench::run(&cli.conn, cli.json, args),
+        TopCommand::Base(Command::Certs(cmd)) => certs::run(cmd),
+        TopCommand::Base(Command::Demo(cmd)) => demo::run(cmd),
+        TopCommand::Base(Command::Keys(cmd)) => keys::run(cmd),
+        TopCommand::Base(Command::Token(cmd)) => token::run(cmd),
+        TopCommand::Base(command) => data::run(&cli.conn, cli.json, command),
     };
     ExitCode::from(code)
 }

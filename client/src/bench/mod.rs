@@ -1,0 +1,336 @@
+//! The load generator behind `skv bench`: many connections, each with requests pipelined on
+//! one multiplexed [`Connection`], latencies in HdrHistograms, a [`BenchReport`] at the end.
+//!
+//! It lives in the library, not in the CLI, so the security ladder (a later issue) can run
+//! one configuration after another in-process and collect the reports as rows of a table.
+//!
+//! # How a run goes
+//!
+//! 1. Open `conns` connections with the same options as any other command. If that fails,
+//!    the run fails with that error: a bench that cannot connect has nothing to say.
+//! 2. For a workload that reads, write every key first over a few of those connections
+//!    (the *preload*), so reads measure finding a value rather than a miss.
+//! 3. Each connection gets a task that keeps up to `inflight` requests outstanding. The
+//!    first `warmup` is sent but not measured: caches, allocators and the node's first
+//!    flushes settle, and the slow first requests do not pollute the histogram.
+//! 4. Each task records into its own histogram (no lock, no shared cache line on the request
+//!    path); the histograms are merged once at the end. Request errors are counted by kind,
+//!    never fatal: a run under overload or faults must still report.
+//!
+//! # Closed and open loop, and coordinated omission
+//!
+//! By default the loop is *closed*: a connection sends its next request as soon as one of its
+//! `inflight` slots frees up. That measures the most the node can do at that concurrency, but
+//! its latencies flatter a slow node: while the node stalls, the generator stalls with it and
+//! sends nothing, so the requests a real client would have sent during the stall (and that
+//! would have waited) are never measured. This is *coordinated omission*: the load generator
+//! coordinates with the system under test and omits exactly the bad samples.
+//!
+//! With `rate` set the loop is *open*: requests are due on a fixed schedule (`rate` per second
+//! in total, spread evenly over the connections), whatever the node does, and each request's
+//! latency is measured from when it was *due*, not from when it finally went out. A request
+//! that had to wait for a free slot because the node stalled therefore carries the stall in
+//! its latency, as the user's request would have. This is the correction of Gil Tene's
+//! wrk2 and HdrHistogram. Requests still due when the run ends are counted as `unsent`.
+//!
+//! # What is measured
+//!
+//! The window starts when the warmup ends and ends with the last measured answer; a request
+//! is measured if it was due (open loop) or sent (closed loop) inside it. `ops_per_sec` is
+//! successful measured requests over that window; latencies cover successful requests only
+//! (failures are counted under `errors`).
+//!
+//! A run needs a tokio runtime; the multi-threaded one lets the connections' tasks use every
+//! core.
+
+mod options;
+mod progress;
+mod report;
+mod worker;
+pub mod zipf;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinSet;
+
+pub use options::{
+    parse_duration, BenchOptions, KeyDist, Stop, Workload, MAX_KEYS, MAX_SCAN_LIMIT,
+};
+pub use progress::{Phase, Progress};
+pub use report::{error_kind, BenchReport};
+
+use crate::connection::Connection;
+use crate::error::ClientError;
+use report::TaskStats;
+use zipf::Zipf;
+
+/// Every key of a bench starts with this; SCAN uses it as the prefix.
+pub const KEY_PREFIX: &[u8] = b"bench/k";
+
+/// Connections the preload writes over, and writes outstanding on each: enough pipelining for
+/// the node's group commit to batch many writes per flush.
+const PRELOAD_CONNS: usize = 4;
+const PRELOAD_INFLIGHT: usize = 64;
+
+/// The name of key `index`: `bench/k` and the index in ten zero-padded digits. A fixed width
+/// keeps names independent of `--keys` (a smaller run reuses a larger run's keys) and makes
+/// byte order numeric order, so scans walk keys in index order.
+pub fn key_name(index: u64) -> Bytes {
+    Bytes::from(format!("bench/k{index:010}"))
+}
+
+/// What every connection task of a run shares (read-only).
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) opts: BenchOptions,
+    pub(crate) zipf: Option<Zipf>,
+    /// The value every write sends (a cheap-to-clone shared buffer).
+    pub(crate) value: Bytes,
+    pub(crate) progress: Arc<Progress>,
+    /// When the tasks started: the open-loop schedule counts from here.
+    pub(crate) start: Instant,
+    /// End of the warmup, start of the measured window.
+    pub(crate) measure_from: Instant,
+    /// With [`Stop::Duration`]: no request is sent from here on.
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// Run a benchmark. See the module docs for what is measured and how.
+pub async fn run(opts: BenchOptions) -> Result<BenchReport, ClientError> {
+    run_with_progress(opts, Arc::new(Progress::new())).await
+}
+
+/// [`run`], updating `progress` as it goes (for a progress bar). The phase ends at
+/// [`Phase::Done`] whether the run succeeds or fails, so a display can always stop.
+pub async fn run_with_progress(
+    opts: BenchOptions,
+    progress: Arc<Progress>,
+) -> Result<BenchReport, ClientError> {
+    let result = run_inner(opts, &progress).await;
+    progress.set_phase(Phase::Done);
+    result
+}
+
+async fn run_inner(
+    opts: BenchOptions,
+    progress: &Arc<Progress>,
+) -> Result<BenchReport, ClientError> {
+    opts.validate()?;
+    let zipf = match opts.key_dist {
+        KeyDist::Zipf { exponent } => {
+            Some(Zipf::new(opts.keys, exponent).map_err(ClientError::Config)?)
+        }
+        KeyDist::Uniform => None,
+    };
+    let mut totals = TaskStats::new();
+
+    progress.set_phase(Phase::Connecting);
+    let conns = connect_all(&opts, &mut totals).await?;
+
+    let value = make_value(opts.value_size, opts.seed);
+    let (preloaded_keys, preload_time) = if opts.preload && opts.workload.reads() {
+        progress.set_phase(Phase::Preloading);
+        let began = Instant::now();
+        preload(&conns, opts.keys, &value, progress).await?;
+        (opts.keys, began.elapsed())
+    } else {
+        (0, Duration::ZERO)
+    };
+
+    let start = Instant::now();
+    let measure_from = start + opts.warmup;
+    let deadline = match opts.stop {
+        Stop::Duration(d) => Some(measure_from + d),
+        Stop::Requests(_) => None,
+    };
+    progress.set_phase(Phase::WarmingUp);
+    let plan = Arc::new(Plan {
+        opts,
+        zipf,
+        value,
+        progress: progress.clone(),
+        start,
+        measure_from,
+        deadline,
+    });
+    // The phase changes on a timer of its own, so no task has to check the clock for it.
+    let phases = tokio::spawn({
+        let progress = progress.clone();
+        async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            progress.set_phase(Phase::Measuring);
+            if let Some(deadline) = deadline {
+                tokio::time::sleep_until(deadline.into()).await;
+                progress.set_phase(Phase::Draining);
+            }
+        }
+    });
+    let mut tasks = JoinSet::new();
+    for (index, conn) in conns.into_iter().enumerate() {
+        tasks.spawn(worker::drive(plan.clone(), index, conn));
+    }
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(stats) => totals.merge(stats),
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => {}
+        }
+    }
+    phases.abort();
+    Ok(report(&plan, totals, preloaded_keys, preload_time))
+}
+
+/// Open every connection at once; the first failure fails the run.
+async fn connect_all(
+    opts: &BenchOptions,
+    totals: &mut TaskStats,
+) -> Result<Vec<Arc<Connection>>, ClientError> {
+    let mut pending = JoinSet::new();
+    for index in 0..opts.conns {
+        let connect = opts.connect.clone();
+        pending.spawn(async move {
+            let began = Instant::now();
+            let conn = Connection::connect(&connect).await;
+            (index, conn, began.elapsed())
+        });
+    }
+    let mut conns: Vec<Option<Arc<Connection>>> = vec![None; opts.conns];
+    while let Some(joined) = pending.join_next().await {
+        let (index, conn, took) = match joined {
+            Ok(done) => done,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => continue,
+        };
+        // Returning drops `pending`, which aborts the other attempts.
+        conns[index] = Some(Arc::new(conn?));
+        totals.handshakes += 1;
+        totals.handshake_time += took;
+    }
+    Ok(conns.into_iter().flatten().collect())
+}
+
+async fn put_one(conn: Arc<Connection>, key: Bytes, value: Bytes) -> Result<u64, ClientError> {
+    conn.put(key, value).await
+}
+
+/// Write keys `0..keys` over the first few connections, pipelined. A failure here is fatal:
+/// a read benchmark over a half-loaded key space would measure misses.
+async fn preload(
+    conns: &[Arc<Connection>],
+    keys: u64,
+    value: &Bytes,
+    progress: &Arc<Progress>,
+) -> Result<(), ClientError> {
+    let loaders = conns.len().min(PRELOAD_CONNS);
+    let mut tasks = JoinSet::new();
+    for (first, conn) in conns.iter().take(loaders).enumerate() {
+        let (conn, value, progress) = (conn.clone(), value.clone(), progress.clone());
+        tasks.spawn(async move {
+            let mut in_flight = FuturesUnordered::new();
+            let mut next = first as u64;
+            loop {
+                while in_flight.len() < PRELOAD_INFLIGHT && next < keys {
+                    in_flight.push(put_one(conn.clone(), key_name(next), value.clone()));
+                    next += loaders as u64;
+                }
+                match in_flight.next().await {
+                    Some(written) => {
+                        written?;
+                        progress.add_preloaded(1);
+                    }
+                    None => return Ok::<(), ClientError>(()),
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(result) => result?,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The written value: lowercase letters from the seed, so values are incompressible enough
+/// to be honest yet print readably with `skv get`.
+fn make_value(size: usize, seed: u64) -> Bytes {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    (0..size)
+        .map(|_| rng.gen_range(b'a'..=b'z'))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn report(plan: &Plan, t: TaskStats, preloaded_keys: u64, preload_time: Duration) -> BenchReport {
+    let opts = &plan.opts;
+    let window = t
+        .last_completion
+        .map(|last| last.saturating_duration_since(plan.measure_from))
+        .unwrap_or_default()
+        .as_secs_f64();
+    let h = &t.latency;
+    BenchReport {
+        rung: opts.rung.clone(),
+        variant: opts.variant.clone(),
+        workload: opts.workload.to_string(),
+        key_dist: opts.key_dist.to_string(),
+        keys: opts.keys,
+        value_size: opts.value_size,
+        inflight: opts.inflight,
+        conns: opts.conns,
+        target_rate: opts.rate,
+        ops_per_sec: if window > 0.0 {
+            t.ok as f64 / window
+        } else {
+            0.0
+        },
+        p50_us: h.value_at_quantile(0.50),
+        p90_us: h.value_at_quantile(0.90),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+        mean_us: h.mean(),
+        errors: t.errors,
+        requests: t.requests,
+        not_found: t.not_found,
+        unsent: t.unsent,
+        handshakes: t.handshakes,
+        handshake_mean_us: if t.handshakes > 0 {
+            t.handshake_time.as_secs_f64() * 1e6 / t.handshakes as f64
+        } else {
+            0.0
+        },
+        duration_secs: window,
+        warmup_secs: opts.warmup.as_secs_f64(),
+        preloaded_keys,
+        preload_secs: preload_time.as_secs_f64(),
+        server_cpu_us_per_op: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_sort_numerically() {
+        assert_eq!(key_name(42), Bytes::from_static(b"bench/k0000000042"));
+        assert!(key_name(9) < key_name(10));
+        assert!(key_name(MAX_KEYS - 1).starts_with(KEY_PREFIX));
+        assert_eq!(key_name(MAX_KEYS - 1).len(), key_name(0).len());
+    }
+
+    #[test]
+    fn values_are_deterministic() {
+        assert_eq!(make_value(100, 7), make_value(100, 7));
+        assert_eq!(make_value(100, 7).len(), 100);
+        assert_ne!(make_value(100, 7), make_value(100, 8));
+    }
+}

@@ -1,0 +1,303 @@
+//! Per-task statistics, how they merge, and the report a run returns.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::error::ClientError;
+
+/// Lowest and highest latency the histograms hold, in microseconds (1 µs .. 60 s), and their
+/// precision: 3 significant digits, i.e. within 0.1 % at any magnitude.
+const LOWEST_US: u64 = 1;
+const HIGHEST_US: u64 = 60_000_000;
+const SIGNIFICANT_DIGITS: u8 = 3;
+
+/// An empty latency histogram with the bench's bounds.
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+        .expect("constant histogram bounds are valid")
+}
+
+/// The short, stable name of an error, used as a key of the report's `errors` map: the
+/// [`ClientError`] variant, and for errors the node sent, its protocol error code
+/// (`server:storage`, `refused:forbidden`).
+pub fn error_kind(err: &ClientError) -> String {
+    match err {
+        ClientError::Config(_) => "config".into(),
+        ClientError::Connect { .. } => "connect".into(),
+        ClientError::Tls(_) => "tls".into(),
+        ClientError::Protocol(_) => "protocol".into(),
+        ClientError::Timeout { .. } => "timeout".into(),
+        ClientError::Disconnected { .. } => "disconnected".into(),
+        ClientError::Refused(wire) => format!("refused:{}", wire.code),
+        ClientError::Server(wire) => format!("server:{}", wire.code),
+    }
+}
+
+/// What one connection task saw. Each task owns its own, so recording never takes a lock or
+/// touches a shared cache line; the run merges them at the end.
+#[derive(Debug)]
+pub(crate) struct TaskStats {
+    /// Latency of measured requests that got an answer, in µs.
+    pub(crate) latency: Histogram<u64>,
+    /// Failed measured requests (and failed reconnects) by [`error_kind`].
+    pub(crate) errors: BTreeMap<String, u64>,
+    /// Measured requests, answered or failed.
+    pub(crate) requests: u64,
+    /// Measured requests answered without error.
+    pub(crate) ok: u64,
+    /// Measured GETs that found no value.
+    pub(crate) not_found: u64,
+    /// Connections opened (TCP + TLS + HELLO).
+    pub(crate) handshakes: u64,
+    /// Time spent opening them.
+    pub(crate) handshake_time: Duration,
+    /// Open loop: requests that were due before the end but never sent.
+    pub(crate) unsent: u64,
+    /// When the last measured request finished.
+    pub(crate) last_completion: Option<Instant>,
+}
+
+impl TaskStats {
+    pub(crate) fn new() -> TaskStats {
+        TaskStats {
+            latency: histogram(),
+            errors: BTreeMap::new(),
+            requests: 0,
+            ok: 0,
+            not_found: 0,
+            handshakes: 0,
+            handshake_time: Duration::ZERO,
+            unsent: 0,
+            last_completion: None,
+        }
+    }
+
+    pub(crate) fn error(&mut self, err: &ClientError) {
+        *self.errors.entry(error_kind(err)).or_default() += 1;
+    }
+
+    pub(crate) fn merge(&mut self, other: TaskStats) {
+        self.latency
+            .add(&other.latency)
+            .expect("histograms with equal bounds add");
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        self.requests += other.requests;
+        self.ok += other.ok;
+        self.not_found += other.not_found;
+        self.handshakes += other.handshakes;
+        self.handshake_time += other.handshake_time;
+        self.unsent += other.unsent;
+        self.last_completion = self.last_completion.max(other.last_completion);
+    }
+}
+
+/// The result of one run; one row of the ladder's table. Serializes to the JSON object that
+/// `skv bench --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// The ladder's rung label ("" for a plain run).
+    pub rung: String,
+    /// The ladder's variant label ("" for a plain run).
+    pub variant: String,
+    /// `get`, `put`, `mixed:R` or `scan`.
+    pub workload: String,
+    /// `uniform` or `zipf:S`.
+    pub key_dist: String,
+    /// Size of the key space.
+    pub keys: u64,
+    /// Bytes per written value.
+    pub value_size: usize,
+    /// Requests outstanding per connection.
+    pub inflight: usize,
+    /// Connections.
+    pub conns: usize,
+    /// Open-loop target in requests per second; `None` for a closed loop.
+    pub target_rate: Option<f64>,
+    /// Successful requests per second over the measured window.
+    pub ops_per_sec: f64,
+    /// Latency percentiles and maximum of successful measured requests, in µs. In an open
+    /// loop they count from each request's intended send time.
+    pub p50_us: u64,
+    /// 90th percentile, µs.
+    pub p90_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+    /// 99.9th percentile, µs.
+    pub p999_us: u64,
+    /// Maximum, µs.
+    pub max_us: u64,
+    /// Mean, µs.
+    pub mean_us: f64,
+    /// Failures by kind (see [`error_kind`]); empty when nothing failed.
+    pub errors: BTreeMap<String, u64>,
+    /// Measured requests, including failed ones.
+    pub requests: u64,
+    /// Measured GETs that found no value (not errors; a sign the preload was skipped).
+    pub not_found: u64,
+    /// Open loop: requests due before the end that were never sent because the run fell
+    /// behind its schedule (0 in a closed loop).
+    pub unsent: u64,
+    /// Connections opened: the initial `conns`, plus every replacement (`--reconnect-every`, or
+    /// after a connection broke).
+    pub handshakes: u64,
+    /// Mean time to open one (TCP connect, TLS handshake, HELLO), µs.
+    pub handshake_mean_us: f64,
+    /// Length of the measured window, seconds: from the end of the warmup to the last
+    /// measured answer.
+    pub duration_secs: f64,
+    /// Warmup before the window, seconds.
+    pub warmup_secs: f64,
+    /// Keys written before the run (0 when nothing was preloaded).
+    pub preloaded_keys: u64,
+    /// Seconds the preload took.
+    pub preload_secs: f64,
+    /// Node CPU time per request, µs; measured by a later version (always `None` now).
+    pub server_cpu_us_per_op: Option<f64>,
+}
+
+impl BenchReport {
+    /// A short aligned table for people.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mode = match self.target_rate {
+            Some(rate) => format!("open loop at {} req/s", group(rate.round() as u64)),
+            None => "closed loop".to_owned(),
+        };
+        let label = match (self.rung.as_str(), self.variant.as_str()) {
+            ("", "") => String::new(),
+            (r, "") | ("", r) => format!(" [{r}]"),
+            (r, v) => format!(" [{r} / {v}]"),
+        };
+        let _ = writeln!(
+            out,
+            "skv bench{label}: {} over {} {} keys, {}-byte values, {} conns x {} in flight, {mode}",
+            self.workload,
+            group(self.keys),
+            self.key_dist,
+            self.value_size,
+            self.conns,
+            self.inflight,
+        );
+        let rows = [
+            ("ops/s", group(self.ops_per_sec.round() as u64)),
+            (
+                "requests",
+                format!(
+                    "{} in {:.2} s (after {:.2} s warmup)",
+                    group(self.requests),
+                    self.duration_secs,
+                    self.warmup_secs
+                ),
+            ),
+            (
+                "latency",
+                format!(
+                    "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+                    micros(self.p50_us),
+                    micros(self.p90_us),
+                    micros(self.p99_us),
+                    micros(self.p999_us),
+                    micros(self.max_us)
+                ),
+            ),
+            (
+                "errors",
+                if self.errors.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.errors
+                        .iter()
+                        .map(|(kind, n)| format!("{kind} {}", group(*n)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ),
+            (
+                "handshakes",
+                format!(
+                    "{} (mean {})",
+                    group(self.handshakes),
+                    micros(self.handshake_mean_us.round() as u64)
+                ),
+            ),
+        ];
+        for (name, value) in rows {
+            let _ = writeln!(out, "  {name:<11} {value}");
+        }
+        if self.not_found > 0 {
+            let _ = writeln!(out, "  {:<11} {}", "not found", group(self.not_found));
+        }
+        if self.unsent > 0 {
+            let _ = writeln!(
+                out,
+                "  {:<11} {} requests due were never sent: the target rate was not reached",
+                "behind",
+                group(self.unsent)
+            );
+        }
+        out
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A latency in µs, in the unit that reads best.
+fn micros(us: u64) -> String {
+    if us < 1_000 {
+        format!("{us} µs")
+    } else if us < 1_000_000 {
+        format!("{:.2} ms", us as f64 / 1e3)
+    } else {
+        format!("{:.2} s", us as f64 / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(1234567), "1,234,567");
+        assert_eq!(micros(812), "812 µs");
+        assert_eq!(micros(1500), "1.50 ms");
+        assert_eq!(micros(2_500_000), "2.50 s");
+    }
+
+    #[test]
+    fn stats_merge() {
+        let mut a = TaskStats::new();
+        a.latency.record(100).unwrap();
+        a.requests = 1;
+        a.ok = 1;
+        let mut b = TaskStats::new();
+        b.latency.record(300).unwrap();
+        b.requests = 2;
+        b.ok = 1;
+        b.error(&ClientError::Config("x".into()));
+        a.merge(b);
+        assert_eq!(a.latency.len(), 2);
+        assert_eq!(a.requests, 3);
+        assert_eq!(a.errors.get("config"), Some(&1));
+    }
+}

@@ -1,0 +1,42 @@
+//! The node's token checkpoints: checkpoint 2 (is the token genuine, current, for this
+//! cluster, presented by its client?) and checkpoint 3 (does it allow this op on this key?).
+//!
+//! Every node verifies tokens itself, with no call to any other service: the signature against
+//! the [`Keyset`] it holds, the standard claims and the optional certificate binding under a
+//! [`Policy`] ([`Verifier`]), then per-prefix scopes ([`Verified::allows`], [`Grants`]). A
+//! bounded [`TokenCache`] lets repeated tokens skip the signature check (security level L5).
+//! Refusals carry a precise reason for the audit log and a coarse [`AuthCategory`] for the
+//! client ([`AuthError`]).
+//!
+//! Module map: [`keyset`] loads and validates keys; [`verifier`] checks tokens; [`scopes`]
+//! checks operations against grants; [`cache`] remembers verified tokens; [`error`] says why
+//! something was refused. Claim types, the keyset format and the ring crypto provider are in
+//! [`skv_proto::token`], shared with the issuer in skv-certs.
+//!
+//! Time is passed in (`now`, seconds since the Unix epoch; [`unix_now`]) rather than read
+//! inside, so one request reads the clock once and tests can move it.
+
+pub mod cache;
+pub mod error;
+pub mod keyset;
+pub mod scopes;
+pub mod verifier;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use cache::TokenCache;
+pub use error::{AuthCategory, AuthError, Echo, KeysetError, KeysetProblem, PolicyError};
+pub use keyset::{Keyset, MAX_KEYSET_BYTES};
+pub use scopes::{Grants, OpSet};
+pub use skv_proto::token::{Alg, ScopeOp};
+pub use verifier::{CertThumbprint, Policy, Verified, Verifier};
+
+/// Seconds since the Unix epoch, the unit of `exp`, `nbf` and `iat`.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,171 @@
+//! `skv bench` against a real node: the JSON report is complete and sane, reconnects really
+//! happen, and bad options are usage errors.
+
+use serde_json::Value;
+use skv_tests::{code, err_text, skv, with, Node, Pki};
+
+/// Run `skv bench` with `args`, expect exit 0 and exactly one JSON object on stdout.
+fn bench_json(base: &[String], args: &[&str]) -> anyhow::Result<Value> {
+    let mut all = with(base.to_vec(), &["bench"]);
+    all.extend(args.iter().map(|s| s.to_string()));
+    let out = skv(&all, None)?;
+    assert_eq!(code(&out), 0, "skv {all:?}: {}", err_text(&out));
+    let stdout = String::from_utf8(out.stdout)?;
+    assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
+    Ok(serde_json::from_str(&stdout)?)
+}
+
+/// The fields every report has, and the invariants between them.
+fn assert_sane(report: &Value) {
+    for field in [
+        "rung",
+        "variant",
+        "workload",
+        "value_size",
+        "inflight",
+        "conns",
+        "ops_per_sec",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+        "errors",
+        "requests",
+        "duration_secs",
+        "server_cpu_us_per_op",
+    ] {
+        assert!(report.get(field).is_some(), "missing {field}: {report}");
+    }
+    assert_eq!(report["rung"], "");
+    assert_eq!(report["variant"], "");
+    assert!(report["server_cpu_us_per_op"].is_null());
+    assert!(report["ops_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["duration_secs"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(
+        report["errors"].as_object().map(|e| e.len()),
+        Some(0),
+        "{report}"
+    );
+    let p = |f: &str| report[f].as_u64().unwrap();
+    assert!(p("p50_us") > 0, "{report}");
+    assert!(p("p50_us") <= p("p90_us"), "{report}");
+    assert!(p("p90_us") <= p("p99_us"), "{report}");
+    assert!(p("p99_us") <= p("p999_us"), "{report}");
+    assert!(p("p999_us") <= p("max_us"), "{report}");
+}
+
+#[test]
+fn bench_reports_mixed_and_reconnecting_runs() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    let node = Node::start_tls(&pki, &pki.dir().join("data"), &[])?;
+    let alice = pki.alice_args(&node.addr);
+
+    let mixed = bench_json(
+        &alice,
+        &[
+            "--workload",
+            "mixed:0.9",
+            "--conns",
+            "4",
+            "--inflight",
+            "4",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--keys",
+            "200",
+            "--json",
+        ],
+    )?;
+    assert_sane(&mixed);
+    assert_eq!(mixed["workload"], "mixed:0.9");
+    assert_eq!(mixed["conns"], 4);
+    assert_eq!(mixed["inflight"], 4);
+    assert_eq!(mixed["value_size"], 100);
+    assert_eq!(mixed["preloaded_keys"], 200);
+    assert_eq!(mixed["not_found"], 0, "every read finds a preloaded key");
+    let secs = mixed["duration_secs"].as_f64().unwrap();
+    assert!((0.9..5.0).contains(&secs), "measured about 1 s: {mixed}");
+
+    // The preload really wrote the bench's keys.
+    let out = skv(&with(alice.clone(), &["get", "bench/k0000000199"]), None)?;
+    assert_eq!(code(&out), 0, "{}", err_text(&out));
+    assert_eq!(out.stdout.len(), 100);
+
+    let put = bench_json(
+        &alice,
+        &[
+            "--workload",
+            "put",
+            "--requests",
+            "500",
+            "--conns",
+            "2",
+            "--reconnect-every",
+            "50",
+            "--json",
+        ],
+    )?;
+    assert_sane(&put);
+    assert_eq!(put["workload"], "put");
+    assert_eq!(
+        put["requests"], 500,
+        "exactly the requested count is measured"
+    );
+    assert_eq!(
+        put["preloaded_keys"], 0,
+        "a write workload needs no preload"
+    );
+    // 250 measured requests per connection replace it at least 4 times each, on top of
+    // the 2 initial handshakes (the warmup adds more).
+    let handshakes = put["handshakes"].as_u64().unwrap();
+    assert!(handshakes >= 10, "reconnects happened: {put}");
+    Ok(())
+}
+
+#[test]
+fn bench_usage_and_connection_errors() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    // Nothing listens here: the port was free a moment ago.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let alice = pki.alice_args(&addr);
+
+    for (args, needle) in [
+        (&["--conns", "0"][..], "--conns"),
+        (&["--inflight", "0"][..], "--inflight"),
+        (&["--reconnect-every", "0"][..], "--reconnect-every"),
+        (&["--workload", "mixed:1.5"][..], "0..=1"),
+        (&["--key-dist", "zipf:0"][..], "greater than 0"),
+        (&["--duration", "10x"][..], "invalid duration"),
+        (
+            &["--duration", "1s", "--requests", "5"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = skv(&with(with(alice.clone(), &["bench"]), args), None)?;
+        assert_eq!(code(&out), 2, "{args:?}: {}", err_text(&out));
+        assert!(
+            err_text(&out).contains(needle),
+            "{args:?} should mention {needle:?}: {}",
+            err_text(&out)
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+    }
+
+    // A bench that cannot connect fails like any command: one line, exit 4.
+    let out = skv(&with(alice, &["bench", "--conns", "2", "--json"]), None)?;
+    assert_eq!(code(&out), 4, "{}", err_text(&out));
+    assert!(
+        err_text(&out).contains("cannot connect"),
+        "{}",
+        err_text(&out)
+    );
+    assert_eq!(err_text(&out).lines().count(), 1, "{}", err_text(&out));
+    assert!(out.stdout.is_empty());
+    Ok(())
+}
