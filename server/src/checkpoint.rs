@@ -253,7 +253,7 @@ impl Checkpoint {
     ) -> Result<Arc<Verified>, AuthError> {
         let generation = self.generation.load(Ordering::Acquire);
         let Some((token, verified, seen)) = session.connection_token.clone() else {
-            return Err(AuthError::Malformed("no token was presented in HELLO"));
+            return Err(AuthError::MissingToken);
         };
         if seen != generation {
             let fresh = self.verify_fresh(session, Some(&token), now)?;
@@ -273,7 +273,7 @@ impl Checkpoint {
         now: i64,
     ) -> Result<Arc<Verified>, AuthError> {
         let Some(token) = token else {
-            return Err(AuthError::Malformed("the request carries no token"));
+            return Err(AuthError::MissingToken);
         };
         let Some(cache) = &self.cache else {
             return self.verify_fresh(session, Some(token), now);
@@ -302,7 +302,7 @@ impl Checkpoint {
         now: i64,
     ) -> Result<Arc<Verified>, AuthError> {
         let Some(token) = token else {
-            return Err(AuthError::Malformed("no token was presented"));
+            return Err(AuthError::MissingToken);
         };
         self.verifier
             .load()

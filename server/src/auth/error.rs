@@ -82,6 +82,9 @@ impl fmt::Display for AuthCategory {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthError {
+    /// The request (or, per connection, HELLO) carried no token where one is required.
+    #[error("no token was presented")]
+    MissingToken,
     /// The token is longer than [`skv_proto::MAX_TOKEN_LEN`]; refused before any parsing.
     #[error("token of {len} bytes exceeds the {max}-byte limit")]
     TooLarge {
@@ -231,6 +234,7 @@ impl AuthError {
     /// metrics without parsing the text.
     pub fn reason_code(&self) -> &'static str {
         match self {
+            AuthError::MissingToken => "missing_token",
             AuthError::TooLarge { .. } => "too_large",
             AuthError::Malformed(_) => "malformed",
             AuthError::ForbiddenHeader(_) => "forbidden_header",

@@ -7,13 +7,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use skv_client::{exit, CasResult, ClientError, ConnectOptions, Connection, Profile, Security};
+use skv_proto::ErrorCode;
 
 use crate::args::{Command, ConnArgs};
 use crate::output;
 
 /// Run a data command; returns the exit code.
 pub(crate) fn run(conn: &ConnArgs, json: bool, command: Command) -> u8 {
+    let mut sent_token = false;
     let result = connect_options(conn).and_then(|opts| {
+        sent_token = opts.token.is_some();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -23,7 +26,13 @@ pub(crate) fn run(conn: &ConnArgs, json: bool, command: Command) -> u8 {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("skv: {err}");
+            let hint = match &err {
+                ClientError::Refused(e) if e.code == ErrorCode::Unauthenticated && !sent_token => {
+                    " (no token was sent: pass --token, --token-file or SKV_TOKEN)"
+                }
+                _ => "",
+            };
+            eprintln!("skv: {err}{hint}");
             err.exit_code()
         }
     }
