@@ -1085,6 +1085,14 @@ pub mod provider {
     }
 }
 
+/// Seconds since the Unix epoch, the unit of `iat`, `nbf` and `exp`. One definition for the
+/// issuer and the verifier, so both sides count time the same way.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -312,12 +312,12 @@ impl Checkpoint {
 
     /// A refused oversized token that never reached the verifier (the frame decoder stops
     /// it): audited like any other refusal.
-    pub(crate) fn deny_oversized_token(&self, session: &Session, op: &str, len: usize) -> Refusal {
+    pub(crate) fn deny_oversized_token(&self, session: &Session, len: usize) -> Refusal {
         let err = AuthError::TooLarge {
             len,
             max: skv_proto::MAX_TOKEN_LEN,
         };
-        self.deny(session, None, op, None, &err);
+        self.deny(session, None, "unknown", None, &err);
         Refusal::from(err.category())
     }
 

@@ -26,6 +26,7 @@ use crate::auth::CertThumbprint;
 use crate::checkpoint::{Refusal, Session};
 use crate::handler::{self, Outcome};
 use crate::node::Shared;
+use crate::storage::GroupCommit;
 
 /// Most durable writes of one connection waiting for their flush at once.
 const MAX_PENDING_DURABLE: usize = 1024;
@@ -125,9 +126,9 @@ where
             return Err(ConnectionError::Handshake(msg.into()));
         }
         Err(err) => {
-            let (code, message) = decode_refusal(&shared, &session, &err, "hello");
-            send_error(&mut framed, id, code, &message).await;
-            return Err(ConnectionError::Handshake(message));
+            let refusal = decode_refusal(&shared, &session, &err);
+            let _ = framed.send(&Response { id, body: refusal }).await;
+            return Err(ConnectionError::Handshake(err.to_string()));
         }
     }
 
@@ -147,59 +148,32 @@ where
                 None => break,
                 Some(Ok(payload)) => {
                     let id = peek_request_id(&payload);
-                    match Request::decode(payload) {
-                        Ok(request) => {
-                            let refused = match &shared.checkpoint {
-                                Some(checkpoint) => checkpoint
-                                    .authorize(&mut session, request.token.as_ref(), &request.body)
-                                    .err(),
-                                None => None,
-                            };
-                            if let Some(Refusal { code, message }) = refused {
-                                send_error_buffered(&mut framed, id, code, message).await?;
-                            } else {
-                            match handler::execute(shared.storage.as_ref(), request.body, max_frame) {
-                                Outcome::Reply(body) => reply(&mut framed, id, body).await?,
-                                Outcome::ReplyWhenDurable(body) => match &shared.group_commit {
-                                    None => reply(&mut framed, id, body).await?,
-                                    Some(group_commit) => {
-                                        // At the cap, deliver finished answers until a
-                                        // permit frees up: every permit is either with a
-                                        // waiting task or on the channel, so this ends.
-                                        let permit = loop {
-                                            if let Ok(permit) = pending.clone().try_acquire_owned() {
-                                                break permit;
-                                            }
-                                            match durable_rx.recv().await {
-                                                Some((done, _permit)) => framed.feed(&done).await?,
-                                                // Cannot happen while this task holds a sender.
-                                                None => break 'conn,
-                                            }
-                                        };
-                                        let group_commit = group_commit.clone();
-                                        let tx = durable_tx.clone();
-                                        tokio::spawn(async move {
-                                            let body = match group_commit.wait_durable().await {
-                                                Ok(()) => body,
-                                                Err(err) => {
-                                                    tracing::error!(error = ?err, "flush failed; write not acknowledged");
-                                                    ResponseBody::Error(WireError::new(
-                                                        ErrorCode::Storage,
-                                                        "the node could not flush the write to disk; it may or may not persist",
-                                                    ))
-                                                }
-                                            };
-                                            let _ = tx.send((Response { id, body }, permit)).await;
-                                        });
-                                    }
-                                },
-                            }
-                            }
-                        }
+                    let answer = match Request::decode(payload) {
+                        Ok(request) => answer(&shared, &mut session, request, max_frame),
                         // The frame boundary is intact, so a bad request costs only itself.
-                        Err(err) => {
-                            let (code, message) = decode_refusal(&shared, &session, &err, "request");
-                            send_error_buffered(&mut framed, id, code, &message).await?;
+                        Err(err) => Answer::Now(decode_refusal(&shared, &session, &err)),
+                    };
+                    match answer {
+                        Answer::Now(body) => reply(&mut framed, id, body).await?,
+                        Answer::WhenDurable(body, group_commit) => {
+                            // At the cap, deliver finished answers until a permit frees up:
+                            // every permit is either with a waiting task or on the channel,
+                            // so this ends.
+                            let permit = loop {
+                                if let Ok(permit) = pending.clone().try_acquire_owned() {
+                                    break permit;
+                                }
+                                match durable_rx.recv().await {
+                                    Some((done, _permit)) => framed.feed(&done).await?,
+                                    // Cannot happen while this task holds a sender.
+                                    None => break 'conn,
+                                }
+                            };
+                            let tx = durable_tx.clone();
+                            tokio::spawn(async move {
+                                let body = durable_answer(&group_commit, body).await;
+                                let _ = tx.send((Response { id, body }, permit)).await;
+                            });
                         }
                     }
                 }
@@ -234,6 +208,46 @@ where
     result
 }
 
+/// What to do with one decoded request.
+enum Answer {
+    /// Send this now.
+    Now(ResponseBody),
+    /// A write was applied: send this once the group commit has made it durable.
+    WhenDurable(ResponseBody, GroupCommit),
+}
+
+/// Checkpoints 2 and 3 (when the node checks tokens), then the operation itself.
+fn answer(shared: &Shared, session: &mut Session, request: Request, max_frame: usize) -> Answer {
+    if let Some(checkpoint) = &shared.checkpoint {
+        if let Err(Refusal { code, message }) =
+            checkpoint.authorize(session, request.token.as_ref(), &request.body)
+        {
+            return Answer::Now(ResponseBody::Error(WireError::new(code, message)));
+        }
+    }
+    match handler::execute(shared.storage.as_ref(), request.body, max_frame) {
+        Outcome::Reply(body) => Answer::Now(body),
+        Outcome::ReplyWhenDurable(body) => match &shared.group_commit {
+            Some(group_commit) => Answer::WhenDurable(body, group_commit.clone()),
+            None => Answer::Now(body),
+        },
+    }
+}
+
+/// `body` once the write is on disk, or a storage error if the flush failed.
+async fn durable_answer(group_commit: &GroupCommit, body: ResponseBody) -> ResponseBody {
+    match group_commit.wait_durable().await {
+        Ok(()) => body,
+        Err(err) => {
+            tracing::error!(error = ?err, "flush failed; write not acknowledged");
+            ResponseBody::Error(WireError::new(
+                ErrorCode::Storage,
+                "the node could not flush the write to disk; it may or may not persist",
+            ))
+        }
+    }
+}
+
 /// Write out buffered answers. (Framed is a sink for every encodable type, so the item type
 /// must be named.)
 async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
@@ -244,17 +258,12 @@ async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// The answer to an undecodable request. An oversized token is an authentication failure
 /// (audited when the node checks tokens); everything else is a protocol error.
-fn decode_refusal(
-    shared: &Shared,
-    session: &Session,
-    err: &DecodeError,
-    op: &str,
-) -> (ErrorCode, String) {
+fn decode_refusal(shared: &Shared, session: &Session, err: &DecodeError) -> ResponseBody {
     if let (DecodeError::TokenTooLarge(len), Some(checkpoint)) = (err, &shared.checkpoint) {
-        let refusal = checkpoint.deny_oversized_token(session, op, *len);
-        return (refusal.code, refusal.message.to_owned());
+        let refusal = checkpoint.deny_oversized_token(session, *len);
+        return ResponseBody::Error(WireError::new(refusal.code, refusal.message));
     }
-    (err.code(), err.to_string())
+    ResponseBody::Error(WireError::new(err.code(), err.to_string()))
 }
 
 /// Whether `buf` already holds a whole frame (length prefix plus payload).

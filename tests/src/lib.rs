@@ -250,13 +250,20 @@ pub fn skv(args: &[String], stdin: Option<&[u8]>) -> anyhow::Result<Output> {
             pipe.write_all(data)?;
         }
     }
+    let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(Duration::from_secs(60)) {
         Ok(out) => Ok(out?),
-        Err(_) => bail!("skv {args:?} hung for 60 s"),
+        Err(_) => {
+            // Do not leave a hung client behind to skew every later test.
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            bail!("skv {args:?} hung for 60 s (killed)")
+        }
     }
 }
 

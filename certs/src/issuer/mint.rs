@@ -1,6 +1,6 @@
 //! Minting tokens with an issuer key, and reading a token's contents without verifying it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -32,12 +32,7 @@ pub struct TokenSpec {
     pub bind_cert_der: Option<Vec<u8>>,
 }
 
-/// Seconds since the Unix epoch, as the token claims count time.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
+pub use skv_proto::token::unix_now;
 
 /// Mints a token valid from now for `spec.ttl`; see [`mint_at`].
 pub fn mint(issuer: &IssuerKey, spec: &TokenSpec) -> Result<String, IssuerError> {

@@ -25,18 +25,9 @@ pub mod verifier;
 #[cfg(test)]
 mod tests;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 pub use cache::TokenCache;
 pub use error::{AuthCategory, AuthError, Echo, KeysetError, KeysetProblem, PolicyError};
 pub use keyset::{Keyset, MAX_KEYSET_BYTES};
 pub use scopes::{Grants, OpSet};
-pub use skv_proto::token::{Alg, ScopeOp};
+pub use skv_proto::token::{unix_now, Alg, ScopeOp};
 pub use verifier::{CertThumbprint, Policy, Verified, Verifier};
-
-/// Seconds since the Unix epoch, the unit of `exp`, `nbf` and `iat`.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}

@@ -31,19 +31,7 @@ pub(crate) struct Cli {
     #[arg(long, global = true)]
     pub(crate) json: bool,
     #[command(subcommand)]
-    pub(crate) command: TopCommand,
-}
-
-/// Every subcommand: those of [`Command`], plus `bench`.
-// `bench` sits beside `Command` rather than in it, so the data commands' exhaustive dispatch
-// in data.rs needs no arm for it.
-#[derive(Debug, Subcommand)]
-pub(crate) enum TopCommand {
-    #[command(flatten)]
-    Base(Command),
-    /// Load generator: many connections with pipelined requests; reports ops/s, latency
-    /// percentiles and errors (`--json`: one object).
-    Bench(crate::bench::BenchArgs),
+    pub(crate) command: Command,
 }
 
 /// How to reach and authenticate to a node.
@@ -129,6 +117,9 @@ pub(crate) enum Command {
     /// Development PKI: CA, node and client certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Load generator: many connections with pipelined requests; reports ops/s, latency
+    /// percentiles and errors (`--json`: one object).
+    Bench(crate::bench::BenchArgs),
     /// Token issuer keys: create, rotate, retire.
     #[command(subcommand)]
     Keys(KeysCommand),

@@ -230,9 +230,11 @@ async fn execute(opts: ConnectOptions, json: bool, command: Command) -> Result<u
             limit,
             cursor,
         } => scan(&conn, json, bytes_of(prefix), limit, cursor.map(bytes_of)).await,
-        Command::Certs(_) | Command::Demo(_) | Command::Keys(_) | Command::Token(_) => {
-            unreachable_command()
-        }
+        Command::Bench(_)
+        | Command::Certs(_)
+        | Command::Demo(_)
+        | Command::Keys(_)
+        | Command::Token(_) => unreachable_command(),
     }
 }
 

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use args::{Cli, Command, TopCommand};
+use args::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,12 +26,12 @@ fn main() -> ExitCode {
             .init();
     }
     let code = match cli.command {
-        TopCommand::Bench(args) => bench::run(&cli.conn, cli.json, args),
-        TopCommand::Base(Command::Certs(cmd)) => certs::run(cmd),
-        TopCommand::Base(Command::Demo(cmd)) => demo::run(cmd),
-        TopCommand::Base(Command::Keys(cmd)) => keys::run(cmd),
-        TopCommand::Base(Command::Token(cmd)) => token::run(cmd),
-        TopCommand::Base(command) => data::run(&cli.conn, cli.json, command),
+        Command::Bench(args) => bench::run(&cli.conn, cli.json, args),
+        Command::Certs(cmd) => certs::run(cmd),
+        Command::Demo(cmd) => demo::run(cmd),
+        Command::Keys(cmd) => keys::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
+        command => data::run(&cli.conn, cli.json, command),
     };
     ExitCode::from(code)
 }
