@@ -555,3 +555,69 @@ fn a_token_is_valid_at_every_node_with_the_same_keyset() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn tokens_from_a_file_or_a_profile_and_audited_allows() -> anyhow::Result<()> {
+    let s = Secured::start(&["--audit-allows"])?;
+    let token = s.issue(&[
+        "--sub",
+        "alice",
+        "--allow",
+        "read,write:users/alice/",
+        "--ttl",
+        "5m",
+    ])?;
+    let token_file = s.pki.dir().join("alice.token");
+    std::fs::write(&token_file, format!("{token}\n"))?;
+
+    // --token-file
+    let out = skv(
+        &with(
+            s.pki.alice_args(&s.node.addr),
+            &[
+                "--token-file",
+                &token_file.display().to_string(),
+                "put",
+                "users/alice/f",
+                "1",
+            ],
+        ),
+        None,
+    )?;
+    assert_eq!(code(&out), 0, "{}", err_text(&out));
+
+    // A profile naming the token file (relative to the profile).
+    let profile = s.pki.layout.client_profile("alice");
+    let mut text = std::fs::read_to_string(&profile)?;
+    text.push_str("token_file = \"../alice.token\"\n");
+    std::fs::write(&profile, text)?;
+    let out = skv(
+        &with(s.pki.alice_args(&s.node.addr), &["get", "users/alice/f"]),
+        None,
+    )?;
+    assert_eq!(out.stdout, b"1", "{}", err_text(&out));
+
+    // A missing token file is a usage error naming the file.
+    let out = skv(
+        &with(
+            s.pki.alice_args(&s.node.addr),
+            &["--token-file", "/nonexistent/t", "get", "k"],
+        ),
+        None,
+    )?;
+    assert_eq!(code(&out), 2);
+    assert!(
+        err_text(&out).contains("/nonexistent/t"),
+        "{}",
+        err_text(&out)
+    );
+
+    let lines = s.audit_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["decision"] == "allow" && l["op"] == "put" && l["key"] == "users/alice/f"),
+        "{lines:?}"
+    );
+    Ok(())
+}
