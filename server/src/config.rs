@@ -37,6 +37,9 @@ pub enum Engine {
     Sled,
     /// In memory only: everything is lost at exit. For benchmarks and tests.
     Memory,
+    /// Stores nothing; every GET returns the last value written. Only for measuring the
+    /// network stack (the benchmark ladder's null rung).
+    Null,
 }
 
 /// Where and how often tokens are checked (checkpoint 2).
@@ -130,6 +133,8 @@ pub struct FileConfig {
     pub key: Option<PathBuf>,
     /// Serve without TLS. Only for benchmarks and labs.
     pub insecure_plaintext: Option<bool>,
+    /// Serve TLS without asking clients for certificates. Only for benchmarks and labs.
+    pub insecure_no_client_auth: Option<bool>,
     /// Largest frame payload accepted, in bytes.
     pub max_frame: Option<usize>,
     /// Most connections served at once; further clients wait in the kernel's backlog.
@@ -192,10 +197,14 @@ impl FileConfig {
 /// Transport security of the listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportConfig {
-    /// Mutual TLS 1.3: clients must present a certificate that chains to `ca`.
+    /// TLS 1.3: clients must present a certificate that chains to `ca`, unless
+    /// `client_auth` is off (server-authenticated TLS only: the ladder's L1 rung).
     Tls {
         /// Cluster CA (PEM).
         ca: PathBuf,
+        /// Require and verify client certificates (mutual TLS). Off only with
+        /// `--insecure-no-client-auth`.
+        client_auth: bool,
         /// Node certificate chain (PEM).
         cert: PathBuf,
         /// Node private key (PEM).
@@ -273,6 +282,7 @@ impl NodeConfig {
                 ),
             };
             TransportConfig::Tls {
+                client_auth: !cfg.insecure_no_client_auth.unwrap_or(false),
                 ca: cfg.ca.ok_or_else(|| missing("ca"))?,
                 cert: cfg.cert.ok_or_else(|| missing("cert"))?,
                 key: cfg.key.ok_or_else(|| missing("key"))?,
@@ -362,6 +372,7 @@ mod tests {
         assert_eq!(
             cfg.transport,
             TransportConfig::Tls {
+                client_auth: true,
                 ca: dir.path().join("ca.pem"),
                 cert: PathBuf::from("/abs/n1.pem"),
                 key: dir.path().join("k.pem"),

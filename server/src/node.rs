@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::config::{Durability, Engine, NodeConfig, TransportConfig};
 use crate::connection;
-use crate::storage::{GroupCommit, MemoryStorage, SledStorage, Storage, StorageError};
+use crate::storage::{GroupCommit, MemoryStorage, NullStorage, SledStorage, Storage, StorageError};
 use crate::tls::{self, TlsSetupError};
 
 /// A node that could not start.
@@ -67,8 +67,25 @@ impl RunningNode {
     /// Open storage, bind the listener and start serving on the current tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         let acceptor = match &config.transport {
-            TransportConfig::Tls { ca, cert, key } => {
-                Some(TlsAcceptor::from(tls::server_config(ca, cert, key)?))
+            TransportConfig::Tls {
+                ca,
+                cert,
+                key,
+                client_auth,
+            } => {
+                if !client_auth {
+                    tracing::warn!(
+                        "serving TLS WITHOUT client certificates (--insecure-no-client-auth): \
+                         anyone who can reach the port is admitted past checkpoint 1; use this \
+                         only for benchmark baselines and labs"
+                    );
+                }
+                Some(TlsAcceptor::from(tls::server_config(
+                    ca,
+                    cert,
+                    key,
+                    *client_auth,
+                )?))
             }
             TransportConfig::Plaintext => {
                 tracing::warn!(
@@ -96,6 +113,7 @@ impl RunningNode {
         })?;
         let storage: Arc<dyn Storage> = match config.engine {
             Engine::Memory => Arc::new(MemoryStorage::new()),
+            Engine::Null => Arc::new(NullStorage::new()),
             Engine::Sled => {
                 let flush_every = match config.durability {
                     // Sync mode flushes explicitly; sled's timer would only add fsyncs.

@@ -82,18 +82,27 @@ pub fn load_roots(ca: &Path) -> Result<RootCertStore, TlsSetupError> {
 /// Server config for mutual TLS: the node presents `cert`/`key` and requires a client
 /// certificate that chains to `ca`. webpki checks the chain, the validity window and, when
 /// the certificate lists extended key usages, that clientAuth is among them.
+///
+/// With `client_auth` false the node asks for no client certificate at all (server-auth TLS,
+/// for the benchmark ladder's L1 rung); `ca` is still loaded so a bad path fails early.
 pub fn server_config(
     ca: &Path,
     cert: &Path,
     key: &Path,
+    client_auth: bool,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let provider = provider();
     let roots = Arc::new(load_roots(ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(cert, "node certificate")?, load_key(key)?)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = if client_auth {
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider).build()?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config =
+        builder.with_single_cert(load_certs(cert, "node certificate")?, load_key(key)?)?;
     // The protocol is skv's own; ALPN lets a confused HTTP/2 client fail in the handshake.
     config.alpn_protocols = vec![b"skv/1".to_vec()];
     Ok(Arc::new(config))

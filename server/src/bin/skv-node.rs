@@ -51,6 +51,10 @@ struct Args {
     /// Serve WITHOUT TLS. Only for benchmark baselines and labs; clients need --plaintext.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Serve TLS WITHOUT requiring client certificates (server-auth only). Only for benchmark
+    /// baselines and labs.
+    #[arg(long)]
+    insecure_no_client_auth: bool,
     /// Largest frame payload accepted, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_frame: Option<usize>,
@@ -111,6 +115,10 @@ impl Args {
         );
         for (flag, target) in [
             (self.insecure_plaintext, &mut file.insecure_plaintext),
+            (
+                self.insecure_no_client_auth,
+                &mut file.insecure_no_client_auth,
+            ),
             (self.require_bound_tokens, &mut file.require_bound_tokens),
             (self.audit_allows, &mut file.audit_allows),
         ] {

@@ -18,6 +18,7 @@
 
 mod group_commit;
 mod memory;
+mod null;
 mod sled;
 
 use std::ops::Bound;
@@ -28,6 +29,7 @@ use bytes::Bytes;
 
 pub use self::group_commit::GroupCommit;
 pub use self::memory::MemoryStorage;
+pub use self::null::NullStorage;
 pub use self::sled::SledStorage;
 
 /// A stored value with its version.

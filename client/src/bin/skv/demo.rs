@@ -125,6 +125,7 @@ fn tour(args: DemoArgs) -> anyhow::Result<()> {
             durability: Durability::Sync,
             flush_every: std::time::Duration::from_millis(500),
             transport: TransportConfig::Tls {
+                client_auth: true,
                 ca: layout.ca_cert(),
                 cert: layout.node_cert("n1"),
                 key: layout.node_key("n1"),
