@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use skv_proto::{
     FrameCodec, FrameError, Request, RequestBody, Response, ResponseBody, ScanEntry,
-    DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    TokenPlacement, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -147,10 +147,13 @@ impl Connection {
                 })
             }
         };
-        let (node, max_frame) = match answer.body {
+        let (node, max_frame, placement) = match answer.body {
             ResponseBody::HelloOk {
-                node, max_frame, ..
-            } => (node, max_frame as usize),
+                node,
+                max_frame,
+                token: placement,
+                ..
+            } => (node, max_frame as usize, placement),
             ResponseBody::Error(err) => return Err(ClientError::from_wire(err)),
             other => {
                 return Err(ClientError::Protocol(format!(
@@ -161,7 +164,13 @@ impl Connection {
         // Keep bytes the node may have sent after HELLO_OK: the new codec only changes limits.
         let framed = framed.map_codec(|_| FrameCodec::new(max_frame.max(skv_proto::MIN_MAX_FRAME)));
         let (calls, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(drive(framed, rx, token, addr.clone(), ca));
+        // Send the token only where the node reads it: per-connection nodes had it in HELLO,
+        // and bytes a node ignores still cost TLS, copies and syscalls on every request.
+        let request_token = match placement {
+            TokenPlacement::PerRequest => token,
+            TokenPlacement::PerConnection | TokenPlacement::None => None,
+        };
+        tokio::spawn(drive(framed, rx, request_token, addr.clone(), ca));
         Ok(Connection {
             calls,
             node,

@@ -17,7 +17,8 @@ pub use frame::{
 };
 pub use message::{
     peek_request_id, scan_entry_wire_len, DecodeError, ErrorCode, Op, Request, RequestBody,
-    Response, ResponseBody, ScanEntry, WireError, MAX_KEY_LEN, MAX_TOKEN_LEN, SCAN_PAGE_OVERHEAD,
+    Response, ResponseBody, ScanEntry, TokenPlacement, WireError, MAX_KEY_LEN, MAX_TOKEN_LEN,
+    SCAN_PAGE_OVERHEAD,
 };
 pub use token::{
     cert_thumbprint, parse_allow, Alg, Confirmation, Jwk, JwkError, JwkSet, Scope, ScopeOp,

@@ -180,6 +180,8 @@ pub enum ResponseBody {
         max_frame: u32,
         /// The node's name, for messages and logs.
         node: String,
+        /// Where the node wants the token: the client sends it only where it is read.
+        token: TokenPlacement,
     },
     /// Answer to PING.
     Pong,
@@ -216,6 +218,36 @@ pub enum ResponseBody {
     },
     /// The request failed.
     Error(WireError),
+}
+
+/// Where a node reads tokens, announced in HELLO_OK. The numbers are part of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPlacement {
+    /// The node checks no tokens; the client sends none.
+    None,
+    /// In every request frame (stateless per-request authorization).
+    PerRequest,
+    /// Once, in HELLO; later requests carry none.
+    PerConnection,
+}
+
+impl TokenPlacement {
+    fn to_u8(self) -> u8 {
+        match self {
+            TokenPlacement::None => 0,
+            TokenPlacement::PerRequest => 1,
+            TokenPlacement::PerConnection => 2,
+        }
+    }
+
+    fn from_u8(n: u8) -> Result<Self, DecodeError> {
+        match n {
+            0 => Ok(TokenPlacement::None),
+            1 => Ok(TokenPlacement::PerRequest),
+            2 => Ok(TokenPlacement::PerConnection),
+            other => Err(DecodeError::UnknownFlags(other)),
+        }
+    }
 }
 
 /// A typed error that crosses the wire. The message is for people and never contains keys,
@@ -484,11 +516,13 @@ impl EncodeFrame for Response {
                 version,
                 max_frame,
                 node,
+                token,
             } => {
                 dst.put_u8(kind::HELLO_OK);
                 dst.put_u16(*version);
                 dst.put_u32(*max_frame);
                 put_short_bytes(dst, node.as_bytes());
+                dst.put_u8(token.to_u8());
             }
             ResponseBody::Pong => dst.put_u8(kind::PONG),
             ResponseBody::Value { version, value } => {
@@ -683,6 +717,7 @@ impl Response {
                 version: r.u16("version")?,
                 max_frame: r.u32("max frame")?,
                 node: r.string("node")?,
+                token: TokenPlacement::from_u8(r.u8("token placement")?)?,
             },
             kind::PONG => ResponseBody::Pong,
             kind::VALUE => ResponseBody::Value {
@@ -791,6 +826,7 @@ mod tests {
                 version: 1,
                 max_frame: 1 << 20,
                 node: "n1".into(),
+                token: TokenPlacement::PerConnection,
             },
             ResponseBody::Pong,
             ResponseBody::Value {

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use skv_proto::token::ScopeOp;
-use skv_proto::{ErrorCode, RequestBody};
+use skv_proto::{ErrorCode, RequestBody, TokenPlacement};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, AuditLog, AuditRecord, Decision};
@@ -172,6 +172,15 @@ impl Checkpoint {
                 }
             }
         });
+    }
+
+    /// Where clients must put the token, as announced in HELLO_OK.
+    pub(crate) fn placement(&self) -> TokenPlacement {
+        match self.mode {
+            AuthMode::PerRequest => TokenPlacement::PerRequest,
+            AuthMode::PerConnection => TokenPlacement::PerConnection,
+            AuthMode::Off => TokenPlacement::None,
+        }
     }
 
     /// HELLO: in per-connection mode the token must come here, and is verified once.

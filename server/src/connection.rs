@@ -15,7 +15,7 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use skv_proto::{
     peek_request_id, DecodeError, ErrorCode, FrameCodec, FrameError, Request, RequestBody,
-    Response, ResponseBody, WireError, PROTOCOL_VERSION,
+    Response, ResponseBody, TokenPlacement, WireError, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -116,6 +116,10 @@ where
                     version,
                     max_frame: max_frame as u32,
                     node: shared.config.name.clone(),
+                    token: shared
+                        .checkpoint
+                        .as_ref()
+                        .map_or(TokenPlacement::None, |c| c.placement()),
                 },
             };
             framed.send(&ok).await?;
