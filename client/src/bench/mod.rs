@@ -43,12 +43,14 @@
 //! A run needs a tokio runtime; the multi-threaded one lets the connections' tasks use every
 //! core.
 
+pub mod ladder;
 mod options;
 mod progress;
 mod report;
 mod worker;
 pub mod zipf;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,7 +61,8 @@ use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
 
 pub use options::{
-    parse_duration, BenchOptions, KeyDist, Stop, Workload, MAX_KEYS, MAX_SCAN_LIMIT,
+    parse_duration, BenchOptions, KeyDist, Stop, WindowEdge, WindowHook, Workload, MAX_KEYS,
+    MAX_SCAN_LIMIT,
 };
 pub use progress::{Phase, Progress};
 pub use report::{error_kind, BenchReport};
@@ -159,10 +162,18 @@ async fn run_inner(
         deadline,
     });
     // The phase changes on a timer of its own, so no task has to check the clock for it.
+    // The same timer opens the measured window for the hook.
+    let hook = plan.opts.on_window.clone();
+    let window_opened = Arc::new(AtomicBool::new(false));
     let phases = tokio::spawn({
         let progress = progress.clone();
+        let (hook, window_opened) = (hook.clone(), window_opened.clone());
         async move {
             tokio::time::sleep_until(measure_from.into()).await;
+            if let Some(hook) = &hook {
+                hook.call(WindowEdge::Start);
+            }
+            window_opened.store(true, Ordering::Release);
             progress.set_phase(Phase::Measuring);
             if let Some(deadline) = deadline {
                 tokio::time::sleep_until(deadline.into()).await;
@@ -182,6 +193,15 @@ async fn run_inner(
         }
     }
     phases.abort();
+    // Once the timer task has finished or been cancelled, `window_opened` says for sure
+    // whether the hook saw the start; it sees both edges, in order, either way.
+    let _ = phases.await;
+    if let Some(hook) = &hook {
+        if !window_opened.load(Ordering::Acquire) {
+            hook.call(WindowEdge::Start);
+        }
+        hook.call(WindowEdge::End);
+    }
     Ok(report(&plan, totals, preloaded_keys, preload_time))
 }
 
@@ -302,6 +322,7 @@ fn report(plan: &Plan, t: TaskStats, preloaded_keys: u64, preload_time: Duration
         not_found: t.not_found,
         unsent: t.unsent,
         handshakes: t.handshakes,
+        handshakes_measured: t.handshakes_measured,
         handshake_mean_us: if t.handshakes > 0 {
             t.handshake_time.as_secs_f64() * 1e6 / t.handshakes as f64
         } else {
@@ -312,6 +333,7 @@ fn report(plan: &Plan, t: TaskStats, preloaded_keys: u64, preload_time: Duration
         preloaded_keys,
         preload_secs: preload_time.as_secs_f64(),
         server_cpu_us_per_op: None,
+        cost_vs_l0_pct: None,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bench::zipf::Zipf;
@@ -134,6 +135,41 @@ pub enum Stop {
     Requests(u64),
 }
 
+/// Which edge of the measured window a [`WindowHook`] is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowEdge {
+    /// The warmup is over: requests sent (closed loop) or due (open loop) from now on are
+    /// measured.
+    Start,
+    /// Every measured request has been answered or has failed; the report's window ends here
+    /// (give or take the time the last tasks take to hand back their statistics).
+    End,
+}
+
+/// A callback told when the measured window opens and closes, once each and in that order.
+/// The ladder uses it to read the node's CPU time over exactly the measured requests, after
+/// the preload and the warmup. It runs on a runtime thread, off the request path: keep it
+/// short (reading a /proc file is fine), and never block on the run itself.
+#[derive(Clone)]
+pub struct WindowHook(Arc<dyn Fn(WindowEdge) + Send + Sync>);
+
+impl WindowHook {
+    /// Wrap a callback.
+    pub fn new(hook: impl Fn(WindowEdge) + Send + Sync + 'static) -> WindowHook {
+        WindowHook(Arc::new(hook))
+    }
+
+    pub(crate) fn call(&self, edge: WindowEdge) {
+        (self.0)(edge)
+    }
+}
+
+impl fmt::Debug for WindowHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WindowHook(..)")
+    }
+}
+
 /// Everything a run needs. [`BenchOptions::new`] gives the CLI's defaults.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -170,6 +206,8 @@ pub struct BenchOptions {
     pub rung: String,
     /// Label copied into the report (the ladder's variant; "" for a plain run).
     pub variant: String,
+    /// Told when the measured window opens and closes (`None`: nobody asks).
+    pub on_window: Option<WindowHook>,
 }
 
 impl BenchOptions {
@@ -193,6 +231,7 @@ impl BenchOptions {
             preload: true,
             rung: String::new(),
             variant: String::new(),
+            on_window: None,
         }
     }
 

@@ -53,6 +53,9 @@ pub(crate) struct TaskStats {
     pub(crate) not_found: u64,
     /// Connections opened (TCP + TLS + HELLO).
     pub(crate) handshakes: u64,
+    /// Of those, connections opened inside the measured window (replacements only: the
+    /// first connections open before it).
+    pub(crate) handshakes_measured: u64,
     /// Time spent opening them.
     pub(crate) handshake_time: Duration,
     /// Open loop: requests that were due before the end but never sent.
@@ -70,6 +73,7 @@ impl TaskStats {
             ok: 0,
             not_found: 0,
             handshakes: 0,
+            handshakes_measured: 0,
             handshake_time: Duration::ZERO,
             unsent: 0,
             last_completion: None,
@@ -91,6 +95,7 @@ impl TaskStats {
         self.ok += other.ok;
         self.not_found += other.not_found;
         self.handshakes += other.handshakes;
+        self.handshakes_measured += other.handshakes_measured;
         self.handshake_time += other.handshake_time;
         self.unsent += other.unsent;
         self.last_completion = self.last_completion.max(other.last_completion);
@@ -146,6 +151,9 @@ pub struct BenchReport {
     /// Connections opened: the initial `conns`, plus every replacement (`--reconnect-every`, or
     /// after a connection broke).
     pub handshakes: u64,
+    /// Connections opened inside the measured window (so `handshakes_measured /
+    /// duration_secs` is the handshake rate while measuring).
+    pub handshakes_measured: u64,
     /// Mean time to open one (TCP connect, TLS handshake, HELLO), µs.
     pub handshake_mean_us: f64,
     /// Length of the measured window, seconds: from the end of the warmup to the last
@@ -157,8 +165,14 @@ pub struct BenchReport {
     pub preloaded_keys: u64,
     /// Seconds the preload took.
     pub preload_secs: f64,
-    /// Node CPU time per request, µs; measured by a later version (always `None` now).
+    /// Node CPU time (user + system) over the measured window per successful measured
+    /// request, µs. Only the ladder fills it in, because it starts the node and so knows its
+    /// process; `None` for a plain run.
     pub server_cpu_us_per_op: Option<f64>,
+    /// The ladder's cost of this row against plaintext: `100 × (1 − ops_per_sec ÷ ops_per_sec
+    /// of the L0 row with the same workload, value size and inflight)`. `None` for a plain run
+    /// and for rows without such an L0 row.
+    pub cost_vs_l0_pct: Option<f64>,
 }
 
 impl BenchReport {

@@ -184,6 +184,9 @@ impl Worker {
             match Connection::connect(&self.plan.opts.connect).await {
                 Ok(conn) => {
                     self.stats.handshakes += 1;
+                    if began >= self.plan.measure_from {
+                        self.stats.handshakes_measured += 1;
+                    }
                     self.stats.handshake_time += began.elapsed();
                     return Some(Arc::new(conn));
                 }

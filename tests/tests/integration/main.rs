@@ -6,5 +6,6 @@ mod auth;
 mod bad_input;
 mod bench;
 mod durability;
+mod ladder;
 mod ops;
 mod tls;

@@ -2,11 +2,13 @@
 //! The engine (and the reasoning behind it) is in `skv_client::bench`.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use skv_client::bench::ladder::{self, LadderOptions, Verdict};
 use skv_client::bench::{
     self, parse_duration, BenchOptions, KeyDist, Phase, Progress, Stop, Workload,
 };
@@ -15,10 +17,16 @@ use skv_client::{exit, ClientError};
 use crate::args::ConnArgs;
 use crate::data;
 
-/// Flags of `skv bench` (the connection flags go before `bench`, as for every command).
+/// Flags of `skv bench` (the connection flags go before `bench`, as for every command), or
+/// `skv bench ladder` with its own flags.
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Bench options")]
+#[command(
+    next_help_heading = "Bench options",
+    args_conflicts_with_subcommands = true
+)]
 pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     /// What to send: get, put, mixed:READ_RATIO (e.g. mixed:0.9 = 90 % gets, 10 % puts) or
     /// scan. Workloads that read write every key first.
     #[arg(long, default_value = "get", value_name = "WORKLOAD")]
@@ -65,8 +73,52 @@ pub(crate) struct BenchArgs {
     quiet: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The security ladder: start a local node per security level (plaintext, TLS, mutual
+    /// TLS, tokens per connection / per request / cached, ...) and variant, run the same load
+    /// against each, one after another, and write DIR/report.md, DIR/results.json and
+    /// DIR/ladder.svg. The connection flags are not used: it starts its own nodes.
+    Ladder(LadderArgs),
+}
+
+/// Flags of `skv bench ladder`.
+#[derive(Debug, Args)]
+struct LadderArgs {
+    /// Short cases (300 ms warmup, 1 s measured, one run each; under 2 minutes in all)
+    /// instead of 1 s + 3 s with five runs of each main-ladder case (about 7 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Output directory (created if missing).
+    #[arg(long, default_value = "skv-ladder", value_name = "DIR")]
+    out: PathBuf,
+    /// The skv-node executable [default: skv-node next to this skv].
+    #[arg(long, value_name = "PATH")]
+    node_bin: Option<PathBuf>,
+    /// Measured time per case, overriding --quick's (e.g. 200ms for a smoke test).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    duration: Option<Duration>,
+    /// Warmup per case, overriding --quick's.
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    warmup: Option<Duration>,
+    /// Connections per case.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    conns: usize,
+    /// Key space of GET cases (fewer for 16 KiB values, to bound the preload).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    keys: u64,
+    /// Runs of each main-ladder case, in rounds, each against a fresh node; the report keeps
+    /// the fastest run
+    /// [default: 5, or 1 with --quick]. Variants run once.
+    #[arg(long, value_name = "N")]
+    repeat: Option<usize>,
+}
+
 /// Run `skv bench`; returns the exit code.
 pub(crate) fn run(conn: &ConnArgs, json: bool, args: BenchArgs) -> u8 {
+    if let Some(BenchCommand::Ladder(ladder)) = args.command {
+        return run_ladder(json, ladder);
+    }
     let result = data::connect_options(conn).and_then(|connect| {
         let opts = options(connect, &args);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -225,5 +277,95 @@ async fn show_progress(progress: Arc<Progress>, opts: BenchOptions, bar: bool) {
                 pb.set_message(String::new());
             }
         }
+    }
+}
+
+/// Run `skv bench ladder`: progress on stderr, the table and targets on stdout (the rows as
+/// JSON with `--json`). Exit 0, or 5 if a main-ladder rung failed (the reports are written
+/// either way).
+fn run_ladder(json: bool, args: LadderArgs) -> u8 {
+    let node_bin = match args.node_bin {
+        Some(path) => path,
+        None => match std::env::current_exe() {
+            Ok(exe) => ladder::default_node_bin(&exe),
+            Err(e) => {
+                eprintln!("skv bench ladder: cannot find this executable ({e}); give --node-bin");
+                return exit::USAGE;
+            }
+        },
+    };
+    let mut opts = LadderOptions::new(args.out, node_bin);
+    opts.quick = args.quick;
+    opts.duration = args.duration;
+    opts.warmup = args.warmup;
+    opts.conns = args.conns;
+    opts.keys = args.keys;
+    opts.repeat = args.repeat;
+    opts.command = std::env::args()
+        .map(|a| shell_quote(&a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let outcome = match ladder::run(&opts, &mut |line| eprintln!("{line}")) {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            eprintln!("skv bench ladder: {err}");
+            return err.exit_code();
+        }
+    };
+    if json {
+        match serde_json::to_string(&outcome.rows) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("skv bench ladder: cannot encode the rows as JSON: {e}");
+                return exit::SERVER;
+            }
+        }
+    } else {
+        // The report's table and targets, without its header and explanations.
+        let body = outcome
+            .report_md
+            .split("\n## The rungs")
+            .next()
+            .unwrap_or("");
+        let body = body.split_once("## Results").map_or(body, |(_, rest)| rest);
+        println!("{}", body.trim());
+    }
+    for warning in &outcome.warnings {
+        eprintln!("skv bench ladder: warning: {warning}");
+    }
+    for path in &outcome.written {
+        eprintln!("wrote {}", path.display());
+    }
+    let missed = outcome
+        .targets
+        .iter()
+        .filter(|t| t.verdict != Verdict::Met)
+        .count();
+    eprintln!(
+        "{} of {} targets met",
+        outcome.targets.len() - missed,
+        outcome.targets.len()
+    );
+    if outcome.failed_main.is_empty() {
+        exit::OK
+    } else {
+        eprintln!(
+            "skv bench ladder: main-ladder rungs failed: {} (see report.md)",
+            outcome.failed_main.join(", ")
+        );
+        exit::SERVER
+    }
+}
+
+/// `arg` as a shell would need it written (single quotes when it holds anything unusual).
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+    if plain {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
     }
 }

@@ -1,0 +1,321 @@
+//! What the ladder measures: the rungs, the variants, and for each case the node's flags and
+//! the client's connection settings.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Serialize;
+use skv_certs::issuer::Alg;
+use skv_certs::KeyType;
+
+use crate::bench::Workload;
+use crate::config::{ConnectOptions, Security};
+
+use super::setup::Credentials;
+
+/// One level of security, each adding one layer to the one before (except `Null`, which is
+/// L2's transport over a node that stores nothing and checks no token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Rung {
+    /// Plaintext TCP (`--insecure-plaintext`).
+    L0,
+    /// TLS 1.3, the node authenticated, the client anonymous (`--insecure-no-client-auth`).
+    L1,
+    /// Mutual TLS 1.3: the client presents a certificate (the default).
+    L2,
+    /// L2 + a JWT verified once per connection, in HELLO (`--auth per-connection`).
+    L3,
+    /// L2 + a JWT verified on every request, no cache (`--auth per-request --token-cache 0`).
+    L4,
+    /// L4 with the verified-token cache (`--keyset` alone): the full request-path stack.
+    L5,
+    /// L5 + values encrypted at rest. Not built yet.
+    L6,
+    /// Mutual TLS and framing in front of `--engine null`: the network stack's ceiling.
+    Null,
+}
+
+impl Rung {
+    /// The main ladder, in the order the report lists it.
+    pub const MAIN: [Rung; 8] = [
+        Rung::L0,
+        Rung::L1,
+        Rung::L2,
+        Rung::L3,
+        Rung::L4,
+        Rung::L5,
+        Rung::L6,
+        Rung::Null,
+    ];
+
+    /// The label in results.json and the report: "L0" .. "L6", "null".
+    pub fn label(self) -> &'static str {
+        match self {
+            Rung::L0 => "L0",
+            Rung::L1 => "L1",
+            Rung::L2 => "L2",
+            Rung::L3 => "L3",
+            Rung::L4 => "L4",
+            Rung::L5 => "L5",
+            Rung::L6 => "L6",
+            Rung::Null => "null",
+        }
+    }
+
+    /// What the rung adds, in a few words.
+    pub fn adds(self) -> &'static str {
+        match self {
+            Rung::L0 => "plaintext TCP, no security",
+            Rung::L1 => "TLS 1.3, server authenticated only",
+            Rung::L2 => "mutual TLS 1.3 (client certificate)",
+            Rung::L3 => "L2 + JWT verified once per connection",
+            Rung::L4 => "L2 + JWT verified on every request, no cache",
+            Rung::L5 => "L4 + verified-token cache",
+            Rung::L6 => "L5 + values encrypted at rest",
+            Rung::Null => "L2 transport, no storage, no auth",
+        }
+    }
+
+    /// Whether skv has this rung yet.
+    pub fn built(self) -> bool {
+        self != Rung::L6
+    }
+
+    /// Whether the client sends a token.
+    fn uses_token(self) -> bool {
+        matches!(self, Rung::L3 | Rung::L4 | Rung::L5)
+    }
+}
+
+impl fmt::Display for Rung {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// One measured configuration: a row of the report.
+#[derive(Debug, Clone)]
+pub(crate) struct Case {
+    pub(crate) rung: Rung,
+    /// "" for the main ladder.
+    pub(crate) variant: String,
+    pub(crate) workload: Workload,
+    pub(crate) value_size: usize,
+    pub(crate) inflight: usize,
+    /// Key type of the CA, node and client certificates.
+    pub(crate) key_type: KeyType,
+    /// Token signature algorithm (L3–L5).
+    pub(crate) alg: Alg,
+    /// Replace each connection after this many requests.
+    pub(crate) reconnect_every: Option<u64>,
+}
+
+const KIB: usize = 1024;
+
+impl Case {
+    fn new(rung: Rung, variant: &str, inflight: usize) -> Case {
+        Case {
+            rung,
+            variant: variant.to_owned(),
+            workload: Workload::Get,
+            value_size: 100,
+            inflight,
+            key_type: KeyType::P256,
+            alg: Alg::EdDSA,
+            reconnect_every: None,
+        }
+    }
+
+    /// A one-line description for progress output.
+    pub(crate) fn title(&self) -> String {
+        let variant = if self.variant.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", self.variant)
+        };
+        format!(
+            "{}{variant}: {} {} B, inflight {}",
+            self.rung, self.workload, self.value_size, self.inflight
+        )
+    }
+
+    /// The node's storage engine.
+    pub(crate) fn engine(&self) -> &'static str {
+        if self.rung == Rung::Null {
+            "null"
+        } else {
+            "sled"
+        }
+    }
+
+    /// `skv-node` flags for this case (without `--listen`, which the runner adds).
+    pub(crate) fn node_args(
+        &self,
+        creds: &Credentials,
+        data_dir: &Path,
+    ) -> Result<Vec<String>, String> {
+        let mut args: Vec<String> = vec![
+            "--name".into(),
+            "n1".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--engine".into(),
+            self.engine().into(),
+        ];
+        if self.workload == Workload::Put {
+            // Acknowledge a write only once it is on disk; concurrent writers share a flush.
+            args.extend(["--durability".into(), "sync".into()]);
+        }
+        if self.rung == Rung::L0 {
+            args.push("--insecure-plaintext".into());
+            return Ok(args);
+        }
+        let pki = creds.pki(self.key_type)?;
+        args.extend([
+            "--ca".into(),
+            pki.ca_cert().display().to_string(),
+            "--cert".into(),
+            pki.node_cert("n1").display().to_string(),
+            "--key".into(),
+            pki.node_key("n1").display().to_string(),
+        ]);
+        if self.rung == Rung::L1 {
+            args.push("--insecure-no-client-auth".into());
+        }
+        if self.rung.uses_token() {
+            let issuer = creds.issuer(self.alg)?;
+            args.extend(["--keyset".into(), issuer.keyset.display().to_string()]);
+            match self.rung {
+                Rung::L3 => args.extend(["--auth".into(), "per-connection".into()]),
+                Rung::L4 => args.extend([
+                    "--auth".into(),
+                    "per-request".into(),
+                    "--token-cache".into(),
+                    "0".into(),
+                ]),
+                _ => args.extend(["--auth".into(), "per-request".into()]),
+            }
+        }
+        Ok(args)
+    }
+
+    /// How the load generator connects to the node at `addr`.
+    pub(crate) fn connect(
+        &self,
+        creds: &Credentials,
+        addr: &str,
+    ) -> Result<ConnectOptions, String> {
+        if self.rung == Rung::L0 {
+            return Ok(ConnectOptions::new(addr, Security::Plaintext));
+        }
+        let pki = creds.pki(self.key_type)?;
+        let identity =
+            (self.rung != Rung::L1).then(|| (pki.client_cert("alice"), pki.client_key("alice")));
+        let mut opts = ConnectOptions::new(
+            addr,
+            Security::Tls {
+                ca: pki.ca_cert(),
+                identity,
+            },
+        );
+        if self.rung.uses_token() {
+            opts.token = Some(creds.issuer(self.alg)?.token.clone());
+        }
+        Ok(opts)
+    }
+
+    /// What the case runs, for the report: certificate key type and token algorithm where
+    /// they apply.
+    pub(crate) fn key_type_label(&self) -> Option<&'static str> {
+        (self.rung != Rung::L0).then(|| self.key_type.as_str())
+    }
+
+    /// The token algorithm, where a token is sent.
+    pub(crate) fn alg_label(&self) -> Option<&'static str> {
+        self.rung.uses_token().then(|| self.alg.as_str())
+    }
+}
+
+/// Every case of a ladder run, main ladder first, in the order they run.
+pub(crate) fn all() -> Vec<Case> {
+    let mut cases = Vec::new();
+    // The main ladder: GET, 100-byte values, unpipelined and pipelined.
+    for rung in Rung::MAIN {
+        for inflight in [1, 16] {
+            cases.push(Case::new(rung, "", inflight));
+        }
+    }
+    // JWT algorithms at L4 (EdDSA is the main L4 row): every request pays one verification.
+    for alg in [Alg::HS256, Alg::ES256, Alg::RS256] {
+        let mut case = Case::new(Rung::L4, &format!("alg={}", alg.as_str()), 1);
+        case.alg = alg;
+        cases.push(case);
+    }
+    // Connection churn at L2: a new TCP + mutual TLS handshake every 100 requests, per
+    // certificate key type.
+    for key_type in KeyType::ALL {
+        let mut case = Case::new(Rung::L2, &format!("churn/{}", key_type.as_str()), 1);
+        case.key_type = key_type;
+        case.reconnect_every = Some(100);
+        cases.push(case);
+    }
+    // A handshake per request: full mutual TLS handshakes per second.
+    let mut handshakes = Case::new(Rung::L2, "handshakes/p256", 1);
+    handshakes.reconnect_every = Some(1);
+    cases.push(handshakes);
+    // Larger values, with and without the security stack.
+    for (size, label) in [(KIB, "value=1KiB"), (16 * KIB, "value=16KiB")] {
+        for rung in [Rung::L0, Rung::L5] {
+            for inflight in [1, 16] {
+                let mut case = Case::new(rung, label, inflight);
+                case.value_size = size;
+                cases.push(case);
+            }
+        }
+    }
+    // Durable writes: sled, acknowledged after the flush, group commit.
+    for rung in [Rung::L0, Rung::L5] {
+        for inflight in [1, 16] {
+            let mut case = Case::new(rung, "put/durable", inflight);
+            case.workload = Workload::Put;
+            cases.push(case);
+        }
+    }
+    cases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_main_ladder_comes_first_and_is_complete() {
+        let cases = all();
+        let main: Vec<_> = cases.iter().take_while(|c| c.variant.is_empty()).collect();
+        assert_eq!(main.len(), Rung::MAIN.len() * 2);
+        for rung in Rung::MAIN {
+            for inflight in [1, 16] {
+                assert!(main
+                    .iter()
+                    .any(|c| c.rung == rung && c.inflight == inflight));
+            }
+        }
+        assert!(cases.iter().skip(main.len()).all(|c| !c.variant.is_empty()));
+        // Variant labels are unique per (rung, variant, inflight).
+        let mut seen = std::collections::HashSet::new();
+        for c in &cases {
+            assert!(
+                seen.insert((c.rung, c.variant.clone(), c.inflight)),
+                "{}",
+                c.title()
+            );
+        }
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(Rung::Null.label(), "null");
+        assert_eq!(Rung::L6.to_string(), "L6");
+        assert!(!Rung::L6.built());
+    }
+}

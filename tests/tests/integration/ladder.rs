@@ -1,0 +1,243 @@
+//! `skv bench ladder`: the quick ladder with tiny durations measures every built rung and
+//! writes its three reports; a node that cannot start makes failed rows and a non-zero exit,
+//! not a crash; and a plain `skv bench --json` row carries the ladder's field names.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use skv_tests::{bin, code, err_text, skv, with, Node, Pki};
+
+/// The fields every row has (the contract).
+const CONTRACT: [&str; 10] = [
+    "rung",
+    "variant",
+    "workload",
+    "value_size",
+    "inflight",
+    "ops_per_sec",
+    "p50_us",
+    "p99_us",
+    "server_cpu_us_per_op",
+    "cost_vs_l0_pct",
+];
+
+const MAIN_BUILT: [&str; 7] = ["L0", "L1", "L2", "L3", "L4", "L5", "null"];
+
+/// Run `skv bench ladder` with tiny cases. The ladder runs ~35 cases, each with its own node,
+/// so it gets a longer guard than the harness's 60 s.
+fn ladder(out: &Path, extra: &[&str]) -> anyhow::Result<Output> {
+    let mut cmd = Command::new(bin("skv"));
+    cmd.args(["bench", "ladder", "--quick", "--out"])
+        .arg(out)
+        .args([
+            "--duration",
+            "200ms",
+            "--warmup",
+            "100ms",
+            "--conns",
+            "8",
+            "--keys",
+            "300",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(240)) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            anyhow::bail!("skv bench ladder hung for 240 s (killed)")
+        }
+    }
+}
+
+fn rows(out: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(out.join("results.json"))?;
+    let rows: Vec<Value> = serde_json::from_str(&text)?;
+    for row in &rows {
+        for field in CONTRACT {
+            assert!(row.get(field).is_some(), "missing {field}: {row}");
+        }
+    }
+    Ok(rows)
+}
+
+fn main_row<'a>(rows: &'a [Value], rung: &str, inflight: u64) -> &'a Value {
+    rows.iter()
+        .find(|r| r["rung"] == rung && r["variant"] == "" && r["inflight"] == inflight)
+        .unwrap_or_else(|| panic!("no main-ladder row for {rung} at inflight {inflight}"))
+}
+
+#[test]
+fn quick_ladder_measures_every_built_rung_and_writes_its_reports() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("skv-it-ladder-")
+        .tempdir()?;
+    let out_dir = dir.path().join("reports");
+    let out = ladder(&out_dir, &[])?;
+    let stderr = err_text(&out);
+    assert_eq!(code(&out), 0, "ladder failed:\n{stderr}");
+
+    let rows = rows(&out_dir)?;
+    for rung in MAIN_BUILT {
+        for inflight in [1, 16] {
+            let row = main_row(&rows, rung, inflight);
+            assert_eq!(row["status"], "ok", "{row}");
+            assert_eq!(row["workload"], "get", "{row}");
+            assert_eq!(row["value_size"], 100, "{row}");
+            assert!(row["ops_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["p50_us"].as_u64().unwrap() > 0, "{row}");
+            // The node's CPU over the measured window, per request: the window hook fired.
+            assert!(row["server_cpu_us_per_op"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["cost_vs_l0_pct"].is_number(), "{row}");
+        }
+        let l0 = main_row(&rows, "L0", 1);
+        assert_eq!(l0["cost_vs_l0_pct"].as_f64(), Some(0.0), "{l0}");
+    }
+    for inflight in [1, 16] {
+        let l6 = main_row(&rows, "L6", inflight);
+        assert_eq!(l6["status"], "not built", "{l6}");
+        for field in [
+            "ops_per_sec",
+            "p50_us",
+            "p99_us",
+            "server_cpu_us_per_op",
+            "cost_vs_l0_pct",
+        ] {
+            assert!(l6[field].is_null(), "L6 has a number for {field}: {l6}");
+        }
+    }
+    // The variants ran (RSA may be skipped where openssl is missing, never failed).
+    for variant in [
+        "alg=HS256",
+        "alg=ES256",
+        "alg=RS256",
+        "churn/p256",
+        "churn/ed25519",
+        "churn/rsa2048",
+        "handshakes/p256",
+        "value=1KiB",
+        "value=16KiB",
+        "put/durable",
+    ] {
+        let found: Vec<&Value> = rows.iter().filter(|r| r["variant"] == variant).collect();
+        assert!(!found.is_empty(), "no {variant} row");
+        for row in found {
+            assert_ne!(row["status"], "failed", "{row}");
+        }
+    }
+    let handshakes = rows
+        .iter()
+        .find(|r| r["variant"] == "handshakes/p256")
+        .unwrap();
+    assert!(
+        handshakes["handshakes_per_sec"].as_f64().unwrap_or(0.0) > 0.0,
+        "{handshakes}"
+    );
+    assert!(handshakes["handshakes_per_server_cpu_sec"].is_number());
+    let put = rows
+        .iter()
+        .find(|r| r["variant"] == "put/durable" && r["rung"] == "L0")
+        .unwrap();
+    assert_eq!(put["workload"], "put");
+
+    let report = std::fs::read_to_string(out_dir.join("report.md"))?;
+    for needle in [
+        "## Results",
+        "## Targets",
+        "## How to read this",
+        "not built yet",
+        "bench ladder --quick",
+        "logical CPUs",
+    ] {
+        assert!(
+            report.contains(needle),
+            "report.md lacks {needle:?}:\n{report}"
+        );
+    }
+    assert!(report.contains("MET") || report.contains("MISSED"));
+    let svg = std::fs::read_to_string(out_dir.join("ladder.svg"))?;
+    assert!(
+        svg.contains("<svg") && svg.contains("not built yet"),
+        "{svg:.300}"
+    );
+    // Progress went to stderr, case by case; the table to stdout.
+    assert!(stderr.contains("[ 1/"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| L5 |"));
+    Ok(())
+}
+
+#[test]
+fn a_node_that_cannot_start_makes_failed_rows_not_a_crash() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("skv-it-ladder-")
+        .tempdir()?;
+    let out_dir = dir.path().join("reports");
+    // `false` exits at once: every case's node fails to start.
+    let out = ladder(&out_dir, &["--node-bin", "/bin/false"])?;
+    assert_eq!(code(&out), 5, "{}", err_text(&out));
+    assert!(err_text(&out).contains("main-ladder rungs failed"));
+    let rows = rows(&out_dir)?;
+    let l2 = main_row(&rows, "L2", 1);
+    assert_eq!(l2["status"], "failed", "{l2}");
+    assert!(
+        l2["error"].as_str().unwrap().contains("did not start"),
+        "{l2}"
+    );
+    assert!(l2["ops_per_sec"].is_null());
+    assert_eq!(main_row(&rows, "L6", 1)["status"], "not built");
+    let report = std::fs::read_to_string(out_dir.join("report.md"))?;
+    assert!(report.contains("**failed**") && report.contains("NOT MEASURED"));
+    assert!(out_dir.join("ladder.svg").exists());
+
+    // A missing executable is a usage error before anything runs.
+    let missing = ladder(&out_dir, &["--node-bin", "/nonexistent/skv-node"])?;
+    assert_eq!(code(&missing), 2, "{}", err_text(&missing));
+    assert!(err_text(&missing).contains("--node-bin"));
+    Ok(())
+}
+
+#[test]
+fn a_plain_bench_row_has_the_ladder_fields() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    let node = Node::start_tls(&pki, &pki.dir().join("data"), &[])?;
+    let args = with(
+        pki.alice_args(&node.addr),
+        &[
+            "bench",
+            "--conns",
+            "2",
+            "--duration",
+            "200ms",
+            "--warmup",
+            "0s",
+            "--keys",
+            "20",
+            "--json",
+        ],
+    );
+    let out = skv(&args, None)?;
+    assert_eq!(code(&out), 0, "{}", err_text(&out));
+    let stdout = String::from_utf8(out.stdout)?;
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let row: Value = serde_json::from_str(&stdout)?;
+    for field in CONTRACT {
+        assert!(row.get(field).is_some(), "missing {field}: {row}");
+    }
+    // A plain run knows nothing of the node's process or of an L0 baseline.
+    assert!(row["server_cpu_us_per_op"].is_null());
+    assert!(row["cost_vs_l0_pct"].is_null());
+    Ok(())
+}
