@@ -434,16 +434,7 @@ fn notes(r: &LadderRow, default_keys: u64) -> String {
 
 /// `1234567.8` as `1,234,568`.
 pub(crate) fn group(v: f64) -> String {
-    let n = v.round().max(0.0) as u64;
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    crate::bench::report::group(v.round().max(0.0) as u64)
 }
 
 /// A percentage with one decimal.
