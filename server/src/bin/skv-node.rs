@@ -173,6 +173,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let name = config.name.clone();
+        let mut signals = Signals::install()?;
         let node = RunningNode::start(config).await?;
         let addr = node.local_addr();
         tracing::info!(node = %name, %addr, "node started");
@@ -181,26 +182,41 @@ fn run(args: Args) -> anyhow::Result<()> {
         writeln!(stdout, "listening on {addr}")?;
         stdout.flush()?;
         drop(stdout);
-        wait_for_stop(&node).await?;
+        signals.wait_for_stop(&node).await;
         tracing::info!("signal received; shutting down");
         node.shutdown().await;
         Ok(())
     })
 }
 
-/// Serve until SIGTERM or SIGINT; SIGHUP reloads the token keyset meanwhile.
-async fn wait_for_stop(node: &RunningNode) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the keyset");
-                node.reload_keyset();
+/// The signals a node reacts to. Installed before the node announces `listening on`, so a
+/// script that signals right after that line never hits the default (kill) action.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
+    }
+
+    /// Serve until SIGTERM or SIGINT; SIGHUP reloads the token keyset meanwhile.
+    async fn wait_for_stop(&mut self, node: &RunningNode) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the keyset");
+                    node.reload_keyset();
+                }
             }
         }
     }
