@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use skv_proto::{
-    FrameCodec, FrameError, Request, RequestBody, Response, ResponseBody, ScanEntry,
-    TokenPlacement, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    ClusterMap, ControlRequest, ControlResponse, FrameCodec, FrameError, Request, RequestBody,
+    Response, ResponseBody, ScanEntry, TokenPlacement, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -50,6 +50,8 @@ pub struct ScanPage {
     pub entries: Vec<ScanEntry>,
     /// Pass back to continue; `None` at the end.
     pub cursor: Option<Bytes>,
+    /// Epoch of the cluster map the node filtered the page with.
+    pub epoch: u64,
 }
 
 /// A connection to one node. Cheap to clone; clones share the socket.
@@ -210,7 +212,46 @@ impl Connection {
             .map_err(|_| lost())??;
         match answer {
             ResponseBody::Error(err) => Err(ClientError::from_wire(err)),
+            ResponseBody::Moved {
+                slot,
+                epoch,
+                node,
+                addr,
+            } => Err(ClientError::Moved {
+                slot,
+                epoch,
+                node,
+                addr,
+            }),
             other => Ok(other),
+        }
+    }
+
+    /// The node's cluster map (validated).
+    pub async fn cluster_map(&self) -> Result<ClusterMap, ClientError> {
+        match self.call(RequestBody::ClusterMap).await? {
+            ResponseBody::Map { json, .. } => ClusterMap::from_json(&json).map_err(|e| {
+                ClientError::Protocol(format!("{} sent an unusable cluster map: {e}", self.addr))
+            }),
+            other => Err(unexpected("CLUSTER_MAP", &other)),
+        }
+    }
+
+    /// Send a control request (admin commands need a token with the `admin` scope when the
+    /// node checks tokens).
+    pub async fn control(&self, request: &ControlRequest) -> Result<ControlResponse, ClientError> {
+        let body = RequestBody::Control {
+            json: Bytes::from(request.to_json()),
+        };
+        match self.call(body).await? {
+            ResponseBody::Control { json } => ControlResponse::from_json(&json).map_err(|e| {
+                ClientError::Protocol(format!(
+                    "{} answered {} with something unreadable: {e}",
+                    self.addr,
+                    request.name()
+                ))
+            }),
+            other => Err(unexpected("CONTROL", &other)),
         }
     }
 
@@ -287,7 +328,15 @@ impl Connection {
             cursor,
         };
         match self.call(body).await? {
-            ResponseBody::ScanPage { entries, cursor } => Ok(ScanPage { entries, cursor }),
+            ResponseBody::ScanPage {
+                entries,
+                cursor,
+                epoch,
+            } => Ok(ScanPage {
+                entries,
+                cursor,
+                epoch,
+            }),
             other => Err(unexpected("SCAN", &other)),
         }
     }
@@ -303,6 +352,9 @@ fn unexpected(op: &str, body: &ResponseBody) -> ClientError {
         ResponseBody::Deleted { .. } => "DELETED",
         ResponseBody::ScanPage { .. } => "SCAN_PAGE",
         ResponseBody::CasConflict { .. } => "CAS_CONFLICT",
+        ResponseBody::Map { .. } => "MAP",
+        ResponseBody::Control { .. } => "CONTROL",
+        ResponseBody::Moved { .. } => "MOVED",
         ResponseBody::Error(_) => "ERROR",
     };
     ClientError::Protocol(format!("the node answered {op} with {kind}"))

@@ -72,6 +72,35 @@ pub enum ClientError {
     /// The node failed or rejected the request.
     #[error("node error: {0}")]
     Server(WireError),
+    /// The node does not serve the key's slot; `node` at `addr` does, according to the map
+    /// of `epoch`. The cluster client follows this itself; a single [`crate::Connection`]
+    /// reports it.
+    #[error("slot {slot} is served by node {node} at {addr} (map epoch {epoch})")]
+    Moved {
+        /// The key's hash slot.
+        slot: u16,
+        /// Epoch of the map that says so.
+        epoch: u64,
+        /// Node serving the slot.
+        node: String,
+        /// Its address.
+        addr: String,
+    },
+    /// The node serving the key's slot cannot be reached. Only that node's slots are
+    /// affected; requests for other slots keep working.
+    #[error(
+        "node {node} at {addr} is unreachable; it serves slots {ranges}, so keys in those slots          are unavailable until it is back ({reason})"
+    )]
+    NodeDown {
+        /// The node.
+        node: String,
+        /// Its address.
+        addr: String,
+        /// Its slot ranges, formatted (`0-5460, 10923-16383`).
+        ranges: String,
+        /// What the connection attempt reported.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -80,8 +109,9 @@ impl ClientError {
         match self {
             ClientError::Config(_) => exit::USAGE,
             ClientError::Refused(_) => exit::REFUSED,
-            ClientError::Server(_) => exit::SERVER,
-            ClientError::Connect { .. }
+            ClientError::Server(_) | ClientError::Moved { .. } => exit::SERVER,
+            ClientError::NodeDown { .. }
+            | ClientError::Connect { .. }
             | ClientError::Tls(_)
             | ClientError::Protocol(_)
             | ClientError::Timeout { .. }

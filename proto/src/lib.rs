@@ -7,10 +7,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod frame;
 pub mod message;
 pub mod token;
 
+pub use cluster::{hash_slot, ClusterMap, ControlRequest, ControlResponse, SlotRange, SLOT_COUNT};
 pub use frame::{
     encode_frame, EncodeFrame, FrameCodec, FrameError, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN,
     MIN_MAX_FRAME,

@@ -43,6 +43,12 @@ pub enum Op {
     Scan = 0x05,
     /// Write one key if its version matches.
     Cas = 0x06,
+    /// Fetch the node's cluster map.
+    ClusterMap = 0x07,
+    /// A control-plane request (JSON): map changes, slot moves, status.
+    Control = 0x08,
+    /// Peer only: keys copied in during a slot move.
+    Import = 0x09,
 }
 
 impl Op {
@@ -56,6 +62,9 @@ impl Op {
             Op::Delete => "delete",
             Op::Scan => "scan",
             Op::Cas => "cas",
+            Op::ClusterMap => "cluster_map",
+            Op::Control => "control",
+            Op::Import => "import",
         }
     }
 
@@ -68,6 +77,9 @@ impl Op {
             0x04 => Op::Delete,
             0x05 => Op::Scan,
             0x06 => Op::Cas,
+            0x07 => Op::ClusterMap,
+            0x08 => Op::Control,
+            0x09 => Op::Import,
             _ => return None,
         })
     }
@@ -132,6 +144,22 @@ pub enum RequestBody {
         /// The value to write.
         value: Bytes,
     },
+    /// Answered with [`ResponseBody::Map`].
+    ClusterMap,
+    /// A [`crate::cluster::ControlRequest`] as JSON; answered with
+    /// [`ResponseBody::Control`].
+    Control {
+        /// The JSON.
+        json: Bytes,
+    },
+    /// Peer only: entries to store with their versions, and keys to remove, while slots move
+    /// to this node.
+    Import {
+        /// Keys with the versions they had on the giving node.
+        entries: Vec<ScanEntry>,
+        /// Keys deleted on the giving node since they were copied.
+        deleted: Vec<Bytes>,
+    },
 }
 
 impl RequestBody {
@@ -145,6 +173,20 @@ impl RequestBody {
             RequestBody::Delete { .. } => Op::Delete,
             RequestBody::Scan { .. } => Op::Scan,
             RequestBody::Cas { .. } => Op::Cas,
+            RequestBody::ClusterMap => Op::ClusterMap,
+            RequestBody::Control { .. } => Op::Control,
+            RequestBody::Import { .. } => Op::Import,
+        }
+    }
+
+    /// The key a single-key operation addresses (what decides its hash slot).
+    pub fn key(&self) -> Option<&Bytes> {
+        match self {
+            RequestBody::Get { key }
+            | RequestBody::Put { key, .. }
+            | RequestBody::Delete { key }
+            | RequestBody::Cas { key, .. } => Some(key),
+            _ => None,
         }
     }
 }
@@ -210,11 +252,37 @@ pub enum ResponseBody {
         entries: Vec<ScanEntry>,
         /// Pass this back to get the next page; `None` when the scan is complete.
         cursor: Option<Bytes>,
+        /// Epoch of the cluster map the node filtered the page with: the page holds only keys
+        /// of slots the node served under that map.
+        epoch: u64,
     },
     /// A CAS found a different version; nothing was written.
     CasConflict {
         /// The key's current version (0: the key does not exist).
         current: u64,
+    },
+    /// The node's cluster map.
+    Map {
+        /// The map's epoch (also inside the JSON; here so a client can skip parsing).
+        epoch: u64,
+        /// A [`crate::cluster::ClusterMap`] as JSON.
+        json: Bytes,
+    },
+    /// A [`crate::cluster::ControlResponse`] as JSON.
+    Control {
+        /// The JSON.
+        json: Bytes,
+    },
+    /// The key's slot is served by another node: retry there. Nothing was done.
+    Moved {
+        /// The key's hash slot.
+        slot: u16,
+        /// Epoch of the map that says so; refresh a cached map older than this.
+        epoch: u64,
+        /// The node serving the slot.
+        node: String,
+        /// Its address.
+        addr: String,
     },
     /// The request failed.
     Error(WireError),
@@ -297,6 +365,12 @@ pub enum ErrorCode {
     Storage,
     /// Any other failure inside the node.
     Internal,
+    /// The key's slot is being handed to another node and writes to it are paused for a
+    /// moment: retry shortly. Nothing was done.
+    TryAgain,
+    /// The node has no usable route for the request (it is not in the cluster map, or the
+    /// map is being changed by another request).
+    ClusterState,
     /// A code this build does not know.
     Other(u16),
 }
@@ -316,6 +390,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => 9,
             ErrorCode::Storage => 10,
             ErrorCode::Internal => 11,
+            ErrorCode::TryAgain => 12,
+            ErrorCode::ClusterState => 13,
             ErrorCode::Other(n) => n,
         }
     }
@@ -334,6 +410,8 @@ impl ErrorCode {
             9 => ErrorCode::ShuttingDown,
             10 => ErrorCode::Storage,
             11 => ErrorCode::Internal,
+            12 => ErrorCode::TryAgain,
+            13 => ErrorCode::ClusterState,
             n => ErrorCode::Other(n),
         }
     }
@@ -352,6 +430,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Storage => "storage",
             ErrorCode::Internal => "internal",
+            ErrorCode::TryAgain => "try_again",
+            ErrorCode::ClusterState => "cluster_state",
             ErrorCode::Other(_) => "other",
         }
     }
@@ -491,7 +571,25 @@ impl EncodeFrame for Request {
                 dst.put_u64(*expect_version);
                 put_long_bytes(dst, value);
             }
+            RequestBody::ClusterMap => {}
+            RequestBody::Control { json } => put_long_bytes(dst, json),
+            RequestBody::Import { entries, deleted } => {
+                put_entries(dst, entries);
+                dst.put_u32(deleted.len().min(u32::MAX as usize) as u32);
+                for key in deleted {
+                    put_short_bytes(dst, key);
+                }
+            }
         }
+    }
+}
+
+fn put_entries(dst: &mut BytesMut, entries: &[ScanEntry]) {
+    dst.put_u32(entries.len().min(u32::MAX as usize) as u32);
+    for entry in entries {
+        put_short_bytes(dst, &entry.key);
+        dst.put_u64(entry.version);
+        put_long_bytes(dst, &entry.value);
     }
 }
 
@@ -505,6 +603,9 @@ mod kind {
     pub(super) const DELETED: u8 = 0x05;
     pub(super) const SCAN_PAGE: u8 = 0x06;
     pub(super) const CAS_CONFLICT: u8 = 0x07;
+    pub(super) const MAP: u8 = 0x08;
+    pub(super) const CONTROL: u8 = 0x09;
+    pub(super) const MOVED: u8 = 0x0a;
     pub(super) const ERROR: u8 = 0xff;
 }
 
@@ -539,15 +640,36 @@ impl EncodeFrame for Response {
                 dst.put_u8(kind::DELETED);
                 dst.put_u8(u8::from(*existed));
             }
-            ResponseBody::ScanPage { entries, cursor } => {
+            ResponseBody::ScanPage {
+                entries,
+                cursor,
+                epoch,
+            } => {
                 dst.put_u8(kind::SCAN_PAGE);
-                dst.put_u32(entries.len().min(u32::MAX as usize) as u32);
-                for entry in entries {
-                    put_short_bytes(dst, &entry.key);
-                    dst.put_u64(entry.version);
-                    put_long_bytes(dst, &entry.value);
-                }
+                put_entries(dst, entries);
                 put_optional_short(dst, cursor.as_ref());
+                dst.put_u64(*epoch);
+            }
+            ResponseBody::Map { epoch, json } => {
+                dst.put_u8(kind::MAP);
+                dst.put_u64(*epoch);
+                put_long_bytes(dst, json);
+            }
+            ResponseBody::Control { json } => {
+                dst.put_u8(kind::CONTROL);
+                put_long_bytes(dst, json);
+            }
+            ResponseBody::Moved {
+                slot,
+                epoch,
+                node,
+                addr,
+            } => {
+                dst.put_u8(kind::MOVED);
+                dst.put_u16(*slot);
+                dst.put_u64(*epoch);
+                put_short_bytes(dst, node.as_bytes());
+                put_short_bytes(dst, addr.as_bytes());
             }
             ResponseBody::CasConflict { current } => {
                 dst.put_u8(kind::CAS_CONFLICT);
@@ -569,7 +691,7 @@ pub fn scan_entry_wire_len(key_len: usize, value_len: usize) -> usize {
 
 /// Bytes a SCAN_PAGE response spends outside its entries, cursor included, for a key-sized
 /// cursor.
-pub const SCAN_PAGE_OVERHEAD: usize = 8 + 1 + 4 + 1 + 2 + MAX_KEY_LEN;
+pub const SCAN_PAGE_OVERHEAD: usize = 8 + 1 + 4 + 1 + 2 + MAX_KEY_LEN + 8;
 
 // ---- decoding -------------------------------------------------------------------------------
 
@@ -644,6 +766,21 @@ impl Reader {
         String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::InvalidUtf8(field))
     }
 
+    fn entries(&mut self) -> Result<Vec<ScanEntry>, DecodeError> {
+        let count = self.u32("entry count")?;
+        // Grow as entries decode; a lying count fails on truncation instead of reserving
+        // memory up front.
+        let mut entries = Vec::new();
+        for _ in 0..count {
+            entries.push(ScanEntry {
+                key: self.key("entry key")?,
+                version: self.u64("entry version")?,
+                value: self.long_bytes("entry value")?,
+            });
+        }
+        Ok(entries)
+    }
+
     fn finish(self) -> Result<(), DecodeError> {
         match self.buf.remaining() {
             0 => Ok(()),
@@ -700,6 +837,19 @@ impl Request {
                 expect_version: r.u64("expect version")?,
                 value: r.long_bytes("value")?,
             },
+            Op::ClusterMap => RequestBody::ClusterMap,
+            Op::Control => RequestBody::Control {
+                json: r.long_bytes("json")?,
+            },
+            Op::Import => {
+                let entries = r.entries()?;
+                let count = r.u32("deleted count")?;
+                let mut deleted = Vec::new();
+                for _ in 0..count {
+                    deleted.push(r.key("deleted key")?);
+                }
+                RequestBody::Import { entries, deleted }
+            }
         };
         r.finish()?;
         Ok(Request { id, token, body })
@@ -731,23 +881,24 @@ impl Response {
             kind::DELETED => ResponseBody::Deleted {
                 existed: r.u8("existed")? != 0,
             },
-            kind::SCAN_PAGE => {
-                let count = r.u32("entry count")?;
-                // Grow as entries decode; a lying count fails on truncation instead of
-                // reserving memory up front.
-                let mut entries = Vec::new();
-                for _ in 0..count {
-                    entries.push(ScanEntry {
-                        key: r.key("entry key")?,
-                        version: r.u64("entry version")?,
-                        value: r.long_bytes("entry value")?,
-                    });
-                }
-                ResponseBody::ScanPage {
-                    entries,
-                    cursor: r.optional_key("cursor")?,
-                }
-            }
+            kind::SCAN_PAGE => ResponseBody::ScanPage {
+                entries: r.entries()?,
+                cursor: r.optional_key("cursor")?,
+                epoch: r.u64("epoch")?,
+            },
+            kind::MAP => ResponseBody::Map {
+                epoch: r.u64("epoch")?,
+                json: r.long_bytes("map")?,
+            },
+            kind::CONTROL => ResponseBody::Control {
+                json: r.long_bytes("json")?,
+            },
+            kind::MOVED => ResponseBody::Moved {
+                slot: r.u16("slot")?,
+                epoch: r.u64("epoch")?,
+                node: r.string("node")?,
+                addr: r.string("addr")?,
+            },
             kind::CAS_CONFLICT => ResponseBody::CasConflict {
                 current: r.u64("current version")?,
             },
@@ -806,6 +957,18 @@ mod tests {
                 expect_version: 0,
                 value: b(b"v"),
             },
+            RequestBody::ClusterMap,
+            RequestBody::Control {
+                json: b(b"{\"cmd\":\"status\"}"),
+            },
+            RequestBody::Import {
+                entries: vec![ScanEntry {
+                    key: b(b"a"),
+                    version: 7,
+                    value: b(b"x"),
+                }],
+                deleted: vec![b(b"gone")],
+            },
         ];
         for (i, body) in bodies.into_iter().enumerate() {
             for token in [None, Some(b(b"header.claims.sig"))] {
@@ -843,8 +1006,20 @@ mod tests {
                     value: b(b"x"),
                 }],
                 cursor: Some(b(b"a")),
+                epoch: 3,
             },
             ResponseBody::CasConflict { current: 4 },
+            ResponseBody::Map {
+                epoch: 2,
+                json: b(b"{}"),
+            },
+            ResponseBody::Control { json: b(b"{}") },
+            ResponseBody::Moved {
+                slot: 16383,
+                epoch: 5,
+                node: "n2".into(),
+                addr: "127.0.0.1:7402".into(),
+            },
             ResponseBody::Error(WireError::new(ErrorCode::Forbidden, "no")),
             ResponseBody::Error(WireError::new(ErrorCode::Other(999), "future")),
         ];

@@ -180,14 +180,17 @@ impl ScopeOp {
         }
     }
 
-    /// The scope a wire request needs on its key (or scan prefix). `None` for HELLO and PING,
-    /// which touch no key and need only a valid token.
+    /// The scope a wire request needs on its key (or scan prefix). `None` for HELLO, PING and
+    /// CLUSTER_MAP, which touch no key: PING serves health checks and the map only says where
+    /// slots live, which every client needs before it can send anything. Control requests and
+    /// imports need `admin` over the whole keyspace (an empty prefix).
     pub fn required_for(op: Op) -> Option<ScopeOp> {
         match op {
             Op::Get | Op::Scan => Some(ScopeOp::Read),
             Op::Put | Op::Cas => Some(ScopeOp::Write),
             Op::Delete => Some(ScopeOp::Delete),
-            Op::Hello | Op::Ping => None,
+            Op::Control | Op::Import => Some(ScopeOp::Admin),
+            Op::Hello | Op::Ping | Op::ClusterMap => None,
         }
     }
 }

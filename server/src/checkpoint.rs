@@ -376,7 +376,11 @@ fn target_of(body: &RequestBody) -> Option<&[u8]> {
         | RequestBody::Delete { key }
         | RequestBody::Cas { key, .. } => Some(key),
         RequestBody::Scan { prefix, .. } => Some(prefix),
-        RequestBody::Hello { .. } | RequestBody::Ping => None,
+        RequestBody::Hello { .. }
+        | RequestBody::Ping
+        | RequestBody::ClusterMap
+        | RequestBody::Control { .. }
+        | RequestBody::Import { .. } => None,
     }
 }
 

@@ -82,6 +82,12 @@ fn run(
             limit,
             cursor,
         } => Outcome::Reply(scan(storage, &prefix, limit, cursor, max_frame)?),
+        RequestBody::ClusterMap | RequestBody::Control { .. } | RequestBody::Import { .. } => {
+            Outcome::Reply(ResponseBody::Error(WireError::new(
+                ErrorCode::UnknownOp,
+                "cluster operations are not implemented yet",
+            )))
+        }
         RequestBody::Hello { .. } => Outcome::Reply(ResponseBody::Error(WireError::new(
             ErrorCode::HandshakeRequired,
             "HELLO may only be sent once, as the first request",
@@ -127,5 +133,9 @@ fn scan(
     } else {
         None
     };
-    Ok(ResponseBody::ScanPage { entries, cursor })
+    Ok(ResponseBody::ScanPage {
+        entries,
+        cursor,
+        epoch: 0,
+    })
 }

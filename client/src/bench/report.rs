@@ -34,6 +34,8 @@ pub fn error_kind(err: &ClientError) -> String {
         ClientError::Disconnected { .. } => "disconnected".into(),
         ClientError::Refused(wire) => format!("refused:{}", wire.code),
         ClientError::Server(wire) => format!("server:{}", wire.code),
+        ClientError::Moved { .. } => "moved".into(),
+        ClientError::NodeDown { .. } => "node_down".into(),
     }
 }
 

@@ -1,0 +1,915 @@
+//! The cluster model both ends share: hash slots, the epoch-versioned cluster map, and the
+//! control messages nodes and admin tools exchange.
+//!
+//! Keys are spread over [`SLOT_COUNT`] hash slots with the Redis Cluster function
+//! ([`hash_slot`]: CRC16/XMODEM of the key, or of its `{tag}` when it has one, mod 16384).
+//! Slot ranges belong to shards, and a shard lists its replicas (one per shard until
+//! replication exists; the first replica serves). The [`ClusterMap`] carries all of it plus an
+//! epoch that grows by one with every change, so any two maps can be ordered and a node or
+//! client always keeps the newer one.
+//!
+//! The map and the control messages travel as JSON inside frames (docs/PROTOCOL.md): they are
+//! small, rare and read by people, unlike the data path, which stays binary.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+/// Number of hash slots.
+pub const SLOT_COUNT: u16 = 16384;
+
+/// Largest map a node accepts or sends, in JSON bytes (a map of 1000 nodes with fragmented
+/// ranges stays well below).
+pub const MAX_MAP_BYTES: usize = 256 * 1024;
+
+/// Most nodes a map may list.
+pub const MAX_MAP_NODES: usize = 1024;
+
+/// Largest control message accepted, in JSON bytes (it may carry a map).
+pub const MAX_CONTROL_BYTES: usize = MAX_MAP_BYTES + 4096;
+
+/// CRC16/XMODEM (polynomial 0x1021, initial value 0), the checksum Redis Cluster hashes keys
+/// with. `crc16(b"123456789") == 0x31c3`.
+pub fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc = (crc << 8) ^ CRC16_TABLE[usize::from(((crc >> 8) as u8) ^ byte)];
+    }
+    crc
+}
+
+const CRC16_TABLE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
+
+/// The part of `key` that is hashed: the text between the first `{` and the next `}` when it
+/// is not empty (a hash tag, so `{user42}.profile` and `{user42}.cart` share a slot), else the
+/// whole key. The same rule as Redis Cluster.
+pub fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{') {
+        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
+/// The hash slot of `key`, in `0..SLOT_COUNT`.
+pub fn hash_slot(key: &[u8]) -> u16 {
+    crc16(hash_tag(key)) % SLOT_COUNT
+}
+
+/// An inclusive range of slots, `start..=end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SlotRange {
+    /// First slot.
+    pub start: u16,
+    /// Last slot (inclusive).
+    pub end: u16,
+}
+
+impl SlotRange {
+    /// `start..=end`.
+    pub fn new(start: u16, end: u16) -> SlotRange {
+        SlotRange { start, end }
+    }
+
+    /// Whether `slot` is in the range.
+    pub fn contains(&self, slot: u16) -> bool {
+        self.start <= slot && slot <= self.end
+    }
+
+    /// Number of slots in the range.
+    pub fn len(&self) -> u32 {
+        u32::from(self.end) - u32::from(self.start) + 1
+    }
+
+    /// Always false: a range holds at least one slot. (For clippy's `len_without_is_empty`.)
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl std::fmt::Display for SlotRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+/// `ranges` as `0-5460, 10923-16383`, for messages.
+pub fn format_ranges(ranges: &[SlotRange]) -> String {
+    if ranges.is_empty() {
+        return "no slots".into();
+    }
+    ranges
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A set of slots as a 16384-bit bitmap: constant-time membership for the request path.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SlotSet {
+    bits: Box<[u64; SLOT_COUNT as usize / 64]>,
+}
+
+impl std::fmt::Debug for SlotSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SlotSet({})", format_ranges(&self.ranges()))
+    }
+}
+
+impl Default for SlotSet {
+    fn default() -> Self {
+        SlotSet {
+            bits: Box::new([0; SLOT_COUNT as usize / 64]),
+        }
+    }
+}
+
+impl SlotSet {
+    /// The slots of `ranges` (slots beyond [`SLOT_COUNT`] are ignored).
+    pub fn from_ranges(ranges: &[SlotRange]) -> SlotSet {
+        let mut set = SlotSet::default();
+        for r in ranges {
+            for slot in r.start..=r.end.min(SLOT_COUNT - 1) {
+                set.insert(slot);
+            }
+        }
+        set
+    }
+
+    /// Add `slot`.
+    pub fn insert(&mut self, slot: u16) {
+        if slot < SLOT_COUNT {
+            self.bits[usize::from(slot / 64)] |= 1 << (slot % 64);
+        }
+    }
+
+    /// Whether `slot` is in the set.
+    pub fn contains(&self, slot: u16) -> bool {
+        slot < SLOT_COUNT && self.bits[usize::from(slot / 64)] & (1 << (slot % 64)) != 0
+    }
+
+    /// Number of slots in the set.
+    pub fn len(&self) -> u32 {
+        self.bits.iter().map(|w| w.count_ones()).sum()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|w| *w == 0)
+    }
+
+    /// The set as sorted, maximal ranges.
+    pub fn ranges(&self) -> Vec<SlotRange> {
+        let mut out: Vec<SlotRange> = Vec::new();
+        for slot in 0..SLOT_COUNT {
+            if self.contains(slot) {
+                match out.last_mut() {
+                    Some(last) if last.end + 1 == slot => last.end = slot,
+                    _ => out.push(SlotRange::new(slot, slot)),
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    /// Node id: the name in its certificate's SPIFFE ID, `spiffe://<cluster>/node/<id>`.
+    pub id: String,
+    /// `HOST:PORT` clients and peers dial.
+    pub addr: String,
+}
+
+/// A shard: the replica group that owns some slots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// Shard id, unique in the map.
+    pub id: u32,
+    /// Node ids holding the shard; the first one serves requests (one replica for now).
+    pub replicas: Vec<String>,
+}
+
+/// Slots assigned to a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotAssignment {
+    /// First slot.
+    pub start: u16,
+    /// Last slot (inclusive).
+    pub end: u16,
+    /// The shard that owns them.
+    pub shard: u32,
+}
+
+/// Why a cluster map is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// The JSON did not parse or is too large.
+    #[error("cluster map is not valid JSON of the expected shape: {0}")]
+    Json(String),
+    /// The map is structurally wrong; the message says where.
+    #[error("invalid cluster map: {0}")]
+    Invalid(String),
+}
+
+/// The cluster map: which shard owns which slots, which nodes hold each shard, and where to
+/// reach them. Versioned by `epoch`: every change makes a map with a larger epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMap {
+    /// Cluster name: the SPIFFE trust domain of every node and client certificate.
+    pub cluster: String,
+    /// Version of the map; larger is newer.
+    pub epoch: u64,
+    /// Every node, whether or not it holds a shard yet.
+    pub nodes: Vec<NodeEntry>,
+    /// Every shard.
+    pub shards: Vec<ShardEntry>,
+    /// Slot ranges to shards, sorted by start, covering all slots exactly once.
+    pub slots: Vec<SlotAssignment>,
+}
+
+impl ClusterMap {
+    /// A one-node cluster: `node` holds the only shard, which owns every slot. What a node
+    /// started without a cluster map serves.
+    pub fn single(cluster: &str, node: &str, addr: &str) -> ClusterMap {
+        ClusterMap::even(cluster, &[(node.to_owned(), addr.to_owned())])
+    }
+
+    /// A fresh cluster at epoch 1: one shard per node (shard `i + 1` on `nodes[i]`), slots
+    /// split into equal contiguous ranges in node order. `nodes` must not be empty.
+    pub fn even(cluster: &str, nodes: &[(String, String)]) -> ClusterMap {
+        let n = nodes.len().max(1) as u32;
+        let mut slots = Vec::new();
+        for i in 0..n {
+            let start = (u32::from(SLOT_COUNT) * i / n) as u16;
+            let end = (u32::from(SLOT_COUNT) * (i + 1) / n - 1) as u16;
+            slots.push(SlotAssignment {
+                start,
+                end,
+                shard: i + 1,
+            });
+        }
+        ClusterMap {
+            cluster: cluster.to_owned(),
+            epoch: 1,
+            nodes: nodes
+                .iter()
+                .map(|(id, addr)| NodeEntry {
+                    id: id.clone(),
+                    addr: addr.clone(),
+                })
+                .collect(),
+            shards: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, (id, _))| ShardEntry {
+                    id: i as u32 + 1,
+                    replicas: vec![id.clone()],
+                })
+                .collect(),
+            slots,
+        }
+    }
+
+    /// Parse and [`validate`](ClusterMap::validate) a map.
+    pub fn from_json(json: &[u8]) -> Result<ClusterMap, MapError> {
+        if json.len() > MAX_MAP_BYTES {
+            return Err(MapError::Json(format!(
+                "{} bytes exceeds the {MAX_MAP_BYTES}-byte limit",
+                json.len()
+            )));
+        }
+        let map: ClusterMap =
+            serde_json::from_slice(json).map_err(|e| MapError::Json(e.to_string()))?;
+        map.validate()?;
+        Ok(map)
+    }
+
+    /// The map as JSON (pretty, since people read the persisted copy).
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain structs of strings and integers cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// Check the map's structure: unique node and shard ids, every replica a known node,
+    /// slot ranges sorted and covering `0..SLOT_COUNT` exactly once, owned by known shards
+    /// that have at least one replica.
+    pub fn validate(&self) -> Result<(), MapError> {
+        let bad = |msg: String| Err(MapError::Invalid(msg));
+        if self.nodes.len() > MAX_MAP_NODES {
+            return bad(format!("more than {MAX_MAP_NODES} nodes"));
+        }
+        let mut node_ids = HashSet::new();
+        for node in &self.nodes {
+            if node.id.is_empty() || node.id.len() > 63 {
+                return bad("a node id is empty or longer than 63 bytes".into());
+            }
+            if node.addr.is_empty() || node.addr.len() > 255 {
+                return bad(format!(
+                    "node {} has an empty or over-long address",
+                    node.id
+                ));
+            }
+            if !node_ids.insert(node.id.as_str()) {
+                return bad(format!("node {} is listed twice", node.id));
+            }
+        }
+        let mut shard_ids = HashSet::new();
+        let mut placed = HashSet::new();
+        for shard in &self.shards {
+            if !shard_ids.insert(shard.id) {
+                return bad(format!("shard {} is listed twice", shard.id));
+            }
+            if shard.replicas.is_empty() {
+                return bad(format!("shard {} has no replica", shard.id));
+            }
+            for replica in &shard.replicas {
+                if !node_ids.contains(replica.as_str()) {
+                    return bad(format!("shard {} names unknown node {replica}", shard.id));
+                }
+                if !placed.insert(replica.as_str()) {
+                    return bad(format!("node {replica} holds more than one shard"));
+                }
+            }
+        }
+        let mut next: u32 = 0;
+        for a in &self.slots {
+            if u32::from(a.start) != next || a.end < a.start || a.end >= SLOT_COUNT {
+                return bad(format!(
+                    "slot ranges must be sorted and cover 0-{} exactly once; found {}-{} where \
+                     slot {next} was expected",
+                    SLOT_COUNT - 1,
+                    a.start,
+                    a.end
+                ));
+            }
+            if !shard_ids.contains(&a.shard) {
+                return bad(format!(
+                    "slots {}-{} belong to unknown shard {}",
+                    a.start, a.end, a.shard
+                ));
+            }
+            next = u32::from(a.end) + 1;
+        }
+        if next != u32::from(SLOT_COUNT) {
+            return bad(format!("slots {next}-{} are not assigned", SLOT_COUNT - 1));
+        }
+        Ok(())
+    }
+
+    /// The node entry for `id`.
+    pub fn node(&self, id: &str) -> Option<&NodeEntry> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The shard a node holds, if any.
+    pub fn shard_of_node(&self, id: &str) -> Option<&ShardEntry> {
+        self.shards
+            .iter()
+            .find(|s| s.replicas.iter().any(|r| r == id))
+    }
+
+    /// The shard that owns `slot`.
+    pub fn shard_of_slot(&self, slot: u16) -> Option<&ShardEntry> {
+        let i = self.slots.partition_point(|a| a.end < slot);
+        let a = self.slots.get(i).filter(|a| a.start <= slot)?;
+        self.shards.iter().find(|s| s.id == a.shard)
+    }
+
+    /// The node serving `slot`: the first replica of its shard.
+    pub fn owner_of_slot(&self, slot: u16) -> Option<&NodeEntry> {
+        let shard = self.shard_of_slot(slot)?;
+        self.node(shard.replicas.first()?)
+    }
+
+    /// The slot ranges of shard `shard`, merged and sorted.
+    pub fn ranges_of_shard(&self, shard: u32) -> Vec<SlotRange> {
+        let mut out: Vec<SlotRange> = Vec::new();
+        for a in self.slots.iter().filter(|a| a.shard == shard) {
+            match out.last_mut() {
+                Some(last) if u32::from(last.end) + 1 == u32::from(a.start) => last.end = a.end,
+                _ => out.push(SlotRange::new(a.start, a.end)),
+            }
+        }
+        out
+    }
+
+    /// The slot ranges a node serves (empty when it holds no shard).
+    pub fn ranges_of_node(&self, id: &str) -> Vec<SlotRange> {
+        match self.shard_of_node(id) {
+            Some(shard) if shard.replicas.first().map(String::as_str) == Some(id) => {
+                self.ranges_of_shard(shard.id)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The slots a node serves, as a bitmap.
+    pub fn slots_of_node(&self, id: &str) -> SlotSet {
+        SlotSet::from_ranges(&self.ranges_of_node(id))
+    }
+
+    /// For each slot, the index in `nodes` of the node serving it (`u16::MAX` if none): the
+    /// client's routing table.
+    pub fn slot_owners(&self) -> Vec<u16> {
+        let mut owners = vec![u16::MAX; usize::from(SLOT_COUNT)];
+        for a in &self.slots {
+            let owner = self
+                .shards
+                .iter()
+                .find(|s| s.id == a.shard)
+                .and_then(|s| s.replicas.first())
+                .and_then(|id| self.nodes.iter().position(|n| &n.id == id))
+                .map_or(u16::MAX, |i| i as u16);
+            for slot in a.start..=a.end.min(SLOT_COUNT - 1) {
+                owners[usize::from(slot)] = owner;
+            }
+        }
+        owners
+    }
+
+    /// The next map with node `id` at `addr` added, holding a new empty shard (or with its
+    /// address updated when it is already listed).
+    pub fn with_node(&self, id: &str, addr: &str) -> ClusterMap {
+        let mut next = self.clone();
+        next.epoch += 1;
+        if let Some(node) = next.nodes.iter_mut().find(|n| n.id == id) {
+            node.addr = addr.to_owned();
+        } else {
+            next.nodes.push(NodeEntry {
+                id: id.to_owned(),
+                addr: addr.to_owned(),
+            });
+        }
+        if next.shard_of_node(id).is_none() {
+            let shard = next.shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;
+            next.shards.push(ShardEntry {
+                id: shard,
+                replicas: vec![id.to_owned()],
+            });
+        }
+        next
+    }
+
+    /// The next map with the slots of `moving` owned by `to_shard`; ranges are re-merged.
+    pub fn with_slots_moved(&self, moving: &SlotSet, to_shard: u32) -> ClusterMap {
+        let mut owner = vec![0u32; usize::from(SLOT_COUNT)];
+        for a in &self.slots {
+            for slot in a.start..=a.end.min(SLOT_COUNT - 1) {
+                owner[usize::from(slot)] = a.shard;
+            }
+        }
+        for (slot, o) in owner.iter_mut().enumerate() {
+            if moving.contains(slot as u16) {
+                *o = to_shard;
+            }
+        }
+        let mut slots: Vec<SlotAssignment> = Vec::new();
+        for (slot, &shard) in owner.iter().enumerate() {
+            let slot = slot as u16;
+            match slots.last_mut() {
+                Some(last) if last.shard == shard => last.end = slot,
+                _ => slots.push(SlotAssignment {
+                    start: slot,
+                    end: slot,
+                    shard,
+                }),
+            }
+        }
+        let mut next = self.clone();
+        next.epoch += 1;
+        next.slots = slots;
+        next
+    }
+
+    /// Moves that even out slot ownership over every shard: each step names the node that
+    /// gives slots up, the node that receives them, and the ranges. Slots move from the
+    /// shards above the fair share to those below it, taken from the end of the donor's
+    /// ranges, so a fresh even map plus one empty node moves the fewest slots.
+    pub fn rebalance_plan(&self) -> Vec<PlannedMove> {
+        let serving: Vec<(u32, String)> = self
+            .shards
+            .iter()
+            .filter_map(|s| Some((s.id, s.replicas.first()?.clone())))
+            .collect();
+        if serving.is_empty() {
+            return Vec::new();
+        }
+        let n = serving.len() as u32;
+        let total = u32::from(SLOT_COUNT);
+        // Fair share: the first `total % n` shards (by id order) get one extra slot.
+        let mut sorted = serving.clone();
+        sorted.sort();
+        let fair: BTreeMap<u32, u32> = sorted
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (*id, total / n + u32::from((i as u32) < total % n)))
+            .collect();
+        let mut owned: BTreeMap<u32, Vec<u16>> =
+            sorted.iter().map(|(id, _)| (*id, Vec::new())).collect();
+        for a in &self.slots {
+            if let Some(list) = owned.get_mut(&a.shard) {
+                list.extend(a.start..=a.end.min(SLOT_COUNT - 1));
+            }
+        }
+        let node_of = |shard: u32| {
+            serving
+                .iter()
+                .find(|(id, _)| *id == shard)
+                .map(|(_, n)| n.clone())
+                .unwrap_or_default()
+        };
+        let mut surplus: Vec<(u32, Vec<u16>)> = Vec::new();
+        let mut deficit: Vec<(u32, u32)> = Vec::new();
+        for (shard, slots) in &owned {
+            let fair = fair[shard];
+            let have = slots.len() as u32;
+            if have > fair {
+                surplus.push((*shard, slots[fair as usize..].to_vec()));
+            } else if have < fair {
+                deficit.push((*shard, fair - have));
+            }
+        }
+        let mut moves = Vec::new();
+        let mut donors = surplus.into_iter();
+        let mut current = donors.next();
+        for (to, mut need) in deficit {
+            while need > 0 {
+                let Some((from, slots)) = current.as_mut() else {
+                    break;
+                };
+                let take = (need as usize).min(slots.len());
+                let taken: Vec<u16> = slots.drain(slots.len() - take..).collect();
+                need -= take as u32;
+                let mut set = SlotSet::default();
+                for s in taken {
+                    set.insert(s);
+                }
+                if !set.is_empty() {
+                    moves.push(PlannedMove {
+                        from: node_of(*from),
+                        to: node_of(to),
+                        ranges: set.ranges(),
+                    });
+                }
+                if slots.is_empty() {
+                    current = donors.next();
+                }
+            }
+        }
+        moves
+    }
+}
+
+/// One step of [`ClusterMap::rebalance_plan`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedMove {
+    /// Node giving the slots up (it coordinates the move).
+    pub from: String,
+    /// Node receiving them.
+    pub to: String,
+    /// The slots.
+    pub ranges: Vec<SlotRange>,
+}
+
+/// Control-plane requests, carried as JSON in a CONTROL frame. Some come only from peer nodes
+/// (authorized by their node certificate), the others from administrators (a client
+/// certificate and, when the node checks tokens, a token with the `admin` scope).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlRequest {
+    /// Peer only: install this map if its epoch is newer than the node's.
+    SetMap {
+        /// The new map.
+        map: ClusterMap,
+    },
+    /// Peer only: the sender is about to copy the keys of `ranges` here; drop any stale copy
+    /// of them first.
+    ImportBegin {
+        /// The slots that will be imported.
+        ranges: Vec<SlotRange>,
+    },
+    /// Peer only: make everything imported so far durable.
+    ImportFlush,
+    /// Admin: the node's view of itself.
+    Status,
+    /// Admin: add node `id` at `addr` to the map (epoch + 1, an empty shard) and send the new
+    /// map to every node.
+    AddNode {
+        /// The new node's id.
+        id: String,
+        /// Where it listens.
+        addr: String,
+    },
+    /// Admin, sent to the node serving `ranges`: copy their keys to node `to`, then hand
+    /// ownership over with a new epoch. Answers once the move is complete.
+    MoveSlots {
+        /// Slots to move; the receiving node must serve all of them.
+        ranges: Vec<SlotRange>,
+        /// The node that takes them.
+        to: String,
+    },
+}
+
+impl ControlRequest {
+    /// Whether only a peer node may send this.
+    pub fn peer_only(&self) -> bool {
+        matches!(
+            self,
+            ControlRequest::SetMap { .. }
+                | ControlRequest::ImportBegin { .. }
+                | ControlRequest::ImportFlush
+        )
+    }
+
+    /// Short name for logs and audit lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ControlRequest::SetMap { .. } => "set_map",
+            ControlRequest::ImportBegin { .. } => "import_begin",
+            ControlRequest::ImportFlush => "import_flush",
+            ControlRequest::Status => "status",
+            ControlRequest::AddNode { .. } => "add_node",
+            ControlRequest::MoveSlots { .. } => "move_slots",
+        }
+    }
+
+    /// Parse a control request, bounded by [`MAX_CONTROL_BYTES`].
+    pub fn from_json(json: &[u8]) -> Result<ControlRequest, MapError> {
+        if json.len() > MAX_CONTROL_BYTES {
+            return Err(MapError::Json(format!(
+                "{} bytes exceeds the {MAX_CONTROL_BYTES}-byte limit",
+                json.len()
+            )));
+        }
+        let req: ControlRequest =
+            serde_json::from_slice(json).map_err(|e| MapError::Json(e.to_string()))?;
+        if let ControlRequest::SetMap { map } = &req {
+            map.validate()?;
+        }
+        Ok(req)
+    }
+
+    /// The request as JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Answers to [`ControlRequest`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlResponse {
+    /// Done; nothing to report.
+    Ok,
+    /// The node's map after the change.
+    Map {
+        /// The map.
+        map: ClusterMap,
+    },
+    /// Answer to [`ControlRequest::Status`].
+    Status(NodeStatus),
+    /// Answer to [`ControlRequest::MoveSlots`].
+    Moved {
+        /// Keys copied to the receiving node.
+        keys: u64,
+        /// Epoch of the map that handed the slots over.
+        epoch: u64,
+    },
+    /// Answer to an IMPORT frame.
+    Imported {
+        /// Entries written.
+        written: u64,
+        /// Keys removed.
+        removed: u64,
+    },
+}
+
+impl ControlResponse {
+    /// Parse a control response, bounded by [`MAX_CONTROL_BYTES`].
+    pub fn from_json(json: &[u8]) -> Result<ControlResponse, MapError> {
+        if json.len() > MAX_CONTROL_BYTES {
+            return Err(MapError::Json(format!(
+                "{} bytes exceeds the {MAX_CONTROL_BYTES}-byte limit",
+                json.len()
+            )));
+        }
+        serde_json::from_slice(json).map_err(|e| MapError::Json(e.to_string()))
+    }
+
+    /// The response as JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A node's report on itself, for `skv cluster status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub node: String,
+    /// Epoch of the node's map.
+    pub epoch: u64,
+    /// Keys stored in slots the node serves.
+    pub keys: u64,
+    /// Slots the node serves.
+    pub ranges: Vec<SlotRange>,
+    /// Slots being handed to another node right now, if any.
+    pub migrating: Option<Migrating>,
+}
+
+/// A move in progress on the giving node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migrating {
+    /// Receiving node.
+    pub to: String,
+    /// Slots on the move.
+    pub ranges: Vec<SlotRange>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc16_and_slots_match_redis_cluster() {
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        // Values from redis-cli CLUSTER KEYSLOT.
+        assert_eq!(hash_slot(b"foo"), 12182);
+        assert_eq!(hash_slot(b"bar"), 5061);
+        assert_eq!(hash_slot(b"hello"), 866);
+        assert_eq!(hash_slot(b""), 0);
+    }
+
+    #[test]
+    fn hash_tags_follow_the_redis_rule() {
+        assert_eq!(
+            hash_slot(b"{user1000}.following"),
+            hash_slot(b"{user1000}.followers")
+        );
+        assert_eq!(hash_tag(b"{user1000}.following"), b"user1000");
+        // Empty tag: the whole key is hashed.
+        assert_eq!(hash_tag(b"foo{}{bar}"), b"foo{}{bar}");
+        // Only the first `{` counts, and the first `}` after it.
+        assert_eq!(hash_tag(b"foo{{bar}}zap"), b"{bar");
+        assert_eq!(hash_tag(b"foo{bar}{zap}"), b"bar");
+        assert_eq!(hash_tag(b"no}open{"), b"no}open{");
+    }
+
+    #[test]
+    fn even_maps_cover_every_slot_once() {
+        for n in 1..=7 {
+            let nodes: Vec<(String, String)> = (1..=n)
+                .map(|i| (format!("n{i}"), format!("127.0.0.1:{}", 7400 + i)))
+                .collect();
+            let map = ClusterMap::even("test", &nodes);
+            map.validate().unwrap();
+            let total: u32 = (1..=n)
+                .map(|i| map.slots_of_node(&format!("n{i}")).len())
+                .sum();
+            assert_eq!(total, u32::from(SLOT_COUNT));
+            let back = ClusterMap::from_json(&map.to_json()).unwrap();
+            assert_eq!(back, map);
+        }
+        let three = ClusterMap::even(
+            "t",
+            &[
+                ("a".into(), "h:1".into()),
+                ("b".into(), "h:2".into()),
+                ("c".into(), "h:3".into()),
+            ],
+        );
+        assert_eq!(three.ranges_of_node("a"), vec![SlotRange::new(0, 5460)]);
+        assert_eq!(
+            three.ranges_of_node("c"),
+            vec![SlotRange::new(10922, 16383)]
+        );
+        assert_eq!(three.owner_of_slot(5461).unwrap().id, "b");
+        let owners = three.slot_owners();
+        assert_eq!(owners[0], 0);
+        assert_eq!(owners[16383], 2);
+    }
+
+    #[test]
+    fn invalid_maps_are_refused() {
+        let good = ClusterMap::even(
+            "t",
+            &[("a".into(), "h:1".into()), ("b".into(), "h:2".into())],
+        );
+        let mut gap = good.clone();
+        gap.slots[1].start += 1;
+        assert!(gap.validate().is_err());
+        let mut unknown = good.clone();
+        unknown.shards[0].replicas = vec!["zz".into()];
+        assert!(unknown.validate().is_err());
+        let mut dup = good.clone();
+        dup.nodes.push(dup.nodes[0].clone());
+        assert!(dup.validate().is_err());
+        let mut short = good.clone();
+        short.slots.pop();
+        assert!(short.validate().is_err());
+        assert!(ClusterMap::from_json(b"{\"cluster\":1}").is_err());
+        assert!(ClusterMap::from_json(&vec![b' '; MAX_MAP_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn adding_a_node_and_rebalancing_moves_a_fair_share() {
+        let nodes: Vec<(String, String)> = (1..=3)
+            .map(|i| (format!("n{i}"), format!("h:{i}")))
+            .collect();
+        let map = ClusterMap::even("t", &nodes).with_node("n4", "h:4");
+        assert_eq!(map.epoch, 2);
+        map.validate().unwrap();
+        assert!(map.ranges_of_node("n4").is_empty());
+        let plan = map.rebalance_plan();
+        assert!(plan.iter().all(|m| m.to == "n4"));
+        let mut next = map.clone();
+        for step in &plan {
+            let shard = next.shard_of_node(&step.to).unwrap().id;
+            next = next.with_slots_moved(&SlotSet::from_ranges(&step.ranges), shard);
+            next.validate().unwrap();
+        }
+        for i in 1..=4 {
+            let have = next.slots_of_node(&format!("n{i}")).len();
+            assert!((4095..=4097).contains(&have), "n{i} has {have} slots");
+        }
+        // Already balanced: nothing to do.
+        assert!(next.rebalance_plan().is_empty());
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        let map = ClusterMap::single("t", "n1", "127.0.0.1:1");
+        for req in [
+            ControlRequest::SetMap { map: map.clone() },
+            ControlRequest::ImportBegin {
+                ranges: vec![SlotRange::new(1, 2)],
+            },
+            ControlRequest::ImportFlush,
+            ControlRequest::Status,
+            ControlRequest::AddNode {
+                id: "n2".into(),
+                addr: "h:2".into(),
+            },
+            ControlRequest::MoveSlots {
+                ranges: vec![SlotRange::new(0, 9)],
+                to: "n2".into(),
+            },
+        ] {
+            assert_eq!(ControlRequest::from_json(&req.to_json()).unwrap(), req);
+        }
+        for resp in [
+            ControlResponse::Ok,
+            ControlResponse::Map { map },
+            ControlResponse::Moved { keys: 3, epoch: 9 },
+            ControlResponse::Imported {
+                written: 1,
+                removed: 2,
+            },
+        ] {
+            assert_eq!(ControlResponse::from_json(&resp.to_json()).unwrap(), resp);
+        }
+    }
+
+    #[test]
+    fn slot_sets_round_trip_through_ranges() {
+        let ranges = vec![
+            SlotRange::new(0, 10),
+            SlotRange::new(100, 100),
+            SlotRange::new(16000, 16383),
+        ];
+        let set = SlotSet::from_ranges(&ranges);
+        assert_eq!(set.ranges(), ranges);
+        assert_eq!(set.len(), 11 + 1 + 384);
+        assert!(set.contains(16383) && !set.contains(11));
+        assert_eq!(format_ranges(&ranges), "0-10, 100, 16000-16383");
+    }
+}
