@@ -161,6 +161,14 @@ pub struct FileConfig {
     pub audit_log: Option<PathBuf>,
     /// Log allowed requests too, not just refusals.
     pub audit_allows: Option<bool>,
+    /// Cluster name: the trust domain of node SPIFFE IDs that are admitted as peers
+    /// (default: the trust domain of this node's own certificate).
+    pub cluster: Option<String>,
+    /// Bootstrap cluster map (JSON). A newer map persisted in the data dir wins over it.
+    pub cluster_map: Option<PathBuf>,
+    /// `HOST:PORT` that clients and peers use to reach this node (default: the listen
+    /// address); must match the node's entry in the cluster map.
+    pub advertise: Option<String>,
 }
 
 impl FileConfig {
@@ -182,6 +190,7 @@ impl FileConfig {
             &mut cfg.key,
             &mut cfg.keyset,
             &mut cfg.audit_log,
+            &mut cfg.cluster_map,
         ]
         .into_iter()
         .flatten()
@@ -241,6 +250,12 @@ pub struct NodeConfig {
     pub shutdown_timeout: Duration,
     /// Token checks; `None` when auth is off.
     pub auth: Option<AuthConfig>,
+    /// Cluster name; `None`: from the node certificate's SPIFFE ID (or `skv` without one).
+    pub cluster: Option<String>,
+    /// Bootstrap cluster map file; `None`: a one-node map owning every slot.
+    pub cluster_map: Option<PathBuf>,
+    /// Address written in the map for this node; `None`: the bound listen address.
+    pub advertise: Option<String>,
 }
 
 impl NodeConfig {
@@ -302,7 +317,33 @@ impl NodeConfig {
                 message: "must be at least 1".into(),
             });
         }
+        if let Some(advertise) = &cfg.advertise {
+            if advertise.is_empty() || advertise.len() > 255 || !advertise.contains(':') {
+                return Err(ConfigError::Invalid {
+                    setting: "advertise",
+                    message: format!("`{advertise}` is not HOST:PORT"),
+                });
+            }
+        }
+        if let Some(cluster) = &cfg.cluster {
+            let ok = !cluster.is_empty()
+                && cluster.len() <= 63
+                && cluster
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c));
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    setting: "cluster",
+                    message: format!(
+                        "`{cluster}` is not a cluster name (1-63 of a-z, 0-9, '-', '.', '_')"
+                    ),
+                });
+            }
+        }
         Ok(NodeConfig {
+            cluster: cfg.cluster,
+            cluster_map: cfg.cluster_map,
+            advertise: cfg.advertise,
             auth,
             name,
             listen,

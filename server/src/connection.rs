@@ -10,6 +10,8 @@
 //! answer back through a bounded channel. The number of such waits is capped per connection,
 //! so a client that streams writes gets backpressure, not unbounded memory.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
@@ -24,9 +26,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::CertThumbprint;
 use crate::checkpoint::{Refusal, Session};
+use crate::cluster::PEER_FRAME_SLACK;
 use crate::handler::{self, Outcome};
+use crate::identity::PeerKind;
 use crate::node::Shared;
-use crate::storage::GroupCommit;
+use skv_proto::cluster::ControlRequest;
 
 /// Most durable writes of one connection waiting for their flush at once.
 const MAX_PENDING_DURABLE: usize = 1024;
@@ -62,6 +66,7 @@ pub(crate) enum ConnectionError {
 pub(crate) async fn serve<S>(
     stream: S,
     thumbprint: Option<CertThumbprint>,
+    kind: PeerKind,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError>
@@ -70,7 +75,12 @@ where
 {
     let max_frame = shared.config.max_frame;
     let mut session = Session::new(thumbprint);
-    let mut framed = Framed::new(stream, FrameCodec::new(max_frame));
+    // A peer's import batch is a client write plus its version; allow it that much more.
+    let frame_limit = match kind {
+        PeerKind::Peer(_) => max_frame + PEER_FRAME_SLACK,
+        _ => max_frame,
+    };
+    let mut framed = Framed::new(stream, FrameCodec::new(frame_limit));
     framed.set_backpressure_boundary(WRITE_BATCH_BYTES);
 
     // HELLO shares the deadline of the TLS handshake: a peer that connects and stays silent
@@ -104,7 +114,12 @@ where
                 send_error(&mut framed, id, ErrorCode::UnsupportedVersion, &msg).await;
                 return Err(ConnectionError::Handshake(msg));
             }
-            if let Some(checkpoint) = &shared.checkpoint {
+            // Peers are admitted by their node certificate alone and carry no token.
+            let checkpoint = match kind {
+                PeerKind::Peer(_) => None,
+                _ => shared.checkpoint.as_ref(),
+            };
+            if let Some(checkpoint) = checkpoint {
                 if let Err(refusal) = checkpoint.hello(&mut session, token.as_ref()) {
                     send_error(&mut framed, id, refusal.code, refusal.message).await;
                     return Err(ConnectionError::Handshake(refusal.message.into()));
@@ -116,10 +131,7 @@ where
                     version,
                     max_frame: max_frame as u32,
                     node: shared.config.name.clone(),
-                    token: shared
-                        .checkpoint
-                        .as_ref()
-                        .map_or(TokenPlacement::None, |c| c.placement()),
+                    token: checkpoint.map_or(TokenPlacement::None, |c| c.placement()),
                 },
             };
             framed.send(&ok).await?;
@@ -153,13 +165,13 @@ where
                 Some(Ok(payload)) => {
                     let id = peek_request_id(&payload);
                     let answer = match Request::decode(payload) {
-                        Ok(request) => answer(&shared, &mut session, request, max_frame),
+                        Ok(request) => answer(&shared, &kind, &mut session, request, max_frame),
                         // The frame boundary is intact, so a bad request costs only itself.
                         Err(err) => Answer::Now(decode_refusal(&shared, &session, &err)),
                     };
                     match answer {
                         Answer::Now(body) => reply(&mut framed, id, body).await?,
-                        Answer::WhenDurable(body, group_commit) => {
+                        Answer::Later(work) => {
                             // At the cap, deliver finished answers until a permit frees up:
                             // every permit is either with a waiting task or on the channel,
                             // so this ends.
@@ -175,7 +187,7 @@ where
                             };
                             let tx = durable_tx.clone();
                             tokio::spawn(async move {
-                                let body = durable_answer(&group_commit, body).await;
+                                let body = work.await;
                                 let _ = tx.send((Response { id, body }, permit)).await;
                             });
                         }
@@ -212,34 +224,134 @@ where
     result
 }
 
+/// An answer that needs more time: a write waiting for its group commit, or a control
+/// request (a slot move takes seconds). It runs in its own task; the connection keeps
+/// serving meanwhile.
+type Pending = Pin<Box<dyn Future<Output = ResponseBody> + Send>>;
+
 /// What to do with one decoded request.
 enum Answer {
     /// Send this now.
     Now(ResponseBody),
-    /// A write was applied: send this once the group commit has made it durable.
-    WhenDurable(ResponseBody, GroupCommit),
+    /// Send what this future yields once it is done.
+    Later(Pending),
 }
 
-/// Checkpoints 2 and 3 (when the node checks tokens), then the operation itself.
-fn answer(shared: &Shared, session: &mut Session, request: Request, max_frame: usize) -> Answer {
+fn refuse(code: ErrorCode, message: &str) -> Answer {
+    Answer::Now(ResponseBody::Error(WireError::new(code, message)))
+}
+
+/// Who may send what, then the operation itself.
+///
+/// A peer node (its certificate says `spiffe://<cluster>/node/<id>`) may use the peer protocol
+/// and nothing else: a node certificate gives no client rights. Everyone else passes
+/// checkpoints 2 and 3 (when the node checks tokens); control requests then need the `admin`
+/// scope, and peer-only requests are refused whatever the token says.
+fn answer(
+    shared: &Shared,
+    kind: &PeerKind,
+    session: &mut Session,
+    request: Request,
+    max_frame: usize,
+) -> Answer {
+    let body = request.body;
+    match kind {
+        PeerKind::Peer(node) => {
+            return match body {
+                RequestBody::Ping => Answer::Now(ResponseBody::Pong),
+                RequestBody::ClusterMap => Answer::Now(shared.cluster.map_answer()),
+                RequestBody::Import { entries, deleted } => {
+                    Answer::Now(shared.cluster.import(entries, deleted))
+                }
+                RequestBody::Control { json } => match ControlRequest::from_json(&json) {
+                    Ok(req) if req.peer_only() => {
+                        tracing::debug!(peer = %node, request = req.name(), "peer control request");
+                        Answer::Later(Box::pin(shared.cluster.clone().control(req)))
+                    }
+                    Ok(_) => refuse(
+                        ErrorCode::Forbidden,
+                        "administrative requests need a client certificate and an admin token,                          not a node certificate",
+                    ),
+                    Err(err) => refuse(ErrorCode::Malformed, &err.to_string()),
+                },
+                _ => refuse(
+                    ErrorCode::Forbidden,
+                    "a node certificate gives no client rights; use a client certificate",
+                ),
+            };
+        }
+        PeerKind::ForeignNode => {
+            if !matches!(body, RequestBody::Ping | RequestBody::ClusterMap) {
+                return refuse(
+                    ErrorCode::Forbidden,
+                    "this certificate names a node of another cluster",
+                );
+            }
+        }
+        PeerKind::Client => {}
+    }
+    if matches!(body, RequestBody::Import { .. }) {
+        return refuse(
+            ErrorCode::Forbidden,
+            "IMPORT is part of the peer protocol: only nodes of this cluster may send it",
+        );
+    }
     if let Some(checkpoint) = &shared.checkpoint {
         if let Err(Refusal { code, message }) =
-            checkpoint.authorize(session, request.token.as_ref(), &request.body)
+            checkpoint.authorize(session, request.token.as_ref(), &body)
         {
-            return Answer::Now(ResponseBody::Error(WireError::new(code, message)));
+            return refuse(code, message);
         }
     }
-    match handler::execute(shared.storage.as_ref(), request.body, max_frame) {
+    let cluster = &shared.cluster;
+    let storage = shared.storage.as_ref();
+    let outcome = match body {
+        RequestBody::ClusterMap => return Answer::Now(cluster.map_answer()),
+        RequestBody::Control { json } => {
+            return match ControlRequest::from_json(&json) {
+                Ok(req) if req.peer_only() => refuse(
+                    ErrorCode::Forbidden,
+                    "this control request is part of the peer protocol: only nodes of this                      cluster may send it",
+                ),
+                Ok(req) => Answer::Later(Box::pin(cluster.clone().control(req))),
+                Err(err) => refuse(ErrorCode::Malformed, &err.to_string()),
+            }
+        }
+        RequestBody::Scan { .. } => cluster.with_owned(|owned, epoch| {
+            handler::execute(storage, body, max_frame, Some((owned, epoch)))
+        }),
+        body => match body.key().cloned() {
+            Some(key) => {
+                let write = !matches!(body, RequestBody::Get { .. });
+                match cluster.serve(&key, write, || {
+                    handler::execute(storage, body, max_frame, None)
+                }) {
+                    Ok(outcome) => outcome,
+                    Err(redirect) => return Answer::Now(redirect),
+                }
+            }
+            None => handler::execute(storage, body, max_frame, None),
+        },
+    };
+    match outcome {
         Outcome::Reply(body) => Answer::Now(body),
         Outcome::ReplyWhenDurable(body) => match &shared.group_commit {
-            Some(group_commit) => Answer::WhenDurable(body, group_commit.clone()),
+            Some(group_commit) => {
+                let group_commit = group_commit.clone();
+                Answer::Later(Box::pin(async move {
+                    durable_answer(&group_commit, body).await
+                }))
+            }
             None => Answer::Now(body),
         },
     }
 }
 
 /// `body` once the write is on disk, or a storage error if the flush failed.
-async fn durable_answer(group_commit: &GroupCommit, body: ResponseBody) -> ResponseBody {
+async fn durable_answer(
+    group_commit: &crate::storage::GroupCommit,
+    body: ResponseBody,
+) -> ResponseBody {
     match group_commit.wait_durable().await {
         Ok(()) => body,
         Err(err) => {

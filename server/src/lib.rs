@@ -10,14 +10,17 @@
 pub mod audit;
 pub mod auth;
 mod checkpoint;
+mod cluster;
 pub mod config;
 mod connection;
 mod handler;
+mod identity;
 pub mod node;
 pub mod storage;
 pub mod tls;
 
 pub use checkpoint::CheckpointError;
+pub use cluster::ClusterSetupError;
 pub use config::{Durability, Engine, FileConfig, NodeConfig, TransportConfig};
 pub use handler::MAX_SCAN_PAGE;
 pub use node::{RunningNode, StartError};

@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::cluster::{Cluster, ClusterSetupError, Dialer};
 use crate::config::{Durability, Engine, NodeConfig, TransportConfig};
 use crate::connection;
+use crate::identity::{self, PeerKind};
 use crate::storage::{GroupCommit, MemoryStorage, NullStorage, SledStorage, Storage, StorageError};
 use crate::tls::{self, TlsSetupError};
 
@@ -33,6 +35,9 @@ pub enum StartError {
     /// The token checkpoint could not be set up (keyset, policy or audit log).
     #[error("cannot set up token checks")]
     Auth(#[from] CheckpointError),
+    /// The cluster map could not be loaded.
+    #[error(transparent)]
+    Cluster(#[from] ClusterSetupError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -52,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) group_commit: Option<GroupCommit>,
     /// Present when tokens are checked.
     pub(crate) checkpoint: Option<Arc<Checkpoint>>,
+    /// The slots this node serves and the cluster control plane.
+    pub(crate) cluster: Arc<Cluster>,
 }
 
 /// A node accepting connections. Dropping it does not stop it; call [`RunningNode::shutdown`].
@@ -127,15 +134,18 @@ impl RunningNode {
             (Durability::Sync, Engine::Sled) => Some(GroupCommit::start(storage.clone())),
             _ => None,
         };
+        let cluster = Arc::new(open_cluster(&config, local_addr, storage.clone())?);
         let shutdown = CancellationToken::new();
         if let Some(checkpoint) = &checkpoint {
             checkpoint.clone().watch(shutdown.clone());
         }
+        cluster.watch(shutdown.clone());
         let shared = Arc::new(Shared {
             config,
             storage,
             group_commit,
             checkpoint,
+            cluster,
         });
         let task = tokio::spawn(accept_loop(
             listener,
@@ -181,6 +191,46 @@ impl RunningNode {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// The cluster name (flag, else the trust domain of the node's own certificate, else `skv`),
+/// the peer dialer (TLS nodes only) and the map.
+fn open_cluster(
+    config: &NodeConfig,
+    local_addr: SocketAddr,
+    storage: Arc<dyn crate::storage::Storage>,
+) -> Result<Cluster, StartError> {
+    let own_domain = match &config.transport {
+        TransportConfig::Tls { cert, .. } => tls::load_certs(cert, "node certificate")?
+            .first()
+            .and_then(|c| identity::trust_domain(c.as_ref())),
+        TransportConfig::Plaintext => None,
+    };
+    let name = config
+        .cluster
+        .clone()
+        .or(own_domain)
+        .unwrap_or_else(|| skv_proto::DEFAULT_TOKEN_AUDIENCE.to_owned());
+    let dialer = match &config.transport {
+        TransportConfig::Tls { ca, cert, key, .. } => {
+            Some(Dialer::new(ca, cert, key, &name, config.max_frame)?)
+        }
+        TransportConfig::Plaintext => None,
+    };
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local_addr.to_string());
+    let data_dir = (config.engine == Engine::Sled).then_some(config.data_dir.as_path());
+    Ok(Cluster::open(
+        &config.name,
+        &name,
+        &advertise,
+        config.cluster_map.as_deref(),
+        data_dir,
+        dialer,
+        storage,
+    )?)
 }
 
 async fn accept_loop(
@@ -243,7 +293,7 @@ async fn handle(
     // Requests and answers are small; Nagle would hold them back waiting for an ACK.
     socket.set_nodelay(true)?;
     match acceptor {
-        None => Ok(connection::serve(socket, None, shared, shutdown).await?),
+        None => Ok(connection::serve(socket, None, PeerKind::Client, shared, shutdown).await?),
         Some(acceptor) => {
             let tls = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -252,8 +302,11 @@ async fn handle(
             let stream = tls
                 .map_err(|_| "TLS handshake timed out")?
                 .map_err(|e| format!("TLS handshake failed: {e}"))?;
-            let thumbprint = connection::thumbprint_of(stream.get_ref().1.peer_certificates());
-            Ok(connection::serve(stream, thumbprint, shared, shutdown).await?)
+            let chain = stream.get_ref().1.peer_certificates();
+            let thumbprint = connection::thumbprint_of(chain);
+            let leaf = chain.and_then(|c| c.first()).map(|c| c.as_ref());
+            let kind = identity::classify(leaf, shared.cluster.name());
+            Ok(connection::serve(stream, thumbprint, kind, shared, shutdown).await?)
         }
     }
 }

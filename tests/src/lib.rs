@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod jwt;
 
 use std::io::{BufRead, BufReader, Write};

@@ -92,6 +92,18 @@ struct Args {
     /// Log allowed requests in the audit log too.
     #[arg(long)]
     audit_allows: bool,
+    /// Cluster name: peers must present `spiffe://NAME/node/<id>` certificates [default: the
+    /// trust domain of --cert's SPIFFE ID].
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// Bootstrap cluster map (JSON, written by `skv cluster init`); a newer map persisted in
+    /// the data dir wins. Without one the node owns every slot alone.
+    #[arg(long, value_name = "FILE")]
+    cluster_map: Option<PathBuf>,
+    /// Address clients and peers dial to reach this node, as listed in the cluster map
+    /// [default: the listen address].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
 }
 
 impl Args {
@@ -111,7 +123,8 @@ impl Args {
             key => key, max_frame => max_frame, max_connections => max_connections,
             handshake_timeout => handshake_timeout_secs, keyset => keyset, auth => auth,
             token_cache => token_cache, aud => aud, iss => iss, leeway => leeway_secs,
-            audit_log => audit_log,
+            audit_log => audit_log, cluster => cluster, cluster_map => cluster_map,
+            advertise => advertise,
         );
         for (flag, target) in [
             (self.insecure_plaintext, &mut file.insecure_plaintext),

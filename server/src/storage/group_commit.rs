@@ -299,6 +299,9 @@ mod tests {
         ) -> Result<ScanPage, StorageError> {
             self.inner.scan(prefix, after, limit)
         }
+        fn import(&self, key: &[u8], version: u64, value: &[u8]) -> Result<(), StorageError> {
+            self.inner.import(key, version, value)
+        }
         fn flush(&self) -> Result<(), StorageError> {
             self.started.fetch_add(1, Ordering::AcqRel);
             // Runs on a spawn_blocking thread, where blocking on the gate is allowed.

@@ -111,4 +111,17 @@ impl Storage for MemoryStorage {
     fn flush(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    fn import(&self, key: &[u8], version: u64, value: &[u8]) -> Result<(), StorageError> {
+        let mut inner = self.write();
+        inner.last_version = inner.last_version.max(version);
+        inner.map.insert(
+            key.to_vec(),
+            Versioned {
+                version,
+                value: Bytes::copy_from_slice(value),
+            },
+        );
+        Ok(())
+    }
 }

@@ -112,6 +112,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Make every write acknowledged so far durable on disk (sled: `Db::flush`). Memory
     /// engine: no-op.
     fn flush(&self) -> Result<(), StorageError>;
+
+    /// Store `value` under `key` with exactly `version`, replacing whatever is there: a key
+    /// copied from another node while its slot moves here. Every later write on this node then
+    /// gets a version greater than `version`, so versions keep growing per key across the move
+    /// and a compare-and-swap against a version read on the old node still works.
+    fn import(&self, key: &[u8], version: u64, value: &[u8]) -> Result<(), StorageError>;
 }
 
 /// Why a storage operation failed.

@@ -61,6 +61,11 @@ impl Storage for NullStorage {
     fn flush(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    fn import(&self, _key: &[u8], _version: u64, value: &[u8]) -> Result<(), StorageError> {
+        self.remember(value);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

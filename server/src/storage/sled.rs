@@ -2,9 +2,12 @@
 //!
 //! Each record is stored under its key as an 8-byte big-endian version followed by the value
 //! bytes. Versions come from sled's `Db::generate_id`, which is node-wide, monotonic and
-//! persisted so that it never hands out an id twice, even after a crash.
+//! persisted so that it never hands out an id twice, even after a crash, plus a persisted
+//! offset that imports raise (see [`Storage::import`]): sled's id generator cannot be moved
+//! forward, so the offset is how keys copied in from another node keep growing versions here.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use sled::IVec;
@@ -23,8 +26,15 @@ const HEADER: usize = 8;
 #[derive(Debug)]
 pub struct SledStorage {
     db: sled::Db,
+    /// Node metadata, apart from the keyspace so scans never see it.
+    meta: sled::Tree,
+    /// Added to every generated id; only ever grows (see [`SledStorage::raise_floor`]).
+    version_offset: AtomicU64,
     path: PathBuf,
 }
+
+/// Key of the version offset in the meta tree.
+const VERSION_OFFSET_KEY: &[u8] = b"version_offset";
 
 impl SledStorage {
     /// Opens (creating if needed) the database in `path`.
@@ -41,10 +51,44 @@ impl SledStorage {
             .flush_every_ms(flush_every_ms)
             .open()
             .map_err(|source| open_error(path, source))?;
+        let meta = db
+            .open_tree("skv-meta")
+            .map_err(|source| open_error(path, source))?;
+        let offset = match meta
+            .get(VERSION_OFFSET_KEY)
+            .map_err(|source| open_error(path, source))?
+        {
+            Some(raw) => u64::from_be_bytes(
+                raw.as_ref()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt { key_len: 0 })?,
+            ),
+            None => 0,
+        };
         Ok(Self {
             db,
+            meta,
+            version_offset: AtomicU64::new(offset),
             path: path.to_path_buf(),
         })
+    }
+
+    /// Make every version generated from now on greater than `version`.
+    ///
+    /// The new offset is written to the meta tree before the caller writes the imported
+    /// record; sled recovers a prefix of its log, so after a crash the record is never present
+    /// without the offset that keeps later versions above it.
+    fn raise_floor(&self, version: u64) -> Result<(), StorageError> {
+        let next = self.next_version()?;
+        if next > version {
+            return Ok(());
+        }
+        let offset = self.version_offset.load(Ordering::Acquire) + (version - next) + 1;
+        self.meta
+            .insert(VERSION_OFFSET_KEY, &offset.to_be_bytes())
+            .map_err(sled_error("import"))?;
+        self.version_offset.fetch_max(offset, Ordering::AcqRel);
+        Ok(())
     }
 
     /// The data directory this store was opened from.
@@ -61,7 +105,7 @@ impl SledStorage {
             .db
             .generate_id()
             .map_err(sled_error("generate version"))?;
-        Ok(id + 1)
+        Ok(id + 1 + self.version_offset.load(Ordering::Acquire))
     }
 
     /// Writes `value` under `key` with a fresh version, but only while the stored record is
@@ -220,6 +264,14 @@ impl Storage for SledStorage {
         self.db.flush().map_err(sled_error("flush"))?;
         Ok(())
     }
+
+    fn import(&self, key: &[u8], version: u64, value: &[u8]) -> Result<(), StorageError> {
+        self.raise_floor(version)?;
+        self.db
+            .insert(key, encode(version, value))
+            .map_err(sled_error("import"))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +363,33 @@ mod tests {
         let raw = s.db.get(b"k").unwrap().unwrap();
         assert_eq!(&raw[..8], &v.to_be_bytes());
         assert_eq!(&raw[8..], b"value");
+    }
+
+    #[test]
+    fn imported_versions_stay_below_later_writes_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStorage::open(dir.path(), None).unwrap();
+            s.put(b"local", b"x").unwrap();
+            s.import(b"moved", 1_000_000, b"from another node").unwrap();
+            assert_eq!(s.get(b"moved").unwrap().unwrap().version, 1_000_000);
+            assert!(s.put(b"moved", b"y").unwrap() > 1_000_000);
+            // An import below the floor changes nothing about later versions.
+            s.import(b"old", 3, b"z").unwrap();
+            assert_eq!(s.get(b"old").unwrap().unwrap().version, 3);
+            s.flush().unwrap();
+        }
+        let s = reopen(dir.path());
+        assert!(s.put(b"after", b"restart").unwrap() > 1_000_000);
+        // The meta tree never shows up in scans.
+        let keys: Vec<_> = s
+            .scan(b"", None, 100)
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys.len(), 4);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod auth;
 mod bad_input;
 mod bench;
+mod cluster;
 mod durability;
 mod ladder;
 mod ops;
