@@ -137,3 +137,63 @@ fn scan_on_one_node_returns_only_its_slots() -> anyhow::Result<()> {
         anyhow::Ok(())
     })
 }
+
+#[test]
+fn slots_move_to_an_added_node_with_their_versions() -> anyhow::Result<()> {
+    let mut cluster = LocalCluster::start(2, 1)?;
+    let n3_addr = format!("127.0.0.1:{}", skv_tests::cluster::free_ports(1)?[0]);
+    let n3 = cluster.start_node("n3", &n3_addr)?;
+    cluster.push("n3", n3);
+    rt().block_on(async {
+        let admin = Connection::connect(&cluster.client("admin", &cluster.addr("n1"))).await?;
+        // n3 is not in the map yet: it serves nothing and redirects.
+        let n3 = Connection::connect(&cluster.client("alice", &n3_addr)).await?;
+        let map = admin.cluster_map().await?;
+        let key = key_on(&map, "n1", "moving");
+        assert!(matches!(
+            n3.get(key.clone()).await,
+            Err(ClientError::Moved { .. })
+        ));
+        let v1 = admin.put(key.clone(), "before").await?;
+
+        let added = admin
+            .control(&ControlRequest::AddNode {
+                id: "n3".into(),
+                addr: n3_addr.clone(),
+            })
+            .await?;
+        let ControlResponse::Map { map } = added else {
+            panic!("add_node answered {added:?}")
+        };
+        assert_eq!(map.epoch, 2);
+        // The push reached both other nodes.
+        for id in ["n2", "n3"] {
+            let conn = Connection::connect(&cluster.client("alice", &cluster.addr(id))).await?;
+            assert_eq!(conn.cluster_map().await?.epoch, 2, "{id}");
+        }
+
+        let slot = hash_slot(&key);
+        let moved = admin
+            .control(&ControlRequest::MoveSlots {
+                ranges: vec![skv_proto::SlotRange::new(slot, slot)],
+                to: "n3".into(),
+            })
+            .await?;
+        let ControlResponse::Moved { keys, epoch } = moved else {
+            panic!("move_slots answered {moved:?}")
+        };
+        assert_eq!((keys, epoch), (1, 3));
+        // n1 now redirects to n3, which has the key with its version.
+        match admin.get(key.clone()).await {
+            Err(ClientError::Moved { node, epoch, .. }) => assert_eq!((node.as_str(), epoch), ("n3", 3)),
+            other => panic!("expected MOVED to n3, got {other:?}"),
+        }
+        assert_eq!(n3.get(key.clone()).await?, Some((v1, Bytes::from("before"))));
+        // A CAS against the version read on n1 succeeds on n3, and versions keep growing.
+        match n3.cas(key.clone(), v1, "after").await? {
+            skv_client::CasResult::Written(v2) => assert!(v2 > v1),
+            other => panic!("CAS across the move conflicted: {other:?}"),
+        }
+        anyhow::Ok(())
+    })
+}
