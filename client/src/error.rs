@@ -89,7 +89,8 @@ pub enum ClientError {
     /// The node serving the key's slot cannot be reached. Only that node's slots are
     /// affected; requests for other slots keep working.
     #[error(
-        "node {node} at {addr} is unreachable; it serves slots {ranges}, so keys in those slots          are unavailable until it is back ({reason})"
+        "node {node} at {addr} is unreachable; it serves slots {ranges}, so keys in those slots \
+         are unavailable until it is back ({reason})"
     )]
     NodeDown {
         /// The node.

@@ -270,14 +270,22 @@ fn answer(
                     }
                     Ok(_) => refuse(
                         ErrorCode::Forbidden,
-                        "administrative requests need a client certificate and an admin token,                          not a node certificate",
+                        "administrative requests need a client certificate and an admin token, \
+                         not a node certificate",
                     ),
                     Err(err) => refuse(ErrorCode::Malformed, &err.to_string()),
                 },
-                _ => refuse(
-                    ErrorCode::Forbidden,
-                    "a node certificate gives no client rights; use a client certificate",
-                ),
+                other => {
+                    tracing::warn!(
+                        peer = %node,
+                        op = other.op().as_str(),
+                        "refused a client request made with a node certificate"
+                    );
+                    refuse(
+                        ErrorCode::Forbidden,
+                        "a node certificate gives no client rights; use a client certificate",
+                    )
+                }
             };
         }
         PeerKind::ForeignNode => {
@@ -291,9 +299,11 @@ fn answer(
         PeerKind::Client => {}
     }
     if matches!(body, RequestBody::Import { .. }) {
+        tracing::warn!("refused IMPORT from a client certificate: only peer nodes may send it");
         return refuse(
             ErrorCode::Forbidden,
-            "IMPORT is part of the peer protocol: only nodes of this cluster may send it",
+            "IMPORT is part of the peer protocol: only nodes of this \
+                     cluster may send it",
         );
     }
     if let Some(checkpoint) = &shared.checkpoint {
@@ -309,10 +319,17 @@ fn answer(
         RequestBody::ClusterMap => return Answer::Now(cluster.map_answer()),
         RequestBody::Control { json } => {
             return match ControlRequest::from_json(&json) {
-                Ok(req) if req.peer_only() => refuse(
-                    ErrorCode::Forbidden,
-                    "this control request is part of the peer protocol: only nodes of this                      cluster may send it",
-                ),
+                Ok(req) if req.peer_only() => {
+                    tracing::warn!(
+                        request = req.name(),
+                        "refused a peer control request from a client certificate"
+                    );
+                    refuse(
+                        ErrorCode::Forbidden,
+                        "this control request is part of the peer protocol: only nodes of this \
+                         cluster may send it",
+                    )
+                }
                 Ok(req) => Answer::Later(Box::pin(cluster.clone().control(req))),
                 Err(err) => refuse(ErrorCode::Malformed, &err.to_string()),
             }

@@ -171,6 +171,25 @@ impl LocalCluster {
         opts
     }
 
+    /// A token for `sub` with the grants `allow` (`OPS:PREFIX` each), valid for an hour.
+    pub fn token(&self, sub: &str, allow: &[&str]) -> anyhow::Result<String> {
+        let scopes = allow
+            .iter()
+            .map(|a| parse_allow(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(mint(
+            &IssuerKey::load(&self.issuer)?,
+            &TokenSpec {
+                sub: sub.into(),
+                scopes,
+                ttl: Duration::from_secs(3600),
+                aud: CLUSTER.into(),
+                iss: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
+                bind_cert_der: None,
+            },
+        )?)
+    }
+
     /// Connection options presenting node `id`'s certificate as if it were a client.
     pub fn as_node(&self, id: &str, addr: &str) -> ConnectOptions {
         let mut opts = ConnectOptions::new(

@@ -91,7 +91,15 @@ fn peer_protocol_and_client_rights_never_mix() -> anyhow::Result<()> {
             other => panic!("a node certificate used an admin command: {other:?}"),
         }
 
-        // Admin commands need the admin scope: alice with a read-only token is refused.
+        // Admin commands need the admin scope: a read-write token is not enough.
+        let mut reader = cluster.client("alice", &addr);
+        reader.token = Some(cluster.token("alice", &["read,write:"])?);
+        let reader = Connection::connect(&reader).await?;
+        reader.put("k", "v").await?;
+        match reader.control(&ControlRequest::Status).await {
+            Err(ClientError::Refused(w)) => assert_eq!(w.code, ErrorCode::Forbidden),
+            other => panic!("a read-write token ran an admin command: {other:?}"),
+        }
         let status = admin.control(&ControlRequest::Status).await?;
         let ControlResponse::Status(status) = status else {
             panic!("status answered {status:?}")
@@ -185,10 +193,15 @@ fn slots_move_to_an_added_node_with_their_versions() -> anyhow::Result<()> {
         assert_eq!((keys, epoch), (1, 3));
         // n1 now redirects to n3, which has the key with its version.
         match admin.get(key.clone()).await {
-            Err(ClientError::Moved { node, epoch, .. }) => assert_eq!((node.as_str(), epoch), ("n3", 3)),
+            Err(ClientError::Moved { node, epoch, .. }) => {
+                assert_eq!((node.as_str(), epoch), ("n3", 3))
+            }
             other => panic!("expected MOVED to n3, got {other:?}"),
         }
-        assert_eq!(n3.get(key.clone()).await?, Some((v1, Bytes::from("before"))));
+        assert_eq!(
+            n3.get(key.clone()).await?,
+            Some((v1, Bytes::from("before")))
+        );
         // A CAS against the version read on n1 succeeds on n3, and versions keep growing.
         match n3.cas(key.clone(), v1, "after").await? {
             skv_client::CasResult::Written(v2) => assert!(v2 > v1),
