@@ -22,8 +22,13 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
 #[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
-    /// Node address, `HOST:PORT`.
+    /// Node address, `HOST:PORT`: the first node the client contacts (`--addr` overrides it).
+    /// Any node of a cluster will do, since every node serves the cluster map.
     pub addr: Option<String>,
+    /// More node addresses (`HOST:PORT`), tried in order when the first contact does not
+    /// answer, so the client still finds the cluster with that node down. `skv cluster init`
+    /// writes every node here; routing itself follows the map the nodes serve, not this list.
+    pub nodes: Option<Vec<String>>,
     /// Cluster CA certificate (PEM).
     pub ca: Option<PathBuf>,
     /// Client certificate (PEM).

@@ -7,6 +7,7 @@
 //! is held across I/O.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,9 +67,20 @@ pub struct Connection {
 impl Connection {
     /// Connect, handshake (TLS, then HELLO) and start the driver.
     pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ClientError> {
+        let tls = tls_config(&opts.security)?;
+        Self::connect_with(opts, tls).await
+    }
+
+    /// [`Connection::connect`] with a rustls config the caller built from `opts.security`
+    /// (`None` for plaintext). Reusing one config for many connections saves loading the
+    /// credentials each time and lets rustls resume TLS sessions.
+    pub(crate) async fn connect_with(
+        opts: &ConnectOptions,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Connection, ClientError> {
         let timeout = opts.connect_timeout;
         let addr = opts.addr.clone();
-        match tokio::time::timeout(timeout, Self::connect_inner(opts)).await {
+        match tokio::time::timeout(timeout, Self::connect_inner(opts, tls)).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout {
                 addr,
@@ -78,8 +90,10 @@ impl Connection {
         }
     }
 
-    async fn connect_inner(opts: &ConnectOptions) -> Result<Connection, ClientError> {
-        let tls = tls_config(&opts.security)?;
+    async fn connect_inner(
+        opts: &ConnectOptions,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Connection, ClientError> {
         let server_name = match tls {
             Some(_) => Some(opts.server_name()?),
             None => None,
@@ -191,6 +205,12 @@ impl Connection {
         &self.addr
     }
 
+    /// Whether the connection is known to be gone (the node closed it, or it failed): every
+    /// request on it would fail at once, and none sent now could reach the node.
+    pub fn is_closed(&self) -> bool {
+        self.calls.is_closed()
+    }
+
     /// Send one request and wait for its answer. Error answers become [`ClientError`]s.
     pub async fn call(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
         let (reply, answer) = oneshot::channel();
@@ -265,11 +285,7 @@ impl Connection {
 
     /// The value and version of `key`, or `None` if it does not exist.
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<(u64, Bytes)>, ClientError> {
-        match self.call(RequestBody::Get { key: key.into() }).await? {
-            ResponseBody::Value { version, value } => Ok(Some((version, value))),
-            ResponseBody::NotFound => Ok(None),
-            other => Err(unexpected("GET", &other)),
-        }
+        get_answer(self.call(RequestBody::Get { key: key.into() }).await?)
     }
 
     /// Write `value` under `key`; returns the new version.
@@ -282,18 +298,12 @@ impl Connection {
             key: key.into(),
             value: value.into(),
         };
-        match self.call(body).await? {
-            ResponseBody::Written { version } => Ok(version),
-            other => Err(unexpected("PUT", &other)),
-        }
+        put_answer(self.call(body).await?)
     }
 
     /// Remove `key`; returns whether it existed.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool, ClientError> {
-        match self.call(RequestBody::Delete { key: key.into() }).await? {
-            ResponseBody::Deleted { existed } => Ok(existed),
-            other => Err(unexpected("DELETE", &other)),
-        }
+        delete_answer(self.call(RequestBody::Delete { key: key.into() }).await?)
     }
 
     /// Write `value` under `key` only if its version is `expect_version` (0: must not exist).
@@ -308,11 +318,7 @@ impl Connection {
             expect_version,
             value: value.into(),
         };
-        match self.call(body).await? {
-            ResponseBody::Written { version } => Ok(CasResult::Written(version)),
-            ResponseBody::CasConflict { current } => Ok(CasResult::Conflict(current)),
-            other => Err(unexpected("CAS", &other)),
-        }
+        cas_answer(self.call(body).await?)
     }
 
     /// One page of keys under `prefix`, after `cursor`; `limit` 0 asks for the node's maximum.
@@ -339,6 +345,39 @@ impl Connection {
             }),
             other => Err(unexpected("SCAN", &other)),
         }
+    }
+}
+
+// The answers of the key operations, apart so the cluster client can send requests with
+// `call` and read the answers the same way.
+
+pub(crate) fn get_answer(body: ResponseBody) -> Result<Option<(u64, Bytes)>, ClientError> {
+    match body {
+        ResponseBody::Value { version, value } => Ok(Some((version, value))),
+        ResponseBody::NotFound => Ok(None),
+        other => Err(unexpected("GET", &other)),
+    }
+}
+
+pub(crate) fn put_answer(body: ResponseBody) -> Result<u64, ClientError> {
+    match body {
+        ResponseBody::Written { version } => Ok(version),
+        other => Err(unexpected("PUT", &other)),
+    }
+}
+
+pub(crate) fn delete_answer(body: ResponseBody) -> Result<bool, ClientError> {
+    match body {
+        ResponseBody::Deleted { existed } => Ok(existed),
+        other => Err(unexpected("DELETE", &other)),
+    }
+}
+
+pub(crate) fn cas_answer(body: ResponseBody) -> Result<CasResult, ClientError> {
+    match body {
+        ResponseBody::Written { version } => Ok(CasResult::Written(version)),
+        ResponseBody::CasConflict { current } => Ok(CasResult::Conflict(current)),
+        other => Err(unexpected("CAS", &other)),
     }
 }
 

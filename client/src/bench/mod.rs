@@ -1,16 +1,19 @@
-//! The load generator behind `skv bench`: many connections, each with requests pipelined on
-//! one multiplexed [`Connection`], latencies in HdrHistograms, a [`BenchReport`] at the end.
+//! The load generator behind `skv bench`: many tasks, each with requests pipelined on its own
+//! [`ClusterClient`] (one multiplexed connection per node, requests routed by key), latencies
+//! in HdrHistograms, a [`BenchReport`] at the end. Against a single node a task is exactly
+//! one connection.
 //!
 //! It lives in the library, not in the CLI, so the security ladder (a later issue) can run
 //! one configuration after another in-process and collect the reports as rows of a table.
 //!
 //! # How a run goes
 //!
-//! 1. Open `conns` connections with the same options as any other command. If that fails,
-//!    the run fails with that error: a bench that cannot connect has nothing to say.
-//! 2. For a workload that reads, write every key first over a few of those connections
+//! 1. Make `conns` cluster clients with the same options as any other command, each
+//!    connected to every node that serves slots (so `conns` connections per node). If that
+//!    fails, the run fails with that error: a bench that cannot connect has nothing to say.
+//! 2. For a workload that reads, write every key first over a few of those clients
 //!    (the *preload*), so reads measure finding a value rather than a miss.
-//! 3. Each connection gets a task that keeps up to `inflight` requests outstanding. The
+//! 3. Each client gets a task that keeps up to `inflight` requests outstanding. The
 //!    first `warmup` is sent but not measured: caches, allocators and the node's first
 //!    flushes settle, and the slow first requests do not pollute the histogram.
 //! 4. Each task records into its own histogram (no lock, no shared cache line on the request
@@ -67,7 +70,7 @@ pub use options::{
 pub use progress::{Phase, Progress};
 pub use report::{error_kind, BenchReport};
 
-use crate::connection::Connection;
+use crate::cluster::ClusterClient;
 use crate::error::ClientError;
 use report::TaskStats;
 use zipf::Zipf;
@@ -75,7 +78,7 @@ use zipf::Zipf;
 /// Every key of a bench starts with this; SCAN uses it as the prefix.
 pub const KEY_PREFIX: &[u8] = b"bench/k";
 
-/// Connections the preload writes over, and writes outstanding on each: enough pipelining for
+/// Clients the preload writes over, and writes outstanding on each: enough pipelining for
 /// the node's group commit to batch many writes per flush.
 const PRELOAD_CONNS: usize = 4;
 const PRELOAD_INFLIGHT: usize = 64;
@@ -133,13 +136,14 @@ async fn run_inner(
     let mut totals = TaskStats::new();
 
     progress.set_phase(Phase::Connecting);
-    let conns = connect_all(&opts, &mut totals).await?;
+    let clients = connect_all(&opts).await?;
+    let nodes = clients.first().map_or(0, ClusterClient::serving_nodes);
 
     let value = make_value(opts.value_size, opts.seed);
     let (preloaded_keys, preload_time) = if opts.preload && opts.workload.reads() {
         progress.set_phase(Phase::Preloading);
         let began = Instant::now();
-        preload(&conns, opts.keys, &value, progress).await?;
+        preload(&clients, opts.keys, &value, progress).await?;
         (opts.keys, began.elapsed())
     } else {
         (0, Duration::ZERO)
@@ -182,8 +186,8 @@ async fn run_inner(
         }
     });
     let mut tasks = JoinSet::new();
-    for (index, conn) in conns.into_iter().enumerate() {
-        tasks.spawn(worker::drive(plan.clone(), index, conn));
+    for (index, client) in clients.into_iter().enumerate() {
+        tasks.spawn(worker::drive(plan.clone(), index, client));
     }
     while let Some(joined) = tasks.join_next().await {
         match joined {
@@ -202,60 +206,58 @@ async fn run_inner(
         }
         hook.call(WindowEdge::End);
     }
-    Ok(report(&plan, totals, preloaded_keys, preload_time))
+    Ok(report(&plan, totals, nodes, preloaded_keys, preload_time))
 }
 
-/// Open every connection at once; the first failure fails the run.
-async fn connect_all(
-    opts: &BenchOptions,
-    totals: &mut TaskStats,
-) -> Result<Vec<Arc<Connection>>, ClientError> {
+/// Make every task's client, each connected to every node that serves slots; the first
+/// failure fails the run. One client finds the cluster and the others are made from it:
+/// they share its map and routing table (one map fetch, one owner table in the CPU cache)
+/// but nothing else, each with its own TLS config and connections. The connections are
+/// counted by the tasks, from each client's statistics, with the ones they open later.
+async fn connect_all(opts: &BenchOptions) -> Result<Vec<ClusterClient>, ClientError> {
+    let first = ClusterClient::connect(opts.connect.clone(), opts.seeds.clone()).await?;
+    let mut clients = vec![first.clone()];
+    for _ in 1..opts.conns {
+        clients.push(first.fresh()?);
+    }
     let mut pending = JoinSet::new();
-    for index in 0..opts.conns {
-        let connect = opts.connect.clone();
-        pending.spawn(async move {
-            let began = Instant::now();
-            let conn = Connection::connect(&connect).await;
-            (index, conn, began.elapsed())
-        });
+    for client in &clients {
+        let client = client.clone();
+        pending.spawn(async move { client.open_connections().await });
     }
-    let mut conns: Vec<Option<Arc<Connection>>> = vec![None; opts.conns];
     while let Some(joined) = pending.join_next().await {
-        let (index, conn, took) = match joined {
-            Ok(done) => done,
+        match joined {
+            // Returning drops `pending`, which aborts the other attempts.
+            Ok(opened) => opened?,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(_) => continue,
-        };
-        // Returning drops `pending`, which aborts the other attempts.
-        conns[index] = Some(Arc::new(conn?));
-        totals.handshakes += 1;
-        totals.handshake_time += took;
+            Err(_) => {}
+        }
     }
-    Ok(conns.into_iter().flatten().collect())
+    Ok(clients)
 }
 
-async fn put_one(conn: Arc<Connection>, key: Bytes, value: Bytes) -> Result<u64, ClientError> {
-    conn.put(key, value).await
+async fn put_one(client: ClusterClient, key: Bytes, value: Bytes) -> Result<u64, ClientError> {
+    client.put(key, value).await
 }
 
-/// Write keys `0..keys` over the first few connections, pipelined. A failure here is fatal:
+/// Write keys `0..keys` over the first few clients, pipelined. A failure here is fatal:
 /// a read benchmark over a half-loaded key space would measure misses.
 async fn preload(
-    conns: &[Arc<Connection>],
+    clients: &[ClusterClient],
     keys: u64,
     value: &Bytes,
     progress: &Arc<Progress>,
 ) -> Result<(), ClientError> {
-    let loaders = conns.len().min(PRELOAD_CONNS);
+    let loaders = clients.len().min(PRELOAD_CONNS);
     let mut tasks = JoinSet::new();
-    for (first, conn) in conns.iter().take(loaders).enumerate() {
-        let (conn, value, progress) = (conn.clone(), value.clone(), progress.clone());
+    for (first, client) in clients.iter().take(loaders).enumerate() {
+        let (client, value, progress) = (client.clone(), value.clone(), progress.clone());
         tasks.spawn(async move {
             let mut in_flight = FuturesUnordered::new();
             let mut next = first as u64;
             loop {
                 while in_flight.len() < PRELOAD_INFLIGHT && next < keys {
-                    in_flight.push(put_one(conn.clone(), key_name(next), value.clone()));
+                    in_flight.push(put_one(client.clone(), key_name(next), value.clone()));
                     next += loaders as u64;
                 }
                 match in_flight.next().await {
@@ -288,7 +290,13 @@ fn make_value(size: usize, seed: u64) -> Bytes {
         .into()
 }
 
-fn report(plan: &Plan, t: TaskStats, preloaded_keys: u64, preload_time: Duration) -> BenchReport {
+fn report(
+    plan: &Plan,
+    t: TaskStats,
+    nodes: usize,
+    preloaded_keys: u64,
+    preload_time: Duration,
+) -> BenchReport {
     let opts = &plan.opts;
     let window = t
         .last_completion
@@ -305,6 +313,7 @@ fn report(plan: &Plan, t: TaskStats, preloaded_keys: u64, preload_time: Duration
         value_size: opts.value_size,
         inflight: opts.inflight,
         conns: opts.conns,
+        nodes,
         target_rate: opts.rate,
         ops_per_sec: if window > 0.0 {
             t.ok as f64 / window

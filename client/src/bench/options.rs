@@ -173,8 +173,11 @@ impl fmt::Debug for WindowHook {
 /// Everything a run needs. [`BenchOptions::new`] gives the CLI's defaults.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Where and how to connect; every connection of the run uses these.
+    /// Where and how to connect; every connection of the run uses these. `connect.addr` is
+    /// the first node contacted; requests go to whichever node serves their key.
     pub connect: ConnectOptions,
+    /// More node addresses to find the cluster through when `connect.addr` does not answer.
+    pub seeds: Vec<String>,
     /// What to send.
     pub workload: Workload,
     /// Size of the key space: keys `bench/k0000000000` up to index `keys - 1`.
@@ -183,9 +186,10 @@ pub struct BenchOptions {
     pub key_dist: KeyDist,
     /// Bytes per written value (also the preload's).
     pub value_size: usize,
-    /// Connections, each with its own task.
+    /// Connections per node, each set with its own task: a task holds one connection to
+    /// every node and sends each request to the node serving its key.
     pub conns: usize,
-    /// Requests outstanding at once on each connection (pipelining depth).
+    /// Requests outstanding at once per task (pipelining depth).
     pub inflight: usize,
     /// When the measured part ends.
     pub stop: Stop,
@@ -194,7 +198,8 @@ pub struct BenchOptions {
     pub warmup: Duration,
     /// Open loop at this many requests per second in total; `None` is closed loop.
     pub rate: Option<f64>,
-    /// Replace each connection after this many requests (new TCP + TLS handshake).
+    /// Replace each task's connections after this many requests (new TCP + full TLS
+    /// handshakes).
     pub reconnect_every: Option<u64>,
     /// Entries each SCAN asks for.
     pub scan_limit: u32,
@@ -216,6 +221,7 @@ impl BenchOptions {
     pub fn new(connect: ConnectOptions) -> BenchOptions {
         BenchOptions {
             connect,
+            seeds: Vec::new(),
             workload: Workload::Get,
             keys: 10_000,
             key_dist: KeyDist::Uniform,

@@ -122,8 +122,10 @@ pub struct BenchReport {
     pub value_size: usize,
     /// Requests outstanding per connection.
     pub inflight: usize,
-    /// Connections.
+    /// Connections per node (one task each).
     pub conns: usize,
+    /// Nodes serving slots when the run started (1 for a single node).
+    pub nodes: usize,
     /// Open-loop target in requests per second; `None` for a closed loop.
     pub target_rate: Option<f64>,
     /// Successful requests per second over the measured window.
@@ -150,8 +152,8 @@ pub struct BenchReport {
     /// Open loop: requests due before the end that were never sent because the run fell
     /// behind its schedule (0 in a closed loop).
     pub unsent: u64,
-    /// Connections opened: the initial `conns`, plus every replacement (`--reconnect-every`, or
-    /// after a connection broke).
+    /// Connections opened: the initial `conns` per node, plus every replacement
+    /// (`--reconnect-every`, or after a connection broke).
     pub handshakes: u64,
     /// Connections opened inside the measured window (so `handshakes_measured /
     /// duration_secs` is the handshake rate while measuring).
@@ -190,9 +192,16 @@ impl BenchReport {
             (r, "") | ("", r) => format!(" [{r}]"),
             (r, v) => format!(" [{r} / {v}]"),
         };
+        // A single node reads as before; a cluster adds its size (each conn is one
+        // connection per node).
+        let nodes = match self.nodes {
+            0 | 1 => String::new(),
+            n => format!(", {n} nodes"),
+        };
         let _ = writeln!(
             out,
-            "skv bench{label}: {} over {} {} keys, {}-byte values, {} conns x {} in flight, {mode}",
+            "skv bench{label}: {} over {} {} keys, {}-byte values, {} conns x {} in \
+             flight{nodes}, {mode}",
             self.workload,
             group(self.keys),
             self.key_dist,

@@ -1,10 +1,12 @@
-//! One connection's task: keep up to `inflight` requests outstanding on one multiplexed
-//! [`Connection`], on a closed loop or an open-loop schedule, and record what happens.
+//! One task of a run: keep up to `inflight` requests outstanding on its own [`ClusterClient`]
+//! (one multiplexed connection per node; one connection in all against a single node), on a
+//! closed loop or an open-loop schedule, and record what happens.
 //!
-//! A single task per connection, holding its requests in a `FuturesUnordered`, rather than
+//! A single task per client, holding its requests in a `FuturesUnordered`, rather than
 //! `inflight` tasks sharing a clone: the task knows exactly how many requests are outstanding,
-//! so it can stop issuing, drain and swap the connection (`--reconnect-every`, or after the
-//! connection broke) without coordinating with anyone, and its statistics stay its own.
+//! so it can stop issuing, drain and swap or repair its connections (`--reconnect-every`, or
+//! after a connection broke) without coordinating with anyone, and its statistics stay its
+//! own.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use crate::bench::options::{Stop, Workload};
 use crate::bench::report::TaskStats;
 use crate::bench::{key_name, Plan, KEY_PREFIX};
-use crate::connection::Connection;
+use crate::cluster::ClusterClient;
 use crate::error::ClientError;
 
 /// How early an open-loop request may go out. Tokio's timer wheel has millisecond
@@ -26,7 +28,7 @@ use crate::error::ClientError;
 /// sending at once keeps the schedule; a request sent early is timed from its actual send.
 const EARLY: Duration = Duration::from_millis(1);
 
-/// Attempts to replace a connection before the task gives up.
+/// Attempts to reopen a task's connections before the task gives up.
 const RECONNECT_ATTEMPTS: u32 = 3;
 
 /// One request to send.
@@ -53,7 +55,7 @@ struct Outcome {
 /// Send one request. Every request future of a task has this one type, so they fit one
 /// `FuturesUnordered` without boxing.
 async fn execute(
-    conn: Arc<Connection>,
+    client: ClusterClient,
     op: Op,
     value: Bytes,
     scan_limit: u32,
@@ -61,12 +63,15 @@ async fn execute(
     measured: bool,
 ) -> Outcome {
     let result = match op {
-        Op::Get(key) => conn.get(key).await.map(|found| found.is_some()),
-        Op::Put(key) => conn.put(key, value).await.map(|_| true),
-        Op::Scan(after) => conn
-            .scan(Bytes::from_static(KEY_PREFIX), scan_limit, Some(after))
-            .await
-            .map(|_| true),
+        Op::Get(key) => client.get(key).await.map(|found| found.is_some()),
+        Op::Put(key) => client.put(key, value).await.map(|_| true),
+        // Boxed: a cluster scan's future is larger than a GET's or a PUT's, and every
+        // request's future, whatever its op, is as large as the largest.
+        Op::Scan(after) => {
+            Box::pin(client.scan(Bytes::from_static(KEY_PREFIX), scan_limit, Some(after)))
+                .await
+                .map(|_| true)
+        }
     };
     Outcome {
         result,
@@ -76,8 +81,9 @@ async fn execute(
     }
 }
 
-/// Errors after which the connection is useless: every later request on it would fail at
-/// once, so the task drains and reconnects instead of counting a flood of instant failures.
+/// Errors after which a connection is useless, or a node unreachable: later requests to it
+/// would fail at once, so the task drains and reopens its connections (giving up if it
+/// cannot) instead of counting a flood of instant failures.
 fn breaks_connection(err: &ClientError) -> bool {
     matches!(
         err,
@@ -85,7 +91,17 @@ fn breaks_connection(err: &ClientError) -> bool {
             | ClientError::Protocol(_)
             | ClientError::Tls(_)
             | ClientError::Connect { .. }
+            | ClientError::NodeDown { .. }
     )
+}
+
+/// Why the task stops issuing and drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Renew {
+    /// A connection broke: reopen what is closed, keep the rest.
+    Repair,
+    /// `--reconnect-every`: a new client, so every connection is a new full handshake.
+    Replace,
 }
 
 /// A SplitMix64 step: turns (seed, task index) into well-spread, independent stream seeds.
@@ -103,6 +119,10 @@ struct Worker {
     /// Open loop: seconds between sends on this connection, and this connection's offset
     /// into the period (so the connections' sends interleave instead of bunching).
     schedule: Option<(f64, f64)>,
+    /// Connections the current client had opened when the measured window began (0 if it
+    /// was made inside the window; `None` until known), to tell which handshakes to count
+    /// as measured.
+    window_base: Option<u64>,
 }
 
 impl Worker {
@@ -174,34 +194,57 @@ impl Worker {
         broken
     }
 
-    /// Open a replacement connection, retrying briefly; `None` if the task should give up.
-    async fn reconnect(&mut self) -> Option<Arc<Connection>> {
+    /// Count the connections `client` opened; call once, when the task is done with it.
+    fn harvest(&mut self, client: &ClusterClient) {
+        let opened = client.connect_stats();
+        self.stats.handshakes += opened.opened;
+        self.stats.handshake_time += opened.time;
+        if let Some(base) = self.window_base {
+            self.stats.handshakes_measured += opened.opened.saturating_sub(base);
+        }
+    }
+
+    /// Replace or repair the client's connections, retrying briefly; `None` if the task
+    /// should give up.
+    async fn renew(&mut self, old: ClusterClient, how: Renew) -> Option<ClusterClient> {
+        let client = match how {
+            Renew::Repair => old,
+            Renew::Replace => {
+                let next = old.fresh();
+                self.harvest(&old);
+                // Drop the old client first so its sockets close before the new handshakes.
+                drop(old);
+                match next {
+                    Ok(next) => {
+                        self.window_base = (Instant::now() >= self.plan.measure_from).then_some(0);
+                        next
+                    }
+                    Err(err) => {
+                        self.stats.error(&err);
+                        return None;
+                    }
+                }
+            }
+        };
         for attempt in 1..=RECONNECT_ATTEMPTS {
             if self.plan.deadline.is_some_and(|d| Instant::now() >= d) {
-                return None;
+                break;
             }
-            let began = Instant::now();
-            match Connection::connect(&self.plan.opts.connect).await {
-                Ok(conn) => {
-                    self.stats.handshakes += 1;
-                    if began >= self.plan.measure_from {
-                        self.stats.handshakes_measured += 1;
-                    }
-                    self.stats.handshake_time += began.elapsed();
-                    return Some(Arc::new(conn));
-                }
+            match client.open_connections().await {
+                Ok(()) => return Some(client),
                 Err(err) => {
                     self.stats.error(&err);
                     tokio::time::sleep(Duration::from_millis(100) * attempt).await;
                 }
             }
         }
+        self.harvest(&client);
         None
     }
 }
 
-/// Drive one connection until the run's end; returns what it saw.
-pub(crate) async fn drive(plan: Arc<Plan>, index: usize, conn: Arc<Connection>) -> TaskStats {
+/// Drive one client until the run's end; returns what it saw.
+pub(crate) async fn drive(plan: Arc<Plan>, index: usize, client: ClusterClient) -> TaskStats {
     let opts = &plan.opts;
     let schedule = opts.rate.map(|rate| {
         let interval = opts.conns as f64 / rate;
@@ -228,19 +271,21 @@ pub(crate) async fn drive(plan: Arc<Plan>, index: usize, conn: Arc<Connection>) 
         plan: plan.clone(),
         stats: TaskStats::new(),
         schedule,
+        window_base: None,
     };
 
-    let mut conn = Some(conn);
+    let mut client = Some(client);
     let mut in_flight = FuturesUnordered::new();
     // Requests sent by this task (the open-loop schedule position), sent on the current
-    // connection, and measured.
+    // client, and measured.
     let (mut sent, mut on_conn, mut measured_sent) = (0u64, 0u64, 0u64);
     let mut stopping = false;
-    let mut replace = false;
+    // Set: stop issuing, drain, then renew the connections.
+    let mut renew: Option<Renew> = None;
     loop {
-        if let Some(current) = conn
+        if let Some(current) = client
             .as_ref()
-            .filter(|_| !stopping && !replace && in_flight.len() < inflight)
+            .filter(|_| !stopping && renew.is_none() && in_flight.len() < inflight)
         {
             let now = Instant::now();
             let due = worker.due(sent);
@@ -252,7 +297,9 @@ pub(crate) async fn drive(plan: Arc<Plan>, index: usize, conn: Arc<Connection>) 
                     () = wake => None,
                 };
                 if let Some(out) = answered {
-                    replace |= worker.finish(out);
+                    if worker.finish(out) {
+                        renew = renew.max(Some(Renew::Repair));
+                    }
                 }
                 continue;
             }
@@ -279,6 +326,9 @@ pub(crate) async fn drive(plan: Arc<Plan>, index: usize, conn: Arc<Connection>) 
                     continue;
                 }
                 measured_sent += 1;
+                if worker.window_base.is_none() {
+                    worker.window_base = Some(current.connect_stats().opened);
+                }
             }
             let op = worker.next_op();
             in_flight.push(execute(
@@ -295,22 +345,31 @@ pub(crate) async fn drive(plan: Arc<Plan>, index: usize, conn: Arc<Connection>) 
             // no reconnect that would go unused).
             stopping |= measured && quota.is_some_and(|q| measured_sent >= q);
             if reconnect_every.is_some_and(|n| on_conn >= n) {
-                replace = true;
+                renew = Some(Renew::Replace);
             }
             continue;
         }
         match in_flight.next().await {
-            Some(out) => replace |= worker.finish(out),
-            None if stopping || conn.is_none() => break,
+            Some(out) => {
+                if worker.finish(out) {
+                    renew = renew.max(Some(Renew::Repair));
+                }
+            }
+            None if stopping => break,
             None => {
-                // Nothing outstanding and not issuing: the connection is to be replaced.
-                // Drop the old one first so its socket closes before the new handshake.
-                drop(conn.take());
-                conn = worker.reconnect().await;
-                on_conn = 0;
-                replace = false;
+                // Nothing outstanding and not issuing: the connections are to be renewed.
+                let (Some(current), Some(how)) = (client.take(), renew.take()) else {
+                    break;
+                };
+                client = worker.renew(current, how).await;
+                if how == Renew::Replace {
+                    on_conn = 0;
+                }
             }
         }
+    }
+    if let Some(client) = &client {
+        worker.harvest(client);
     }
     worker.stats
 }

@@ -11,7 +11,7 @@ use skv_certs::KeyType;
 use crate::bench::Workload;
 use crate::config::{ConnectOptions, Security};
 
-use super::setup::Credentials;
+use super::setup::{self, Credentials};
 
 /// One level of security, each adding one layer to the one before (except `Null`, which is
 /// L2's transport over a node that stores nothing and checks no token).
@@ -153,10 +153,14 @@ impl Case {
         &self,
         creds: &Credentials,
         data_dir: &Path,
+        node: &str,
     ) -> Result<Vec<String>, String> {
         let mut args: Vec<String> = vec![
             "--name".into(),
-            "n1".into(),
+            node.into(),
+            // Named explicitly: a plaintext node has no certificate to take it from.
+            "--cluster".into(),
+            setup::CLUSTER.into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--engine".into(),
@@ -175,9 +179,9 @@ impl Case {
             "--ca".into(),
             pki.ca_cert().display().to_string(),
             "--cert".into(),
-            pki.node_cert("n1").display().to_string(),
+            pki.node_cert(node).display().to_string(),
             "--key".into(),
-            pki.node_key("n1").display().to_string(),
+            pki.node_key(node).display().to_string(),
         ]);
         if self.rung == Rung::L1 {
             args.push("--insecure-no-client-auth".into());

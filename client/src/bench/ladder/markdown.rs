@@ -213,15 +213,25 @@ pub(crate) fn render(
         md,
         "- **Load:** closed loop, {} connections, {:?} warmup then {:?} measured per case \
          (main-ladder cases {} times each, in rounds, each against a fresh node, keeping the fastest run; variants once), \
-         uniform keys ({} per case unless noted; preloaded before GETs), one fresh `skv-node` \
-         per case on 127.0.0.1. The load generator (`skv` itself) runs on the same {} CPUs as \
-         the node.",
+         uniform keys ({} per case unless noted; preloaded before GETs), {} per case on \
+         127.0.0.1. The load generator (`skv` itself) runs on the same {} CPUs as the \
+         node{}.",
         o.conns,
         o.warm(),
         o.measure(),
         o.repeats(),
         group(o.keys as f64),
-        info.machine.cpus
+        if o.nodes == 1 {
+            "one fresh `skv-node`".to_owned()
+        } else {
+            format!(
+                "a fresh local cluster of {} `skv-node` processes (slots split evenly, each \
+                 request sent to the node serving its key, server CPU summed over the nodes)",
+                o.nodes
+            )
+        },
+        info.machine.cpus,
+        if o.nodes == 1 { "" } else { "s" }
     );
     let _ = writeln!(
         md,

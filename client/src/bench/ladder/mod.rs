@@ -49,6 +49,10 @@ use cases::Case;
 use node::NodeProcess;
 use setup::Credentials;
 
+/// Most nodes per case: enough to show per-operation cost against cluster size on a small
+/// machine, few enough that every node keeps a core's share.
+const MAX_NODES: usize = 8;
+
 /// Largest preloaded data per case: the key count shrinks for large values so that a 16 KiB
 /// run writes 64 MiB, not 160 MiB, before it starts.
 const MAX_PRELOAD_BYTES: u64 = 64 << 20;
@@ -78,6 +82,9 @@ pub struct LadderOptions {
     pub repeat: Option<usize>,
     /// The command line, quoted into the report.
     pub command: String,
+    /// Nodes per case: 1 is a single node; more start a local cluster per case (slots split
+    /// evenly, the load generator routing by key), with the server CPU summed over its nodes.
+    pub nodes: usize,
 }
 
 impl LadderOptions {
@@ -94,6 +101,7 @@ impl LadderOptions {
             keys: 10_000,
             repeat: None,
             command: String::new(),
+            nodes: 1,
         }
     }
 
@@ -130,6 +138,9 @@ impl LadderOptions {
         }
         if self.repeats() == 0 {
             return bad("--repeat must be at least 1".into());
+        }
+        if !(1..=MAX_NODES).contains(&self.nodes) {
+            return bad(format!("--nodes must be within 1..={MAX_NODES}"));
         }
         if self.measure().is_zero() {
             return bad("--duration must be longer than 0".into());
@@ -176,8 +187,10 @@ pub struct LadderRow {
     pub value_size: usize,
     /// Requests outstanding per connection.
     pub inflight: usize,
-    /// Connections.
+    /// Connections (per node).
     pub conns: usize,
+    /// Nodes serving the case (a local cluster when more than 1).
+    pub nodes: usize,
     /// Key space (preloaded for GET).
     pub keys: u64,
     /// ok, failed, not built, skipped.
@@ -305,7 +318,7 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
     log("making credentials: a PKI per certificate key type, an issuer per JWT algorithm");
     // Tokens outlive the run with a wide margin, and no more: nothing lives past it anyway.
     let ttl = Duration::from_secs(3600) + per_case.mul_f64(all.len() as f64 * 3.0);
-    let creds = Credentials::create(temp.path(), &key_types, &algs, ttl)
+    let creds = Credentials::create(temp.path(), &key_types, &algs, ttl, opts.nodes)
         .map_err(|e| ClientError::Config(format!("cannot make the ladder's credentials: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -415,6 +428,7 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     at: Instant,
+    /// CPU time of every node of the case together.
     node_ticks: Option<u64>,
     self_ticks: Option<u64>,
     /// Busy time of the whole machine (all CPUs), ticks.
@@ -422,10 +436,10 @@ struct Sample {
 }
 
 impl Sample {
-    fn take(node_pid: &str) -> Sample {
+    fn take(node_pids: &[String]) -> Sample {
         Sample {
             at: Instant::now(),
-            node_ticks: node::cpu_ticks(node_pid),
+            node_ticks: node_pids.iter().map(|pid| node::cpu_ticks(pid)).sum(),
             self_ticks: node::cpu_ticks("self"),
             machine_ticks: node::machine_busy_ticks(),
         }
@@ -447,6 +461,7 @@ fn blank_row(ctx: &Ctx<'_>, case: &Case) -> LadderRow {
         value_size: case.value_size,
         inflight: case.inflight,
         conns: ctx.opts.conns,
+        nodes: ctx.opts.nodes,
         keys,
         status: RowStatus::Ok,
         error: None,
@@ -489,26 +504,43 @@ fn run_case(ctx: &Ctx<'_>, index: usize, case: &Case) -> LadderRow {
         );
         return row;
     }
-    let data_dir = ctx.root.join(format!("data-{index:02}"));
     let failed = |mut row: LadderRow, error: String| {
         row.status = RowStatus::Failed;
         row.error = Some(error);
         row
     };
-    let args = match case.node_args(&ctx.creds, &data_dir) {
-        Ok(args) => args,
-        Err(why) => {
-            row.status = RowStatus::Skipped;
-            row.note = Some(why);
-            return row;
+    let ids: Vec<String> = (1..=ctx.opts.nodes).map(|i| format!("n{i}")).collect();
+    // One node listens where the OS puts it; a cluster needs its addresses up front, for
+    // the map every node starts with.
+    let (listen, map_args) = if ids.len() == 1 {
+        (vec!["127.0.0.1:0".to_owned()], Vec::new())
+    } else {
+        match write_cluster_map(ctx, index, &ids) {
+            Ok(planned) => planned,
+            Err(e) => return failed(row, e),
         }
     };
-    let log = ctx.root.join(format!("node-{index:02}.log"));
-    let mut node = match NodeProcess::start(&ctx.opts.node_bin, &args, &log) {
-        Ok(node) => node,
-        Err(e) => return failed(row, e),
-    };
-    let connect = match case.connect(&ctx.creds, &node.addr) {
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    let mut data_dirs = Vec::new();
+    for (id, listen) in ids.iter().zip(&listen) {
+        let data_dir = ctx.root.join(format!("data-{index:02}-{id}"));
+        let mut args = match case.node_args(&ctx.creds, &data_dir, id) {
+            Ok(args) => args,
+            Err(why) => {
+                row.status = RowStatus::Skipped;
+                row.note = Some(why);
+                return row;
+            }
+        };
+        args.extend(map_args.iter().cloned());
+        let log = ctx.root.join(format!("node-{index:02}-{id}.log"));
+        match NodeProcess::start(&ctx.opts.node_bin, &args, &log, listen) {
+            Ok(node) => nodes.push(node),
+            Err(e) => return failed(row, format!("node {id}: {e}")),
+        }
+        data_dirs.push(data_dir);
+    }
+    let connect = match case.connect(&ctx.creds, &nodes[0].addr) {
         Ok(connect) => connect,
         Err(why) => return failed(row, why),
     };
@@ -524,11 +556,11 @@ fn run_case(ctx: &Ctx<'_>, index: usize, case: &Case) -> LadderRow {
     opts.rung = row.rung.clone();
     opts.variant = row.variant.clone();
     let window = Arc::new(Mutex::new(Window::default()));
-    let pid = node.pid().to_string();
+    let pids: Vec<String> = nodes.iter().map(|n| n.pid().to_string()).collect();
     opts.on_window = Some(WindowHook::new({
         let window = window.clone();
         move |edge| {
-            let sample = Sample::take(&pid);
+            let sample = Sample::take(&pids);
             let mut w = window.lock().unwrap_or_else(PoisonError::into_inner);
             match edge {
                 WindowEdge::Start => w.start = Some(sample),
@@ -538,11 +570,19 @@ fn run_case(ctx: &Ctx<'_>, index: usize, case: &Case) -> LadderRow {
     }));
 
     let result = ctx.runtime.block_on(bench::run(opts));
-    let died = node.exited();
-    let tail = died.as_ref().map(|_| node.log_tail());
-    node.stop();
-    drop(node);
-    let _ = std::fs::remove_dir_all(&data_dir);
+    let mut died = None;
+    let mut tail = None;
+    for (id, node) in ids.iter().zip(nodes.iter_mut()) {
+        if let Some(status) = node.exited() {
+            died.get_or_insert(format!("node {id}: {status}"));
+            tail.get_or_insert(node.log_tail());
+        }
+        node.stop();
+    }
+    drop(nodes);
+    for dir in &data_dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     let report = match result {
         Ok(report) => report,
@@ -578,6 +618,36 @@ fn run_case(ctx: &Ctx<'_>, index: usize, case: &Case) -> LadderRow {
         return failed(row, format!("no request succeeded (errors: {errors})"));
     }
     row
+}
+
+/// Addresses for the nodes of a cluster case and the flags that hand each node the map: free
+/// loopback ports, slots split evenly in node order.
+fn write_cluster_map(
+    ctx: &Ctx<'_>,
+    index: usize,
+    ids: &[String],
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let listeners = ids
+        .iter()
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot find free ports for the cluster: {e}"))?;
+    let addrs = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot find free ports for the cluster: {e}"))?;
+    // Released here; the nodes bind them a moment later.
+    drop(listeners);
+    let members: Vec<(String, String)> = ids.iter().cloned().zip(addrs.iter().cloned()).collect();
+    let map = skv_proto::cluster::ClusterMap::even(setup::CLUSTER, &members);
+    let path = ctx.root.join(format!("map-{index:02}.json"));
+    std::fs::write(&path, map.to_json())
+        .map_err(|e| format!("cannot write the cluster map {}: {e}", path.display()))?;
+    Ok((
+        addrs,
+        vec!["--cluster-map".into(), path.display().to_string()],
+    ))
 }
 
 fn fill_measured(row: &mut LadderRow, report: &BenchReport, window: &Window) {
@@ -738,6 +808,7 @@ mod tests {
             value_size: 100,
             inflight,
             conns: 50,
+            nodes: 1,
             keys: 10,
             status: if ops.is_some() {
                 RowStatus::Ok

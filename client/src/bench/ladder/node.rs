@@ -23,9 +23,14 @@ pub(crate) struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Start `bin` with `args` plus `--listen 127.0.0.1:0`, its stderr appended to `log`, and
-    /// wait for its `listening on ADDR` line.
-    pub(crate) fn start(bin: &Path, args: &[String], log: &Path) -> Result<NodeProcess, String> {
+    /// Start `bin` with `args` plus `--listen LISTEN`, its stderr appended to `log`, and wait
+    /// for its `listening on ADDR` line.
+    pub(crate) fn start(
+        bin: &Path,
+        args: &[String],
+        log: &Path,
+        listen: &str,
+    ) -> Result<NodeProcess, String> {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -33,7 +38,7 @@ impl NodeProcess {
             .map_err(|e| format!("cannot open the node log {}: {e}", log.display()))?;
         let mut child = Command::new(bin)
             .args(args)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             // Info level: start and stop lines only; nothing per connection or request.
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

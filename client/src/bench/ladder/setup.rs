@@ -12,6 +12,9 @@ use skv_certs::issuer::{keys_init, mint, Alg, IssuerKey, TokenSpec};
 use skv_certs::{InitOptions, KeyType, Layout};
 use skv_proto::token::parse_allow;
 
+/// Cluster name of the ladder's PKI and maps.
+pub(crate) const CLUSTER: &str = "ladder";
+
 /// The grant every ladder token carries: read and write under the bench key prefix, exactly
 /// what a real client of one tenant would hold (a prefix check happens on every request).
 pub(crate) const TOKEN_SCOPE: &str = "read,write:bench/";
@@ -33,7 +36,8 @@ pub(crate) struct Credentials {
 }
 
 impl Credentials {
-    /// Make what `key_types` and `algs` need under `dir`. Only the P-256 PKI is required
+    /// Make what `key_types` and `algs` need under `dir`, with certificates for nodes
+    /// `n1..=n{nodes}`. Only the P-256 PKI is required
     /// (the main ladder runs on it, and tokens are bound to its client certificate); every
     /// other failure is kept and reported by the cases that need it.
     pub(crate) fn create(
@@ -41,14 +45,15 @@ impl Credentials {
         key_types: &[KeyType],
         algs: &[Alg],
         token_ttl: Duration,
+        nodes: usize,
     ) -> Result<Credentials, String> {
         let mut pkis = HashMap::new();
         for &key_type in key_types {
             let layout = Layout::new(dir.join(format!("pki-{}", key_type.as_str())));
             let made = skv_certs::init(&InitOptions {
                 dir: layout.dir().to_owned(),
-                cluster: "ladder".into(),
-                nodes: vec!["n1".into()],
+                cluster: CLUSTER.into(),
+                nodes: (1..=nodes.max(1)).map(|i| format!("n{i}")).collect(),
                 clients: vec!["alice".into()],
                 key_type,
                 force: false,

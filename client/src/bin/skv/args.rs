@@ -126,7 +126,11 @@ pub(crate) enum Command {
     /// Tokens: issue one, or look inside one.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// A narrated tour: makes a PKI, starts a node in-process, and uses it.
+    /// Local cluster tooling: make, start, inspect, grow, rebalance and stop a cluster of
+    /// skv-node processes on this machine (docs/CLUSTER.md).
+    #[command(subcommand, after_help = CLUSTER_EXIT_CODES)]
+    Cluster(ClusterCommand),
+    /// A narrated tour: makes a PKI, starts a three-node cluster in-process, and uses it.
     Demo(DemoArgs),
 }
 
@@ -224,6 +228,79 @@ pub(crate) struct CertsInitArgs {
     /// Overwrite existing files (and make a new CA).
     #[arg(long)]
     pub(crate) force: bool,
+}
+
+const CLUSTER_EXIT_CODES: &str = "\
+Exit codes:
+  0  ok (`status`: every node is up)
+  2  usage error: bad flags, DIR holds no cluster (or already holds one, for `init`)
+  3  a node refused the admin credentials (DIR/pki/clients/admin.pem, DIR/admin.token)
+  4  a node is down, did not start, or cannot be reached
+  5  a node reported an error, or did not stop in time";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Write a new local cluster into DIR: PKI, token issuer, cluster map, one config per
+    /// node, an admin token and an admin client profile. Starts nothing.
+    #[command(after_help = CLUSTER_EXIT_CODES)]
+    Init(ClusterInitArgs),
+    /// Start every node of DIR that is not running (as background processes logging to
+    /// DIR/logs) and wait until each answers PING.
+    #[command(after_help = CLUSTER_EXIT_CODES)]
+    Up(ClusterDirArg),
+    /// Show every node: up or down, slot ranges, keys, map epoch, moves in progress, pid.
+    /// Exit 4 if any node is down. `--json` prints one JSON object.
+    #[command(after_help = CLUSTER_EXIT_CODES)]
+    Status(ClusterDirArg),
+    /// Stop every running node of DIR (SIGTERM, then wait up to 30 s for each to exit).
+    #[command(after_help = CLUSTER_EXIT_CODES)]
+    Down(ClusterDirArg),
+    /// Create, start and add one more node to the running cluster. It joins with no slots:
+    /// `skv cluster rebalance` gives it its share.
+    #[command(after_help = CLUSTER_EXIT_CODES)]
+    AddNode(ClusterAddNodeArgs),
+    /// Even out slot ownership: move slots (and their keys) from nodes above the fair share to
+    /// nodes below it, one move at a time.
+    #[command(after_help = CLUSTER_EXIT_CODES)]
+    Rebalance(ClusterDirArg),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterDirArg {
+    /// The cluster directory written by `skv cluster init`.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterInitArgs {
+    /// Directory to write the cluster into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// Number of nodes, named n1..nN.
+    #[arg(long, value_name = "N")]
+    pub(crate) nodes: u16,
+    /// Cluster name: the trust domain of every certificate's SPIFFE identity.
+    #[arg(long, value_name = "NAME", default_value = "skv")]
+    pub(crate) cluster: String,
+    /// Port of n1; node nI listens on 127.0.0.1:(P + I - 1).
+    #[arg(long, value_name = "P", default_value_t = 7401)]
+    pub(crate) base_port: u16,
+    /// Replace a cluster already in DIR, DELETING its data, logs and credentials. Refused
+    /// while any of its nodes runs.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterAddNodeArgs {
+    /// The cluster directory written by `skv cluster init`.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// Id of the new node [default: the first free nI]. Naming a node that has a config in
+    /// DIR but is not in the map yet resumes an interrupted add.
+    #[arg(long, value_name = "ID")]
+    pub(crate) id: Option<String>,
 }
 
 #[derive(Debug, Args)]

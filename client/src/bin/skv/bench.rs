@@ -112,6 +112,11 @@ struct LadderArgs {
     /// [default: 5, or 1 with --quick]. Variants run once.
     #[arg(long, value_name = "N")]
     repeat: Option<usize>,
+    /// Nodes per case: more than 1 starts a local cluster for every case (slots split
+    /// evenly; the load generator routes each key to its node; server CPU is summed over the
+    /// nodes), to compare per-operation cost against cluster size.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    nodes: usize,
 }
 
 /// Run `skv bench`; returns the exit code.
@@ -119,8 +124,9 @@ pub(crate) fn run(conn: &ConnArgs, json: bool, args: BenchArgs) -> u8 {
     if let Some(BenchCommand::Ladder(ladder)) = args.command {
         return run_ladder(json, ladder);
     }
-    let result = data::connect_options(conn).and_then(|connect| {
-        let opts = options(connect, &args);
+    let result = data::connect_settings(conn).and_then(|(connect, seeds)| {
+        let mut opts = options(connect, &args);
+        opts.seeds = seeds;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -301,6 +307,7 @@ fn run_ladder(json: bool, args: LadderArgs) -> u8 {
     opts.conns = args.conns;
     opts.keys = args.keys;
     opts.repeat = args.repeat;
+    opts.nodes = args.nodes;
     opts.command = std::env::args()
         .map(|a| shell_quote(&a))
         .collect::<Vec<_>>()

@@ -6,7 +6,9 @@ use std::os::unix::ffi::OsStringExt;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use skv_client::{exit, CasResult, ClientError, ConnectOptions, Connection, Profile, Security};
+use skv_client::{
+    exit, CasResult, ClientError, ClusterClient, ConnectOptions, Connection, Profile, Security,
+};
 use skv_proto::ErrorCode;
 
 use crate::args::{Command, ConnArgs};
@@ -15,13 +17,13 @@ use crate::output;
 /// Run a data command; returns the exit code.
 pub(crate) fn run(conn: &ConnArgs, json: bool, command: Command) -> u8 {
     let mut sent_token = false;
-    let result = connect_options(conn).and_then(|opts| {
+    let result = connect_settings(conn).and_then(|(opts, seeds)| {
         sent_token = opts.token.is_some();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| ClientError::Config(format!("cannot start the async runtime: {e}")))?;
-        runtime.block_on(execute(opts, json, command))
+        runtime.block_on(execute(opts, seeds, json, command))
     });
     match result {
         Ok(code) => code,
@@ -38,12 +40,17 @@ pub(crate) fn run(conn: &ConnArgs, json: bool, command: Command) -> u8 {
     }
 }
 
-/// Merge flags and environment (already merged by clap) over the profile.
-pub(crate) fn connect_options(conn: &ConnArgs) -> Result<ConnectOptions, ClientError> {
+/// Merge flags and environment (already merged by clap) over the profile. Also returns the
+/// profile's other node addresses: where a cluster client looks for the cluster when the
+/// first contact (`opts.addr`) does not answer.
+pub(crate) fn connect_settings(
+    conn: &ConnArgs,
+) -> Result<(ConnectOptions, Vec<String>), ClientError> {
     let profile = match &conn.profile {
         Some(path) => Profile::load(path)?,
         None => Profile::default(),
     };
+    let seeds = profile.nodes.clone().unwrap_or_default();
     let addr = conn
         .addr
         .clone()
@@ -97,7 +104,7 @@ pub(crate) fn connect_options(conn: &ConnArgs) -> Result<ConnectOptions, ClientE
     opts.server_name = conn.server_name.clone();
     opts.connect_timeout = Duration::from_secs(conn.timeout.max(1));
     opts.request_timeout = Duration::from_secs(conn.timeout.max(1));
-    Ok(opts)
+    Ok((opts, seeds))
 }
 
 fn bytes_of(arg: OsString) -> Bytes {
@@ -117,34 +124,21 @@ fn value_of(arg: OsString) -> Result<Bytes, ClientError> {
     }
 }
 
-async fn execute(opts: ConnectOptions, json: bool, command: Command) -> Result<u8, ClientError> {
-    let started = Instant::now();
-    let conn = Connection::connect(&opts).await?;
+async fn execute(
+    opts: ConnectOptions,
+    seeds: Vec<String>,
+    json: bool,
+    command: Command,
+) -> Result<u8, ClientError> {
+    if let Command::Ping = command {
+        return ping(&opts, json).await;
+    }
+    // Every data command routes by key, so any node of a cluster is a good first contact.
+    let client = ClusterClient::connect(opts, seeds).await?;
     match command {
-        Command::Ping => {
-            let rtt = Instant::now();
-            conn.ping().await?;
-            let rtt = rtt.elapsed();
-            if json {
-                output::json_line(&serde_json::json!({
-                    "node": conn.node(),
-                    "rtt_us": rtt.as_micros() as u64,
-                    "connect_us": (started.elapsed() - rtt).as_micros() as u64,
-                }));
-            } else {
-                println!(
-                    "PONG from {} at {} in {:.2} ms (connect + handshake {:.2} ms)",
-                    conn.node(),
-                    conn.addr(),
-                    rtt.as_secs_f64() * 1e3,
-                    (started.elapsed() - rtt).as_secs_f64() * 1e3
-                );
-            }
-            Ok(exit::OK)
-        }
         Command::Get { key } => {
             let key = bytes_of(key);
-            match conn.get(key.clone()).await? {
+            match client.get(key.clone()).await? {
                 None => {
                     eprintln!("skv: key not found");
                     Ok(exit::NOT_FOUND)
@@ -175,7 +169,7 @@ async fn execute(opts: ConnectOptions, json: bool, command: Command) -> Result<u
             }
         }
         Command::Put { key, value } => {
-            let version = conn.put(bytes_of(key), value_of(value)?).await?;
+            let version = client.put(bytes_of(key), value_of(value)?).await?;
             if json {
                 output::json_line(&serde_json::json!({ "version": version }));
             } else {
@@ -184,7 +178,7 @@ async fn execute(opts: ConnectOptions, json: bool, command: Command) -> Result<u
             Ok(exit::OK)
         }
         Command::Delete { key } => {
-            let existed = conn.delete(bytes_of(key)).await?;
+            let existed = client.delete(bytes_of(key)).await?;
             if json {
                 output::json_line(&serde_json::json!({ "deleted": existed }));
             } else if existed {
@@ -198,7 +192,7 @@ async fn execute(opts: ConnectOptions, json: bool, command: Command) -> Result<u
             key,
             expect_version,
             value,
-        } => match conn
+        } => match client
             .cas(bytes_of(key), expect_version, value_of(value)?)
             .await?
         {
@@ -229,13 +223,40 @@ async fn execute(opts: ConnectOptions, json: bool, command: Command) -> Result<u
             prefix,
             limit,
             cursor,
-        } => scan(&conn, json, bytes_of(prefix), limit, cursor.map(bytes_of)).await,
-        Command::Bench(_)
+        } => scan(&client, json, bytes_of(prefix), limit, cursor.map(bytes_of)).await,
+        Command::Ping
+        | Command::Bench(_)
         | Command::Certs(_)
+        | Command::Cluster(_)
         | Command::Demo(_)
         | Command::Keys(_)
         | Command::Token(_) => unreachable_command(),
     }
+}
+
+/// PING the one node at `--addr`: a health check of that node, so it is not routed.
+async fn ping(opts: &ConnectOptions, json: bool) -> Result<u8, ClientError> {
+    let started = Instant::now();
+    let conn = Connection::connect(opts).await?;
+    let rtt = Instant::now();
+    conn.ping().await?;
+    let rtt = rtt.elapsed();
+    if json {
+        output::json_line(&serde_json::json!({
+            "node": conn.node(),
+            "rtt_us": rtt.as_micros() as u64,
+            "connect_us": (started.elapsed() - rtt).as_micros() as u64,
+        }));
+    } else {
+        println!(
+            "PONG from {} at {} in {:.2} ms (connect + handshake {:.2} ms)",
+            conn.node(),
+            conn.addr(),
+            rtt.as_secs_f64() * 1e3,
+            (started.elapsed() - rtt).as_secs_f64() * 1e3
+        );
+    }
+    Ok(exit::OK)
 }
 
 fn unreachable_command() -> Result<u8, ClientError> {
@@ -244,9 +265,10 @@ fn unreachable_command() -> Result<u8, ClientError> {
     ))
 }
 
-/// Page through a scan, printing entries as they arrive so a large scan streams.
+/// Page through a scan of the whole cluster, printing entries as they arrive so a large scan
+/// streams.
 async fn scan(
-    conn: &Connection,
+    client: &ClusterClient,
     json: bool,
     prefix: Bytes,
     limit: Option<u64>,
@@ -255,9 +277,11 @@ async fn scan(
     let mut remaining = limit.unwrap_or(u64::MAX);
     let mut entries = Vec::new();
     let mut out = std::io::stdout().lock();
+    // One scanner for all pages: it keeps each node's unmerged entries between pages.
+    let mut scanner = client.scanner(prefix, cursor.clone());
     while remaining > 0 {
         let page_limit = remaining.min(u64::from(skv_server::MAX_SCAN_PAGE)) as u32;
-        let page = conn.scan(prefix.clone(), page_limit, cursor.take()).await?;
+        let page = scanner.next_page(page_limit).await?;
         remaining -= (page.entries.len() as u64).min(remaining);
         for entry in page.entries {
             if json {

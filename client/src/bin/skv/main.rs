@@ -5,6 +5,7 @@
 mod args;
 mod bench;
 mod certs;
+mod cluster;
 mod data;
 mod demo;
 mod keys;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Bench(args) => bench::run(&cli.conn, cli.json, args),
         Command::Certs(cmd) => certs::run(cmd),
+        Command::Cluster(cmd) => cluster::run(cmd, cli.json),
         Command::Demo(cmd) => demo::run(cmd),
         Command::Keys(cmd) => keys::run(cmd),
         Command::Token(cmd) => token::run(cmd),

@@ -1,0 +1,376 @@
+//! `skv cluster status`: every node's own report, beside what the map says about it.
+
+use std::fmt::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use skv_client::{exit, ClientError, Connection};
+use skv_proto::cluster::{format_ranges, ClusterMap, ControlRequest, ControlResponse, NodeStatus};
+
+use super::{process, runtime, ClusterDir, Result};
+
+/// One node as the status command sees it.
+#[derive(Debug)]
+struct Row {
+    id: String,
+    addr: String,
+    in_map: bool,
+    configured: bool,
+    pid: Option<u32>,
+    /// The node's answer to STATUS, or why there is none.
+    report: std::result::Result<NodeStatus, ClientError>,
+}
+
+impl Row {
+    fn state(&self) -> &'static str {
+        match &self.report {
+            Ok(_) => "up",
+            Err(e) if e.exit_code() == exit::CONNECTION => "down",
+            // It answered, but not with a status: reachable, yet not usable.
+            Err(_) => "error",
+        }
+    }
+}
+
+pub(super) fn run(dir: &Path, json_out: bool) -> Result<u8> {
+    let dir = ClusterDir::open(dir)?;
+    let token = dir.admin_token()?;
+    let configs = dir.node_files()?;
+    let rt = runtime()?;
+    let (map, map_from) = match rt.block_on(dir.fetch_map(&token)) {
+        Ok((map, from)) => (map, Some(from)),
+        // Nobody answered: the bootstrap map still says which nodes there should be.
+        Err(_) => (dir.bootstrap_map()?, None),
+    };
+
+    let mut targets: Vec<(String, String, bool, bool)> = map
+        .nodes
+        .iter()
+        .map(|n| {
+            let configured = configs.iter().any(|c| c.id == n.id);
+            (n.id.clone(), n.addr.clone(), true, configured)
+        })
+        .collect();
+    for c in &configs {
+        if map.node(&c.id).is_none() {
+            targets.push((c.id.clone(), c.addr.clone(), false, true));
+        }
+    }
+    let reports = rt.block_on(futures_util::future::join_all(
+        targets
+            .iter()
+            .map(|(_, addr, _, _)| node_status(&dir, addr, &token)),
+    ));
+    let rows: Vec<Row> = targets
+        .into_iter()
+        .zip(reports)
+        .map(|((id, addr, in_map, configured), report)| Row {
+            pid: process::live_pid(&dir, &id),
+            id,
+            addr,
+            in_map,
+            configured,
+            report,
+        })
+        .collect();
+
+    if json_out {
+        super::emit(&format!("{}\n", to_json(&map, map_from.as_deref(), &rows)));
+    } else {
+        super::emit(&render_table(&dir, &map, map_from.as_deref(), &rows));
+    }
+    Ok(exit_code(&rows))
+}
+
+/// 0 when every node is up; 4 when any is down; otherwise the code of the first error
+/// (3: the admin credentials were refused, 5: a node error).
+fn exit_code(rows: &[Row]) -> u8 {
+    if rows.iter().any(|r| r.state() == "down") {
+        return exit::CONNECTION;
+    }
+    rows.iter()
+        .find_map(|r| r.report.as_ref().err().map(ClientError::exit_code))
+        .unwrap_or(exit::OK)
+}
+
+async fn node_status(
+    dir: &ClusterDir,
+    addr: &str,
+    token: &str,
+) -> std::result::Result<NodeStatus, ClientError> {
+    let mut opts = dir.admin_options(addr, token);
+    opts.connect_timeout = Duration::from_secs(3);
+    opts.request_timeout = Duration::from_secs(10);
+    let conn = Connection::connect(&opts).await?;
+    match conn.control(&ControlRequest::Status).await? {
+        ControlResponse::Status(status) => Ok(status),
+        other => Err(ClientError::Protocol(format!(
+            "{addr} answered STATUS with {other:?}"
+        ))),
+    }
+}
+
+fn to_json(map: &ClusterMap, map_from: Option<&str>, rows: &[Row]) -> Value {
+    let nodes: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let map_ranges = map.ranges_of_node(&r.id);
+            let (epoch, keys, ranges, migrating, error) = match &r.report {
+                Ok(s) => (
+                    json!(s.epoch),
+                    json!(s.keys),
+                    json!(s.ranges),
+                    json!(s.migrating),
+                    Value::Null,
+                ),
+                Err(e) => (
+                    Value::Null,
+                    Value::Null,
+                    Value::Null,
+                    Value::Null,
+                    json!(e.to_string()),
+                ),
+            };
+            json!({
+                "id": r.id,
+                "addr": r.addr,
+                "state": r.state(),
+                "up": r.report.is_ok(),
+                "pid": r.pid,
+                "in_map": r.in_map,
+                "configured": r.configured,
+                "map_ranges": map_ranges,
+                "map_slots": map_ranges.iter().map(|r| r.len()).sum::<u32>(),
+                "epoch": epoch,
+                "keys": keys,
+                "ranges": ranges,
+                "migrating": migrating,
+                "error": error,
+            })
+        })
+        .collect();
+    let up = rows.iter().filter(|r| r.report.is_ok()).count();
+    json!({
+        "cluster": map.cluster,
+        "epoch": map.epoch,
+        "map_from": map_from,
+        "nodes": nodes,
+        "up": up,
+        "down": rows.len() - up,
+    })
+}
+
+fn render_table(
+    dir: &ClusterDir,
+    map: &ClusterMap,
+    map_from: Option<&str>,
+    rows: &[Row],
+) -> String {
+    // Writing to a String cannot fail, so the fmt::Results below are ignored.
+    let mut out = String::new();
+    let source = match map_from {
+        Some(from) => format!("from {from}"),
+        None => "from cluster.json: no node answered".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "cluster {}, map epoch {} ({source})",
+        map.cluster, map.epoch
+    );
+    let mut table = vec![[
+        "NODE",
+        "ADDR",
+        "STATE",
+        "PID",
+        "EPOCH",
+        "KEYS",
+        "SLOTS",
+        "MIGRATING",
+    ]
+    .map(String::from)];
+    for r in rows {
+        let dash = || "-".to_owned();
+        let pid = r.pid.map_or_else(dash, |p| p.to_string());
+        let (epoch, keys, slots, migrating) = match &r.report {
+            Ok(s) => (
+                s.epoch.to_string(),
+                s.keys.to_string(),
+                format_ranges(&s.ranges),
+                s.migrating.as_ref().map_or_else(dash, |m| {
+                    format!("to {}: {}", m.to, format_ranges(&m.ranges))
+                }),
+            ),
+            // Down: what the map says it should serve.
+            Err(_) if r.in_map => (
+                dash(),
+                dash(),
+                format!("{} (map)", format_ranges(&map.ranges_of_node(&r.id))),
+                dash(),
+            ),
+            Err(_) => (dash(), dash(), "not in map".to_owned(), dash()),
+        };
+        table.push([
+            r.id.clone(),
+            r.addr.clone(),
+            r.state().to_owned(),
+            pid,
+            epoch,
+            keys,
+            slots,
+            migrating,
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in &table {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    for r in rows {
+        if let Err(e) = &r.report {
+            let _ = writeln!(out, "{} {}: {e}", r.id, r.state());
+        }
+        if r.in_map && !r.configured {
+            let _ = writeln!(out, "{}: in the map but has no config in nodes/", r.id);
+        }
+        if !r.in_map && r.report.is_ok() {
+            let _ = writeln!(
+                out,
+                "{}: running but not in the map; add it with \
+                 `skv cluster add-node --dir {} --id {}`",
+                r.id,
+                dir.root().display(),
+                r.id
+            );
+        }
+    }
+    let up = rows.iter().filter(|r| r.report.is_ok()).count();
+    let _ = writeln!(out, "{up} of {} node(s) up", rows.len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skv_proto::cluster::{Migrating, SlotRange};
+
+    fn rows(map: &ClusterMap) -> Vec<Row> {
+        vec![
+            Row {
+                id: "n1".into(),
+                addr: "127.0.0.1:7401".into(),
+                in_map: true,
+                configured: true,
+                pid: Some(42),
+                report: Ok(NodeStatus {
+                    node: "n1".into(),
+                    epoch: map.epoch,
+                    keys: 7,
+                    ranges: map.ranges_of_node("n1"),
+                    migrating: Some(Migrating {
+                        to: "n3".into(),
+                        ranges: vec![SlotRange::new(0, 9)],
+                    }),
+                }),
+            },
+            Row {
+                id: "n2".into(),
+                addr: "127.0.0.1:7402".into(),
+                in_map: true,
+                configured: true,
+                pid: None,
+                report: Err(ClientError::Connect {
+                    addr: "127.0.0.1:7402".into(),
+                    reason: "refused".into(),
+                }),
+            },
+            Row {
+                id: "n3".into(),
+                addr: "127.0.0.1:7403".into(),
+                in_map: false,
+                configured: true,
+                pid: Some(43),
+                report: Ok(NodeStatus {
+                    node: "n3".into(),
+                    epoch: map.epoch,
+                    keys: 0,
+                    ranges: Vec::new(),
+                    migrating: None,
+                }),
+            },
+        ]
+    }
+
+    fn two_node_map() -> ClusterMap {
+        ClusterMap::even(
+            "skv",
+            &[
+                ("n1".into(), "127.0.0.1:7401".into()),
+                ("n2".into(), "127.0.0.1:7402".into()),
+            ],
+        )
+    }
+
+    #[test]
+    fn the_table_shows_each_node_and_explains_the_odd_ones() {
+        let map = two_node_map();
+        let dir = ClusterDir { root: "/c".into() };
+        let text = render_table(&dir, &map, Some("127.0.0.1:7401"), &rows(&map));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "cluster skv, map epoch 1 (from 127.0.0.1:7401)");
+        assert!(lines[1].starts_with("NODE  ADDR            STATE  PID  EPOCH  KEYS  SLOTS"));
+        assert!(lines[2].contains("n1") && lines[2].contains("0-8191"));
+        assert!(lines[2].ends_with("to n3: 0-9"), "{}", lines[2]);
+        assert!(lines[3].contains("down") && lines[3].contains("8192-16383 (map)"));
+        assert!(lines[4].contains("no slots"));
+        assert!(text.contains("n2 down: cannot connect to 127.0.0.1:7402"));
+        assert!(text.contains("skv cluster add-node --dir /c --id n3"));
+        assert_eq!(lines.last(), Some(&"2 of 3 node(s) up"));
+    }
+
+    #[test]
+    fn json_has_one_object_per_node_and_the_exit_code_says_down() {
+        let map = two_node_map();
+        let rows = rows(&map);
+        let value = to_json(&map, None, &rows);
+        assert_eq!(value["cluster"], "skv");
+        assert_eq!(value["epoch"], 1);
+        assert_eq!(value["map_from"], Value::Null);
+        assert_eq!(
+            (value["up"].clone(), value["down"].clone()),
+            (json!(2), json!(1))
+        );
+        let nodes = value["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 3);
+        assert_eq!(nodes[0]["state"], "up");
+        assert_eq!(nodes[0]["pid"], 42);
+        assert_eq!(nodes[0]["keys"], 7);
+        assert_eq!(nodes[0]["ranges"], json!([{"start": 0, "end": 8191}]));
+        assert_eq!(nodes[0]["migrating"]["to"], "n3");
+        assert_eq!(nodes[1]["state"], "down");
+        assert_eq!(nodes[1]["map_slots"], 8192);
+        assert_eq!(nodes[1]["keys"], Value::Null);
+        assert!(nodes[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"));
+        assert_eq!(nodes[2]["in_map"], false);
+        assert_eq!(exit_code(&rows), exit::CONNECTION);
+        assert_eq!(exit_code(&[]), exit::OK);
+        let refused = Row {
+            report: Err(ClientError::Refused(skv_proto::WireError::new(
+                skv_proto::ErrorCode::Forbidden,
+                "no",
+            ))),
+            ..rows.into_iter().next().unwrap()
+        };
+        assert_eq!(refused.state(), "error");
+        assert_eq!(exit_code(&[refused]), exit::REFUSED);
+    }
+}
