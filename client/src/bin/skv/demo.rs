@@ -1,19 +1,32 @@
 //! `skv demo`: a narrated tour for newcomers. It makes a dev PKI and a token issuer, starts a
-//! node in this process behind all three checkpoints (mutual TLS, token, scope), runs a few
-//! operations through the client library (printing the CLI command that does the same), shows
-//! each checkpoint refusing someone, and stops the node cleanly.
+//! three-node cluster in this process (every node behind all three checkpoints: mutual TLS,
+//! token, scope), runs a few operations through the client library (printing the CLI command
+//! that does the same), shows keys landing on different nodes, each checkpoint refusing
+//! someone, and a node redirecting a key it does not own, then stops the nodes cleanly.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use skv_certs::issuer::{keys_init, mint, Alg, IssuerKey, TokenSpec};
 use skv_certs::{InitOptions, KeyType, Layout};
-use skv_client::{exit, CasResult, ClientError, ConnectOptions, Connection, Security};
+use skv_client::{
+    exit, CasResult, ClientError, ClusterClient, ConnectOptions, Connection, Security,
+};
+use skv_proto::cluster::{
+    format_ranges, hash_slot, ClusterMap, ControlRequest, ControlResponse, NodeEntry, SLOT_COUNT,
+};
 use skv_proto::token::parse_allow;
 use skv_server::config::{AuthConfig, AuthMode};
-use skv_server::{Durability, Engine, NodeConfig, RunningNode, TransportConfig};
+use skv_server::{Durability, Engine, NodeConfig, RunningNode, StartError, TransportConfig};
 
 use crate::args::DemoArgs;
+
+const CLUSTER: &str = "demo";
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+/// Free ports are picked by binding and releasing them; another process can take one before
+/// the node binds it again, so starting is retried with fresh ports a few times.
+const START_ATTEMPTS: u32 = 3;
 
 pub(crate) fn run(args: DemoArgs) -> u8 {
     match tour(args) {
@@ -39,34 +52,15 @@ fn tour(args: DemoArgs) -> anyhow::Result<()> {
             temp.path().to_owned()
         }
     };
-    let layout = Layout::new(&dir);
+    let layout = Layout::new(dir.join("pki"));
 
     step(
         1,
-        "A development PKI: a cluster CA, a node certificate, a client certificate",
+        "A development PKI: a cluster CA, three node certificates, client certificates for alice and an admin",
     );
-    if layout.ca_cert().exists()
-        && layout.client_profile("alice").exists()
-        && layout.node_cert("n1").exists()
-    {
-        println!("reusing the PKI in {}", dir.display());
-    } else {
-        skv_certs::init(&InitOptions {
-            dir: dir.clone(),
-            cluster: "demo".into(),
-            nodes: vec!["n1".into()],
-            clients: vec!["alice".into()],
-            key_type: KeyType::P256,
-            force: false,
-        })
-        .context("cannot create the demo PKI")?;
-        println!(
-            "$ skv certs init --dir {} --cluster demo --nodes n1 --clients alice",
-            dir.display()
-        );
-    }
+    make_pki(&layout)?;
     println!(
-        "wrote {} (CA), {} and {} (client profile)",
+        "wrote {} (CA), {} .. n3.pem (nodes) and {} (alice's profile)",
         layout.ca_cert().display(),
         layout.node_cert("n1").display(),
         layout.client_profile("alice").display()
@@ -84,18 +78,8 @@ fn tour(args: DemoArgs) -> anyhow::Result<()> {
         IssuerKey::load(&keys).context("cannot load the demo issuer key")?
     };
     println!("$ skv keys init --dir {}", keys.display());
-    let alice_cert = std::fs::read(layout.client_cert("alice"))?;
-    let token = mint(
-        &issuer,
-        &TokenSpec {
-            sub: "alice".into(),
-            scopes: vec![parse_allow("read,write:users/").context("scope")?],
-            ttl: std::time::Duration::from_secs(15 * 60),
-            aud: skv_proto::DEFAULT_TOKEN_AUDIENCE.into(),
-            iss: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
-            bind_cert_der: Some(pem_to_der(&alice_cert)?),
-        },
-    )?;
+    let token = mint_token(&issuer, &layout, "alice", "read,write:users/")?;
+    let admin_token = mint_token(&issuer, &layout, "admin", "admin:")?;
     println!(
         "$ export SKV_TOKEN=$(skv token issue --key {} --sub alice --allow read,write:users/ --ttl 15m --bind-cert {})",
         keys.join("issuer-key.pem").display(),
@@ -107,6 +91,7 @@ fn tour(args: DemoArgs) -> anyhow::Result<()> {
         &token[token.len() - 6..],
         token.len()
     );
+    println!("(and an admin token, `--allow admin:`, for the cluster status at the end)");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -115,137 +100,311 @@ fn tour(args: DemoArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         step(
             3,
-            "Start node n1: mutual TLS 1.3, tokens checked on every request, sled on disk, fsync before every ack",
+            "A three-node cluster: 16384 hash slots split evenly, each node its own security checkpoint",
         );
-        let config = NodeConfig {
-            name: "n1".into(),
-            listen: "127.0.0.1:0".parse()?,
-            data_dir: dir.join("data"),
-            engine: Engine::Sled,
-            durability: Durability::Sync,
-            flush_every: std::time::Duration::from_millis(500),
-            transport: TransportConfig::Tls {
-                client_auth: true,
-                ca: layout.ca_cert(),
-                cert: layout.node_cert("n1"),
-                key: layout.node_key("n1"),
-            },
-            max_frame: skv_proto::DEFAULT_MAX_FRAME,
-            max_connections: 64,
-            handshake_timeout: std::time::Duration::from_secs(10),
-            shutdown_timeout: std::time::Duration::from_secs(10),
-            auth: Some(AuthConfig {
-                keyset: keys.join("keyset.json"),
-                mode: AuthMode::PerRequest,
-                token_cache: skv_server::config::DEFAULT_TOKEN_CACHE,
-                audience: skv_proto::DEFAULT_TOKEN_AUDIENCE.into(),
-                issuer: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
-                leeway: std::time::Duration::from_secs(5),
-                require_bound_tokens: false,
-                audit_log: Some(dir.join("audit.log")),
-                audit_allows: false,
-            }),
-        };
-        let node = RunningNode::start(config)
-            .await
-            .context("cannot start the demo node")?;
-        let addr = node.local_addr().to_string();
+        let (map, nodes) = start_cluster(&dir, &layout, &keys).await?;
+        println!("$ skv cluster init --dir DIR --nodes 3 && skv cluster up --dir DIR   # the same, as processes");
+        for entry in &map.nodes {
+            println!(
+                "{} listening on {}: slots {} (mutual TLS 1.3, a token on every request, sled, fsync before every ack)",
+                entry.id,
+                entry.addr,
+                format_ranges(&map.ranges_of_node(&entry.id))
+            );
+        }
         println!(
-            "$ skv-node --listen {addr} --data-dir {} --ca {} --cert {} --key {} --keyset {} --audit-log {}",
-            dir.join("data").display(),
-            layout.ca_cert().display(),
-            layout.node_cert("n1").display(),
-            layout.node_key("n1").display(),
-            keys.join("keyset.json").display(),
-            dir.join("audit.log").display(),
+            "cluster map epoch {}: written to {}, every node and client routes by it",
+            map.epoch,
+            dir.join("cluster.json").display()
         );
-        println!("listening on {addr}");
 
-        let result = operations(&layout, &addr, &token).await;
+        let result = operations(&layout, &map, &token, &admin_token).await;
 
         step(
-            10,
-            "Stop the node: no new connections, in-flight requests finish, sled is flushed",
+            13,
+            "Stop the nodes: no new connections, in-flight requests finish, sled is flushed",
         );
-        node.shutdown().await;
-        println!("node stopped cleanly");
+        futures_util::future::join_all(nodes.into_iter().map(RunningNode::shutdown)).await;
+        println!("nodes n1, n2, n3 stopped cleanly");
         result
     })?;
 
     step(
-        11,
-        "The audit log: one JSON line per refusal, never a token or a value",
+        14,
+        "The audit logs: one JSON line per refusal, on the node that refused, never a token or a value",
     );
-    // The audit writer flushes as it goes; give the last line a moment.
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap_or_default();
-    for line in audit
-        .lines()
-        .rev()
-        .take(2)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-    {
-        println!("{line}");
+    // The audit writers flush as they go; give the last line a moment.
+    std::thread::sleep(Duration::from_millis(100));
+    for id in NODES {
+        let audit = std::fs::read_to_string(audit_log(&dir, id)).unwrap_or_default();
+        for line in tail(&audit, 3) {
+            println!("{id}: {line}");
+        }
     }
 
     if temp_used {
-        println!("\nDone; the temporary PKI and data are removed. `skv demo --dir DIR` keeps them, so the\n`skv-node` and `skv` lines above can be rerun by hand.");
+        println!("\nDone; the temporary PKI and data are removed. `skv demo --dir DIR` keeps them.\nFor a cluster of real processes: skv cluster init --dir DIR --nodes 3 && skv cluster up --dir DIR");
     } else {
-        println!("\nDone. Start the node again with the `skv-node` line above (any port), issue a token, then\n  skv --profile {} --addr HOST:PORT --token \"$SKV_TOKEN\" get users/alice",
-            layout.client_profile("alice").display());
+        println!("\nDone; the PKI, keys and data are kept in {}.\nFor a cluster of real processes: skv cluster init --dir DIR --nodes 3 && skv cluster up --dir DIR",
+            dir.display());
     }
     Ok(())
 }
 
-async fn operations(layout: &Layout, addr: &str, token: &str) -> anyhow::Result<()> {
+/// The CA, the three node certificates, and the alice and admin client certificates; what an
+/// earlier `--dir` run left is reused, and only what is missing is issued.
+fn make_pki(layout: &Layout) -> anyhow::Result<()> {
+    let nodes: Vec<String> = NODES
+        .iter()
+        .filter(|n| !layout.node_cert(n).exists())
+        .map(|n| n.to_string())
+        .collect();
+    let clients: Vec<String> = ["alice", "admin"]
+        .iter()
+        .filter(|c| !layout.client_profile(c).exists())
+        .map(|c| c.to_string())
+        .collect();
+    if layout.ca_cert().exists() && nodes.is_empty() && clients.is_empty() {
+        println!("reusing the PKI in {}", layout.dir().display());
+        return Ok(());
+    }
+    skv_certs::init(&InitOptions {
+        dir: layout.dir().to_owned(),
+        cluster: CLUSTER.into(),
+        nodes: nodes.clone(),
+        clients: clients.clone(),
+        key_type: KeyType::P256,
+        force: false,
+    })
+    .context("cannot create the demo PKI")?;
+    println!(
+        "$ skv certs init --dir {} --cluster {CLUSTER} --nodes {} --clients {}",
+        layout.dir().display(),
+        nodes.join(","),
+        clients.join(",")
+    );
+    Ok(())
+}
+
+/// A 15-minute token for `client` with one grant, bound to the client's certificate.
+fn mint_token(
+    issuer: &IssuerKey,
+    layout: &Layout,
+    client: &str,
+    allow: &str,
+) -> anyhow::Result<String> {
+    let cert = std::fs::read(layout.client_cert(client))?;
+    Ok(mint(
+        issuer,
+        &TokenSpec {
+            sub: client.into(),
+            scopes: vec![parse_allow(allow).context("scope")?],
+            ttl: Duration::from_secs(15 * 60),
+            aud: skv_proto::DEFAULT_TOKEN_AUDIENCE.into(),
+            iss: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
+            bind_cert_der: Some(pem_to_der(&cert)?),
+        },
+    )?)
+}
+
+fn audit_log(dir: &Path, id: &str) -> PathBuf {
+    dir.join("logs").join(format!("{id}-audit.log"))
+}
+
+/// Ports the OS says are free right now: bound together (so they differ), then released.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot find free ports on 127.0.0.1")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// Write a map for three fresh ports and start the nodes on them. The map must name every
+/// address before any node starts (each node finds its own slots in it), so the ports are
+/// chosen first.
+async fn start_cluster(
+    dir: &Path,
+    layout: &Layout,
+    keys: &Path,
+) -> anyhow::Result<(ClusterMap, Vec<RunningNode>)> {
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let map_file = dir.join("cluster.json");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let ports = free_ports(NODES.len())?;
+        let members: Vec<(String, String)> = NODES
+            .iter()
+            .zip(&ports)
+            .map(|(id, port)| (id.to_string(), format!("127.0.0.1:{port}")))
+            .collect();
+        let map = ClusterMap::even(CLUSTER, &members);
+        std::fs::write(&map_file, map.to_json())
+            .with_context(|| format!("cannot write {}", map_file.display()))?;
+        let mut nodes = Vec::new();
+        let mut failure = None;
+        for (id, port) in NODES.iter().zip(&ports) {
+            let config = node_config(dir, layout, keys, id, *port, &map_file)?;
+            match RunningNode::start(config).await {
+                Ok(node) => nodes.push(node),
+                Err(e) => {
+                    failure = Some((*id, e));
+                    break;
+                }
+            }
+        }
+        let Some((id, err)) = failure else {
+            return Ok((map, nodes));
+        };
+        futures_util::future::join_all(nodes.into_iter().map(RunningNode::shutdown)).await;
+        let retry = matches!(err, StartError::Bind { .. }) && attempt < START_ATTEMPTS;
+        if !retry {
+            return Err(anyhow::Error::new(err)).context(format!("cannot start demo node {id}"));
+        }
+        println!("(a port was taken meanwhile; trying again with others)");
+    }
+}
+
+fn node_config(
+    dir: &Path,
+    layout: &Layout,
+    keys: &Path,
+    id: &str,
+    port: u16,
+    map_file: &Path,
+) -> anyhow::Result<NodeConfig> {
+    Ok(NodeConfig {
+        name: id.into(),
+        listen: format!("127.0.0.1:{port}").parse()?,
+        data_dir: dir.join("data").join(id),
+        engine: Engine::Sled,
+        durability: Durability::Sync,
+        flush_every: Duration::from_millis(500),
+        transport: TransportConfig::Tls {
+            client_auth: true,
+            ca: layout.ca_cert(),
+            cert: layout.node_cert(id),
+            key: layout.node_key(id),
+        },
+        max_frame: skv_proto::DEFAULT_MAX_FRAME,
+        max_connections: 64,
+        handshake_timeout: Duration::from_secs(10),
+        shutdown_timeout: Duration::from_secs(10),
+        auth: Some(AuthConfig {
+            keyset: keys.join("keyset.json"),
+            mode: AuthMode::PerRequest,
+            token_cache: skv_server::config::DEFAULT_TOKEN_CACHE,
+            audience: skv_proto::DEFAULT_TOKEN_AUDIENCE.into(),
+            issuer: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
+            leeway: Duration::from_secs(5),
+            require_bound_tokens: false,
+            audit_log: Some(audit_log(dir, id)),
+            audit_allows: false,
+        }),
+        cluster: Some(CLUSTER.into()),
+        cluster_map: Some(map_file.to_owned()),
+        advertise: None,
+    })
+}
+
+/// The slot of `key` and the node serving it under `map`: what the cluster client computes
+/// for every request, spelled out so the tour can say where each key went.
+fn owner<'m>(map: &'m ClusterMap, key: &str) -> anyhow::Result<(u16, &'m NodeEntry)> {
+    let slot = hash_slot(key.as_bytes());
+    let node = map
+        .owner_of_slot(slot)
+        .with_context(|| format!("no node serves slot {slot}"))?;
+    Ok((slot, node))
+}
+
+async fn operations(
+    layout: &Layout,
+    map: &ClusterMap,
+    token: &str,
+    admin_token: &str,
+) -> anyhow::Result<()> {
+    let first = &map.nodes[0].addr;
     let profile = layout.client_profile("alice");
-    let cli = format!("skv --profile {} --addr {addr}", profile.display());
+    let cli = format!("skv --profile {} --addr {first}", profile.display());
     let mut alice = ConnectOptions::new(
-        addr,
+        first.as_str(),
         Security::Tls {
             ca: layout.ca_cert(),
             identity: Some((layout.client_cert("alice"), layout.client_key("alice"))),
         },
     );
     alice.token = Some(token.to_owned());
-    let conn = Connection::connect(&alice)
+    // Any node is enough to start from: it serves the map, and the client routes by it.
+    let client = ClusterClient::connect(alice.clone(), Vec::new())
         .await
         .context("alice cannot connect")?;
+    client
+        .open_connections()
+        .await
+        .context("alice cannot reach every node")?;
     println!(
-        "alice connected to node {} (her certificate says spiffe://demo/client/alice)",
-        conn.node()
+        "alice's cluster client fetched the map (epoch {}) from n1 and connected to n1, n2 and n3 \
+         (her certificate says spiffe://{CLUSTER}/client/alice; theirs, spiffe://{CLUSTER}/node/<id>)",
+        client.epoch()
     );
 
     step(
         4,
-        "Put and get: every value carries a version that grows on every write",
+        "Put and get: a key's slot is CRC16(key) mod 16384, and the slot's owner stores it",
     );
     println!("$ {cli} put users/alice '{{\"name\":\"Alice\"}}'");
-    let v1 = conn.put("users/alice", r#"{"name":"Alice"}"#).await?;
+    let v1 = client.put("users/alice", r#"{"name":"Alice"}"#).await?;
     println!("OK version {v1}");
     println!("$ {cli} get users/alice");
-    match conn.get("users/alice").await? {
+    match client.get("users/alice").await? {
         Some((version, value)) => {
             println!("{}    (version {version})", String::from_utf8_lossy(&value))
         }
         None => bail!("the value just written is missing"),
     }
+    let people = ["alice", "bob", "carol", "dave", "erin", "frank"];
+    for name in &people[1..] {
+        let key = format!("users/{name}");
+        let mut chars = name.chars();
+        let title: String = chars
+            .next()
+            .map(|c| c.to_ascii_uppercase())
+            .into_iter()
+            .chain(chars)
+            .collect();
+        client
+            .put(key.clone(), format!(r#"{{"name":"{title}"}}"#))
+            .await?;
+    }
+    println!("(and users/bob .. users/frank the same way); where each key lives:");
+    for name in people {
+        let key = format!("users/{name}");
+        let (slot, node) = owner(map, &key)?;
+        println!("  {key:<12} slot {slot:>5} -> {} at {}", node.id, node.addr);
+    }
+    println!(
+        "a hash tag keeps keys together: users/{{alice}}/cart and users/{{alice}}/orders both \
+         hash only `alice`, slot {}",
+        hash_slot(b"alice")
+    );
 
     step(
         5,
-        "Scan a prefix: keys come back in byte order, a page at a time",
+        "Scan a prefix across the cluster: every node scans its own slots, the client merges in byte order",
     );
-    conn.put("users/bob", r#"{"name":"Bob"}"#).await?;
-    conn.put("users/carol", r#"{"name":"Carol"}"#).await?;
     println!("$ {cli} scan users/");
-    let page = conn.scan("users/", 0, None).await?;
+    let page = client.scan("users/", 0, None).await?;
     for entry in &page.entries {
+        let key = String::from_utf8_lossy(&entry.key);
+        let (_, node) = owner(map, &key)?;
         println!(
-            "{}\t{}",
-            String::from_utf8_lossy(&entry.key),
-            String::from_utf8_lossy(&entry.value)
+            "{key}\t{}\t(from {})",
+            String::from_utf8_lossy(&entry.value),
+            node.id
         );
     }
 
@@ -253,12 +412,12 @@ async fn operations(layout: &Layout, addr: &str, token: &str) -> anyhow::Result<
         6,
         "Compare-and-swap: a write that only lands on the version you read",
     );
-    let (current, _) = conn
+    let (current, _) = client
         .get("users/alice")
         .await?
         .context("users/alice vanished")?;
     println!("$ {cli} cas users/alice --expect-version {current} '{{\"name\":\"Alice\",\"admin\":true}}'");
-    let v2 = match conn
+    let v2 = match client
         .cas("users/alice", current, r#"{"name":"Alice","admin":true}"#)
         .await?
     {
@@ -269,7 +428,7 @@ async fn operations(layout: &Layout, addr: &str, token: &str) -> anyhow::Result<
         CasResult::Conflict(c) => bail!("unexpected conflict at version {c}"),
     };
     println!("$ {cli} cas users/alice --expect-version {current} '{{\"name\":\"Mallory\"}}'   # stale version");
-    match conn.cas("users/alice", current, r#"{"name":"Mallory"}"#).await? {
+    match client.cas("users/alice", current, r#"{"name":"Mallory"}"#).await? {
         CasResult::Conflict(now) => println!(
             "skv: CAS conflict: expected version {current}, but the key is at version {now}; nothing written   (exit {})",
             exit::CAS_CONFLICT),
@@ -279,22 +438,47 @@ async fn operations(layout: &Layout, addr: &str, token: &str) -> anyhow::Result<
 
     step(
         7,
+        "MOVED: a node asked about a key it does not own names the owner (the cluster client follows it by itself)",
+    );
+    let (slot, bob_owner) = owner(map, "users/bob")?;
+    let wrong = map
+        .nodes
+        .iter()
+        .find(|n| n.id != bob_owner.id)
+        .context("a second node")?;
+    println!(
+        "GET users/bob sent straight to {} at {} over a plain connection (which does not follow \
+         redirections); slot {slot} is {}'s",
+        wrong.id, wrong.addr, bob_owner.id
+    );
+    // A plain connection to one node, which does not follow redirections.
+    let direct = client.connection_to(&wrong.id).await?;
+    match direct.get("users/bob").await {
+        Err(err @ ClientError::Moved { .. }) => println!("{}: {err}", wrong.id),
+        Err(other) => bail!("expected MOVED, got: {other}"),
+        Ok(_) => bail!("{} answered for a slot it does not own", wrong.id),
+    }
+
+    step(
+        8,
         "Checkpoint 3: alice's token grants users/ only, so a write elsewhere is refused",
     );
-    println!("$ {cli} put admin/config x");
-    match conn.put("admin/config", "x").await {
+    let (_, refuser) = owner(map, "admin/config")?;
+    println!("$ {cli} put admin/config x   # slot owner: {}", refuser.id);
+    match client.put("admin/config", "x").await {
         Err(err @ ClientError::Refused(_)) => println!("skv: {err}   (exit {})", err.exit_code()),
         Err(other) => bail!("expected a scope refusal, got: {other}"),
         Ok(_) => bail!("a write outside the token's scopes was accepted"),
     }
 
     step(
-        8,
+        9,
         "Checkpoint 2: a valid certificate without a token gets nothing",
     );
     println!("$ {cli} get users/alice   # no token");
     let mut tokenless = alice.clone();
     tokenless.token = None;
+    tokenless.addr = owner(map, "users/alice")?.1.addr.clone();
     let bare = Connection::connect(&tokenless)
         .await
         .context("connect without a token")?;
@@ -305,15 +489,15 @@ async fn operations(layout: &Layout, addr: &str, token: &str) -> anyhow::Result<
     }
 
     step(
-        9,
+        10,
         "Checkpoint 1: a client without a certificate is refused in the TLS handshake",
     );
     println!(
-        "$ skv --ca {} --addr {addr} get users/alice   # no --cert/--key",
+        "$ skv --ca {} --addr {first} get users/alice   # no --cert/--key",
         layout.ca_cert().display()
     );
     let anonymous = ConnectOptions::new(
-        addr,
+        first.as_str(),
         Security::Tls {
             ca: layout.ca_cert(),
             identity: None,
@@ -324,7 +508,65 @@ async fn operations(layout: &Layout, addr: &str, token: &str) -> anyhow::Result<
         Err(other) => bail!("expected a TLS refusal, got: {other}"),
         Ok(_) => bail!("a client without a certificate was let in"),
     }
+
+    step(
+        11,
+        "Alice is not an administrator: cluster control requests need the admin scope",
+    );
+    println!("(alice sends STATUS, a control request, to n1 with her token)");
+    match client
+        .connection_to(&map.nodes[0].id)
+        .await?
+        .control(&ControlRequest::Status)
+        .await
+    {
+        Err(err @ ClientError::Refused(_)) => println!("skv: {err}   (exit {})", err.exit_code()),
+        Err(other) => bail!("expected a refusal, got: {other}"),
+        Ok(_) => bail!("alice's token passed for an admin request"),
+    }
+
+    step(
+        12,
+        "Cluster status, as the admin: each node reports its slots, keys and map epoch",
+    );
+    println!("$ skv cluster status --dir DIR   # for a cluster made by `skv cluster init`");
+    let mut admin = ConnectOptions::new(
+        first.as_str(),
+        Security::Tls {
+            ca: layout.ca_cert(),
+            identity: Some((layout.client_cert("admin"), layout.client_key("admin"))),
+        },
+    );
+    admin.token = Some(admin_token.to_owned());
+    println!(
+        "{:<4}  {:<15}  {:<5}  {:>5}  {:>6}  SLOTS",
+        "NODE", "ADDR", "EPOCH", "KEYS", "SHARE"
+    );
+    for node in &map.nodes {
+        let mut opts = admin.clone();
+        opts.addr = node.addr.clone();
+        let conn = Connection::connect(&opts).await?;
+        let ControlResponse::Status(status) = conn.control(&ControlRequest::Status).await? else {
+            bail!("{} did not answer STATUS with a status", node.id);
+        };
+        let slots: u32 = status.ranges.iter().map(|r| r.len()).sum();
+        println!(
+            "{:<4}  {:<15}  {:<5}  {:>5}  {:>5.1}%  {}",
+            status.node,
+            node.addr,
+            status.epoch,
+            status.keys,
+            f64::from(slots) * 100.0 / f64::from(SLOT_COUNT),
+            format_ranges(&status.ranges)
+        );
+    }
     Ok(())
+}
+
+/// The last `n` lines of `text`, in order.
+fn tail(text: &str, n: usize) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
 /// The DER of the first certificate in a PEM file's bytes.
