@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod bench;
 mod cluster;
+mod cluster_cli;
 mod durability;
 mod ladder;
 mod ops;
