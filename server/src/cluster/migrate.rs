@@ -7,14 +7,16 @@
 //!    recorded as dirty (writes already in flight finish before the lock is granted, so the
 //!    copy below sees them).
 //! 3. It copies every key of the moving slots, with its version, in batches.
-//! 4. It fences the slots (writes get TRYAGAIN, which clients retry after a moment) and copies
-//!    the dirty keys again: their current value, or a deletion.
+//! 4. It fences the slots (requests get TRYAGAIN, which clients retry after a moment) and
+//!    copies the dirty keys again: their current value, or a deletion.
 //! 5. The receiver flushes, then installs the next map (epoch + 1) in which it serves the
 //!    slots; then this node installs it and lifts the fence, so requests for the slots now
 //!    get MOVED; then every other node is told.
 //! 6. The copies left here are deleted in the background.
 //!
-//! Reads are served here until step 5 (the data is complete here and writes are fenced).
+//! Reads are served here until the fence of step 4. They are fenced too because the receiver
+//! owns the slots from its install in step 5, a moment before this node lets go: a read here
+//! in that moment could miss a write the receiver had already accepted.
 //! Any failure before the receiver installs the map lifts the fence and leaves ownership
 //! unchanged; the partial copy on the receiver is dropped by the next attempt's step 1.
 

@@ -4,9 +4,9 @@
 //! # Routing and the slot fence
 //!
 //! Every keyed request is checked against the map *under a read lock* ([`Cluster::serve`]):
-//! a slot this node does not serve is answered with MOVED, and a write to a slot that is
-//! being handed over is recorded as dirty, or answered with TRYAGAIN while the hand-over is
-//! fenced. The lock is what makes slot moves exact: the mover takes it for writing to start a
+//! a slot this node does not serve is answered with MOVED, a write to a slot that is being
+//! handed over is recorded as dirty, and any request for it is answered with TRYAGAIN while
+//! the hand-over is fenced. The lock is what makes slot moves exact: the mover takes it for writing to start a
 //! move, to fence it and to flip ownership, so no request can have checked ownership against
 //! one map and executed against another. Readers never block each other; the write lock is
 //! taken a handful of times per move and held for microseconds.
@@ -211,9 +211,12 @@ impl Cluster {
         self.read().view.clone()
     }
 
-    /// Run `op` on `key` if this node serves its slot, else answer MOVED; writes to a slot on
-    /// the move are recorded for the final copy, or refused with TRYAGAIN once fenced. See
-    /// the module docs for why `op` runs under the read lock.
+    /// Run `op` on `key` if this node serves its slot, else answer MOVED. Writes to a slot on
+    /// the move are recorded for the final copy; once the move is fenced, reads and writes of
+    /// its slots get TRYAGAIN until ownership flips. Reads too: the receiver installs the new
+    /// map a moment before this node does, and from then on it may accept writes this node
+    /// would not see, so a read here could return an overwritten value. See the module docs
+    /// for why `op` runs under the read lock.
     pub(crate) fn serve<R>(
         &self,
         key: &[u8],
@@ -225,17 +228,17 @@ impl Cluster {
         if !state.view.owned.contains(slot) {
             return Err(moved(&state.view, slot));
         }
-        if write {
-            if let Some(m) = state.migration.as_ref().filter(|m| m.slots.contains(slot)) {
-                if m.fenced {
-                    return Err(ResponseBody::Error(WireError::new(
-                        ErrorCode::TryAgain,
-                        format!(
-                            "slot {slot} is being handed to node {}; retry shortly",
-                            m.to
-                        ),
-                    )));
-                }
+        if let Some(m) = state.migration.as_ref().filter(|m| m.slots.contains(slot)) {
+            if m.fenced {
+                return Err(ResponseBody::Error(WireError::new(
+                    ErrorCode::TryAgain,
+                    format!(
+                        "slot {slot} is being handed to node {}; retry shortly",
+                        m.to
+                    ),
+                )));
+            }
+            if write {
                 let result = op();
                 m.dirty
                     .lock()
