@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use skv_server::config::AuthMode;
 use skv_server::{Durability, Engine, FileConfig, NodeConfig, RunningNode};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 /// One skv node: a sled-backed key-value store behind mutual TLS.
 ///
@@ -150,6 +150,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
     match run(args) {
