@@ -301,12 +301,7 @@ impl ClusterMap {
 
     /// Parse and [`validate`](ClusterMap::validate) a map.
     pub fn from_json(json: &[u8]) -> Result<ClusterMap, MapError> {
-        if json.len() > MAX_MAP_BYTES {
-            return Err(MapError::Json(format!(
-                "{} bytes exceeds the {MAX_MAP_BYTES}-byte limit",
-                json.len()
-            )));
-        }
+        check_size(json, MAX_MAP_BYTES)?;
         let map: ClusterMap =
             serde_json::from_slice(json).map_err(|e| MapError::Json(e.to_string()))?;
         map.validate()?;
@@ -589,6 +584,17 @@ impl ClusterMap {
     }
 }
 
+/// Refuse JSON larger than `limit` before parsing it.
+fn check_size(json: &[u8], limit: usize) -> Result<(), MapError> {
+    if json.len() > limit {
+        return Err(MapError::Json(format!(
+            "{} bytes exceeds the {limit}-byte limit",
+            json.len()
+        )));
+    }
+    Ok(())
+}
+
 /// One step of [`ClusterMap::rebalance_plan`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedMove {
@@ -664,12 +670,7 @@ impl ControlRequest {
 
     /// Parse a control request, bounded by [`MAX_CONTROL_BYTES`].
     pub fn from_json(json: &[u8]) -> Result<ControlRequest, MapError> {
-        if json.len() > MAX_CONTROL_BYTES {
-            return Err(MapError::Json(format!(
-                "{} bytes exceeds the {MAX_CONTROL_BYTES}-byte limit",
-                json.len()
-            )));
-        }
+        check_size(json, MAX_CONTROL_BYTES)?;
         let req: ControlRequest =
             serde_json::from_slice(json).map_err(|e| MapError::Json(e.to_string()))?;
         if let ControlRequest::SetMap { map } = &req {
@@ -716,12 +717,7 @@ pub enum ControlResponse {
 impl ControlResponse {
     /// Parse a control response, bounded by [`MAX_CONTROL_BYTES`].
     pub fn from_json(json: &[u8]) -> Result<ControlResponse, MapError> {
-        if json.len() > MAX_CONTROL_BYTES {
-            return Err(MapError::Json(format!(
-                "{} bytes exceeds the {MAX_CONTROL_BYTES}-byte limit",
-                json.len()
-            )));
-        }
+        check_size(json, MAX_CONTROL_BYTES)?;
         serde_json::from_slice(json).map_err(|e| MapError::Json(e.to_string()))
     }
 

@@ -160,11 +160,17 @@ impl LocalCluster {
 
     /// Connection options for client `who` (alice or admin) at `addr`, with the admin token.
     pub fn client(&self, who: &str, addr: &str) -> ConnectOptions {
+        let identity = (self.layout.client_cert(who), self.layout.client_key(who));
+        self.options(identity, addr)
+    }
+
+    fn options(&self, identity: (PathBuf, PathBuf), addr: &str) -> ConnectOptions {
+        let ca = self.layout.ca_cert();
         let mut opts = ConnectOptions::new(
             addr,
             Security::Tls {
-                ca: self.layout.ca_cert(),
-                identity: Some((self.layout.client_cert(who), self.layout.client_key(who))),
+                ca,
+                identity: Some(identity),
             },
         );
         opts.token = Some(self.admin_token.clone());
@@ -192,15 +198,8 @@ impl LocalCluster {
 
     /// Connection options presenting node `id`'s certificate as if it were a client.
     pub fn as_node(&self, id: &str, addr: &str) -> ConnectOptions {
-        let mut opts = ConnectOptions::new(
-            addr,
-            Security::Tls {
-                ca: self.layout.ca_cert(),
-                identity: Some((self.layout.node_cert(id), self.layout.node_key(id))),
-            },
-        );
-        opts.token = Some(self.admin_token.clone());
-        opts
+        let identity = (self.layout.node_cert(id), self.layout.node_key(id));
+        self.options(identity, addr)
     }
 
     /// A client profile for the CLI (admin identity and token) with every node as a seed.
