@@ -226,8 +226,19 @@ pub(crate) fn render(
         } else {
             format!(
                 "a fresh local cluster of {} `skv-node` processes (slots split evenly, each \
-                 request sent to the node serving its key, server CPU summed over the nodes)",
-                o.nodes
+                 request sent to the node serving its key, server CPU summed over the nodes; {})",
+                o.nodes,
+                if o.inflight_per_node {
+                    format!(
+                        "each connection task keeps {}× the row's inflight outstanding, so every \
+                         node connection carries what it does on one node",
+                        o.nodes
+                    )
+                } else {
+                    "each connection task keeps the row's inflight outstanding in all, spread \
+                     over the nodes"
+                        .to_owned()
+                }
             )
         },
         info.machine.cpus,

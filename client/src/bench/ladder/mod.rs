@@ -85,6 +85,11 @@ pub struct LadderOptions {
     /// Nodes per case: 1 is a single node; more start a local cluster per case (slots split
     /// evenly, the load generator routing by key), with the server CPU summed over its nodes.
     pub nodes: usize,
+    /// With several nodes, multiply every case's inflight by the node count, so each node's
+    /// connections carry as many requests as in a one-node ladder (a cluster's clients grow
+    /// with it). Without it the client's concurrency is fixed and spread over the nodes, so
+    /// each connection batches fewer requests per read and write.
+    pub inflight_per_node: bool,
 }
 
 impl LadderOptions {
@@ -102,6 +107,7 @@ impl LadderOptions {
             repeat: None,
             command: String::new(),
             nodes: 1,
+            inflight_per_node: false,
         }
     }
 
@@ -185,7 +191,8 @@ pub struct LadderRow {
     pub workload: String,
     /// Bytes per value.
     pub value_size: usize,
-    /// Requests outstanding per connection.
+    /// Requests outstanding per connection (per node connection, and the load generator keeps
+    /// `inflight × nodes` per task, when the ladder ran with `inflight_per_node`).
     pub inflight: usize,
     /// Connections (per node).
     pub conns: usize,
@@ -549,7 +556,11 @@ fn run_case(ctx: &Ctx<'_>, index: usize, case: &Case) -> LadderRow {
     opts.keys = row.keys;
     opts.value_size = case.value_size;
     opts.conns = ctx.opts.conns;
-    opts.inflight = case.inflight;
+    opts.inflight = if ctx.opts.inflight_per_node {
+        case.inflight * ctx.opts.nodes
+    } else {
+        case.inflight
+    };
     opts.stop = Stop::Duration(ctx.opts.measure());
     opts.warmup = ctx.opts.warm();
     opts.reconnect_every = case.reconnect_every;

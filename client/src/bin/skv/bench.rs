@@ -117,6 +117,11 @@ struct LadderArgs {
     /// nodes), to compare per-operation cost against cluster size.
     #[arg(long, default_value_t = 1, value_name = "N")]
     nodes: usize,
+    /// With --nodes N: keep N times each case's inflight per connection task, so every node
+    /// connection carries what it does in a one-node ladder (clients that grow with the
+    /// cluster), instead of a fixed client concurrency spread over the nodes.
+    #[arg(long)]
+    inflight_per_node: bool,
 }
 
 /// Run `skv bench`; returns the exit code.
@@ -308,6 +313,7 @@ fn run_ladder(json: bool, args: LadderArgs) -> u8 {
     opts.keys = args.keys;
     opts.repeat = args.repeat;
     opts.nodes = args.nodes;
+    opts.inflight_per_node = args.inflight_per_node;
     opts.command = std::env::args()
         .map(|a| shell_quote(&a))
         .collect::<Vec<_>>()
