@@ -140,9 +140,22 @@ fn cluster_tooling_runs_grows_and_stops_a_local_cluster() -> anyhow::Result<()> 
     let out = skv(&strs(&["--profile", &profile, "get", "users/alice"]), None)?;
     assert_eq!(out.stdout, b"hi", "{}", err_text(&out));
 
+    // A clean stop and a restart: every node comes back with the map it persisted.
+    let epoch = status["epoch"].as_u64().unwrap();
     let out = cluster_cmd(&dir, &["down"])?;
     assert_eq!(code(&out), 0, "down: {}", err_text(&out));
     let (rc, _) = status_json(&dir)?;
     assert_eq!(rc, 4, "status with every node down");
+    let out = cluster_cmd(&dir, &["up"])?;
+    assert_eq!(code(&out), 0, "up again: {}", err_text(&out));
+    let (rc, status) = status_json(&dir)?;
+    assert_eq!(rc, 0, "{status}");
+    for node in status["nodes"].as_array().unwrap() {
+        assert_eq!(node["epoch"].as_u64(), Some(epoch), "{node}");
+    }
+    let out = skv(&strs(&["--profile", &profile, "get", "users/alice"]), None)?;
+    assert_eq!(out.stdout, b"hi", "{}", err_text(&out));
+    let out = cluster_cmd(&dir, &["down"])?;
+    assert_eq!(code(&out), 0, "down: {}", err_text(&out));
     Ok(())
 }

@@ -241,3 +241,29 @@ fn a_plain_bench_row_has_the_ladder_fields() -> anyhow::Result<()> {
     assert!(row["cost_vs_l0_pct"].is_null());
     Ok(())
 }
+
+#[test]
+fn the_ladder_targets_a_local_cluster() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("skv-it-ladder-cluster-")
+        .tempdir()?;
+    let out_dir = dir.path().join("reports");
+    let out = ladder(&out_dir, &["--nodes", "2", "--inflight-per-node"])?;
+    assert_eq!(code(&out), 0, "ladder failed:\n{}", err_text(&out));
+    let rows = rows(&out_dir)?;
+    for rung in MAIN_BUILT {
+        for inflight in [1, 16] {
+            let row = main_row(&rows, rung, inflight);
+            assert_eq!(row["status"], "ok", "{row}");
+            assert_eq!(row["nodes"], 2, "{row}");
+            assert!(row["ops_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["server_cpu_us_per_op"].as_f64().unwrap() > 0.0, "{row}");
+        }
+    }
+    let report = std::fs::read_to_string(out_dir.join("report.md"))?;
+    assert!(
+        report.contains("local cluster of 2 `skv-node` processes"),
+        "{report:.2000}"
+    );
+    Ok(())
+}
