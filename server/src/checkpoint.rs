@@ -330,6 +330,15 @@ impl Checkpoint {
         Refusal::from(err.category())
     }
 
+    /// Audit a request refused for the role of the connection's certificate (a client using
+    /// the peer protocol, a node certificate asking for client rights), before any token is
+    /// looked at.
+    pub(crate) fn deny_role(&self, session: &Session, op: &str, reason: &str) {
+        if let Some(audit) = &self.audit {
+            audit.record(self.record(session, None, op, None, Decision::Deny, reason));
+        }
+    }
+
     fn deny(
         &self,
         session: &Session,

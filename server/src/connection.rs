@@ -241,6 +241,20 @@ fn refuse(code: ErrorCode, message: &str) -> Answer {
     Answer::Now(ResponseBody::Error(WireError::new(code, message)))
 }
 
+/// Refuse a request because of the role of the connection's certificate: logged, audited
+/// (when the node keeps an audit log), answered `forbidden`.
+fn refuse_role(shared: &Shared, session: &Session, op: &str, reason: &str) -> Answer {
+    tracing::warn!(
+        op,
+        reason,
+        "refused a request for the role of its certificate"
+    );
+    if let Some(checkpoint) = &shared.checkpoint {
+        checkpoint.deny_role(session, op, reason);
+    }
+    refuse(ErrorCode::Forbidden, reason)
+}
+
 /// Who may send what, then the operation itself.
 ///
 /// A peer node (its certificate says `spiffe://<cluster>/node/<id>`) may use the peer protocol
@@ -268,30 +282,29 @@ fn answer(
                         tracing::debug!(peer = %node, request = req.name(), "peer control request");
                         Answer::Later(Box::pin(shared.cluster.clone().control(req)))
                     }
-                    Ok(_) => refuse(
-                        ErrorCode::Forbidden,
-                        "administrative requests need a client certificate and an admin token, \
-                         not a node certificate",
+                    Ok(req) => refuse_role(
+                        shared,
+                        session,
+                        req.name(),
+                        "administrative requests need a client certificate and an admin \
+                         token, not a node certificate",
                     ),
                     Err(err) => refuse(ErrorCode::Malformed, &err.to_string()),
                 },
-                other => {
-                    tracing::warn!(
-                        peer = %node,
-                        op = other.op().as_str(),
-                        "refused a client request made with a node certificate"
-                    );
-                    refuse(
-                        ErrorCode::Forbidden,
-                        "a node certificate gives no client rights; use a client certificate",
-                    )
-                }
+                other => refuse_role(
+                    shared,
+                    session,
+                    other.op().as_str(),
+                    "a node certificate gives no client rights; use a client certificate",
+                ),
             };
         }
         PeerKind::ForeignNode => {
             if !matches!(body, RequestBody::Ping | RequestBody::ClusterMap) {
-                return refuse(
-                    ErrorCode::Forbidden,
+                return refuse_role(
+                    shared,
+                    session,
+                    body.op().as_str(),
                     "this certificate names a node of another cluster",
                 );
             }
@@ -299,11 +312,11 @@ fn answer(
         PeerKind::Client => {}
     }
     if matches!(body, RequestBody::Import { .. }) {
-        tracing::warn!("refused IMPORT from a client certificate: only peer nodes may send it");
-        return refuse(
-            ErrorCode::Forbidden,
-            "IMPORT is part of the peer protocol: only nodes of this \
-                     cluster may send it",
+        return refuse_role(
+            shared,
+            session,
+            "import",
+            "IMPORT is part of the peer protocol: only nodes of this cluster may send it",
         );
     }
     if let Some(checkpoint) = &shared.checkpoint {
@@ -319,17 +332,13 @@ fn answer(
         RequestBody::ClusterMap => return Answer::Now(cluster.map_answer()),
         RequestBody::Control { json } => {
             return match ControlRequest::from_json(&json) {
-                Ok(req) if req.peer_only() => {
-                    tracing::warn!(
-                        request = req.name(),
-                        "refused a peer control request from a client certificate"
-                    );
-                    refuse(
-                        ErrorCode::Forbidden,
-                        "this control request is part of the peer protocol: only nodes of this \
-                         cluster may send it",
-                    )
-                }
+                Ok(req) if req.peer_only() => refuse_role(
+                    shared,
+                    session,
+                    req.name(),
+                    "this control request is part of the peer protocol: only nodes of this \
+                     cluster may send it",
+                ),
                 Ok(req) => Answer::Later(Box::pin(cluster.clone().control(req))),
                 Err(err) => refuse(ErrorCode::Malformed, &err.to_string()),
             }

@@ -125,9 +125,16 @@ impl LocalCluster {
             CLUSTER.to_owned(),
             "--cluster-map".to_owned(),
             p(self.map_file.clone()),
+            "--audit-log".to_owned(),
+            p(self.audit_log(id)),
         ];
         Node::start(&args, &self.dir().join(format!("{id}.log")))
             .with_context(|| format!("start node {id}"))
+    }
+
+    /// Node `id`'s audit log.
+    pub fn audit_log(&self, id: &str) -> PathBuf {
+        self.dir().join(format!("{id}-audit.log"))
     }
 
     /// Add a started node under `id`.

@@ -107,8 +107,41 @@ fn peer_protocol_and_client_rights_never_mix() -> anyhow::Result<()> {
         };
         assert_eq!(status.node, "n1");
         assert_eq!(status.ranges, map.ranges_of_node("n1"));
+
+        // Every refusal is an audit line: the forged map, the node certificate's read and
+        // admin request, the read-write token's admin request.
+        let audit = wait_for_audit(&cluster, "n1", 4)?;
+        for op in ["set_map", "get", "status"] {
+            assert!(
+                audit
+                    .iter()
+                    .any(|l| l["op"] == op && l["decision"] == "deny"),
+                "no denied {op} in {audit:?}"
+            );
+        }
         anyhow::Ok(())
     })
+}
+
+/// The audit lines of node `id` once there are at least `n` (the audit writer is a background
+/// thread, so lines land a moment after the answer).
+fn wait_for_audit(
+    cluster: &LocalCluster,
+    id: &str,
+    n: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(cluster.audit_log(id)).unwrap_or_default();
+        let lines = text
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<serde_json::Value>, _>>()?;
+        if lines.len() >= n || std::time::Instant::now() > deadline {
+            return Ok(lines);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]
