@@ -7,8 +7,13 @@
 //!
 //! Durable writes are applied in arrival order inside this task (so writes on one connection
 //! are ordered), then wait for their group commit in a small spawned task that sends the
-//! answer back through a bounded channel. The number of such waits is capped per connection,
-//! so a client that streams writes gets backpressure, not unbounded memory.
+//! answer back through a bounded channel. Control requests (a slot move takes seconds) answer
+//! the same way. The number of such waits is capped per connection, so a client that streams
+//! writes gets backpressure, not unbounded memory.
+//!
+//! Before any of that, the certificate's role decides what a connection may ask: a node of
+//! this cluster speaks only the peer protocol, everyone else only the client protocol
+//! (see `answer`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,7 +37,8 @@ use crate::identity::PeerKind;
 use crate::node::Shared;
 use skv_proto::cluster::ControlRequest;
 
-/// Most durable writes of one connection waiting for their flush at once.
+/// Most answers of one connection still being worked out at once: durable writes waiting for
+/// their flush, and control requests running.
 const MAX_PENDING_DURABLE: usize = 1024;
 
 /// Write out buffered answers once this many bytes are waiting, even mid-batch.
@@ -244,7 +250,9 @@ fn refuse(code: ErrorCode, message: &str) -> Answer {
 /// Refuse a request because of the role of the connection's certificate: logged, audited
 /// (when the node keeps an audit log), answered `forbidden`.
 fn refuse_role(shared: &Shared, session: &Session, op: &str, reason: &str) -> Answer {
-    tracing::warn!(
+    // Debug, not warn: a client can send these as fast as it likes, and the audit log (bounded,
+    // never blocking) is where refusals are kept.
+    tracing::debug!(
         op,
         reason,
         "refused a request for the role of its certificate"
