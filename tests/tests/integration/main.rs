@@ -7,6 +7,7 @@ mod bad_input;
 mod bench;
 mod cluster;
 mod cluster_cli;
+mod demo;
 mod durability;
 mod ladder;
 mod ops;
