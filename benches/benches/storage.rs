@@ -1,5 +1,6 @@
 //! Storage cost: put and get of 100-byte values through the node's engines
-//! ([`SledStorage`] in a tempdir, [`MemoryStorage`]), via the [`Storage`] trait the node uses.
+//! ([`SledStorage`] in a tempdir, [`MemoryStorage`]), via one [`Keyspace`] as a shard uses it
+//! (the shard numbers the writes; here a counter does).
 //!
 //! - `put/no_flush`: a put as in async durability mode (sled flushes on its own schedule; here
 //!   never, so this is the in-memory cost of a sled write).
@@ -13,7 +14,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use skv_benches::{MEASUREMENT_TIME, SAMPLE_SIZE, WARM_UP_TIME};
-use skv_server::storage::{MemoryStorage, SledStorage, Storage};
+use skv_server::storage::{Keyspace, MemoryStorage, SledStorage, Storage};
 
 const KEYS: usize = 10_000;
 const VALUE_LEN: usize = 100;
@@ -31,8 +32,14 @@ fn bench_engine(
 ) {
     let keys = keys();
     let value = [0x5au8; VALUE_LEN];
+    let ks: std::sync::Arc<dyn Keyspace> = storage.keyspace("shard-1").expect("keyspace");
+    let mut version = 0u64;
+    let mut next_version = move || {
+        version += 1;
+        version
+    };
     for key in &keys {
-        storage.put(key, &value).expect("put");
+        ks.put(key, next_version(), &value).expect("put");
     }
     storage.flush().expect("flush");
 
@@ -42,22 +49,16 @@ fn bench_engine(
         &keys[i]
     };
     group.bench_function(format!("{engine}/put/no_flush"), |b| {
-        b.iter(|| storage.put(next(), &value).expect("put"))
+        b.iter(|| ks.put(next(), next_version(), &value).expect("put"))
     });
     group.bench_function(format!("{engine}/put+flush"), |b| {
         b.iter(|| {
-            let version = storage.put(next(), &value).expect("put");
+            ks.put(next(), next_version(), &value).expect("put");
             storage.flush().expect("flush");
-            version
         })
     });
     group.bench_function(format!("{engine}/get"), |b| {
-        b.iter(|| {
-            storage
-                .get(next())
-                .expect("get")
-                .expect("the key was written")
-        })
+        b.iter(|| ks.get(next()).expect("get").expect("the key was written"))
     });
 }
 

@@ -213,7 +213,8 @@ pub struct NodeEntry {
 pub struct ShardEntry {
     /// Shard id, unique in the map.
     pub id: u32,
-    /// Node ids holding the shard; the first one serves requests (one replica for now).
+    /// Node ids holding the shard; the first one serves requests (one replica for now). A node
+    /// may hold several shards.
     pub replicas: Vec<String>,
 }
 
@@ -338,7 +339,6 @@ impl ClusterMap {
             }
         }
         let mut shard_ids = HashSet::new();
-        let mut placed = HashSet::new();
         for shard in &self.shards {
             if !shard_ids.insert(shard.id) {
                 return bad(format!("shard {} is listed twice", shard.id));
@@ -346,12 +346,14 @@ impl ClusterMap {
             if shard.replicas.is_empty() {
                 return bad(format!("shard {} has no replica", shard.id));
             }
+            // A node may hold several shards, but a shard holds a node once.
+            let mut replicas = HashSet::new();
             for replica in &shard.replicas {
                 if !node_ids.contains(replica.as_str()) {
                     return bad(format!("shard {} names unknown node {replica}", shard.id));
                 }
-                if !placed.insert(replica.as_str()) {
-                    return bad(format!("node {replica} holds more than one shard"));
+                if !replicas.insert(replica.as_str()) {
+                    return bad(format!("shard {} lists node {replica} twice", shard.id));
                 }
             }
         }
@@ -385,11 +387,22 @@ impl ClusterMap {
         self.nodes.iter().find(|n| n.id == id)
     }
 
-    /// The shard a node holds, if any.
-    pub fn shard_of_node(&self, id: &str) -> Option<&ShardEntry> {
-        self.shards
+    /// The shards a node serves: those that list it as their first replica, by shard id.
+    pub fn shards_served_by<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a ShardEntry> {
+        let mut served: Vec<&ShardEntry> = self
+            .shards
             .iter()
-            .find(|s| s.replicas.iter().any(|r| r == id))
+            .filter(|s| s.replicas.first().map(String::as_str) == Some(id))
+            .collect();
+        served.sort_by_key(|s| s.id);
+        served.into_iter()
+    }
+
+    /// A node's home shard: the one with the smallest id among those it serves. Slots moved
+    /// to the node land there, so both ends of a move agree on the receiving shard from the
+    /// map alone.
+    pub fn home_shard(&self, id: &str) -> Option<u32> {
+        self.shards_served_by(id).map(|s| s.id).next()
     }
 
     /// The shard that owns `slot`.
@@ -417,19 +430,23 @@ impl ClusterMap {
         out
     }
 
-    /// The slot ranges a node serves (empty when it holds no shard).
+    /// The slot ranges a node serves over all its shards, merged and sorted (empty when it
+    /// serves no shard).
     pub fn ranges_of_node(&self, id: &str) -> Vec<SlotRange> {
-        match self.shard_of_node(id) {
-            Some(shard) if shard.replicas.first().map(String::as_str) == Some(id) => {
-                self.ranges_of_shard(shard.id)
-            }
-            _ => Vec::new(),
-        }
+        self.slots_of_node(id).ranges()
     }
 
     /// The slots a node serves, as a bitmap.
     pub fn slots_of_node(&self, id: &str) -> SlotSet {
-        SlotSet::from_ranges(&self.ranges_of_node(id))
+        let mut set = SlotSet::default();
+        for shard in self.shards_served_by(id) {
+            for r in self.ranges_of_shard(shard.id) {
+                for slot in r.start..=r.end {
+                    set.insert(slot);
+                }
+            }
+        }
+        set
     }
 
     /// For each slot, the index in `nodes` of the node serving it (`u16::MAX` if none): the
@@ -464,7 +481,7 @@ impl ClusterMap {
                 addr: addr.to_owned(),
             });
         }
-        if next.shard_of_node(id).is_none() {
+        if next.home_shard(id).is_none() {
             let shard = next.shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;
             next.shards.push(ShardEntry {
                 id: shard,
@@ -849,7 +866,7 @@ mod tests {
         assert!(plan.iter().all(|m| m.to == "n4"));
         let mut next = map.clone();
         for step in &plan {
-            let shard = next.shard_of_node(&step.to).unwrap().id;
+            let shard = next.home_shard(&step.to).unwrap();
             next = next.with_slots_moved(&SlotSet::from_ranges(&step.ranges), shard);
             next.validate().unwrap();
         }

@@ -1,26 +1,28 @@
-//! skv-node: the listener, TLS acceptor, request handling and storage of one skv node.
+//! skv-node: one node of an skv cluster.
 //!
-//! Module map: [`config`] turns the config file and flags into a [`config::NodeConfig`];
-//! [`node`] opens storage, binds the listener and runs connections; `connection` speaks
-//! the protocol on one connection; `handler` applies requests to [`storage`]; [`tls`] builds
-//! the mutual-TLS acceptor.
+//! The modules follow one request through the node:
+//! [`net`] (listener, TLS acceptor, peer identity, connection framing; checkpoint 1) →
+//! [`auth`] (token checkpoint, verifier, scopes, cache, audit; checkpoints 2 and 3) →
+//! `router` (role policy, slot ownership, MOVED and TRYAGAIN, dispatch) → `shard` (the
+//! slots a shard owns, the order of its writes, durability) → [`storage`] (sled and in-memory
+//! engines behind one trait). Beside the request path: `cluster` (the map, this node's shards,
+//! slot moves and map sync), [`config`] and [`node`], which wires it all together.
 
 #![forbid(unsafe_code)]
 
-pub mod audit;
 pub mod auth;
-mod checkpoint;
 mod cluster;
 pub mod config;
-mod connection;
-mod handler;
-mod identity;
+pub mod net;
 pub mod node;
+mod router;
+mod shard;
 pub mod storage;
-pub mod tls;
 
-pub use checkpoint::CheckpointError;
+pub use auth::audit;
+pub use auth::checkpoint::CheckpointError;
 pub use cluster::ClusterSetupError;
 pub use config::{Durability, Engine, FileConfig, NodeConfig, TransportConfig};
-pub use handler::MAX_SCAN_PAGE;
+pub use net::tls;
 pub use node::{RunningNode, StartError};
+pub use router::MAX_SCAN_PAGE;

@@ -1,27 +1,24 @@
-//! A running node: storage, the listener, its connection tasks, and graceful shutdown.
-//!
-//! The listener follows mini-redis: a semaphore caps live connections, and a permit is taken
-//! *before* `accept`, so at the cap new clients wait in the kernel backlog instead of costing
-//! the node memory. Each connection gets its own task, and its TLS handshake runs inside that
-//! task under a timeout, so a stalled peer never delays anyone else.
+//! A running node: it wires the layers together in request order (the listener and TLS of
+//! [`crate::net`], the token checkpoint of [`crate::auth`], the [`crate::router`], the
+//! cluster's shards, [`crate::storage`]) and shuts them down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::cluster::{Cluster, ClusterSetupError, Dialer};
+use crate::auth::checkpoint::{Checkpoint, CheckpointError};
+use crate::cluster::{Cluster, ClusterSetupError, Placement};
 use crate::config::{Durability, Engine, NodeConfig, TransportConfig};
-use crate::connection;
-use crate::identity::{self, PeerKind};
+use crate::net::identity;
+use crate::net::listener;
+use crate::net::peer::Dialer;
+use crate::net::tls::{self, TlsSetupError};
+use crate::router::Router;
 use crate::storage::{GroupCommit, MemoryStorage, NullStorage, SledStorage, Storage, StorageError};
-use crate::tls::{self, TlsSetupError};
 
 /// A node that could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +54,10 @@ pub(crate) struct Shared {
     pub(crate) group_commit: Option<GroupCommit>,
     /// Present when tokens are checked.
     pub(crate) checkpoint: Option<Arc<Checkpoint>>,
-    /// The slots this node serves and the cluster control plane.
+    /// The map, this node's shards and the cluster control plane.
     pub(crate) cluster: Arc<Cluster>,
+    /// Role policy, checkpoints 2 and 3, and dispatch of every request.
+    pub(crate) router: Router,
 }
 
 /// A node accepting connections. Dropping it does not stop it; call [`RunningNode::shutdown`].
@@ -134,20 +133,27 @@ impl RunningNode {
             (Durability::Sync, Engine::Sled) => Some(GroupCommit::start(storage.clone())),
             _ => None,
         };
-        let cluster = Arc::new(open_cluster(&config, local_addr, storage.clone())?);
+        let placement = Placement {
+            storage: storage.clone(),
+            group_commit: group_commit.clone(),
+            data_dir: (config.engine == Engine::Sled).then(|| config.data_dir.clone()),
+        };
+        let cluster = Arc::new(open_cluster(&config, local_addr, placement)?);
         let shutdown = CancellationToken::new();
         if let Some(checkpoint) = &checkpoint {
             checkpoint.clone().watch(shutdown.clone());
         }
         cluster.watch(shutdown.clone());
+        let router = Router::new(cluster.clone(), checkpoint.clone());
         let shared = Arc::new(Shared {
             config,
             storage,
             group_commit,
             checkpoint,
             cluster,
+            router,
         });
-        let task = tokio::spawn(accept_loop(
+        let task = tokio::spawn(listener::accept_loop(
             listener,
             acceptor,
             shared.clone(),
@@ -198,7 +204,7 @@ impl RunningNode {
 fn open_cluster(
     config: &NodeConfig,
     local_addr: SocketAddr,
-    storage: Arc<dyn crate::storage::Storage>,
+    placement: Placement,
 ) -> Result<Cluster, StartError> {
     let own_domain = match &config.transport {
         TransportConfig::Tls { cert, .. } => tls::load_certs(cert, "node certificate")?
@@ -221,92 +227,12 @@ fn open_cluster(
         .advertise
         .clone()
         .unwrap_or_else(|| local_addr.to_string());
-    let data_dir = (config.engine == Engine::Sled).then_some(config.data_dir.as_path());
     Ok(Cluster::open(
         &config.name,
         &name,
         &advertise,
         config.cluster_map.as_deref(),
-        data_dir,
+        placement,
         dialer,
-        storage,
     )?)
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
-    let tracker = TaskTracker::new();
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let (socket, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // EMFILE and friends: back off briefly rather than spin.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let shared = shared.clone();
-        let acceptor = acceptor.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            if let Err(err) = handle(socket, acceptor, shared, shutdown).await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    tracing::info!("stopped accepting; finishing in-flight requests");
-    tracker.close();
-    tracker.wait().await;
-    if let Some(group_commit) = shared.group_commit.clone() {
-        group_commit.shutdown().await;
-    }
-    if let Err(err) = shared.storage.flush() {
-        tracing::error!(error = %err, "final flush failed");
-    }
-    tracing::info!("node stopped");
-}
-
-async fn handle(
-    socket: TcpStream,
-    acceptor: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    // Requests and answers are small; Nagle would hold them back waiting for an ACK.
-    socket.set_nodelay(true)?;
-    match acceptor {
-        None => Ok(connection::serve(socket, None, PeerKind::Client, shared, shutdown).await?),
-        Some(acceptor) => {
-            let tls = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                tls = tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(socket)) => tls,
-            };
-            let stream = tls
-                .map_err(|_| "TLS handshake timed out")?
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
-            let chain = stream.get_ref().1.peer_certificates();
-            let thumbprint = connection::thumbprint_of(chain);
-            let leaf = chain.and_then(|c| c.first()).map(|c| c.as_ref());
-            let kind = identity::classify(leaf, shared.cluster.name());
-            Ok(connection::serve(stream, thumbprint, kind, shared, shutdown).await?)
-        }
-    }
 }

@@ -1,42 +1,36 @@
-//! Model-based test of both storage engines against a `BTreeMap`, in the style of sled's own
-//! tests: random sequences of operations, including restarts of the sled engine, must leave
-//! the engine and the model in the same state, and every version an engine hands out must be
-//! greater than every version it handed out before (node-wide, so per key too).
+//! Model-based test of both storage engines against a `BTreeMap` per keyspace, in the style of
+//! sled's own tests: random sequences of operations on two keyspaces, including imports with
+//! versions below and above the keyspace's applied version and restarts of the sled engine,
+//! must leave the engine and the model in the same state, and the applied version must never
+//! fall behind a write that survived a restart.
+//!
+//! Versions are the caller's (the shard's): this test plays the shard, numbering each fresh
+//! write `applied + 1` and importing keys with whatever version they had elsewhere.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use skv_server::storage::{
-    CasOutcome, Entry, MemoryStorage, ScanPage, SledStorage, Storage, StorageError,
+    Entry, Keyspace, MemoryStorage, ScanPage, SledStorage, Storage, StorageError,
 };
 use tempfile::TempDir;
 
-/// How a wrong CAS expectation is chosen, resolved against the model when the op runs (a
-/// strategy cannot know which versions will exist).
-#[derive(Debug, Clone, Copy)]
-enum Wrong {
-    /// A version the key had before (falls back to `Future` when it has no history).
-    Stale(usize),
-    /// One above the current version: a version that does not exist yet.
-    Future,
-    /// 0, "must not exist", even though the key may exist (falls back to `Future` if not).
-    Absent,
-    /// Some version of another key.
-    OtherKey(usize),
-}
+/// The two keyspaces every case writes to.
+const SPACES: [&str; 2] = ["shard-1", "shard-2"];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put(Vec<u8>, Vec<u8>),
-    Get(Vec<u8>),
-    Delete(Vec<u8>),
-    /// CAS with the key's true current version (0 when absent): must write.
-    CasRight(Vec<u8>, Vec<u8>),
-    /// CAS with a version that is not the current one: must conflict and write nothing.
-    CasWrong(Vec<u8>, Vec<u8>, Wrong),
+    Put(usize, Vec<u8>, Vec<u8>),
+    Get(usize, Vec<u8>),
+    Delete(usize, Vec<u8>),
+    /// A key copied in from another shard: `offset` decides its version relative to the
+    /// keyspace's applied version (below, equal or above).
+    Import(usize, Vec<u8>, Vec<u8>, i64),
     Scan {
+        space: usize,
         prefix: Vec<u8>,
         after: Option<Vec<u8>>,
         limit: usize,
@@ -55,28 +49,24 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..6)
 }
 
-fn wrong() -> impl Strategy<Value = Wrong> {
-    prop_oneof![
-        any::<prop::sample::Index>().prop_map(|i| Wrong::Stale(i.index(usize::MAX))),
-        Just(Wrong::Future),
-        Just(Wrong::Absent),
-        any::<prop::sample::Index>().prop_map(|i| Wrong::OtherKey(i.index(usize::MAX))),
-    ]
+fn space() -> impl Strategy<Value = usize> {
+    0..SPACES.len()
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (key(), value()).prop_map(|(k, v)| Op::Put(k, v)),
-        3 => key().prop_map(Op::Get),
-        3 => key().prop_map(Op::Delete),
-        4 => (key(), value()).prop_map(|(k, v)| Op::CasRight(k, v)),
-        4 => (key(), value(), wrong()).prop_map(|(k, v, w)| Op::CasWrong(k, v, w)),
+        6 => (space(), key(), value()).prop_map(|(s, k, v)| Op::Put(s, k, v)),
+        3 => (space(), key()).prop_map(|(s, k)| Op::Get(s, k)),
+        3 => (space(), key()).prop_map(|(s, k)| Op::Delete(s, k)),
+        3 => (space(), key(), value(), -5i64..20)
+            .prop_map(|(s, k, v, o)| Op::Import(s, k, v, o)),
         3 => (
+            space(),
             prop::collection::vec(prop::sample::select(vec![0x00u8, b'a', 0xff]), 0..=2),
             prop::option::of(key()),
             0usize..5,
         )
-            .prop_map(|(prefix, after, limit)| Op::Scan { prefix, after, limit }),
+            .prop_map(|(space, prefix, after, limit)| Op::Scan { space, prefix, after, limit }),
         1 => Just(Op::Reopen),
     ]
 }
@@ -109,6 +99,13 @@ impl Engine {
         }
     }
 
+    fn spaces(&self) -> Vec<Arc<dyn Keyspace>> {
+        SPACES
+            .iter()
+            .map(|name| self.storage().keyspace(name).unwrap())
+            .collect()
+    }
+
     fn reopen(&mut self) {
         if let Engine::Sled {
             dir,
@@ -135,65 +132,14 @@ fn open_retrying(path: &Path, flush_every_ms: Option<u64>) -> SledStorage {
     panic!("data dir still locked after 2s");
 }
 
-/// The model: key -> (value, version), plus every version seen per key and overall.
-#[derive(Default)]
+/// The model of one keyspace: key -> (value, version), and the largest version written.
+#[derive(Default, Clone)]
 struct Model {
     map: BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
-    history: HashMap<Vec<u8>, Vec<u64>>,
-    max_version: u64,
+    applied: u64,
 }
 
 impl Model {
-    fn current(&self, key: &[u8]) -> u64 {
-        self.map.get(key).map_or(0, |(_, v)| *v)
-    }
-
-    /// Records a write, checking its version is above everything handed out before.
-    fn wrote(&mut self, key: &[u8], value: &[u8], version: u64) -> Result<(), TestCaseError> {
-        prop_assert!(
-            version > self.max_version,
-            "version {} not above previous max {}",
-            version,
-            self.max_version
-        );
-        if let Some(last) = self.history.get(key).and_then(|h| h.last()) {
-            prop_assert!(version > *last);
-        }
-        self.max_version = version;
-        self.history.entry(key.to_vec()).or_default().push(version);
-        self.map.insert(key.to_vec(), (value.to_vec(), version));
-        Ok(())
-    }
-
-    fn wrong_version(&self, key: &[u8], wrong: Wrong) -> u64 {
-        let current = self.current(key);
-        let chosen = match wrong {
-            Wrong::Stale(i) => {
-                let stale: Vec<u64> = self
-                    .history
-                    .get(key)
-                    .into_iter()
-                    .flatten()
-                    .copied()
-                    .filter(|v| *v != current)
-                    .collect();
-                (!stale.is_empty()).then(|| stale[i % stale.len()])
-            }
-            Wrong::Future => None,
-            Wrong::Absent => (current != 0).then_some(0),
-            Wrong::OtherKey(i) => {
-                let others: Vec<u64> = self
-                    .history
-                    .iter()
-                    .filter(|(k, _)| k.as_slice() != key)
-                    .flat_map(|(_, h)| h.iter().copied())
-                    .collect();
-                (!others.is_empty()).then(|| others[i % others.len()])
-            }
-        };
-        chosen.unwrap_or(current + 1)
-    }
-
     fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> ScanPage {
         let mut matching = self
             .map
@@ -211,57 +157,61 @@ impl Model {
         }
     }
 
-    /// Every entry of the engine must match the model, and nothing else may exist.
-    fn check_all(&self, s: &dyn Storage) -> Result<(), TestCaseError> {
+    /// Every entry of the keyspace must match the model, nothing else may exist, and the
+    /// applied version must be the model's.
+    fn check_all(&self, ks: &dyn Keyspace) -> Result<(), TestCaseError> {
         prop_assert_eq!(
-            s.scan(b"", None, usize::MAX).unwrap(),
+            ks.scan(b"", None, usize::MAX).unwrap(),
             self.scan(b"", None, usize::MAX)
         );
         for (k, (v, ver)) in &self.map {
-            let got = s.get(k).unwrap().expect("model key missing from engine");
+            let got = ks.get(k).unwrap().expect("model key missing from engine");
             prop_assert_eq!(got.version, *ver);
             prop_assert_eq!(&got.value[..], &v[..]);
         }
+        prop_assert_eq!(ks.applied(), self.applied);
         Ok(())
     }
 }
 
 fn run(mut engine: Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut model = Model::default();
+    let mut models = vec![Model::default(); SPACES.len()];
+    let mut spaces = engine.spaces();
     for op in ops {
-        let s = engine.storage();
         match op {
-            Op::Put(k, v) => {
-                let version = s.put(&k, &v).unwrap();
-                model.wrote(&k, &v, version)?;
+            Op::Put(i, k, v) => {
+                let version = models[i].applied + 1;
+                spaces[i].put(&k, version, &v).unwrap();
+                models[i].map.insert(k, (v, version));
+                models[i].applied = version;
             }
-            Op::Get(k) => {
-                let got = s.get(&k).unwrap().map(|g| (g.value.to_vec(), g.version));
-                prop_assert_eq!(got, model.map.get(&k).cloned());
+            Op::Get(i, k) => {
+                let got = spaces[i]
+                    .get(&k)
+                    .unwrap()
+                    .map(|g| (g.value.to_vec(), g.version));
+                prop_assert_eq!(got, models[i].map.get(&k).cloned());
             }
-            Op::Delete(k) => {
-                let existed = s.delete(&k).unwrap();
-                prop_assert_eq!(existed, model.map.remove(&k).is_some());
+            Op::Delete(i, k) => {
+                let version = models[i].applied + 1;
+                let existed = spaces[i].delete(&k, version).unwrap();
+                prop_assert_eq!(existed, models[i].map.remove(&k).is_some());
+                models[i].applied = version;
             }
-            Op::CasRight(k, v) => match s.cas(&k, model.current(&k), &v).unwrap() {
-                CasOutcome::Written { version } => model.wrote(&k, &v, version)?,
-                other => prop_assert!(false, "cas with the current version got {:?}", other),
-            },
-            Op::CasWrong(k, v, wrong) => {
-                let expect = model.wrong_version(&k, wrong);
-                prop_assert_ne!(expect, model.current(&k));
-                prop_assert_eq!(
-                    s.cas(&k, expect, &v).unwrap(),
-                    CasOutcome::Conflict {
-                        current: model.current(&k)
-                    }
-                );
+            Op::Import(i, k, v, offset) => {
+                let version = (models[i].applied as i64 + offset).max(1) as u64;
+                spaces[i].put(&k, version, &v).unwrap();
+                models[i].map.insert(k, (v, version));
+                models[i].applied = models[i].applied.max(version);
             }
             Op::Scan {
+                space: i,
                 prefix,
                 after,
                 limit,
             } => {
+                let s = &spaces[i];
+                let model = &models[i];
                 let got = s.scan(&prefix, after.as_deref(), limit).unwrap();
                 prop_assert_eq!(&got, &model.scan(&prefix, after.as_deref(), limit));
                 // Paging with `after` = last key visits exactly the model's prefix range.
@@ -286,14 +236,22 @@ fn run(mut engine: Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Reopen => {
+                drop(spaces);
                 engine.reopen();
-                model.check_all(engine.storage())?;
+                spaces = engine.spaces();
+                for (model, ks) in models.iter().zip(&spaces) {
+                    model.check_all(ks.as_ref())?;
+                }
             }
         }
     }
-    // A final restart: everything flushed must come back.
+    // A final restart: everything flushed must come back, applied versions included.
+    drop(spaces);
     engine.reopen();
-    model.check_all(engine.storage())
+    for (model, ks) in models.iter().zip(engine.spaces()) {
+        model.check_all(ks.as_ref())?;
+    }
+    Ok(())
 }
 
 proptest! {

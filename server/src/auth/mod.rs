@@ -8,15 +8,19 @@
 //! Refusals carry a precise reason for the audit log and a coarse [`AuthCategory`] for the
 //! client ([`AuthError`]).
 //!
-//! Module map: [`keyset`] loads and validates keys; [`verifier`] checks tokens; [`scopes`]
-//! checks operations against grants; [`cache`] remembers verified tokens; [`error`] says why
-//! something was refused. Claim types, the keyset format and the ring crypto provider are in
+//! Module map: `checkpoint` is the policy on the request path (which token applies, when it
+//! is verified, the per-connection session); [`keyset`] loads and validates keys;
+//! [`verifier`] checks tokens; [`scopes`] checks operations against grants; [`cache`]
+//! remembers verified tokens; [`audit`] writes every refusal; [`error`] says why something
+//! was refused. Claim types, the keyset format and the ring crypto provider are in
 //! [`skv_proto::token`], shared with the issuer in skv-certs.
 //!
 //! Time is passed in (`now`, seconds since the Unix epoch; [`unix_now`]) rather than read
 //! inside, so one request reads the clock once and tests can move it.
 
+pub mod audit;
 pub mod cache;
+pub(crate) mod checkpoint;
 pub mod error;
 pub mod keyset;
 pub mod scopes;

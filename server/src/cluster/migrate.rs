@@ -1,11 +1,15 @@
-//! Handing slots to another node while clients keep reading and writing them.
+//! Handing slots of one of this node's shards to another node while clients keep reading and
+//! writing them. The slots land in the receiver's home shard ([`ClusterMap::home_shard`]).
+//!
+//! [`ClusterMap::home_shard`]: skv_proto::cluster::ClusterMap::home_shard
 //!
 //! The giving node coordinates:
-//! 1. It checks it serves every slot and that the receiver is a node of the map, dials the
-//!    receiver (mutual TLS, node identity checked) and asks it to drop any stale copy.
-//! 2. Under the route lock it starts the move: from then on every write to a moving slot is
-//!    recorded as dirty (writes already in flight finish before the lock is granted, so the
-//!    copy below sees them).
+//! 1. It checks that one of its shards serves every slot and that the receiver is a node of
+//!    the map, dials the receiver (mutual TLS, node identity checked) and asks it to drop any
+//!    stale copy.
+//! 2. Under the shard's ownership lock it starts the move: from then on every write that
+//!    changes a key of a moving slot is recorded as dirty (commands already in flight finish
+//!    before the lock is granted, so the copy below sees them).
 //! 3. It copies every key of the moving slots, with its version, in batches.
 //! 4. It fences the slots (requests get TRYAGAIN, which clients retry after a moment) and
 //!    copies the dirty keys again: their current value, or a deletion.
@@ -20,15 +24,15 @@
 //! Any failure before the receiver installs the map lifts the fence and leaves ownership
 //! unchanged; the partial copy on the receiver is dropped by the next attempt's step 1.
 
-use std::collections::HashSet;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use skv_proto::cluster::{format_ranges, ControlRequest, ControlResponse, SlotRange, SlotSet};
 use skv_proto::{scan_entry_wire_len, ErrorCode, ScanEntry, WireError};
 
-use super::peer::{PeerConnection, PeerError};
-use super::{storage_wire, Cluster, Migration, WALK_PAGE};
+use super::{storage_wire, Cluster};
+use crate::net::peer::{PeerConnection, PeerError};
+use crate::shard::Shard;
 
 /// Bytes of entries per IMPORT frame: well under the frame limit, large enough that a move of
 /// small keys is a few hundred round trips, not millions.
@@ -51,9 +55,9 @@ pub(super) async fn move_slots(
         .try_lock()
         .map_err(|_| state_err("another cluster change is in progress on this node".into()))?;
     let slots = SlotSet::from_ranges(&ranges);
-    if slots.is_empty() {
+    let Some(first) = slots.ranges().first().map(|r| r.start) else {
         return Err(WireError::new(ErrorCode::Malformed, "no slots to move"));
-    }
+    };
     let view = cluster.view();
     let missing: Vec<SlotRange> = slots
         .ranges()
@@ -66,6 +70,23 @@ pub(super) async fn move_slots(
             format_ranges(&missing)
         )));
     }
+    // One move hands slots from one shard: find it, and check it holds every slot.
+    let giver = view
+        .shard_for(first)
+        .cloned()
+        .ok_or_else(|| state_err("no local shard serves these slots".into()))?;
+    let giver_slots = giver.slots();
+    if slots
+        .ranges()
+        .iter()
+        .any(|r| (r.start..=r.end).any(|s| !giver_slots.contains(s)))
+    {
+        return Err(state_err(format!(
+            "slots {} belong to more than one shard of this node; move one shard's slots at a \
+             time",
+            format_ranges(&slots.ranges())
+        )));
+    }
     let target = view
         .map
         .node(&to)
@@ -74,9 +95,8 @@ pub(super) async fn move_slots(
         .ok_or_else(|| state_err(format!("node {to} is not another node of the map")))?;
     let to_shard = view
         .map
-        .shard_of_node(&to)
-        .map(|s| s.id)
-        .ok_or_else(|| state_err(format!("node {to} holds no shard")))?;
+        .home_shard(&to)
+        .ok_or_else(|| state_err(format!("node {to} serves no shard")))?;
     let ranges = slots.ranges();
     tracing::info!(to = %to, slots = %format_ranges(&ranges), "moving slots");
 
@@ -88,22 +108,12 @@ pub(super) async fn move_slots(
     .await
     .map_err(peer_err)?;
 
-    {
-        let mut state = cluster.write();
-        state.migration = Some(Migration {
-            to: to.clone(),
-            ranges: ranges.clone(),
-            slots: slots.clone(),
-            fenced: false,
-            dirty: Default::default(),
-        });
-    }
-    let result = copy_and_flip(&cluster, &mut peer, &slots, to_shard).await;
-    let copied = match result {
+    giver.begin_migration(&to, ranges.clone());
+    let copied = match copy_and_flip(&cluster, &giver, &mut peer, &slots, to_shard).await {
         Ok(copied) => copied,
         Err(err) => {
             // Nothing changed hands: lift the fence and keep serving.
-            cluster.write().migration = None;
+            giver.end_migration();
             tracing::warn!(to = %to, error = %err, "slot move aborted; ownership unchanged");
             return Err(err);
         }
@@ -117,9 +127,8 @@ pub(super) async fn move_slots(
     tokio::spawn(async move {
         let _cleanup = cleaner.cleanup_lock.lock().await;
         let storage = cleaner.storage.clone();
-        let slots = slots.clone();
         let done = tokio::task::spawn_blocking(move || {
-            let removed = super::delete_slots(storage.as_ref(), &slots)?;
+            let removed = giver.delete_slots(&slots)?;
             storage.flush().map(|()| removed)
         })
         .await;
@@ -138,77 +147,45 @@ pub(super) async fn move_slots(
 /// Steps 3 to 5 of the module docs; returns the number of keys copied in step 3.
 async fn copy_and_flip(
     cluster: &Arc<Cluster>,
+    giver: &Arc<Shard>,
     peer: &mut PeerConnection,
     slots: &SlotSet,
     to_shard: u32,
 ) -> Result<u64, WireError> {
     let peer_err = |e: PeerError| WireError::new(ErrorCode::ClusterState, e.to_string());
-    let storage = cluster.storage.clone();
+    let task_failed = |_| WireError::new(ErrorCode::Internal, "copy task failed");
 
     // Step 3: everything in the slots, page by page.
     let mut copied = 0u64;
     let mut after: Option<Bytes> = None;
     loop {
-        let page_storage = storage.clone();
+        let shard = giver.clone();
+        let moving = slots.clone();
         let from = after.clone();
-        let page =
-            tokio::task::spawn_blocking(move || page_storage.scan(b"", from.as_deref(), WALK_PAGE))
+        let (entries, next) =
+            tokio::task::spawn_blocking(move || shard.walk_page(&moving, from.as_deref()))
                 .await
-                .map_err(|_| WireError::new(ErrorCode::Internal, "copy task failed"))?
+                .map_err(task_failed)?
                 .map_err(|e| storage_wire(&e))?;
-        after = page.entries.last().map(|e| e.key.clone());
-        let entries: Vec<ScanEntry> = page
-            .entries
-            .into_iter()
-            .filter(|e| slots.contains(skv_proto::hash_slot(&e.key)))
-            .map(|e| ScanEntry {
-                key: e.key,
-                version: e.version,
-                value: e.value,
-            })
-            .collect();
         copied += entries.len() as u64;
         send_batches(peer, entries, Vec::new())
             .await
             .map_err(peer_err)?;
-        if !page.more || after.is_none() {
-            break;
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
         }
     }
 
     // Step 4: fence, then the keys written since the move began.
-    let dirty: HashSet<Bytes> = {
-        let mut state = cluster.write();
-        let migration = state
-            .migration
-            .as_mut()
-            .ok_or_else(|| WireError::new(ErrorCode::Internal, "move state vanished"))?;
-        migration.fenced = true;
-        let mut dirty = migration
-            .dirty
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        std::mem::take(&mut *dirty)
-    };
-    let dirty_storage = storage.clone();
-    let (entries, deleted) = tokio::task::spawn_blocking(move || {
-        let mut entries = Vec::new();
-        let mut deleted = Vec::new();
-        for key in dirty {
-            match dirty_storage.get(&key)? {
-                Some(v) => entries.push(ScanEntry {
-                    key,
-                    version: v.version,
-                    value: v.value,
-                }),
-                None => deleted.push(key),
-            }
-        }
-        Ok::<_, crate::storage::StorageError>((entries, deleted))
-    })
-    .await
-    .map_err(|_| WireError::new(ErrorCode::Internal, "copy task failed"))?
-    .map_err(|e| storage_wire(&e))?;
+    let dirty = giver
+        .fence()
+        .ok_or_else(|| WireError::new(ErrorCode::Internal, "move state vanished"))?;
+    let shard = giver.clone();
+    let (entries, deleted) = tokio::task::spawn_blocking(move || shard.current(dirty))
+        .await
+        .map_err(task_failed)?
+        .map_err(|e| storage_wire(&e))?;
     tracing::info!(
         rewritten = entries.len(),
         deleted = deleted.len(),
@@ -235,16 +212,10 @@ async fn copy_and_flip(
             _ => return Err(peer_err(err)),
         }
     }
-    // ...then here, lifting the fence in the same critical section: a write that waited for
-    // the fence now finds the slot gone and gets MOVED.
-    {
-        let mut state = cluster.write();
-        if next.epoch > state.view.epoch() {
-            state.view = Arc::new(super::View::new(next, &cluster.me));
-        }
-        state.migration = None;
-    }
-    cluster.persist();
+    // ...then here: the shard gives the slots up before the fence lifts, so a command that
+    // waited for the fence now finds the slot gone and gets MOVED.
+    cluster.install(next)?;
+    giver.end_migration();
     Ok(copied)
 }
 

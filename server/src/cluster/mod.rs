@@ -1,15 +1,18 @@
-//! The node's place in the cluster: which slots it serves, the cluster map it routes by, and
-//! the control plane that changes them (map distribution, slot moves, status).
+//! The node's place in the cluster: the cluster map it routes by, the shards the map gives it,
+//! and the control plane that changes them (map distribution, slot moves, status).
 //!
-//! # Routing and the slot fence
+//! # Views
 //!
-//! Every keyed request is checked against the map *under a read lock* ([`Cluster::serve`]):
-//! a slot this node does not serve is answered with MOVED, a write to a slot that is being
-//! handed over is recorded as dirty, and any request for it is answered with TRYAGAIN while
-//! the hand-over is fenced. The lock is what makes slot moves exact: the mover takes it for writing to start a
-//! move, to fence it and to flip ownership, so no request can have checked ownership against
-//! one map and executed against another. Readers never block each other; the write lock is
-//! taken a handful of times per move and held for microseconds.
+//! A [`View`] is one map plus what this node derives from it for the request path: the local
+//! [`Shard`]s it serves and their slots. The current view is swapped whole ([`ArcSwap`]), so
+//! the router reads it without a lock. Installing a map swaps the view first and then tells
+//! each shard its new slots; the shard is the authority on what it owns (see
+//! [`crate::shard`]), so a request routed by a view that just went stale is refused by the
+//! shard instead of being applied to a slot it gave up.
+//!
+//! A node serves the shards whose first replica it is (one replica per shard until
+//! replication exists) and opens each shard's keyspace the first time a map gives it that
+//! shard. Slots moved to this node land in its home shard ([`ClusterMap::home_shard`]).
 //!
 //! # Maps
 //!
@@ -18,24 +21,24 @@
 //! seconds ([`sync`]), which heals a node that missed a push while it was down.
 
 mod migrate;
-mod peer;
 mod sync;
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use skv_proto::cluster::{
-    format_ranges, hash_slot, ClusterMap, ControlRequest, ControlResponse, Migrating, NodeStatus,
-    SlotRange, SlotSet,
+    format_ranges, ClusterMap, ControlRequest, ControlResponse, Migrating, NodeStatus, SlotRange,
+    SlotSet,
 };
 use skv_proto::{ErrorCode, ResponseBody, ScanEntry, WireError};
 use tokio_util::sync::CancellationToken;
 
-use crate::storage::{Storage, StorageError};
-
-pub(crate) use peer::{Dialer, PEER_FRAME_SLACK};
+use crate::net::peer::Dialer;
+use crate::shard::{ImportError, Shard};
+use crate::storage::{GroupCommit, Storage, StorageError};
 
 /// File name of the persisted map inside the data dir.
 pub(crate) const MAP_FILE: &str = "cluster-map.json";
@@ -44,38 +47,37 @@ pub(crate) const MAP_FILE: &str = "cluster-map.json";
 #[derive(Debug)]
 pub(crate) struct View {
     pub(crate) map: ClusterMap,
-    /// Slots this node serves under `map`.
+    /// Slots this node serves under `map`: the union of its shards' slots.
     pub(crate) owned: SlotSet,
+    /// The shards this node serves under `map`, with their slots, by shard id.
+    local: Vec<(SlotSet, Arc<Shard>)>,
+    /// This node's home shard under `map`.
+    home: Option<u32>,
 }
 
 impl View {
-    fn new(map: ClusterMap, me: &str) -> View {
-        let owned = map.slots_of_node(me);
-        View { map, owned }
-    }
-
     pub(crate) fn epoch(&self) -> u64 {
         self.map.epoch
     }
-}
 
-/// A hand-over of slots from this node, while it copies them.
-#[derive(Debug)]
-struct Migration {
-    to: String,
-    ranges: Vec<SlotRange>,
-    slots: SlotSet,
-    /// Writes are refused with TRYAGAIN: the last dirty keys are being copied and ownership
-    /// is about to flip.
-    fenced: bool,
-    /// Keys written to the moving slots since the move began (copied again at the fence).
-    dirty: Mutex<HashSet<Bytes>>,
-}
+    /// The local shard owning `slot` under this map.
+    pub(crate) fn shard_for(&self, slot: u16) -> Option<&Arc<Shard>> {
+        self.local
+            .iter()
+            .find(|(slots, _)| slots.contains(slot))
+            .map(|(_, shard)| shard)
+    }
 
-#[derive(Debug)]
-struct RouteState {
-    view: Arc<View>,
-    migration: Option<Migration>,
+    /// Every shard this node serves, by id.
+    pub(crate) fn local_shards(&self) -> impl Iterator<Item = &Arc<Shard>> {
+        self.local.iter().map(|(_, shard)| shard)
+    }
+
+    /// The shard that receives slots moved to this node ([`ClusterMap::home_shard`]).
+    fn home(&self) -> Option<&Arc<Shard>> {
+        let home = self.home?;
+        self.local_shards().find(|s| s.id() == home)
+    }
 }
 
 /// Why a node cannot take its place in the cluster at start.
@@ -88,6 +90,13 @@ pub enum ClusterSetupError {
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
+    },
+    /// The shards the map gives this node could not be opened.
+    #[error("cannot open this node's shards")]
+    Storage {
+        /// What storage reported.
+        #[source]
+        source: StorageError,
     },
     /// The map belongs to another cluster.
     #[error("the cluster map {path} is for cluster `{found}`, but this node is in `{expected}`")]
@@ -106,13 +115,18 @@ pub enum ClusterSetupError {
 pub(crate) struct Cluster {
     me: String,
     name: String,
-    state: RwLock<RouteState>,
+    /// The current view; swapped whole, so the request path reads it without a lock.
+    view: ArcSwap<View>,
+    /// Serializes installs of new maps (and their persisting).
+    install_lock: Mutex<()>,
+    /// Every shard opened on this node, served or not, by id.
+    hosted: Mutex<BTreeMap<u32, Arc<Shard>>>,
     /// Where the map is persisted (`None` for engines without a data dir).
     persist: Option<PathBuf>,
-    persist_lock: Mutex<()>,
     /// Dials peers; `None` without TLS credentials (plaintext nodes serve a fixed map).
     dialer: Option<Dialer>,
     storage: Arc<dyn Storage>,
+    group_commit: Option<GroupCommit>,
     /// One move or membership change at a time on this node.
     change_lock: tokio::sync::Mutex<()>,
     /// Held while deleting the keys of slots handed away, so an import into the same slots
@@ -120,23 +134,31 @@ pub(crate) struct Cluster {
     cleanup_lock: tokio::sync::Mutex<()>,
 }
 
+/// Where a node keeps its data and how it makes writes durable.
+#[derive(Debug)]
+pub(crate) struct Placement {
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) group_commit: Option<GroupCommit>,
+    /// The data dir the map is persisted in (`None` for engines without one).
+    pub(crate) data_dir: Option<PathBuf>,
+}
+
 impl Cluster {
     /// Load the map (the newer of the bootstrap file and the persisted copy, or a one-node
-    /// map) for node `me` of cluster `name`.
+    /// map) for node `me` of cluster `name`, and open the shards it gives this node.
     pub(crate) fn open(
         me: &str,
         name: &str,
         advertise: &str,
         bootstrap: Option<&Path>,
-        data_dir: Option<&Path>,
+        placement: Placement,
         dialer: Option<Dialer>,
-        storage: Arc<dyn Storage>,
     ) -> Result<Cluster, ClusterSetupError> {
         let mut map = match bootstrap {
             Some(path) => read_map(path, name)?,
             None => ClusterMap::single(name, me, advertise),
         };
-        let persist = data_dir.map(|d| d.join(MAP_FILE));
+        let persist = placement.data_dir.map(|d| d.join(MAP_FILE));
         if let Some(path) = persist.as_deref().filter(|p| p.exists()) {
             let saved = read_map(path, name)?;
             if saved.epoch > map.epoch {
@@ -162,26 +184,36 @@ impl Cluster {
             ),
             Some(_) => {}
         }
-        let view = View::new(map, me);
+        let cluster = Cluster {
+            me: me.to_owned(),
+            name: name.to_owned(),
+            view: ArcSwap::from_pointee(View {
+                map: map.clone(),
+                owned: SlotSet::default(),
+                local: Vec::new(),
+                home: None,
+            }),
+            install_lock: Mutex::new(()),
+            hosted: Mutex::new(BTreeMap::new()),
+            persist,
+            dialer,
+            storage: placement.storage,
+            group_commit: placement.group_commit,
+            change_lock: tokio::sync::Mutex::new(()),
+            cleanup_lock: tokio::sync::Mutex::new(()),
+        };
+        let view = cluster
+            .build_view(map)
+            .map_err(|source| ClusterSetupError::Storage { source })?;
+        cluster.swap_in(view);
+        let view = cluster.view();
         tracing::info!(
             epoch = view.epoch(),
             slots = %format_ranges(&view.owned.ranges()),
+            shards = ?view.local_shards().map(|s| s.id()).collect::<Vec<_>>(),
             "cluster map loaded"
         );
-        Ok(Cluster {
-            me: me.to_owned(),
-            name: name.to_owned(),
-            state: RwLock::new(RouteState {
-                view: Arc::new(view),
-                migration: None,
-            }),
-            persist,
-            persist_lock: Mutex::new(()),
-            dialer,
-            storage,
-            change_lock: tokio::sync::Mutex::new(()),
-            cleanup_lock: tokio::sync::Mutex::new(()),
-        })
+        Ok(cluster)
     }
 
     /// Start the background map sync with peers.
@@ -196,65 +228,62 @@ impl Cluster {
         &self.name
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, RouteState> {
-        // Every critical section is a few assignments that cannot panic halfway, so a
-        // poisoned lock still guards consistent state.
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, RouteState> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The current view.
     pub(crate) fn view(&self) -> Arc<View> {
-        self.read().view.clone()
+        self.view.load_full()
     }
 
-    /// Run `op` on `key` if this node serves its slot, else answer MOVED. Writes to a slot on
-    /// the move are recorded for the final copy; once the move is fenced, reads and writes of
-    /// its slots get TRYAGAIN until ownership flips. Reads too: the receiver installs the new
-    /// map a moment before this node does, and from then on it may accept writes this node
-    /// would not see, so a read here could return an overwritten value. See the module docs
-    /// for why `op` runs under the read lock.
-    pub(crate) fn serve<R>(
-        &self,
-        key: &[u8],
-        write: bool,
-        op: impl FnOnce() -> R,
-    ) -> Result<R, ResponseBody> {
-        let slot = hash_slot(key);
-        let state = self.read();
-        if !state.view.owned.contains(slot) {
-            return Err(moved(&state.view, slot));
-        }
-        if let Some(m) = state.migration.as_ref().filter(|m| m.slots.contains(slot)) {
-            if m.fenced {
-                return Err(ResponseBody::Error(WireError::new(
-                    ErrorCode::TryAgain,
-                    format!(
-                        "slot {slot} is being handed to node {}; retry shortly",
-                        m.to
-                    ),
-                )));
+    /// The view of `map` for this node, opening the shards it newly gives us.
+    fn build_view(&self, map: ClusterMap) -> Result<View, StorageError> {
+        let mut hosted = self.hosted.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut local = Vec::new();
+        let mut owned = SlotSet::default();
+        for entry in map.shards_served_by(&self.me) {
+            let shard = match hosted.get(&entry.id) {
+                Some(shard) => shard.clone(),
+                None => {
+                    let shard = Arc::new(Shard::open(
+                        entry.id,
+                        self.storage.as_ref(),
+                        self.group_commit.clone(),
+                    )?);
+                    hosted.insert(entry.id, shard.clone());
+                    shard
+                }
+            };
+            let ranges = map.ranges_of_shard(entry.id);
+            for r in &ranges {
+                for slot in r.start..=r.end {
+                    owned.insert(slot);
+                }
             }
-            if write {
-                let result = op();
-                m.dirty
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(Bytes::copy_from_slice(key));
-                return Ok(result);
-            }
+            local.push((SlotSet::from_ranges(&ranges), shard));
         }
-        Ok(op())
+        let home = map.home_shard(&self.me);
+        Ok(View {
+            map,
+            owned,
+            local,
+            home,
+        })
     }
 
-    /// Run `op` with the slots this node serves and the map's epoch, under the read lock (a
-    /// scan page filtered with one consistent view).
-    pub(crate) fn with_owned<R>(&self, op: impl FnOnce(&SlotSet, u64) -> R) -> R {
-        let state = self.read();
-        op(&state.view.owned, state.view.epoch())
+    /// Make `view` current: the view first, then each shard's own slots. A request that saw
+    /// the old view and reaches a shard already changed is refused by the shard and answered
+    /// from the new view (see the router), never applied to a slot the shard gave up.
+    fn swap_in(&self, view: View) {
+        let view = Arc::new(view);
+        self.view.store(view.clone());
+        let hosted = self.hosted.lock().unwrap_or_else(PoisonError::into_inner);
+        for (id, shard) in hosted.iter() {
+            let slots = view
+                .local
+                .iter()
+                .find(|(_, s)| s.id() == *id)
+                .map(|(slots, _)| slots.clone())
+                .unwrap_or_default();
+            shard.set_slots(slots);
+        }
     }
 
     /// The MAP answer.
@@ -278,34 +307,31 @@ impl Cluster {
                 ),
             ));
         }
-        {
-            let mut state = self.write();
-            if map.epoch <= state.view.epoch() {
-                return Ok(false);
-            }
-            let before = state.view.owned.ranges();
-            let view = View::new(map, &self.me);
-            let after = view.owned.ranges();
-            tracing::info!(
-                epoch = view.epoch(),
-                slots = %format_ranges(&after),
-                changed = before != after,
-                "installed a new cluster map"
-            );
-            state.view = Arc::new(view);
+        let _serial = self
+            .install_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = self.view();
+        if map.epoch <= before.epoch() {
+            return Ok(false);
         }
+        let view = self.build_view(map).map_err(|e| storage_wire(&e))?;
+        let after = view.owned.ranges();
+        tracing::info!(
+            epoch = view.epoch(),
+            slots = %format_ranges(&after),
+            changed = before.owned.ranges() != after,
+            "installed a new cluster map"
+        );
+        self.swap_in(view);
         self.persist();
         Ok(true)
     }
 
-    /// Write the current map to the data dir (atomically: temp file, fsync, rename).
+    /// Write the current map to the data dir (atomically: temp file, fsync, rename). Called
+    /// with the install lock held, so the newest map is the one left on disk.
     fn persist(&self) {
         let Some(path) = &self.persist else { return };
-        let _serial = self
-            .persist_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Re-read under the persist lock, so concurrent installs leave the newest on disk.
         let json = self.view().map.to_json();
         let tmp = path.with_extension("json.tmp");
         let written = (|| -> std::io::Result<()> {
@@ -320,42 +346,26 @@ impl Cluster {
         }
     }
 
-    /// Apply an IMPORT from a peer: entries keep their versions. Refused for slots this node
-    /// serves, so a confused peer can never overwrite live data.
-    pub(crate) fn import(&self, entries: Vec<ScanEntry>, deleted: Vec<Bytes>) -> ResponseBody {
-        let result = (|| -> Result<ControlResponse, ImportError> {
-            {
-                let state = self.read();
-                let live = entries
-                    .iter()
-                    .map(|e| &e.key)
-                    .chain(deleted.iter())
-                    .map(|k| hash_slot(k))
-                    .find(|slot| state.view.owned.contains(*slot));
-                if let Some(slot) = live {
-                    return Err(ImportError::Owned(slot));
-                }
-            }
-            for entry in &entries {
-                self.storage
-                    .import(&entry.key, entry.version, &entry.value)?;
-            }
-            let mut removed = 0;
-            for key in &deleted {
-                removed += u64::from(self.storage.delete(key)?);
-            }
-            Ok(ControlResponse::Imported {
-                written: entries.len() as u64,
-                removed,
+    /// Apply an IMPORT from a peer into this node's home shard: entries keep their versions.
+    /// Refused for slots this node serves, so a confused peer can never overwrite live data.
+    pub(crate) fn import(&self, entries: &[ScanEntry], deleted: &[Bytes]) -> ResponseBody {
+        let view = self.view();
+        let result = (|| {
+            let shard = view.home().ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::ClusterState,
+                    "this node holds no shard to import into",
+                )
+            })?;
+            refuse_live(&view, entries, deleted)?;
+            shard.import(entries, deleted).map_err(|e| match e {
+                ImportError::Storage(err) => storage_wire(&err),
+                other => WireError::new(ErrorCode::ClusterState, other.to_string()),
             })
         })();
         match result {
-            Ok(resp) => control_body(&resp),
-            Err(ImportError::Owned(slot)) => ResponseBody::Error(WireError::new(
-                ErrorCode::ClusterState,
-                format!("slot {slot} is served by this node; refusing to import over it"),
-            )),
-            Err(ImportError::Storage(err)) => storage_failure(&err),
+            Ok((written, removed)) => control_body(&ControlResponse::Imported { written, removed }),
+            Err(err) => ResponseBody::Error(err),
         }
     }
 
@@ -393,8 +403,8 @@ impl Cluster {
     /// Drop stale copies of slots about to be imported (left by an earlier, aborted move).
     async fn import_begin(&self, ranges: Vec<SlotRange>) -> Result<ControlResponse, WireError> {
         let slots = SlotSet::from_ranges(&ranges);
+        let view = self.view();
         let overlap: Vec<SlotRange> = {
-            let view = self.view();
             let mut both = SlotSet::default();
             for r in slots.ranges() {
                 for s in r.start..=r.end {
@@ -414,9 +424,12 @@ impl Cluster {
                 ),
             ));
         }
+        let shard = view
+            .home()
+            .cloned()
+            .ok_or_else(|| WireError::new(ErrorCode::ClusterState, "this node holds no shard"))?;
         let _cleanup = self.cleanup_lock.lock().await;
-        let storage = self.storage.clone();
-        let removed = tokio::task::spawn_blocking(move || delete_slots(storage.as_ref(), &slots))
+        let removed = tokio::task::spawn_blocking(move || shard.delete_slots(&slots))
             .await
             .map_err(|_| internal("import preparation failed"))?
             .map_err(|e| storage_wire(&e))?;
@@ -427,22 +440,24 @@ impl Cluster {
     }
 
     async fn status(&self) -> Result<ControlResponse, WireError> {
-        let (view, migrating) = {
-            let state = self.read();
-            (
-                state.view.clone(),
-                state.migration.as_ref().map(|m| Migrating {
-                    to: m.to.clone(),
-                    ranges: m.ranges.clone(),
-                }),
-            )
-        };
-        let storage = self.storage.clone();
-        let owned = view.owned.clone();
-        let keys = tokio::task::spawn_blocking(move || count_slots(storage.as_ref(), &owned))
-            .await
-            .map_err(|_| internal("status task failed"))?
-            .map_err(|e| storage_wire(&e))?;
+        let view = self.view();
+        let migrating = view
+            .local_shards()
+            .find_map(|s| s.migration())
+            .map(|m| Migrating {
+                to: m.to,
+                ranges: m.ranges,
+            });
+        let shards: Vec<Arc<Shard>> = view.local_shards().cloned().collect();
+        let keys = tokio::task::spawn_blocking(move || {
+            shards
+                .iter()
+                .map(|s| s.count_keys())
+                .sum::<Result<u64, StorageError>>()
+        })
+        .await
+        .map_err(|_| internal("status task failed"))?
+        .map_err(|e| storage_wire(&e))?;
         Ok(ControlResponse::Status(NodeStatus {
             node: self.me.clone(),
             epoch: view.epoch(),
@@ -494,15 +509,20 @@ impl Cluster {
     }
 }
 
-#[derive(Debug)]
-enum ImportError {
-    Owned(u16),
-    Storage(StorageError),
-}
-
-impl From<StorageError> for ImportError {
-    fn from(err: StorageError) -> Self {
-        ImportError::Storage(err)
+/// Refuse an import that touches a slot this node serves.
+fn refuse_live(view: &View, entries: &[ScanEntry], deleted: &[Bytes]) -> Result<(), WireError> {
+    let live = entries
+        .iter()
+        .map(|e| &e.key)
+        .chain(deleted)
+        .map(|k| skv_proto::hash_slot(k))
+        .find(|slot| view.owned.contains(*slot));
+    match live {
+        Some(slot) => Err(WireError::new(
+            ErrorCode::ClusterState,
+            format!("slot {slot} is served by this node; refusing to import over it"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -525,22 +545,6 @@ fn read_map(path: &Path, cluster: &str) -> Result<ClusterMap, ClusterSetupError>
     Ok(map)
 }
 
-/// MOVED to the node serving `slot`, or a cluster-state error when no node does.
-fn moved(view: &View, slot: u16) -> ResponseBody {
-    match view.map.owner_of_slot(slot) {
-        Some(owner) => ResponseBody::Moved {
-            slot,
-            epoch: view.epoch(),
-            node: owner.id.clone(),
-            addr: owner.addr.clone(),
-        },
-        None => ResponseBody::Error(WireError::new(
-            ErrorCode::ClusterState,
-            format!("no node serves slot {slot} in map epoch {}", view.epoch()),
-        )),
-    }
-}
-
 pub(crate) fn control_body(resp: &ControlResponse) -> ResponseBody {
     ResponseBody::Control {
         json: Bytes::from(resp.to_json()),
@@ -557,60 +561,4 @@ fn storage_wire(err: &StorageError) -> WireError {
         ErrorCode::Storage,
         "the node's storage failed during a cluster operation",
     )
-}
-
-fn storage_failure(err: &StorageError) -> ResponseBody {
-    ResponseBody::Error(storage_wire(err))
-}
-
-/// Page size for whole-store walks (moves, cleanup, counts).
-const WALK_PAGE: usize = 1000;
-
-/// Call `each` for every stored entry whose slot is in `slots`, a page at a time.
-fn walk_slots(
-    storage: &dyn Storage,
-    slots: &SlotSet,
-    mut each: impl FnMut(crate::storage::Entry) -> Result<(), StorageError>,
-) -> Result<(), StorageError> {
-    let mut after: Option<Bytes> = None;
-    loop {
-        let page = storage.scan(b"", after.as_deref(), WALK_PAGE)?;
-        after = page.entries.last().map(|e| e.key.clone());
-        for entry in page.entries {
-            if slots.contains(hash_slot(&entry.key)) {
-                each(entry)?;
-            }
-        }
-        if !page.more || after.is_none() {
-            return Ok(());
-        }
-    }
-}
-
-/// Keys stored in `slots`.
-fn count_slots(storage: &dyn Storage, slots: &SlotSet) -> Result<u64, StorageError> {
-    let mut n = 0;
-    walk_slots(storage, slots, |_| {
-        n += 1;
-        Ok(())
-    })?;
-    Ok(n)
-}
-
-/// Delete every key stored in `slots`, a page at a time; returns how many.
-fn delete_slots(storage: &dyn Storage, slots: &SlotSet) -> Result<u64, StorageError> {
-    let mut removed = 0;
-    let mut after: Option<Bytes> = None;
-    loop {
-        let page = storage.scan(b"", after.as_deref(), WALK_PAGE)?;
-        after = page.entries.last().map(|e| e.key.clone());
-        for entry in &page.entries {
-            if slots.contains(hash_slot(&entry.key)) {
-                removed += u64::from(storage.delete(&entry.key)?);
-            }
-        }
-        if !page.more || after.is_none() {
-            return Ok(removed);
-        }
-    }
 }

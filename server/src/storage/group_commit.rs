@@ -207,7 +207,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::storage::{CasOutcome, MemoryStorage, ScanPage, SledStorage, Versioned};
+    use crate::storage::{Keyspace, MemoryStorage, SledStorage, Versioned};
 
     fn reopen(path: &Path) -> SledStorage {
         for _ in 0..200 {
@@ -229,11 +229,12 @@ mod tests {
         let started = Instant::now();
         let tasks: Vec<_> = (0..WRITERS)
             .map(|i| {
-                let storage = Arc::clone(&storage);
+                let ks = storage.keyspace("shard-1").unwrap();
                 let gc = gc.clone();
                 tokio::spawn(async move {
                     let key = format!("key/{i:02}");
-                    let version = storage.put(key.as_bytes(), &[i as u8; 16])?;
+                    let version = i as u64 + 1;
+                    ks.put(key.as_bytes(), version, &[i as u8; 16])?;
                     gc.wait_durable().await?;
                     Ok::<_, StorageError>((key, version))
                 })
@@ -255,7 +256,7 @@ mod tests {
         // Drop every handle so the directory unlocks, then check the writes are on disk.
         gc.shutdown().await;
         drop(storage);
-        let reopened = reopen(dir.path());
+        let reopened = reopen(dir.path()).keyspace("shard-1").unwrap();
         for (i, (key, version)) in written.iter().enumerate() {
             assert_eq!(
                 reopened.get(key.as_bytes()).unwrap(),
@@ -279,28 +280,8 @@ mod tests {
     }
 
     impl Storage for FlakyFlush {
-        fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
-            self.inner.get(key)
-        }
-        fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, StorageError> {
-            self.inner.put(key, value)
-        }
-        fn delete(&self, key: &[u8]) -> Result<bool, StorageError> {
-            self.inner.delete(key)
-        }
-        fn cas(&self, key: &[u8], expect: u64, value: &[u8]) -> Result<CasOutcome, StorageError> {
-            self.inner.cas(key, expect, value)
-        }
-        fn scan(
-            &self,
-            prefix: &[u8],
-            after: Option<&[u8]>,
-            limit: usize,
-        ) -> Result<ScanPage, StorageError> {
-            self.inner.scan(prefix, after, limit)
-        }
-        fn import(&self, key: &[u8], version: u64, value: &[u8]) -> Result<(), StorageError> {
-            self.inner.import(key, version, value)
+        fn keyspace(&self, name: &str) -> Result<Arc<dyn Keyspace>, StorageError> {
+            self.inner.keyspace(name)
         }
         fn flush(&self) -> Result<(), StorageError> {
             self.started.fetch_add(1, Ordering::AcqRel);

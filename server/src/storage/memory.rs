@@ -1,45 +1,31 @@
-//! The in-memory engine: a `BTreeMap` behind a lock, for tests, benchmarks that want to
-//! measure everything but the disk, and nodes started without a data dir.
+//! The in-memory engine: `BTreeMap`s behind locks, for tests, benchmarks that want to measure
+//! everything but the disk, and nodes started without a data dir.
 
-use std::collections::BTreeMap;
-use std::sync::{PoisonError, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
 
 use super::{
-    collect_page, scan_range, CasOutcome, Entry, ScanPage, Storage, StorageError, Versioned,
+    collect_page, scan_range, Entry, Keyspace, ScanPage, Storage, StorageError, Versioned,
 };
 
 /// A [`Storage`] that keeps everything in memory and loses it on drop.
-///
-/// Versions come from a node-wide counter that is only advanced under the write lock, so the
-/// lock alone makes every key's versions strictly increasing, across deletes too.
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
+    spaces: Mutex<HashMap<String, Arc<MemoryKeyspace>>>,
+}
+
+/// One keyspace of a [`MemoryStorage`].
+#[derive(Debug, Default)]
+struct MemoryKeyspace {
     inner: RwLock<Inner>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     map: BTreeMap<Vec<u8>, Versioned>,
-    /// The last version handed out; a plain `u64` because it only changes under the write
-    /// lock, and never reset so deleted keys cannot get an old version back.
-    last_version: u64,
-}
-
-impl Inner {
-    fn write(&mut self, key: &[u8], value: &[u8]) -> u64 {
-        self.last_version += 1;
-        let version = self.last_version;
-        self.map.insert(
-            key.to_vec(),
-            Versioned {
-                version,
-                value: Bytes::copy_from_slice(value),
-            },
-        );
-        version
-    }
+    applied: u64,
 }
 
 impl MemoryStorage {
@@ -47,9 +33,23 @@ impl MemoryStorage {
     pub fn new() -> Self {
         Self::default()
     }
+}
 
+impl Storage for MemoryStorage {
+    fn keyspace(&self, name: &str) -> Result<Arc<dyn Keyspace>, StorageError> {
+        let mut spaces = self.spaces.lock().unwrap_or_else(PoisonError::into_inner);
+        let space = spaces.entry(name.to_owned()).or_default().clone();
+        Ok(space)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+impl MemoryKeyspace {
     // A panic while holding the lock cannot leave the map half-updated (every mutation is a
-    // single `insert`/`remove`), so a poisoned lock is safe to keep using.
+    // single `insert`/`remove` plus a `max`), so a poisoned lock is safe to keep using.
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -59,33 +59,9 @@ impl MemoryStorage {
     }
 }
 
-impl Storage for MemoryStorage {
+impl Keyspace for MemoryKeyspace {
     fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
         Ok(self.read().map.get(key).cloned())
-    }
-
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, StorageError> {
-        Ok(self.write().write(key, value))
-    }
-
-    fn delete(&self, key: &[u8]) -> Result<bool, StorageError> {
-        Ok(self.write().map.remove(key).is_some())
-    }
-
-    fn cas(
-        &self,
-        key: &[u8],
-        expect_version: u64,
-        value: &[u8],
-    ) -> Result<CasOutcome, StorageError> {
-        let mut inner = self.write();
-        let current = inner.map.get(key).map_or(0, |v| v.version);
-        if current != expect_version {
-            return Ok(CasOutcome::Conflict { current });
-        }
-        Ok(CasOutcome::Written {
-            version: inner.write(key, value),
-        })
     }
 
     fn scan(
@@ -108,13 +84,9 @@ impl Storage for MemoryStorage {
         collect_page(iter, limit)
     }
 
-    fn flush(&self) -> Result<(), StorageError> {
-        Ok(())
-    }
-
-    fn import(&self, key: &[u8], version: u64, value: &[u8]) -> Result<(), StorageError> {
+    fn put(&self, key: &[u8], version: u64, value: &[u8]) -> Result<(), StorageError> {
         let mut inner = self.write();
-        inner.last_version = inner.last_version.max(version);
+        inner.applied = inner.applied.max(version);
         inner.map.insert(
             key.to_vec(),
             Versioned {
@@ -123,5 +95,15 @@ impl Storage for MemoryStorage {
             },
         );
         Ok(())
+    }
+
+    fn delete(&self, key: &[u8], version: u64) -> Result<bool, StorageError> {
+        let mut inner = self.write();
+        inner.applied = inner.applied.max(version);
+        Ok(inner.map.remove(key).is_some())
+    }
+
+    fn applied(&self) -> u64 {
+        self.read().applied
     }
 }

@@ -3,17 +3,23 @@
 //! network stack on a machine).
 //!
 //! So that a GET answers with the same bytes on the wire as on a real rung, the engine keeps
-//! the last value written (one slot, whatever the key) and returns it for every key.
+//! the last value written (one slot, whatever the key or keyspace) and returns it for every
+//! key. Its applied version stays 0, so every write is numbered 1.
 
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 
-use super::{CasOutcome, ScanPage, Storage, StorageError, Versioned};
+use super::{Keyspace, ScanPage, Storage, StorageError, Versioned};
 
 /// Writes are acknowledged and dropped; reads return the last value written.
 #[derive(Debug, Default)]
 pub struct NullStorage {
+    space: Arc<NullKeyspace>,
+}
+
+#[derive(Debug, Default)]
+struct NullKeyspace {
     last: RwLock<Option<Bytes>>,
 }
 
@@ -22,31 +28,22 @@ impl NullStorage {
     pub fn new() -> Self {
         Self::default()
     }
-
-    fn remember(&self, value: &[u8]) {
-        *self.last.write().unwrap_or_else(PoisonError::into_inner) =
-            Some(Bytes::copy_from_slice(value));
-    }
 }
 
 impl Storage for NullStorage {
+    fn keyspace(&self, _name: &str) -> Result<Arc<dyn Keyspace>, StorageError> {
+        Ok(self.space.clone())
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+impl Keyspace for NullKeyspace {
     fn get(&self, _key: &[u8]) -> Result<Option<Versioned>, StorageError> {
         let last = self.last.read().unwrap_or_else(PoisonError::into_inner);
         Ok(last.clone().map(|value| Versioned { version: 1, value }))
-    }
-
-    fn put(&self, _key: &[u8], value: &[u8]) -> Result<u64, StorageError> {
-        self.remember(value);
-        Ok(1)
-    }
-
-    fn delete(&self, _key: &[u8]) -> Result<bool, StorageError> {
-        Ok(false)
-    }
-
-    fn cas(&self, _key: &[u8], _expect: u64, value: &[u8]) -> Result<CasOutcome, StorageError> {
-        self.remember(value);
-        Ok(CasOutcome::Written { version: 1 })
     }
 
     fn scan(
@@ -58,13 +55,18 @@ impl Storage for NullStorage {
         Ok(ScanPage::default())
     }
 
-    fn flush(&self) -> Result<(), StorageError> {
+    fn put(&self, _key: &[u8], _version: u64, value: &[u8]) -> Result<(), StorageError> {
+        *self.last.write().unwrap_or_else(PoisonError::into_inner) =
+            Some(Bytes::copy_from_slice(value));
         Ok(())
     }
 
-    fn import(&self, _key: &[u8], _version: u64, value: &[u8]) -> Result<(), StorageError> {
-        self.remember(value);
-        Ok(())
+    fn delete(&self, _key: &[u8], _version: u64) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+
+    fn applied(&self) -> u64 {
+        0
     }
 }
 
@@ -75,11 +77,18 @@ mod tests {
     #[test]
     fn answers_every_get_with_the_last_value_and_stores_nothing() {
         let null = NullStorage::new();
-        assert_eq!(null.get(b"a").unwrap(), None);
-        assert_eq!(null.put(b"a", b"xyz").unwrap(), 1);
-        let got = null.get(b"other").unwrap().unwrap();
+        let ks = null.keyspace("shard-1").unwrap();
+        assert_eq!(ks.get(b"a").unwrap(), None);
+        ks.put(b"a", 1, b"xyz").unwrap();
+        let got = null
+            .keyspace("shard-2")
+            .unwrap()
+            .get(b"other")
+            .unwrap()
+            .unwrap();
         assert_eq!(&got.value[..], b"xyz");
-        assert!(null.scan(b"", None, 10).unwrap().entries.is_empty());
-        assert!(!null.delete(b"a").unwrap());
+        assert!(ks.scan(b"", None, 10).unwrap().entries.is_empty());
+        assert!(!ks.delete(b"a", 2).unwrap());
+        assert_eq!(ks.applied(), 0);
     }
 }

@@ -1,23 +1,33 @@
 //! The sled engine: the node's on-disk [`Storage`].
 //!
-//! Each record is stored under its key as an 8-byte big-endian version followed by the value
-//! bytes. Versions come from sled's `Db::generate_id`, which is node-wide, monotonic and
-//! persisted so that it never hands out an id twice, even after a crash, plus a persisted
-//! offset that imports raise (see [`Storage::import`]): sled's id generator cannot be moved
-//! forward, so the offset is how keys copied in from another node keep growing versions here.
+//! Each keyspace is a sled tree (`ks/<name>`), and each record is stored under its key as an
+//! 8-byte big-endian version followed by the value bytes. The keyspace's applied version lives
+//! in the `skv-meta` tree under `applied/<name>`.
+//!
+//! # Why the applied version is written first
+//!
+//! A write stores the new applied version in the meta tree, then the record. sled keeps one
+//! log for all trees of a database and recovers a prefix of it after a crash, so a record that
+//! survived always has its applied version with it: the shard never hands out a version that a
+//! surviving record already carries. The opposite order could lose the applied version and keep
+//! the record, and the next write to that key would go back in time. The cost is one more small
+//! insert per write, and none for an import below the applied version.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use sled::IVec;
 
 use super::{
-    collect_page, scan_range, CasOutcome, Entry, ScanPage, Storage, StorageError, Versioned,
+    collect_page, scan_range, Entry, Keyspace, ScanPage, Storage, StorageError, Versioned,
 };
 
 /// Length of the version header in front of every stored value.
 const HEADER: usize = 8;
+
+/// Name of the tree holding per-keyspace metadata.
+const META_TREE: &str = "skv-meta";
 
 /// A [`Storage`] backed by a sled database in a data directory.
 ///
@@ -26,15 +36,18 @@ const HEADER: usize = 8;
 #[derive(Debug)]
 pub struct SledStorage {
     db: sled::Db,
-    /// Node metadata, apart from the keyspace so scans never see it.
     meta: sled::Tree,
-    /// Added to every generated id; only ever grows (see [`SledStorage::raise_floor`]).
-    version_offset: AtomicU64,
     path: PathBuf,
 }
 
-/// Key of the version offset in the meta tree.
-const VERSION_OFFSET_KEY: &[u8] = b"version_offset";
+/// One keyspace: a sled tree and its applied version.
+#[derive(Debug)]
+struct SledKeyspace {
+    tree: sled::Tree,
+    meta: sled::Tree,
+    applied_key: Vec<u8>,
+    applied: AtomicU64,
+}
 
 impl SledStorage {
     /// Opens (creating if needed) the database in `path`.
@@ -44,19 +57,47 @@ impl SledStorage {
     /// write goes through an explicit [`Storage::flush`] (sync mode, via `GroupCommit`).
     ///
     /// Fails with [`StorageError::Locked`] when the directory is already open, in this process
-    /// or another.
+    /// or another, and with [`StorageError::OldLayout`] when it holds keys in the layout of
+    /// skv before per-shard keyspaces.
     pub fn open(path: &Path, flush_every_ms: Option<u64>) -> Result<Self, StorageError> {
         let db = sled::Config::new()
             .path(path)
             .flush_every_ms(flush_every_ms)
             .open()
             .map_err(|source| open_error(path, source))?;
+        // Keys of the old layout lived in the default tree, which this layout never writes.
+        if !db.is_empty() {
+            return Err(StorageError::OldLayout {
+                path: path.to_path_buf(),
+            });
+        }
         let meta = db
-            .open_tree("skv-meta")
+            .open_tree(META_TREE)
             .map_err(|source| open_error(path, source))?;
-        let offset = match meta
-            .get(VERSION_OFFSET_KEY)
-            .map_err(|source| open_error(path, source))?
+        Ok(Self {
+            db,
+            meta,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The data directory this store was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Storage for SledStorage {
+    fn keyspace(&self, name: &str) -> Result<Arc<dyn Keyspace>, StorageError> {
+        let tree = self
+            .db
+            .open_tree(format!("ks/{name}"))
+            .map_err(sled_error("open keyspace"))?;
+        let applied_key = format!("applied/{name}").into_bytes();
+        let applied = match self
+            .meta
+            .get(&applied_key)
+            .map_err(sled_error("open keyspace"))?
         {
             Some(raw) => u64::from_be_bytes(
                 raw.as_ref()
@@ -65,78 +106,81 @@ impl SledStorage {
             ),
             None => 0,
         };
-        Ok(Self {
-            db,
-            meta,
-            version_offset: AtomicU64::new(offset),
-            path: path.to_path_buf(),
-        })
+        Ok(Arc::new(SledKeyspace {
+            tree,
+            meta: self.meta.clone(),
+            applied_key,
+            applied: AtomicU64::new(applied),
+        }))
     }
 
-    /// Make every version generated from now on greater than `version`.
-    ///
-    /// The new offset is written to the meta tree before the caller writes the imported
-    /// record; sled recovers a prefix of its log, so after a crash the record is never present
-    /// without the offset that keeps later versions above it.
-    fn raise_floor(&self, version: u64) -> Result<(), StorageError> {
-        let next = self.next_version()?;
-        if next > version {
-            return Ok(());
+    fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush().map_err(sled_error("flush"))?;
+        Ok(())
+    }
+}
+
+impl SledKeyspace {
+    /// Persist `version` as applied before the write that carries it (module docs).
+    fn raise_applied(&self, op: &'static str, version: u64) -> Result<(), StorageError> {
+        if version > self.applied.load(Ordering::Acquire) {
+            self.meta
+                .insert(&self.applied_key, &version.to_be_bytes())
+                .map_err(sled_error(op))?;
+            self.applied.fetch_max(version, Ordering::AcqRel);
         }
-        let offset = self.version_offset.load(Ordering::Acquire) + (version - next) + 1;
-        self.meta
-            .insert(VERSION_OFFSET_KEY, &offset.to_be_bytes())
-            .map_err(sled_error("import"))?;
-        self.version_offset.fetch_max(offset, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+impl Keyspace for SledKeyspace {
+    fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
+        match self.tree.get(key).map_err(sled_error("get"))? {
+            Some(record) => decode(key, &record).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ScanPage, StorageError> {
+        let Some(range) = scan_range(prefix, after) else {
+            return Ok(ScanPage::default());
+        };
+        let iter = self.tree.range(range).map(|item| {
+            let (key, record) = item.map_err(sled_error("scan"))?;
+            let Versioned { version, value } = decode(&key, &record)?;
+            Ok(Entry {
+                key: Bytes::copy_from_slice(&key),
+                version,
+                value,
+            })
+        });
+        collect_page(iter, limit)
+    }
+
+    fn put(&self, key: &[u8], version: u64, value: &[u8]) -> Result<(), StorageError> {
+        self.raise_applied("put", version)?;
+        self.tree
+            .insert(key, encode(version, value))
+            .map_err(sled_error("put"))?;
         Ok(())
     }
 
-    /// The data directory this store was opened from.
-    pub fn path(&self) -> &Path {
-        &self.path
+    fn delete(&self, key: &[u8], version: u64) -> Result<bool, StorageError> {
+        self.raise_applied("delete", version)?;
+        Ok(self
+            .tree
+            .remove(key)
+            .map_err(sled_error("delete"))?
+            .is_some())
     }
 
-    /// A new version for a write.
-    ///
-    /// `generate_id` starts at 0, and 0 means "absent" in the CAS protocol, hence the `+ 1`.
-    /// It cannot overflow in practice: at a billion writes a second it would take 584 years.
-    fn next_version(&self) -> Result<u64, StorageError> {
-        let id = self
-            .db
-            .generate_id()
-            .map_err(sled_error("generate version"))?;
-        Ok(id + 1 + self.version_offset.load(Ordering::Acquire))
-    }
-
-    /// Writes `value` under `key` with a fresh version, but only while the stored record is
-    /// still byte-for-byte `current`; `Ok(None)` when it changed underneath us.
-    ///
-    /// Why the version is generated here, after the caller read `current`, and the write is a
-    /// compare-and-swap rather than a plain insert: with a plain insert, writer A could take
-    /// id 5, writer B id 6, B insert, then A insert, and the key's version would go from 6
-    /// back to 5, letting a client that saw 5 earlier win a later CAS. With this order, the
-    /// version in `current` was generated before that record was written, which was before we
-    /// read it, which was before we generate our id; the counter being monotonic, our id is
-    /// greater. The swap only succeeds if `current` is still what is stored, so the record we
-    /// replace is always older than ours. If another writer got in between, the caller
-    /// re-reads and retries with a newer id.
-    fn swap_in(
-        &self,
-        op: &'static str,
-        key: &[u8],
-        current: Option<&IVec>,
-        value: &[u8],
-    ) -> Result<Option<u64>, StorageError> {
-        let version = self.next_version()?;
-        let record = encode(version, value);
-        match self
-            .db
-            .compare_and_swap(key, current, Some(record))
-            .map_err(sled_error(op))?
-        {
-            Ok(()) => Ok(Some(version)),
-            Err(_changed) => Ok(None),
-        }
+    fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
     }
 }
 
@@ -186,92 +230,6 @@ fn decode(key: &[u8], record: &[u8]) -> Result<Versioned, StorageError> {
         version: u64::from_be_bytes(*header),
         value: Bytes::copy_from_slice(value),
     })
-}
-
-impl Storage for SledStorage {
-    fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
-        match self.db.get(key).map_err(sled_error("get"))? {
-            Some(record) => decode(key, &record).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, StorageError> {
-        loop {
-            // A put does not care what the current record holds (a corrupt one is simply
-            // replaced), only that it is still the same one when we swap: see `swap_in`.
-            let current = self.db.get(key).map_err(sled_error("put"))?;
-            if let Some(version) = self.swap_in("put", key, current.as_ref(), value)? {
-                return Ok(version);
-            }
-        }
-    }
-
-    fn delete(&self, key: &[u8]) -> Result<bool, StorageError> {
-        // No version bookkeeping is needed: a re-created key gets a fresh id, which is greater
-        // than every id handed out before, including the deleted record's.
-        Ok(self.db.remove(key).map_err(sled_error("delete"))?.is_some())
-    }
-
-    fn cas(
-        &self,
-        key: &[u8],
-        expect_version: u64,
-        value: &[u8],
-    ) -> Result<CasOutcome, StorageError> {
-        loop {
-            let current = self.db.get(key).map_err(sled_error("cas"))?;
-            let current_version = match &current {
-                Some(record) => decode(key, record)?.version,
-                None => 0,
-            };
-            if current_version != expect_version {
-                return Ok(CasOutcome::Conflict {
-                    current: current_version,
-                });
-            }
-            // Versions are unique per write, so "the record is byte-for-byte unchanged" is the
-            // same as "the version is still the expected one".
-            if let Some(version) = self.swap_in("cas", key, current.as_ref(), value)? {
-                return Ok(CasOutcome::Written { version });
-            }
-            // Someone wrote in between; re-read, which will normally report the conflict.
-        }
-    }
-
-    fn scan(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<ScanPage, StorageError> {
-        let Some(range) = scan_range(prefix, after) else {
-            return Ok(ScanPage::default());
-        };
-        let iter = self.db.range(range).map(|item| {
-            let (key, record) = item.map_err(sled_error("scan"))?;
-            let Versioned { version, value } = decode(&key, &record)?;
-            Ok(Entry {
-                key: Bytes::copy_from_slice(&key),
-                version,
-                value,
-            })
-        });
-        collect_page(iter, limit)
-    }
-
-    fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush().map_err(sled_error("flush"))?;
-        Ok(())
-    }
-
-    fn import(&self, key: &[u8], version: u64, value: &[u8]) -> Result<(), StorageError> {
-        self.raise_floor(version)?;
-        self.db
-            .insert(key, encode(version, value))
-            .map_err(sled_error("import"))?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -325,29 +283,51 @@ mod tests {
     }
 
     #[test]
+    fn a_data_dir_of_the_old_layout_is_refused_not_read_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.insert(b"users/alice", &[0, 0, 0, 0, 0, 0, 0, 1, b'x'][..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = loop {
+            match SledStorage::open(dir.path(), None) {
+                Err(StorageError::Locked { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => break other.unwrap_err(),
+            }
+        };
+        assert!(matches!(err, StorageError::OldLayout { .. }), "{err:?}");
+        assert!(err.to_string().contains("older skv"), "{err}");
+    }
+
+    #[test]
     fn corrupt_record_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStorage::open(dir.path(), None).unwrap();
-        s.db.insert(b"secret-key", &b"short"[..]).unwrap();
-        s.put(b"secret-kez", b"fine").unwrap();
+        let ks = s.keyspace("shard-1").unwrap();
+        let tree = s.db.open_tree("ks/shard-1").unwrap();
+        tree.insert(b"secret-key", &b"short"[..]).unwrap();
+        ks.put(b"secret-kez", 1, b"fine").unwrap();
         let corrupt = |r: Result<_, StorageError>| match r {
             Err(StorageError::Corrupt { key_len }) => assert_eq!(key_len, 10),
             other => panic!("expected Corrupt, got {other:?}"),
         };
-        corrupt(s.get(b"secret-key").map(|_| ()));
-        corrupt(s.cas(b"secret-key", 0, b"x").map(|_| ()));
-        corrupt(s.scan(b"secret", None, 10).map(|_| ()));
+        corrupt(ks.get(b"secret-key").map(|_| ()));
+        corrupt(ks.scan(b"secret", None, 10).map(|_| ()));
         // The message names neither key nor value.
-        let msg = s.get(b"secret-key").unwrap_err().to_string();
+        let msg = ks.get(b"secret-key").unwrap_err().to_string();
         assert!(!msg.contains("secret") && !msg.contains("short"), "{msg}");
-        // An unconditional put repairs the record; delete works either way.
-        let v = s.put(b"secret-key", b"repaired").unwrap();
-        assert_eq!(s.get(b"secret-key").unwrap().unwrap().version, v);
-        assert!(s.delete(b"secret-key").unwrap());
+        // A put repairs the record; delete works either way.
+        ks.put(b"secret-key", 2, b"repaired").unwrap();
+        assert_eq!(ks.get(b"secret-key").unwrap().unwrap().version, 2);
+        assert!(ks.delete(b"secret-key", 3).unwrap());
         // A record of exactly the header is an empty value, not corruption.
-        s.db.insert(b"k", &7u64.to_be_bytes()[..]).unwrap();
+        tree.insert(b"k", &7u64.to_be_bytes()[..]).unwrap();
         assert_eq!(
-            s.get(b"k").unwrap(),
+            ks.get(b"k").unwrap(),
             Some(Versioned {
                 version: 7,
                 value: Bytes::new()
@@ -359,55 +339,46 @@ mod tests {
     fn record_layout_is_big_endian_version_then_value() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStorage::open(dir.path(), None).unwrap();
-        let v = s.put(b"k", b"value").unwrap();
-        let raw = s.db.get(b"k").unwrap().unwrap();
-        assert_eq!(&raw[..8], &v.to_be_bytes());
-        assert_eq!(&raw[8..], b"value");
-    }
-
-    #[test]
-    fn imported_versions_stay_below_later_writes_across_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = SledStorage::open(dir.path(), None).unwrap();
-            s.put(b"local", b"x").unwrap();
-            s.import(b"moved", 1_000_000, b"from another node").unwrap();
-            assert_eq!(s.get(b"moved").unwrap().unwrap().version, 1_000_000);
-            assert!(s.put(b"moved", b"y").unwrap() > 1_000_000);
-            // An import below the floor changes nothing about later versions.
-            s.import(b"old", 3, b"z").unwrap();
-            assert_eq!(s.get(b"old").unwrap().unwrap().version, 3);
-            s.flush().unwrap();
-        }
-        let s = reopen(dir.path());
-        assert!(s.put(b"after", b"restart").unwrap() > 1_000_000);
-        // The meta tree never shows up in scans.
-        let keys: Vec<_> = s
-            .scan(b"", None, 100)
+        s.keyspace("shard-3")
             .unwrap()
-            .entries
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(keys.len(), 4);
+            .put(b"k", 42, b"value")
+            .unwrap();
+        let raw =
+            s.db.open_tree("ks/shard-3")
+                .unwrap()
+                .get(b"k")
+                .unwrap()
+                .unwrap();
+        assert_eq!(&raw[..8], &42u64.to_be_bytes());
+        assert_eq!(&raw[8..], b"value");
+        let applied = s.meta.get(b"applied/shard-3").unwrap().unwrap();
+        assert_eq!(&applied[..], &42u64.to_be_bytes());
     }
 
     #[test]
-    fn data_and_versions_survive_reopen() {
+    fn data_and_applied_versions_survive_reopen_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let (v1, v2);
         {
             let s = SledStorage::open(dir.path(), Some(500)).unwrap();
-            v1 = s.put(b"a", b"1").unwrap();
-            v2 = s.put(b"b", b"2").unwrap();
-            s.delete(b"a").unwrap();
+            let one = s.keyspace("shard-1").unwrap();
+            let two = s.keyspace("shard-2").unwrap();
+            one.put(b"a", 1, b"1").unwrap();
+            one.put(b"b", 2, b"2").unwrap();
+            assert!(one.delete(b"a", 3).unwrap());
+            two.put(b"moved", 500, b"imported").unwrap();
+            two.put(b"older", 7, b"imported below").unwrap();
             s.flush().unwrap();
         }
         let s = reopen(dir.path());
-        assert_eq!(s.get(b"a").unwrap(), None);
-        assert_eq!(s.get(b"b").unwrap().unwrap().version, v2);
-        // The persisted id generator keeps versions moving forward across restarts.
-        let v3 = s.put(b"a", b"again").unwrap();
-        assert!(v3 > v2 && v3 > v1);
+        let one = s.keyspace("shard-1").unwrap();
+        let two = s.keyspace("shard-2").unwrap();
+        assert_eq!(one.get(b"a").unwrap(), None);
+        assert_eq!(one.get(b"b").unwrap().unwrap().version, 2);
+        // No jump after a restart: the caller continues at applied + 1.
+        assert_eq!(one.applied(), 3);
+        assert_eq!(two.applied(), 500);
+        assert_eq!(two.get(b"older").unwrap().unwrap().version, 7);
+        // The meta tree never shows up in scans.
+        assert_eq!(two.scan(b"", None, 100).unwrap().entries.len(), 2);
     }
 }

@@ -19,8 +19,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
-use crate::identity;
-use crate::tls::{self, TlsSetupError};
+use crate::net::identity;
+use crate::net::tls::{self, TlsSetupError};
 
 /// Deadline for connect, TLS handshake and HELLO with a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -17,7 +17,7 @@ use skv_proto::token::ScopeOp;
 use skv_proto::{ErrorCode, RequestBody, TokenPlacement};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{self, AuditLog, AuditRecord, Decision};
+use crate::auth::audit::{self, AuditLog, AuditRecord, Decision};
 use crate::auth::{
     unix_now, AuthCategory, AuthError, CertThumbprint, Keyset, KeysetError, Policy, TokenCache,
     Verified, Verifier,

@@ -5,18 +5,13 @@
 //! client therefore gets many answers per TLS record and per syscall, and no lock is shared
 //! between a reader and a writer half.
 //!
-//! Durable writes are applied in arrival order inside this task (so writes on one connection
-//! are ordered), then wait for their group commit in a small spawned task that sends the
-//! answer back through a bounded channel. Control requests (a slot move takes seconds) answer
-//! the same way. The number of such waits is capped per connection, so a client that streams
-//! writes gets backpressure, not unbounded memory.
-//!
-//! Before any of that, the certificate's role decides what a connection may ask: a node of
-//! this cluster speaks only the peer protocol, everyone else only the client protocol
-//! (see `answer`).
+//! The connection frames and decodes; the router ([`crate::router`]) decides what each request
+//! may do and where it goes. Writes reach their shard in arrival order from inside this task
+//! (so writes on one connection are ordered), then wait for durability in a small spawned task
+//! that sends the answer back through a bounded channel. Control requests (a slot move takes
+//! seconds) answer the same way. The number of such waits is capped per connection, so a
+//! client that streams writes gets backpressure, not unbounded memory.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
@@ -29,13 +24,12 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::checkpoint::Session;
 use crate::auth::CertThumbprint;
-use crate::checkpoint::{Refusal, Session};
-use crate::cluster::PEER_FRAME_SLACK;
-use crate::handler::{self, Outcome};
-use crate::identity::PeerKind;
+use crate::net::identity::PeerKind;
+use crate::net::peer::PEER_FRAME_SLACK;
 use crate::node::Shared;
-use skv_proto::cluster::ControlRequest;
+use crate::router::Answer;
 
 /// Most answers of one connection still being worked out at once: durable writes waiting for
 /// their flush, and control requests running.
@@ -171,7 +165,7 @@ where
                 Some(Ok(payload)) => {
                     let id = peek_request_id(&payload);
                     let answer = match Request::decode(payload) {
-                        Ok(request) => answer(&shared, &kind, &mut session, request, max_frame),
+                        Ok(request) => shared.router.route(&kind, &mut session, request, max_frame),
                         // The frame boundary is intact, so a bad request costs only itself.
                         Err(err) => Answer::Now(decode_refusal(&shared, &session, &err)),
                     };
@@ -228,174 +222,6 @@ where
         _ => {}
     }
     result
-}
-
-/// An answer that needs more time: a write waiting for its group commit, or a control
-/// request (a slot move takes seconds). It runs in its own task; the connection keeps
-/// serving meanwhile.
-type Pending = Pin<Box<dyn Future<Output = ResponseBody> + Send>>;
-
-/// What to do with one decoded request.
-enum Answer {
-    /// Send this now.
-    Now(ResponseBody),
-    /// Send what this future yields once it is done.
-    Later(Pending),
-}
-
-fn refuse(code: ErrorCode, message: &str) -> Answer {
-    Answer::Now(ResponseBody::Error(WireError::new(code, message)))
-}
-
-/// Refuse a request because of the role of the connection's certificate: logged, audited
-/// (when the node keeps an audit log), answered `forbidden`.
-fn refuse_role(shared: &Shared, session: &Session, op: &str, reason: &str) -> Answer {
-    // Debug, not warn: a client can send these as fast as it likes, and the audit log (bounded,
-    // never blocking) is where refusals are kept.
-    tracing::debug!(
-        op,
-        reason,
-        "refused a request for the role of its certificate"
-    );
-    if let Some(checkpoint) = &shared.checkpoint {
-        checkpoint.deny_role(session, op, reason);
-    }
-    refuse(ErrorCode::Forbidden, reason)
-}
-
-/// Who may send what, then the operation itself.
-///
-/// A peer node (its certificate says `spiffe://<cluster>/node/<id>`) may use the peer protocol
-/// and nothing else: a node certificate gives no client rights. Everyone else passes
-/// checkpoints 2 and 3 (when the node checks tokens); control requests then need the `admin`
-/// scope, and peer-only requests are refused whatever the token says.
-fn answer(
-    shared: &Shared,
-    kind: &PeerKind,
-    session: &mut Session,
-    request: Request,
-    max_frame: usize,
-) -> Answer {
-    let body = request.body;
-    match kind {
-        PeerKind::Peer(node) => {
-            return match body {
-                RequestBody::Ping => Answer::Now(ResponseBody::Pong),
-                RequestBody::ClusterMap => Answer::Now(shared.cluster.map_answer()),
-                RequestBody::Import { entries, deleted } => {
-                    Answer::Now(shared.cluster.import(entries, deleted))
-                }
-                RequestBody::Control { json } => match ControlRequest::from_json(&json) {
-                    Ok(req) if req.peer_only() => {
-                        tracing::debug!(peer = %node, request = req.name(), "peer control request");
-                        Answer::Later(Box::pin(shared.cluster.clone().control(req)))
-                    }
-                    Ok(req) => refuse_role(
-                        shared,
-                        session,
-                        req.name(),
-                        "administrative requests need a client certificate and an admin \
-                         token, not a node certificate",
-                    ),
-                    Err(err) => refuse(ErrorCode::Malformed, &err.to_string()),
-                },
-                other => refuse_role(
-                    shared,
-                    session,
-                    other.op().as_str(),
-                    "a node certificate gives no client rights; use a client certificate",
-                ),
-            };
-        }
-        PeerKind::ForeignNode => {
-            if !matches!(body, RequestBody::Ping | RequestBody::ClusterMap) {
-                return refuse_role(
-                    shared,
-                    session,
-                    body.op().as_str(),
-                    "this certificate names a node of another cluster",
-                );
-            }
-        }
-        PeerKind::Client => {}
-    }
-    if matches!(body, RequestBody::Import { .. }) {
-        return refuse_role(
-            shared,
-            session,
-            "import",
-            "IMPORT is part of the peer protocol: only nodes of this cluster may send it",
-        );
-    }
-    if let Some(checkpoint) = &shared.checkpoint {
-        if let Err(Refusal { code, message }) =
-            checkpoint.authorize(session, request.token.as_ref(), &body)
-        {
-            return refuse(code, message);
-        }
-    }
-    let cluster = &shared.cluster;
-    let storage = shared.storage.as_ref();
-    let outcome = match body {
-        RequestBody::ClusterMap => return Answer::Now(cluster.map_answer()),
-        RequestBody::Control { json } => {
-            return match ControlRequest::from_json(&json) {
-                Ok(req) if req.peer_only() => refuse_role(
-                    shared,
-                    session,
-                    req.name(),
-                    "this control request is part of the peer protocol: only nodes of this \
-                     cluster may send it",
-                ),
-                Ok(req) => Answer::Later(Box::pin(cluster.clone().control(req))),
-                Err(err) => refuse(ErrorCode::Malformed, &err.to_string()),
-            }
-        }
-        RequestBody::Scan { .. } => cluster.with_owned(|owned, epoch| {
-            handler::execute(storage, body, max_frame, Some((owned, epoch)))
-        }),
-        body => match body.key().cloned() {
-            Some(key) => {
-                let write = !matches!(body, RequestBody::Get { .. });
-                match cluster.serve(&key, write, || {
-                    handler::execute(storage, body, max_frame, None)
-                }) {
-                    Ok(outcome) => outcome,
-                    Err(redirect) => return Answer::Now(redirect),
-                }
-            }
-            None => handler::execute(storage, body, max_frame, None),
-        },
-    };
-    match outcome {
-        Outcome::Reply(body) => Answer::Now(body),
-        Outcome::ReplyWhenDurable(body) => match &shared.group_commit {
-            Some(group_commit) => {
-                let group_commit = group_commit.clone();
-                Answer::Later(Box::pin(async move {
-                    durable_answer(&group_commit, body).await
-                }))
-            }
-            None => Answer::Now(body),
-        },
-    }
-}
-
-/// `body` once the write is on disk, or a storage error if the flush failed.
-async fn durable_answer(
-    group_commit: &crate::storage::GroupCommit,
-    body: ResponseBody,
-) -> ResponseBody {
-    match group_commit.wait_durable().await {
-        Ok(()) => body,
-        Err(err) => {
-            tracing::error!(error = ?err, "flush failed; write not acknowledged");
-            ResponseBody::Error(WireError::new(
-                ErrorCode::Storage,
-                "the node could not flush the write to disk; it may or may not persist",
-            ))
-        }
-    }
 }
 
 /// Write out buffered answers. (Framed is a sink for every encodable type, so the item type

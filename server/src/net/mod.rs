@@ -1,0 +1,11 @@
+//! The network edge of a node, in request order: the listener ([`listener`]) accepts under a
+//! connection cap, the TLS acceptor ([`tls`]) runs checkpoint 1 (mutual TLS against the
+//! cluster CA), [`identity`] reads the SPIFFE ID of the peer's certificate, and
+//! [`connection`] frames and decodes requests for the router. [`peer`] is the other
+//! direction: this node dialing its peers over mutual TLS.
+
+pub(crate) mod connection;
+pub(crate) mod identity;
+pub(crate) mod listener;
+pub(crate) mod peer;
+pub mod tls;

@@ -1,0 +1,250 @@
+//! The router: who may send what, then where it goes.
+//!
+//! Every decoded request passes here after the connection has framed it, in this order:
+//! 1. **Role policy.** A peer node (its certificate says `spiffe://<cluster>/node/<id>`) may use
+//!    the peer protocol and nothing else: a node certificate gives no client rights. A client
+//!    certificate may never use the peer protocol, whatever its token says.
+//! 2. **Checkpoints 2 and 3** (when the node checks tokens), through [`Checkpoint::authorize`].
+//! 3. **Slot ownership.** A keyed command goes to the local [`Shard`] that owns its slot in the
+//!    node's map; a slot no local shard owns is answered MOVED with its owner; a slot whose
+//!    ownership is changing under the command is answered TRYAGAIN. Scans cover every local
+//!    shard ([`scan`]).
+//! 4. **Dispatch** to the shard, or to the cluster control plane for CLUSTER_MAP, CONTROL and
+//!    IMPORT.
+//!
+//! The router is the only module that knows both the map and the shards. It answers at once
+//! where it can and hands back a future ([`Answer::Later`]) for writes waiting for durability
+//! and for control requests, which the connection runs beside its other requests.
+
+mod scan;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use skv_proto::cluster::{hash_slot, ControlRequest};
+use skv_proto::{ErrorCode, Request, RequestBody, ResponseBody, WireError};
+
+use crate::auth::checkpoint::{Checkpoint, Refusal, Session};
+use crate::cluster::{Cluster, View};
+use crate::net::identity::PeerKind;
+use crate::shard::{Command, Execution, Pending};
+
+pub use scan::MAX_SCAN_PAGE;
+
+/// What to do with one decoded request.
+pub(crate) enum Answer {
+    /// Send this now.
+    Now(ResponseBody),
+    /// Send what this future yields once it is done: a write waiting for its flush, or a
+    /// control request (a slot move takes seconds).
+    Later(Pending),
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Now(body) => f.debug_tuple("Now").field(body).finish(),
+            Answer::Later(_) => f.write_str("Later(..)"),
+        }
+    }
+}
+
+/// Routes requests for one node. Shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Router {
+    cluster: Arc<Cluster>,
+    checkpoint: Option<Arc<Checkpoint>>,
+}
+
+impl Router {
+    pub(crate) fn new(cluster: Arc<Cluster>, checkpoint: Option<Arc<Checkpoint>>) -> Router {
+        Router {
+            cluster,
+            checkpoint,
+        }
+    }
+
+    /// Steps 1 to 4 of the module docs for one request. `max_frame` bounds scan pages.
+    pub(crate) fn route(
+        &self,
+        kind: &PeerKind,
+        session: &mut Session,
+        request: Request,
+        max_frame: usize,
+    ) -> Answer {
+        let body = request.body;
+        match kind {
+            PeerKind::Peer(node) => return self.peer(node, session, body),
+            PeerKind::ForeignNode => {
+                if !matches!(body, RequestBody::Ping | RequestBody::ClusterMap) {
+                    return self.refuse_role(
+                        session,
+                        body.op().as_str(),
+                        "this certificate names a node of another cluster",
+                    );
+                }
+            }
+            PeerKind::Client => {}
+        }
+        if matches!(body, RequestBody::Import { .. }) {
+            return self.refuse_role(
+                session,
+                "import",
+                "IMPORT is part of the peer protocol: only nodes of this cluster may send it",
+            );
+        }
+        if let Some(checkpoint) = &self.checkpoint {
+            if let Err(Refusal { code, message }) =
+                checkpoint.authorize(session, request.token.as_ref(), &body)
+            {
+                return refuse(code, message);
+            }
+        }
+        let command = match body {
+            RequestBody::Ping => return Answer::Now(ResponseBody::Pong),
+            RequestBody::ClusterMap => return Answer::Now(self.cluster.map_answer()),
+            RequestBody::Control { json } => {
+                return match ControlRequest::from_json(&json) {
+                    Ok(req) if req.peer_only() => self.refuse_role(
+                        session,
+                        req.name(),
+                        "this control request is part of the peer protocol: only nodes of \
+                         this cluster may send it",
+                    ),
+                    Ok(req) => Answer::Later(Box::pin(self.cluster.clone().control(req))),
+                    Err(err) => refuse(ErrorCode::Malformed, &err.to_string()),
+                }
+            }
+            RequestBody::Scan {
+                prefix,
+                limit,
+                cursor,
+            } => {
+                return Answer::Now(scan::scan(
+                    &self.cluster,
+                    &prefix,
+                    limit,
+                    cursor.as_deref(),
+                    max_frame,
+                ))
+            }
+            RequestBody::Get { key } => Command::Get { key },
+            RequestBody::Put { key, value } => Command::Put { key, value },
+            RequestBody::Delete { key } => Command::Delete { key },
+            RequestBody::Cas {
+                key,
+                expect_version,
+                value,
+            } => Command::Cas {
+                key,
+                expect_version,
+                value,
+            },
+            RequestBody::Hello { .. } => {
+                return refuse(
+                    ErrorCode::HandshakeRequired,
+                    "HELLO may only be sent once, as the first request",
+                )
+            }
+            // Refused above for every caller; listed so a new op cannot slip through.
+            RequestBody::Import { .. } => {
+                return refuse(ErrorCode::Internal, "IMPORT reached the data path")
+            }
+        };
+        self.dispatch(command)
+    }
+
+    /// The peer protocol: what a node of this cluster may ask.
+    fn peer(&self, node: &str, session: &Session, body: RequestBody) -> Answer {
+        match body {
+            RequestBody::Ping => Answer::Now(ResponseBody::Pong),
+            RequestBody::ClusterMap => Answer::Now(self.cluster.map_answer()),
+            RequestBody::Import { entries, deleted } => {
+                Answer::Now(self.cluster.import(&entries, &deleted))
+            }
+            RequestBody::Control { json } => match ControlRequest::from_json(&json) {
+                Ok(req) if req.peer_only() => {
+                    tracing::debug!(peer = %node, request = req.name(), "peer control request");
+                    Answer::Later(Box::pin(self.cluster.clone().control(req)))
+                }
+                Ok(req) => self.refuse_role(
+                    session,
+                    req.name(),
+                    "administrative requests need a client certificate and an admin token, \
+                     not a node certificate",
+                ),
+                Err(err) => refuse(ErrorCode::Malformed, &err.to_string()),
+            },
+            other => self.refuse_role(
+                session,
+                other.op().as_str(),
+                "a node certificate gives no client rights; use a client certificate",
+            ),
+        }
+    }
+
+    /// Hand a keyed command to the local shard owning its slot (step 3 of the module docs).
+    fn dispatch(&self, command: Command) -> Answer {
+        let slot = hash_slot(command.key());
+        let view = self.cluster.view();
+        let Some(shard) = view.shard_for(slot) else {
+            return Answer::Now(moved(&view, slot));
+        };
+        match shard.execute(command) {
+            Execution::Ready(body) => Answer::Now(body),
+            Execution::Durable(pending) => Answer::Later(pending),
+            // The map changed between our look at it and the shard's own check: answer from
+            // the newer map, or ask for a retry while the shard catches up with it.
+            Execution::NotServed => {
+                let now = self.cluster.view();
+                match now.shard_for(slot) {
+                    None => Answer::Now(moved(&now, slot)),
+                    Some(_) => refuse(
+                        ErrorCode::TryAgain,
+                        &format!(
+                            "the owner of slot {slot} is changing on this node; retry shortly"
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Refuse a request because of the role of the connection's certificate: logged, audited
+    /// (when the node keeps an audit log), answered `forbidden`.
+    fn refuse_role(&self, session: &Session, op: &str, reason: &str) -> Answer {
+        // Debug, not warn: a client can send these as fast as it likes, and the audit log
+        // (bounded, never blocking) is where refusals are kept.
+        tracing::debug!(
+            op,
+            reason,
+            "refused a request for the role of its certificate"
+        );
+        if let Some(checkpoint) = &self.checkpoint {
+            checkpoint.deny_role(session, op, reason);
+        }
+        refuse(ErrorCode::Forbidden, reason)
+    }
+}
+
+fn refuse(code: ErrorCode, message: &str) -> Answer {
+    Answer::Now(ResponseBody::Error(WireError::new(code, message)))
+}
+
+/// MOVED to the node serving `slot`, or a cluster-state error when no node does.
+fn moved(view: &View, slot: u16) -> ResponseBody {
+    match view.map.owner_of_slot(slot) {
+        Some(owner) => ResponseBody::Moved {
+            slot,
+            epoch: view.epoch(),
+            node: owner.id.clone(),
+            addr: owner.addr.clone(),
+        },
+        None => ResponseBody::Error(WireError::new(
+            ErrorCode::ClusterState,
+            format!("no node serves slot {slot} in map epoch {}", view.epoch()),
+        )),
+    }
+}

@@ -1,0 +1,81 @@
+//! SCAN over every shard this node serves: one page, in key order, cut to fit a frame.
+//!
+//! Each local shard returns a page of its own slots and how far it looked (its frontier).
+//! The node's page is the merge of those pages up to the smallest frontier: past it, a shard
+//! that stopped early may still hold smaller keys than what the others returned. The cursor
+//! is the last key considered, so the next page starts strictly after it; a page may hold
+//! fewer entries than asked, even none, and still carry a cursor.
+
+use bytes::Bytes;
+use skv_proto::{scan_entry_wire_len, ResponseBody, ScanEntry, SCAN_PAGE_OVERHEAD};
+
+use crate::cluster::Cluster;
+use crate::shard::storage_failed;
+
+/// Most entries one SCAN page returns, whatever the client asks for.
+pub const MAX_SCAN_PAGE: u32 = 1000;
+
+/// One SCAN page of the keys of every local shard.
+///
+/// The page carries the epoch of the map read *after* the shards answered: a slot that moved
+/// away while they scanned then shows as a newer epoch than the client's, and the client
+/// refreshes its map and resumes from the cursor, so no key of a moving slot is skipped.
+pub(crate) fn scan(
+    cluster: &Cluster,
+    prefix: &[u8],
+    limit: u32,
+    cursor: Option<&[u8]>,
+    max_frame: usize,
+) -> ResponseBody {
+    let limit = if limit == 0 {
+        MAX_SCAN_PAGE
+    } else {
+        limit.min(MAX_SCAN_PAGE)
+    } as usize;
+    let view = cluster.view();
+    let mut entries: Vec<ScanEntry> = Vec::new();
+    let mut frontier: Option<Bytes> = None;
+    for shard in view.local_shards() {
+        let page = match shard.scan(prefix, cursor, limit) {
+            Ok(page) => page,
+            Err(err) => return storage_failed(&err),
+        };
+        if let Some(f) = page.frontier {
+            frontier = Some(match frontier {
+                Some(current) if current <= f => current,
+                _ => f,
+            });
+        }
+        entries.extend(page.entries);
+    }
+    // Slots are disjoint between shards, so no key comes twice.
+    entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    if let Some(f) = &frontier {
+        entries.retain(|e| e.key <= *f);
+    }
+    let budget = max_frame.saturating_sub(SCAN_PAGE_OVERHEAD);
+    let mut used = 0usize;
+    let mut kept = 0usize;
+    let mut cut_short = false;
+    for entry in &entries {
+        let size = scan_entry_wire_len(entry.key.len(), entry.value.len());
+        // Always return at least one entry, or a page of one huge value could never advance.
+        if kept == limit || (kept > 0 && used + size > budget) {
+            cut_short = true;
+            break;
+        }
+        used += size;
+        kept += 1;
+    }
+    entries.truncate(kept);
+    let cursor = if cut_short {
+        entries.last().map(|e| e.key.clone())
+    } else {
+        frontier
+    };
+    ResponseBody::ScanPage {
+        entries,
+        cursor,
+        epoch: cluster.view().epoch(),
+    }
+}
