@@ -140,6 +140,12 @@ async fn execute(
             let key = bytes_of(key);
             match client.get(key.clone()).await? {
                 None => {
+                    if json {
+                        output::json_line(&serde_json::json!({
+                            "key": output::text(&key),
+                            "found": false,
+                        }));
+                    }
                     eprintln!("skv: key not found");
                     Ok(exit::NOT_FOUND)
                 }
