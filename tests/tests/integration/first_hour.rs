@@ -3,7 +3,7 @@
 //! and a mistyped address is a usage error that says what is missing.
 
 use serde_json::Value;
-use skv_tests::{code, err_text, skv, with, Node, Pki};
+use skv_tests::{code, err_text, skv, strs, with, Node, Pki};
 
 #[test]
 fn json_get_of_a_missing_key_prints_json_and_exits_1() -> anyhow::Result<()> {
@@ -36,5 +36,33 @@ fn json_get_of_a_missing_key_prints_json_and_exits_1() -> anyhow::Result<()> {
         (json["found"].clone(), json["key"].clone()),
         (true.into(), "here".into())
     );
+    Ok(())
+}
+
+#[test]
+fn an_address_without_a_port_is_a_usage_error() -> anyhow::Result<()> {
+    for (addr, says) in [
+        ("127.0.0.1", "has no port"),
+        ("localhost", "has no port"),
+        ("::1", "has no port"),
+        ("127.0.0.1:http", "invalid port"),
+        ("127.0.0.1:99999", "invalid port"),
+    ] {
+        let out = skv(&strs(&["--addr", addr, "--plaintext", "ping"]), None)?;
+        let err = err_text(&out);
+        assert_eq!(code(&out), 2, "--addr {addr}: {err}");
+        assert!(
+            err.contains(says) && err.contains(addr),
+            "--addr {addr}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    // With a port, the same command gets as far as connecting (nothing listens: exit 4).
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let out = skv(
+        &strs(&["--addr", &unused.to_string(), "--plaintext", "ping"]),
+        None,
+    )?;
+    assert_eq!(code(&out), 4, "{}", err_text(&out));
     Ok(())
 }
