@@ -24,6 +24,12 @@ fn the_demo_runs_a_three_node_cluster_and_every_checkpoint() -> anyhow::Result<(
             "the demo did not show {needle:?}:\n{text}"
         );
     }
+    // The scan prints as `skv scan` does: JSON values as they are, quotes unescaped.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("users/alice\t{\"name\":\"Alice\"")),
+        "the demo's scan escapes what `skv scan` does not:\n{text}"
+    );
     // The tour prints a token's length and a few characters, never a whole token.
     let whole_token =
         |word: &str| word.starts_with("eyJ") && word.len() > 100 && word.split('.').count() == 3;

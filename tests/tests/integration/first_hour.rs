@@ -40,6 +40,38 @@ fn json_get_of_a_missing_key_prints_json_and_exits_1() -> anyhow::Result<()> {
 }
 
 #[test]
+fn plain_scan_prints_text_as_is_and_escapes_only_what_would_break_a_line() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    let node = Node::start_tls(&pki, &pki.dir().join("data"), &[])?;
+    let alice = pki.alice_args(&node.addr);
+    let values: [(&str, &[u8]); 4] = [
+        ("s/1json", br#"{"name":"Alice","it's":"ok"}"#),
+        ("s/2lines", b"one\ttwo\nthree\r"),
+        ("s/3slash", b"a\\nb"),
+        ("s/4bytes", b"\x00\xffz"),
+    ];
+    for (key, value) in values {
+        let out = skv(&with(alice.clone(), &["put", key, "-"]), Some(value))?;
+        assert_eq!(code(&out), 0, "{}", err_text(&out));
+    }
+    let out = skv(&with(alice, &["scan", "s/"]), None)?;
+    assert_eq!(code(&out), 0, "{}", err_text(&out));
+    let text = String::from_utf8(out.stdout)?;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            r#"s/1json	{"name":"Alice","it's":"ok"}"#,
+            r"s/2lines	one\ttwo\nthree\r",
+            r"s/3slash	a\\nb",
+            r"s/4bytes	\x00\xffz",
+        ],
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
 fn an_address_without_a_port_is_a_usage_error() -> anyhow::Result<()> {
     for (addr, says) in [
         ("127.0.0.1", "has no port"),

@@ -401,9 +401,11 @@ async fn operations(
     for entry in &page.entries {
         let key = String::from_utf8_lossy(&entry.key);
         let (_, node) = owner(map, &key)?;
+        // Printed as `skv scan` prints (crate::output::escape), with the owner after a tab.
         println!(
-            "{key}\t{}\t(from {})",
-            String::from_utf8_lossy(&entry.value),
+            "{}\t{}\t(from {})",
+            crate::output::escape(&entry.key),
+            crate::output::escape(&entry.value),
             node.id
         );
     }
