@@ -1,7 +1,7 @@
 //! `skv demo`, the README's first command: it runs to the end, exits 0, and walks through the
 //! cluster and all three checkpoints.
 
-use skv_tests::{code, err_text, skv, strs};
+use skv_tests::{check_status_table, code, err_text, skv, strs};
 
 #[test]
 fn the_demo_runs_a_three_node_cluster_and_every_checkpoint() -> anyhow::Result<()> {
@@ -25,6 +25,8 @@ fn the_demo_runs_a_three_node_cluster_and_every_checkpoint() -> anyhow::Result<(
             "the demo did not show {needle:?}:\n{text}"
         );
     }
+    // The cluster status at the end is the table `skv cluster status` prints.
+    check_status_table(&text, 3)?;
     // The scan prints as `skv scan` does: JSON values as they are, quotes unescaped.
     assert!(
         text.lines()
