@@ -2,6 +2,8 @@
 //! for git to pick up, `--json` always prints JSON, a plain scan is readable and unambiguous,
 //! and a mistyped address is a usage error that says what is missing.
 
+use std::path::Path;
+
 use serde_json::Value;
 use skv_tests::{code, err_text, skv, strs, with, Node, Pki};
 
@@ -96,5 +98,51 @@ fn an_address_without_a_port_is_a_usage_error() -> anyhow::Result<()> {
         None,
     )?;
     assert_eq!(code(&out), 4, "{}", err_text(&out));
+    Ok(())
+}
+
+/// Every file or directory the README's commands create in the checkout (`--dir`,
+/// `--data-dir`, `--audit-log`, `--out` values) is ignored by the top-level .gitignore.
+#[test]
+fn the_readme_walkthrough_leaves_nothing_for_git() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md"))?;
+    let gitignore = std::fs::read_to_string(root.join(".gitignore"))?;
+    let mut created: Vec<String> = Vec::new();
+    for words in readme
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    {
+        for pair in words.windows(2) {
+            if ["--dir", "--data-dir", "--audit-log", "--out"].contains(&pair[0]) {
+                // `pki/clients/alice.toml` lives in `pki`: the first component is what appears.
+                let first = pair[1].split('/').next().unwrap_or_default();
+                if !first.is_empty() && !first.contains(['$', '<', '.']) || first.ends_with(".log")
+                {
+                    created.push(first.to_owned());
+                }
+            }
+        }
+    }
+    created.sort();
+    created.dedup();
+    for must in ["pki", "data", "keys", "c", "audit.log", "skv-ladder"] {
+        assert!(
+            created.iter().any(|c| c == must),
+            "the README no longer creates {must}? found {created:?}"
+        );
+    }
+    let ignored = |name: &str| {
+        gitignore.lines().map(str::trim).any(|pattern| {
+            let p = pattern.trim_start_matches('/').trim_end_matches('/');
+            p == name
+        })
+    };
+    let missing: Vec<&String> = created.iter().filter(|c| !ignored(c)).collect();
+    assert!(
+        missing.is_empty(),
+        ".gitignore does not cover {missing:?}, which the README creates"
+    );
     Ok(())
 }
