@@ -878,8 +878,13 @@ impl Response {
             kind::WRITTEN => ResponseBody::Written {
                 version: r.u64("version")?,
             },
+            // Strictly 0 or 1, so every accepted payload has exactly one encoding.
             kind::DELETED => ResponseBody::Deleted {
-                existed: r.u8("existed")? != 0,
+                existed: match r.u8("existed")? {
+                    0 => false,
+                    1 => true,
+                    other => return Err(DecodeError::UnknownFlags(other)),
+                },
             },
             kind::SCAN_PAGE => ResponseBody::ScanPage {
                 entries: r.entries()?,
@@ -1067,6 +1072,18 @@ mod tests {
         assert_eq!(
             Request::decode(too_long),
             Err(DecodeError::KeyTooLarge(MAX_KEY_LEN + 1))
+        );
+    }
+
+    #[test]
+    fn deleted_takes_only_0_or_1() {
+        let mut raw = BytesMut::new();
+        raw.put_u64(1);
+        raw.put_u8(kind::DELETED);
+        raw.put_u8(2);
+        assert_eq!(
+            Response::decode(raw.freeze()),
+            Err(DecodeError::UnknownFlags(2))
         );
     }
 

@@ -288,3 +288,50 @@ pub fn code(out: &Output) -> i32 {
 pub fn err_text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Columns of the node table `skv cluster status` prints; `skv demo` prints the same table.
+pub const STATUS_COLUMNS: [&str; 8] = [
+    "NODE",
+    "ADDR",
+    "STATE",
+    "PID",
+    "EPOCH",
+    "KEYS",
+    "SLOTS",
+    "MIGRATING",
+];
+
+/// Check that `text` holds the status table with `nodes` nodes, all up: the `cluster NAME, map
+/// epoch N (...)` heading, the column header, one line per node (id, `HOST:PORT`, `up`, then
+/// numbers), and the `N of N node(s) up` summary.
+pub fn check_status_table(text: &str, nodes: usize) -> anyhow::Result<()> {
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.split_whitespace().eq(STATUS_COLUMNS))
+        .with_context(|| format!("no status header {STATUS_COLUMNS:?} in:\n{text}"))?;
+    let heading = header.checked_sub(1).map(|i| lines[i]).unwrap_or_default();
+    if !(heading.starts_with("cluster ") && heading.contains(", map epoch ")) {
+        bail!("no `cluster NAME, map epoch N` heading above the table:\n{text}");
+    }
+    for i in 1..=nodes {
+        let line = lines.get(header + i).copied().unwrap_or_default();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        let well_formed = cells.len() >= 7
+            && cells[1]
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && cells[2] == "up"
+            && cells[3].parse::<u32>().is_ok()
+            && cells[4].parse::<u64>().is_ok()
+            && cells[5].parse::<u64>().is_ok();
+        if !well_formed {
+            bail!("node line {i} of the status table is {line:?}:\n{text}");
+        }
+    }
+    let summary = format!("{nodes} of {nodes} node(s) up");
+    if !lines[header..].contains(&summary.as_str()) {
+        bail!("no {summary:?} after the status table:\n{text}");
+    }
+    Ok(())
+}

@@ -57,6 +57,23 @@ impl From<AuthCategory> for Refusal {
     }
 }
 
+/// What a client is told when its token's scopes do not cover the request: the grant it
+/// lacks, worded for what the request addresses (control requests have no key).
+fn scope_refusal(body: &RequestBody) -> &'static str {
+    match body {
+        RequestBody::Get { .. } => "the token does not grant read on this key",
+        RequestBody::Put { .. } | RequestBody::Cas { .. } => {
+            "the token does not grant write on this key"
+        }
+        RequestBody::Delete { .. } => "the token does not grant delete on this key",
+        RequestBody::Scan { .. } => "the token does not grant read on this prefix",
+        RequestBody::Control { .. } | RequestBody::Import { .. } => {
+            "cluster control requests need a token granting admin on every key (--allow admin:)"
+        }
+        _ => AuthCategory::Forbidden.client_message(),
+    }
+}
+
 /// Token state of one connection.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -248,7 +265,11 @@ impl Checkpoint {
             }
             Err(err) => {
                 self.deny(session, Some(&verified), op.as_str(), target, &err);
-                Err(Refusal::from(err.category()))
+                let mut refusal = Refusal::from(err.category());
+                if err.category() == AuthCategory::Forbidden {
+                    refusal.message = scope_refusal(body);
+                }
+                Err(refusal)
             }
         }
     }

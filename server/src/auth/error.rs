@@ -64,9 +64,9 @@ impl AuthCategory {
                 "not bound to this certificate: the token belongs to another client \
                  certificate, or this node requires bound tokens"
             }
-            AuthCategory::Forbidden => {
-                "forbidden for this key: the token does not grant this operation here"
-            }
+            // The code already says "forbidden"; checkpoint.rs names the op and key for scope
+            // refusals, since it knows the request.
+            AuthCategory::Forbidden => "the token does not grant this request",
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use skv_tests::{code, err_text, skv, strs};
+use skv_tests::{check_status_table, code, err_text, skv, strs};
 
 /// `n` consecutive free loopback ports (checked by binding each, then released).
 fn free_port_range(n: u16) -> anyhow::Result<u16> {
@@ -123,6 +123,10 @@ fn cluster_tooling_runs_grows_and_stops_a_local_cluster() -> anyhow::Result<()> 
     assert_eq!(nodes.len(), 3);
     let keys: Vec<u64> = nodes.iter().map(|n| n["keys"].as_u64().unwrap()).collect();
     assert!(keys.iter().all(|k| *k > 300), "keys per node {keys:?}");
+    // The plain table (which `skv demo` prints too).
+    let out = cluster_cmd(&dir, &["status"])?;
+    assert_eq!(code(&out), 0, "status: {}", err_text(&out));
+    check_status_table(&String::from_utf8(out.stdout)?, 3)?;
 
     // A fourth node joins with no slots, then gets its share with the keys.
     let out = cluster_cmd(&dir, &["add-node"])?;

@@ -9,6 +9,7 @@ mod cluster;
 mod cluster_cli;
 mod demo;
 mod durability;
+mod first_hour;
 mod ladder;
 mod ops;
 mod tls;

@@ -91,6 +91,11 @@ pub(crate) enum Command {
         key: OsString,
     },
     /// List keys under a prefix, in byte order.
+    ///
+    /// Prints one line per key: KEY, a tab, VALUE. Text is printed as it is, quotes included;
+    /// a backslash prints as \\, tab, newline and carriage return as \t, \n and \r, other
+    /// control bytes and bytes that are not UTF-8 as \xNN (other control characters as
+    /// \u{NNNN}). `--json` prints exact values instead.
     Scan {
         /// Only keys starting with this.
         prefix: OsString,

@@ -56,6 +56,7 @@ pub(crate) fn connect_settings(
         .clone()
         .or(profile.addr)
         .unwrap_or_else(|| skv_client::DEFAULT_ADDR.to_owned());
+    check_port(&addr)?;
     let security = if conn.plaintext {
         Security::Plaintext
     } else {
@@ -107,6 +108,28 @@ pub(crate) fn connect_settings(
     Ok((opts, seeds))
 }
 
+/// A usage error (exit 2) for an address without a port, instead of a connection failure.
+fn check_port(addr: &str) -> Result<(), ClientError> {
+    // HOST:PORT or [IPv6]:PORT; a bare IPv6 address has colons but no port.
+    let port = match addr.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') || host.ends_with(']') => port,
+        _ => "",
+    };
+    if port.is_empty() {
+        return Err(ClientError::Config(format!(
+            "the node address {addr} has no port: give HOST:PORT, e.g. {}",
+            skv_client::DEFAULT_ADDR
+        )));
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(ClientError::Config(format!(
+            "the node address {addr} has an invalid port {port:?}: give HOST:PORT, e.g. {}",
+            skv_client::DEFAULT_ADDR
+        )));
+    }
+    Ok(())
+}
+
 fn bytes_of(arg: OsString) -> Bytes {
     Bytes::from(arg.into_vec())
 }
@@ -140,6 +163,12 @@ async fn execute(
             let key = bytes_of(key);
             match client.get(key.clone()).await? {
                 None => {
+                    if json {
+                        output::json_line(&serde_json::json!({
+                            "key": output::text(&key),
+                            "found": false,
+                        }));
+                    }
                     eprintln!("skv: key not found");
                     Ok(exit::NOT_FOUND)
                 }

@@ -13,14 +13,13 @@ use skv_certs::{InitOptions, KeyType, Layout};
 use skv_client::{
     exit, CasResult, ClientError, ClusterClient, ConnectOptions, Connection, Security,
 };
-use skv_proto::cluster::{
-    format_ranges, hash_slot, ClusterMap, ControlRequest, ControlResponse, NodeEntry, SLOT_COUNT,
-};
+use skv_proto::cluster::{format_ranges, hash_slot, ClusterMap, ControlRequest, NodeEntry};
 use skv_proto::token::parse_allow;
 use skv_server::config::{AuthConfig, AuthMode};
 use skv_server::{Durability, Engine, NodeConfig, RunningNode, StartError, TransportConfig};
 
 use crate::args::DemoArgs;
+use crate::cluster::status::{render_table, status_of, Row};
 
 const CLUSTER: &str = "demo";
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -401,9 +400,11 @@ async fn operations(
     for entry in &page.entries {
         let key = String::from_utf8_lossy(&entry.key);
         let (_, node) = owner(map, &key)?;
+        // Printed as `skv scan` prints (crate::output::escape), with the owner after a tab.
         println!(
-            "{key}\t{}\t(from {})",
-            String::from_utf8_lossy(&entry.value),
+            "{}\t{}\t(from {})",
+            crate::output::escape(&entry.key),
+            crate::output::escape(&entry.value),
             node.id
         );
     }
@@ -538,27 +539,27 @@ async fn operations(
         },
     );
     admin.token = Some(admin_token.to_owned());
-    println!(
-        "{:<4}  {:<15}  {:<5}  {:>5}  {:>6}  SLOTS",
-        "NODE", "ADDR", "EPOCH", "KEYS", "SHARE"
-    );
+    // The same table `skv cluster status` prints. The demo's nodes run inside this process,
+    // so they share its PID.
+    let mut rows = Vec::new();
     for node in &map.nodes {
         let mut opts = admin.clone();
         opts.addr = node.addr.clone();
-        let conn = Connection::connect(&opts).await?;
-        let ControlResponse::Status(status) = conn.control(&ControlRequest::Status).await? else {
-            bail!("{} did not answer STATUS with a status", node.id);
-        };
-        let slots: u32 = status.ranges.iter().map(|r| r.len()).sum();
-        println!(
-            "{:<4}  {:<15}  {:<5}  {:>5}  {:>5.1}%  {}",
-            status.node,
-            node.addr,
-            status.epoch,
-            status.keys,
-            f64::from(slots) * 100.0 / f64::from(SLOT_COUNT),
-            format_ranges(&status.ranges)
-        );
+        rows.push(Row {
+            id: node.id.clone(),
+            addr: node.addr.clone(),
+            in_map: true,
+            configured: true,
+            pid: Some(std::process::id()),
+            report: status_of(&opts).await,
+        });
+    }
+    print!(
+        "{}",
+        render_table(layout.dir(), map, Some(first.as_str()), &rows)
+    );
+    if let Some(err) = rows.iter().find_map(|r| r.report.as_ref().err()) {
+        bail!("a node did not answer STATUS: {err}");
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ mod admin;
 mod files;
 mod init;
 mod process;
-mod status;
+pub(crate) mod status;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

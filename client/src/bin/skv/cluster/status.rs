@@ -5,21 +5,21 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use skv_client::{exit, ClientError, Connection};
+use skv_client::{exit, ClientError, ConnectOptions, Connection};
 use skv_proto::cluster::{format_ranges, ClusterMap, ControlRequest, ControlResponse, NodeStatus};
 
 use super::{process, runtime, ClusterDir, Result};
 
-/// One node as the status command sees it.
+/// One node as the status command (and the demo, which prints the same table) sees it.
 #[derive(Debug)]
-struct Row {
-    id: String,
-    addr: String,
-    in_map: bool,
-    configured: bool,
-    pid: Option<u32>,
+pub(crate) struct Row {
+    pub(crate) id: String,
+    pub(crate) addr: String,
+    pub(crate) in_map: bool,
+    pub(crate) configured: bool,
+    pub(crate) pid: Option<u32>,
     /// The node's answer to STATUS, or why there is none.
-    report: std::result::Result<NodeStatus, ClientError>,
+    pub(crate) report: std::result::Result<NodeStatus, ClientError>,
 }
 
 impl Row {
@@ -78,7 +78,7 @@ pub(super) fn run(dir: &Path, json_out: bool) -> Result<u8> {
     if json_out {
         super::emit(&format!("{}\n", to_json(&map, map_from.as_deref(), &rows)));
     } else {
-        super::emit(&render_table(&dir, &map, map_from.as_deref(), &rows));
+        super::emit(&render_table(dir.root(), &map, map_from.as_deref(), &rows));
     }
     Ok(exit_code(&rows))
 }
@@ -102,11 +102,19 @@ async fn node_status(
     let mut opts = dir.admin_options(addr, token);
     opts.connect_timeout = Duration::from_secs(3);
     opts.request_timeout = Duration::from_secs(10);
-    let conn = Connection::connect(&opts).await?;
+    status_of(&opts).await
+}
+
+/// Ask the node at `opts.addr` for its STATUS (a control request: admin credentials).
+pub(crate) async fn status_of(
+    opts: &ConnectOptions,
+) -> std::result::Result<NodeStatus, ClientError> {
+    let conn = Connection::connect(opts).await?;
     match conn.control(&ControlRequest::Status).await? {
         ControlResponse::Status(status) => Ok(status),
         other => Err(ClientError::Protocol(format!(
-            "{addr} answered STATUS with {other:?}"
+            "{} answered STATUS with {other:?}",
+            opts.addr
         ))),
     }
 }
@@ -161,8 +169,10 @@ fn to_json(map: &ClusterMap, map_from: Option<&str>, rows: &[Row]) -> Value {
     })
 }
 
-fn render_table(
-    dir: &ClusterDir,
+/// The status table: a heading with the map, one line per node, notes on the odd ones, and
+/// how many are up. `root` is the cluster directory, named in the hints.
+pub(crate) fn render_table(
+    root: &Path,
     map: &ClusterMap,
     map_from: Option<&str>,
     rows: &[Row],
@@ -245,7 +255,7 @@ fn render_table(
                 "{}: running but not in the map; add it with \
                  `skv cluster add-node --dir {} --id {}`",
                 r.id,
-                dir.root().display(),
+                root.display(),
                 r.id
             );
         }
@@ -320,8 +330,7 @@ mod tests {
     #[test]
     fn the_table_shows_each_node_and_explains_the_odd_ones() {
         let map = two_node_map();
-        let dir = ClusterDir { root: "/c".into() };
-        let text = render_table(&dir, &map, Some("127.0.0.1:7401"), &rows(&map));
+        let text = render_table(Path::new("/c"), &map, Some("127.0.0.1:7401"), &rows(&map));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "cluster skv, map epoch 1 (from 127.0.0.1:7401)");
         assert!(lines[1].starts_with("NODE  ADDR            STATE  PID  EPOCH  KEYS  SLOTS"));

@@ -1,0 +1,366 @@
+//! The wire vectors of docs/PROTOCOL.md ("Appendix: wire vectors") are what this crate
+//! writes: every request and every response kind, encoded as a whole frame, must equal the
+//! hex in the doc's table byte for byte, and decode back to the same message. The bytes live
+//! in the doc only (read at test time), so the doc and the code cannot drift apart silently.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use skv_proto::{
+    encode_frame, EncodeFrame, ErrorCode, FrameCodec, Op, Request, RequestBody, Response,
+    ResponseBody, ScanEntry, TokenPlacement, WireError, DEFAULT_MAX_FRAME,
+};
+use tokio_util::codec::Decoder;
+
+fn b(s: &'static str) -> Bytes {
+    Bytes::from_static(s.as_bytes())
+}
+
+fn req(id: u64, body: RequestBody) -> Request {
+    Request {
+        id,
+        token: None,
+        body,
+    }
+}
+
+fn resp(id: u64, body: ResponseBody) -> Response {
+    Response { id, body }
+}
+
+/// The messages the doc's vectors describe, by vector name.
+fn requests() -> Vec<(&'static str, Request)> {
+    vec![
+        (
+            "req-hello",
+            req(
+                1,
+                RequestBody::Hello {
+                    min_version: 1,
+                    max_version: 1,
+                },
+            ),
+        ),
+        ("req-ping", req(2, RequestBody::Ping)),
+        ("req-get", req(3, RequestBody::Get { key: b("k") })),
+        (
+            "req-get-token",
+            Request {
+                id: 4,
+                token: Some(b("a.b.c")),
+                body: RequestBody::Get { key: b("k") },
+            },
+        ),
+        (
+            "req-put",
+            req(
+                5,
+                RequestBody::Put {
+                    key: b("k"),
+                    value: b("v"),
+                },
+            ),
+        ),
+        ("req-delete", req(6, RequestBody::Delete { key: b("k") })),
+        (
+            "req-scan",
+            req(
+                7,
+                RequestBody::Scan {
+                    prefix: b("u/"),
+                    limit: 10,
+                    cursor: Some(b("u/a")),
+                },
+            ),
+        ),
+        (
+            "req-scan-first",
+            req(
+                8,
+                RequestBody::Scan {
+                    prefix: b(""),
+                    limit: 0,
+                    cursor: None,
+                },
+            ),
+        ),
+        (
+            "req-cas",
+            req(
+                9,
+                RequestBody::Cas {
+                    key: b("k"),
+                    expect_version: 1,
+                    value: b("w"),
+                },
+            ),
+        ),
+        ("req-cluster-map", req(10, RequestBody::ClusterMap)),
+        (
+            "req-control",
+            req(
+                11,
+                RequestBody::Control {
+                    json: b(r#"{"cmd":"status"}"#),
+                },
+            ),
+        ),
+        (
+            "req-import",
+            req(
+                12,
+                RequestBody::Import {
+                    entries: vec![ScanEntry {
+                        key: b("a"),
+                        version: 7,
+                        value: b("x"),
+                    }],
+                    deleted: vec![b("b")],
+                },
+            ),
+        ),
+    ]
+}
+
+fn responses() -> Vec<(&'static str, Response)> {
+    vec![
+        (
+            "resp-hello-ok",
+            resp(
+                1,
+                ResponseBody::HelloOk {
+                    version: 1,
+                    max_frame: 1 << 20,
+                    node: "n1".into(),
+                    token: TokenPlacement::PerRequest,
+                },
+            ),
+        ),
+        ("resp-pong", resp(2, ResponseBody::Pong)),
+        (
+            "resp-value",
+            resp(
+                3,
+                ResponseBody::Value {
+                    version: 2,
+                    value: b("v"),
+                },
+            ),
+        ),
+        ("resp-not-found", resp(4, ResponseBody::NotFound)),
+        (
+            "resp-written",
+            resp(5, ResponseBody::Written { version: 3 }),
+        ),
+        (
+            "resp-deleted",
+            resp(6, ResponseBody::Deleted { existed: true }),
+        ),
+        (
+            "resp-scan-page",
+            resp(
+                7,
+                ResponseBody::ScanPage {
+                    entries: vec![ScanEntry {
+                        key: b("u/b"),
+                        version: 3,
+                        value: b("x"),
+                    }],
+                    cursor: Some(b("u/b")),
+                    epoch: 1,
+                },
+            ),
+        ),
+        (
+            "resp-scan-page-last",
+            resp(
+                8,
+                ResponseBody::ScanPage {
+                    entries: Vec::new(),
+                    cursor: None,
+                    epoch: 1,
+                },
+            ),
+        ),
+        (
+            "resp-cas-conflict",
+            resp(9, ResponseBody::CasConflict { current: 4 }),
+        ),
+        (
+            "resp-map",
+            resp(
+                10,
+                ResponseBody::Map {
+                    epoch: 1,
+                    json: b("{}"),
+                },
+            ),
+        ),
+        (
+            "resp-control",
+            resp(11, ResponseBody::Control { json: b("{}") }),
+        ),
+        (
+            "resp-moved",
+            resp(
+                3,
+                ResponseBody::Moved {
+                    slot: skv_proto::hash_slot(b"k"),
+                    epoch: 2,
+                    node: "n2".into(),
+                    addr: "127.0.0.1:7402".into(),
+                },
+            ),
+        ),
+        (
+            "resp-error",
+            resp(
+                5,
+                ResponseBody::Error(WireError::new(ErrorCode::Forbidden, "no")),
+            ),
+        ),
+    ]
+}
+
+/// The appendix table of docs/PROTOCOL.md: vector name -> frame bytes.
+fn doc_vectors() -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+    let doc = std::fs::read_to_string(path)?;
+    let (_, appendix) = doc
+        .split_once("## Appendix: wire vectors")
+        .ok_or_else(|| anyhow::anyhow!("{path} has no \"Appendix: wire vectors\" section"))?;
+    let mut vectors = BTreeMap::new();
+    for line in appendix.lines() {
+        // | `name` | description | `hex` |
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let [_, name, _, hex, _] = cells[..] else {
+            continue;
+        };
+        let (Some(name), Some(hex)) = (
+            name.strip_prefix('`').and_then(|n| n.strip_suffix('`')),
+            hex.strip_prefix('`').and_then(|h| h.strip_suffix('`')),
+        ) else {
+            continue;
+        };
+        let bytes = parse_hex(hex).map_err(|e| anyhow::anyhow!("vector {name}: {e}"))?;
+        anyhow::ensure!(
+            vectors.insert(name.to_owned(), bytes).is_none(),
+            "vector {name} appears twice"
+        );
+    }
+    Ok(vectors)
+}
+
+fn parse_hex(spaced: &str) -> anyhow::Result<Vec<u8>> {
+    let digits: Vec<u8> = spaced.bytes().filter(|c| *c != b' ').collect();
+    anyhow::ensure!(digits.len().is_multiple_of(2), "odd number of hex digits");
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let s = std::str::from_utf8(pair)?;
+            Ok(u8::from_str_radix(s, 16)?)
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn frame_of<M: EncodeFrame>(m: &M) -> anyhow::Result<Vec<u8>> {
+    let mut buf = BytesMut::new();
+    encode_frame(m, &mut buf, DEFAULT_MAX_FRAME)?;
+    Ok(buf.to_vec())
+}
+
+/// The one payload in `frame`, through the real frame decoder.
+fn unframe(frame: &[u8]) -> anyhow::Result<Bytes> {
+    let mut buf = BytesMut::from(frame);
+    let payload = FrameCodec::default()
+        .decode(&mut buf)?
+        .ok_or_else(|| anyhow::anyhow!("an incomplete frame"))?;
+    anyhow::ensure!(buf.is_empty(), "{} bytes after the frame", buf.len());
+    Ok(payload)
+}
+
+#[test]
+fn every_documented_vector_is_what_the_codec_writes_and_reads() -> anyhow::Result<()> {
+    let mut doc = doc_vectors()?;
+    let mut failures = Vec::new();
+    for (name, request) in requests() {
+        let Some(expected) = doc.remove(name) else {
+            failures.push(format!("{name}: not in docs/PROTOCOL.md"));
+            continue;
+        };
+        let actual = frame_of(&request)?;
+        if actual != expected {
+            failures.push(format!(
+                "{name}: the codec writes {} but the doc says {}",
+                hex(&actual),
+                hex(&expected)
+            ));
+            continue;
+        }
+        assert_eq!(Request::decode(unframe(&expected)?)?, request, "{name}");
+    }
+    for (name, response) in responses() {
+        let Some(expected) = doc.remove(name) else {
+            failures.push(format!("{name}: not in docs/PROTOCOL.md"));
+            continue;
+        };
+        let actual = frame_of(&response)?;
+        if actual != expected {
+            failures.push(format!(
+                "{name}: the codec writes {} but the doc says {}",
+                hex(&actual),
+                hex(&expected)
+            ));
+            continue;
+        }
+        assert_eq!(Response::decode(unframe(&expected)?)?, response, "{name}");
+    }
+    for name in doc.keys() {
+        failures.push(format!("{name}: in docs/PROTOCOL.md but not checked here"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// The vectors cover every opcode and every response kind the codec knows.
+#[test]
+fn the_vectors_cover_every_opcode_and_response_kind() -> anyhow::Result<()> {
+    let ops: std::collections::BTreeSet<u8> =
+        requests().iter().map(|(_, r)| r.body.op() as u8).collect();
+    let every_op: std::collections::BTreeSet<u8> = (0..=u8::MAX)
+        .filter(|n| {
+            // An opcode the decoder knows: anything but UnknownOp for a bare header.
+            let mut raw = vec![0u8; 8];
+            raw.extend([*n, 0]);
+            !matches!(
+                Request::decode(Bytes::from(raw)),
+                Err(skv_proto::DecodeError::UnknownOp(_))
+            )
+        })
+        .collect();
+    assert_eq!(ops, every_op, "opcodes without a vector");
+    assert!(ops.contains(&(Op::Control as u8)) && ops.contains(&(Op::Import as u8)));
+
+    let kinds: std::collections::BTreeSet<u8> = responses()
+        .iter()
+        .map(|(_, r)| frame_of(r).map(|f| f[4 + 8]))
+        .collect::<anyhow::Result<_>>()?;
+    let every_kind: std::collections::BTreeSet<u8> = (0..=u8::MAX)
+        .filter(|n| {
+            let mut raw = vec![0u8; 8];
+            raw.push(*n);
+            !matches!(
+                Response::decode(Bytes::from(raw)),
+                Err(skv_proto::DecodeError::UnknownKind(_))
+            )
+        })
+        .collect();
+    assert_eq!(kinds, every_kind, "response kinds without a vector");
+    Ok(())
+}
