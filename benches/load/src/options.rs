@@ -5,9 +5,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bench::zipf::Zipf;
-use crate::config::ConnectOptions;
-use crate::error::ClientError;
+use crate::zipf::Zipf;
+use skv_client::config::ConnectOptions;
+use skv_client::ClientError;
 
 /// Most keys a run may address: key names carry the index in a fixed 10-digit field.
 pub const MAX_KEYS: u64 = 10_000_000_000;
@@ -313,7 +313,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Security;
+    use skv_client::config::Security;
 
     #[test]
     fn workloads_parse_and_print() {
@@ -390,7 +390,7 @@ mod tests {
             let mut opts = base.clone();
             change(&mut opts);
             let err = opts.validate().expect_err(needle);
-            assert_eq!(err.exit_code(), crate::exit::USAGE);
+            assert_eq!(err.exit_code(), skv_client::exit::USAGE);
             assert!(err.to_string().contains(needle), "{needle}: {err}");
         }
     }
