@@ -382,11 +382,11 @@ fn auth_config(cfg: &FileConfig) -> Result<Option<AuthConfig>, ConfigError> {
         audience: cfg
             .aud
             .clone()
-            .unwrap_or_else(|| skv_proto::DEFAULT_TOKEN_AUDIENCE.to_owned()),
+            .unwrap_or_else(|| skv_token::DEFAULT_TOKEN_AUDIENCE.to_owned()),
         issuer: cfg
             .iss
             .clone()
-            .unwrap_or_else(|| skv_proto::DEFAULT_TOKEN_ISSUER.to_owned()),
+            .unwrap_or_else(|| skv_token::DEFAULT_TOKEN_ISSUER.to_owned()),
         leeway: Duration::from_secs(cfg.leeway_secs.unwrap_or(5)),
         require_bound_tokens: cfg.require_bound_tokens.unwrap_or(false),
         audit_log: cfg.audit_log.clone(),

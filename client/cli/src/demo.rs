@@ -16,9 +16,9 @@ use skv_client::{
 use skv_proto::cluster::{
     format_ranges, hash_slot, ClusterMap, ControlRequest, ControlResponse, NodeEntry, SLOT_COUNT,
 };
-use skv_proto::token::parse_allow;
 use skv_server::config::{AuthConfig, AuthMode};
 use skv_server::{Durability, Engine, NodeConfig, RunningNode, StartError, TransportConfig};
+use skv_token::parse_allow;
 
 use crate::args::DemoArgs;
 
@@ -200,8 +200,8 @@ fn mint_token(
             sub: client.into(),
             scopes: vec![parse_allow(allow).context("scope")?],
             ttl: Duration::from_secs(15 * 60),
-            aud: skv_proto::DEFAULT_TOKEN_AUDIENCE.into(),
-            iss: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
+            aud: skv_token::DEFAULT_TOKEN_AUDIENCE.into(),
+            iss: skv_token::DEFAULT_TOKEN_ISSUER.into(),
             bind_cert_der: Some(pem_to_der(&cert)?),
         },
     )?)
@@ -298,8 +298,8 @@ fn node_config(
             keyset: keys.join("keyset.json"),
             mode: AuthMode::PerRequest,
             token_cache: skv_server::config::DEFAULT_TOKEN_CACHE,
-            audience: skv_proto::DEFAULT_TOKEN_AUDIENCE.into(),
-            issuer: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
+            audience: skv_token::DEFAULT_TOKEN_AUDIENCE.into(),
+            issuer: skv_token::DEFAULT_TOKEN_ISSUER.into(),
             leeway: Duration::from_secs(5),
             require_bound_tokens: false,
             audit_log: Some(audit_log(dir, id)),

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use skv_certs::issuer::{inspect, mint, IssuerKey, TokenSpec};
 use skv_client::exit;
-use skv_proto::token::parse_allow;
+use skv_token::parse_allow;
 
 use crate::args::{IssueArgs, TokenCommand};
 
