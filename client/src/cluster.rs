@@ -47,7 +47,7 @@ use bytes::Bytes;
 use futures_util::future::{join_all, BoxFuture};
 use rustls::ClientConfig;
 use skv_proto::cluster::{format_ranges, hash_slot, ClusterMap, NodeEntry};
-use skv_proto::{ErrorCode, RequestBody, ResponseBody, ScanEntry};
+use skv_proto::{ErrorCode, RequestBody, ResponseBody, ScanEntry, MAX_SCAN_PAGE};
 use tokio::sync::OnceCell;
 
 use crate::config::{tls_config, ConnectOptions};
@@ -74,10 +74,6 @@ const READ_RETRIES: u32 = 2;
 
 /// How often one scan page may restart its merge because a node's map disagreed with ours.
 const MAX_SCAN_RESTARTS: u32 = 10;
-
-/// Entries per scan page, at most (and for `limit` 0): the node's own page limit, so a
-/// cluster page is never larger than a single node's.
-const MAX_SCAN_PAGE: u32 = 1000;
 
 /// How long a failed connection attempt stands for its node. Requests meanwhile fail at once
 /// instead of each paying a connect attempt (up to the connect timeout) and a map refresh.

@@ -21,9 +21,12 @@ pub use frame::{
 };
 pub use message::{
     peek_request_id, scan_entry_wire_len, DecodeError, ErrorCode, Op, Request, RequestBody,
-    Response, ResponseBody, ScanEntry, TokenPlacement, WireError, MAX_KEY_LEN, MAX_TOKEN_LEN,
-    SCAN_PAGE_OVERHEAD,
+    Response, ResponseBody, ScanEntry, TokenPlacement, WireError, MAX_KEY_LEN, MAX_SCAN_PAGE,
+    MAX_TOKEN_LEN, SCAN_PAGE_OVERHEAD,
 };
+
+/// The address a node listens on, and a client dials, unless told otherwise.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
 
 /// The protocol version this build speaks. A client offers a range in HELLO; the node picks
 /// the highest version both sides know.

@@ -13,7 +13,7 @@ use skv_proto::{DEFAULT_MAX_FRAME, MIN_MAX_FRAME};
 
 /// Default listen address. Loopback, so a node started without thought is not reachable
 /// from the network.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+pub const DEFAULT_LISTEN: &str = skv_proto::DEFAULT_ADDR;
 
 /// How a write reaches the disk before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]

@@ -12,8 +12,7 @@ use skv_proto::{
 
 use crate::storage::{CasOutcome, Storage, StorageError};
 
-/// Most entries one SCAN page returns, whatever the client asks for.
-pub const MAX_SCAN_PAGE: u32 = 1000;
+pub use skv_proto::MAX_SCAN_PAGE;
 
 /// What the connection must do with a handled request.
 #[derive(Debug)]

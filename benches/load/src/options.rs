@@ -13,7 +13,7 @@ use skv_client::ClientError;
 pub const MAX_KEYS: u64 = 10_000_000_000;
 
 /// Most entries one scan may ask for (the node's page limit).
-pub const MAX_SCAN_LIMIT: u32 = 1000;
+pub const MAX_SCAN_LIMIT: u32 = skv_proto::MAX_SCAN_PAGE;
 
 /// The operations a run sends.
 #[derive(Debug, Clone, Copy, PartialEq)]
