@@ -289,25 +289,40 @@ impl BenchOptions {
     }
 }
 
-/// Parse a duration such as `10s`, `500ms`, `1.5s`, `2m`, `250us`; a bare number is seconds.
+/// Parse a duration such as `10s`, `500ms`, `1.5s`, `2m`, `250us`, `1h 30m`; a bare number is
+/// seconds.
+///
+/// humantime reads the units (and compound forms); the two things it refuses are added
+/// here because the flags have always taken them: a bare number (seconds) and a fraction of
+/// one unit (`1.5s`, `0.5m`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    let invalid = |why: &dyn std::fmt::Display| {
+        format!("invalid duration `{s}` ({why}): use a number and a unit, e.g. 10s, 500ms, 2m")
+    };
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let invalid =
-        || format!("invalid duration `{s}`: use a number and a unit, e.g. 10s, 500ms, 2m");
-    let value: f64 = number.parse().map_err(|_| invalid())?;
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(invalid()),
+    if number.is_empty() {
+        return Err(invalid(&"no number"));
+    }
+    if !number.contains('.') && !unit.is_empty() {
+        return humantime::parse_duration(s).map_err(|e| invalid(&e));
+    }
+    let value: f64 = number.parse().map_err(|_| invalid(&"not a number"))?;
+    let unit = match unit.trim() {
+        "" => Duration::from_secs(1),
+        u if u.chars().all(char::is_alphabetic) => {
+            humantime::parse_duration(&format!("1{u}")).map_err(|e| invalid(&e))?
+        }
+        _ => {
+            return Err(invalid(
+                &"one number and one unit, when the number has a fraction",
+            ))
+        }
     };
-    Duration::try_from_secs_f64(value * scale).map_err(|_| invalid())
+    Duration::try_from_secs_f64(value * unit.as_secs_f64()).map_err(|e| invalid(&e))
 }
 
 #[cfg(test)]
