@@ -313,7 +313,7 @@ fn node_binary() -> Result<PathBuf> {
     beside.or_else(on_path).ok_or_else(|| {
         Failure::usage(
             "cannot find skv-node next to this skv or on PATH; build it with \
-             `cargo build --release --bins`",
+             `cargo build --bins` (or `--release --bins`)",
         )
     })
 }
