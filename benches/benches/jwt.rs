@@ -10,8 +10,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use skv_benches::{MEASUREMENT_TIME, SAMPLE_SIZE, WARM_UP_TIME};
 use skv_certs::issuer::{mint, Alg, IssuerKey, TokenSpec};
-use skv_proto::token::{parse_allow, JwkSet};
 use skv_server::auth::{unix_now, Keyset, Policy, TokenCache, Verifier};
+use skv_token::{parse_allow, JwkSet};
 
 const AUDIENCE: &str = "bench";
 const ISSUER: &str = "skv";

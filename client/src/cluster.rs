@@ -16,6 +16,10 @@
 //!   attempt, so retrying is safe for every op; this is what makes slot moves invisible.
 //! - **A dead pooled connection** (the node restarted): replaced before the request is sent.
 //!
+//! Key requests and scan pages go through one retry policy (`Retry`), so the two cannot
+//! drift apart: the same redirect handling, TRYAGAIN backoff and budget, resending of reads
+//! whose connection broke, and one map refresh before a node is reported down.
+//!
 //! # What it does not hide
 //!
 //! - **A node that cannot be reached.** The client refreshes its map once from another node
@@ -47,7 +51,7 @@ use bytes::Bytes;
 use futures_util::future::{join_all, BoxFuture};
 use rustls::ClientConfig;
 use skv_proto::cluster::{format_ranges, hash_slot, ClusterMap, NodeEntry};
-use skv_proto::{ErrorCode, RequestBody, ResponseBody, ScanEntry};
+use skv_proto::{ErrorCode, RequestBody, ResponseBody, ScanEntry, MAX_SCAN_PAGE};
 use tokio::sync::OnceCell;
 
 use crate::config::{tls_config, ConnectOptions};
@@ -74,10 +78,6 @@ const READ_RETRIES: u32 = 2;
 
 /// How often one scan page may restart its merge because a node's map disagreed with ours.
 const MAX_SCAN_RESTARTS: u32 = 10;
-
-/// Entries per scan page, at most (and for `limit` 0): the node's own page limit, so a
-/// cluster page is never larger than a single node's.
-const MAX_SCAN_PAGE: u32 = 1000;
 
 /// How long a failed connection attempt stands for its node. Requests meanwhile fail at once
 /// instead of each paying a connect attempt (up to the connect timeout) and a map refresh.
@@ -554,47 +554,12 @@ impl ClusterClient {
         };
         // Where the last MOVED pointed; `None`: the slot's owner in the map.
         let mut redirected: Option<String> = None;
-        let (mut redirects, mut lost) = (0, 0);
-        let mut checked_down = false;
-        let mut backoff = TRY_AGAIN_FIRST;
-        let mut waiting_since: Option<Instant> = None;
+        let mut retry = Retry::new(op.is_read(), MAX_REDIRECTS);
         loop {
             if let Some((target, err)) = failed.take() {
-                match err {
-                    ClientError::Moved {
-                        epoch, node, addr, ..
-                    } => {
-                        redirects += 1;
-                        if redirects > MAX_REDIRECTS {
-                            return Err(ClientError::Protocol(format!(
-                                "redirect loop: slot {slot} was still redirected after \
-                                 {MAX_REDIRECTS} redirects, last to node {node} at {addr} (map \
-                                 epoch {epoch}); the nodes disagree about the cluster map, \
-                                 retry in a moment"
-                            )));
-                        }
-                        if epoch > shared.epoch() {
-                            shared.refresh_to(epoch, &target.addr).await;
-                        }
-                        redirected = Some(dial_addr(&addr, &target.addr));
-                    }
-                    ClientError::Server(wire) if wire.code == ErrorCode::TryAgain => {
-                        let since = *waiting_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() + backoff > TRY_AGAIN_BUDGET {
-                            return Err(ClientError::Server(wire));
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(TRY_AGAIN_MAX);
-                    }
-                    // The pool replaces the dead connection at its next use. A read is safe
-                    // to send again; a write may have been applied, so the caller decides.
-                    err @ ClientError::Disconnected { .. }
-                        if op.is_read() && lost < READ_RETRIES =>
-                    {
-                        lost += 1;
-                        tracing::debug!("resending a read after a lost connection: {err}");
-                    }
-                    err => return Err(err),
+                match retry.after(shared, &target.addr, err).await? {
+                    Next::Redirect(addr) => redirected = Some(addr),
+                    Next::Again => {}
                 }
             }
             let target = match &redirected {
@@ -604,15 +569,10 @@ impl ClusterClient {
             let conn = match shared.connection(&target).await {
                 Ok(conn) => conn,
                 Err(err) if is_unreachable(&err) => {
-                    if !checked_down {
-                        checked_down = true;
-                        if shared.refresh_after_failure(&target.addr).await {
-                            // A newer map: the slot may be served elsewhere now.
-                            redirected = None;
-                            continue;
-                        }
-                    }
-                    return Err(shared.node_down(&target.addr, err));
+                    retry.unreachable(shared, &target.addr, err).await?;
+                    // A newer map: the slot may be served elsewhere now.
+                    redirected = None;
+                    continue;
                 }
                 Err(err) => return Err(err),
             };
@@ -621,6 +581,138 @@ impl ClusterClient {
                 Err(err) => failed = Some((target, err)),
             }
         }
+    }
+}
+
+/// The one retry policy of the cluster client, shared by key requests
+/// ([`ClusterClient::route`]) and scan pages ([`ClusterScan::next_page`]): what a failed
+/// attempt allows next. It keeps the counts and the TRYAGAIN backoff of one request, and does
+/// the map refreshes and waits a retry needs; the caller then tries again.
+///
+/// - MOVED (and a scan page filtered with another epoch's map): at most `max_remaps` in a
+///   row. A newer epoch is fetched first; an epoch that is not newer than the cached map
+///   means the answering node lags behind, so the retry waits a backoff step for it.
+/// - TRYAGAIN: wait 2 ms, doubling up to 100 ms, for up to 10 s in all.
+/// - A connection that broke after the request was sent: a read is sent again (at most
+///   [`READ_RETRIES`] times); a write may have been applied, so its caller hears about it.
+/// - A node that cannot be reached: the map is refreshed once from another node; if it
+///   changed, the request is tried with it, otherwise it fails with [`ClientError::NodeDown`].
+#[derive(Debug)]
+struct Retry {
+    read: bool,
+    remaps: u32,
+    max_remaps: u32,
+    lost: u32,
+    checked_down: bool,
+    backoff: Duration,
+    waiting_since: Option<Instant>,
+}
+
+/// Where the next attempt goes, after [`Retry::after`].
+#[derive(Debug)]
+enum Next {
+    /// Where a MOVED answer pointed.
+    Redirect(String),
+    /// Where the last attempt went (a scan restarts over the current map either way).
+    Again,
+}
+
+impl Retry {
+    fn new(read: bool, max_remaps: u32) -> Retry {
+        Retry {
+            read,
+            remaps: 0,
+            max_remaps,
+            lost: 0,
+            checked_down: false,
+            backoff: TRY_AGAIN_FIRST,
+            waiting_since: None,
+        }
+    }
+
+    /// After `err` from the node at `at`: `Ok` to try again (the map refreshed or the wait
+    /// done), `Err` to give up with that error.
+    async fn after(
+        &mut self,
+        shared: &Shared,
+        at: &str,
+        err: ClientError,
+    ) -> Result<Next, ClientError> {
+        match err {
+            ClientError::Moved {
+                slot,
+                epoch,
+                node,
+                addr,
+            } => {
+                if !self.remap() {
+                    return Err(ClientError::Protocol(format!(
+                        "redirect loop: slot {slot} was still redirected after \
+                         {} redirects, last to node {node} at {addr} (map epoch {epoch}); \
+                         the nodes disagree about the cluster map, retry in a moment",
+                        self.max_remaps
+                    )));
+                }
+                self.follow_map(shared, epoch, at).await;
+                Ok(Next::Redirect(dial_addr(&addr, at)))
+            }
+            ClientError::Server(wire) if wire.code == ErrorCode::TryAgain => {
+                let since = *self.waiting_since.get_or_insert_with(Instant::now);
+                if since.elapsed() + self.backoff > TRY_AGAIN_BUDGET {
+                    return Err(ClientError::Server(wire));
+                }
+                self.pause().await;
+                Ok(Next::Again)
+            }
+            // The pool replaces the dead connection at its next use. A read is safe to send
+            // again; a write may have been applied, so the caller decides.
+            err @ ClientError::Disconnected { .. } if self.read && self.lost < READ_RETRIES => {
+                self.lost += 1;
+                tracing::debug!("resending a read after a lost connection: {err}");
+                Ok(Next::Again)
+            }
+            err => Err(err),
+        }
+    }
+
+    /// Count one map-driven retry; false once there were more than allowed.
+    fn remap(&mut self) -> bool {
+        self.remaps += 1;
+        self.remaps <= self.max_remaps
+    }
+
+    /// Before a retry that a node's map epoch caused: fetch that map when it is newer than
+    /// the cached one. When it is not, the answering node is the one behind: it gets a
+    /// backoff step to catch up (maps reach every node within seconds) before it is asked
+    /// again, rather than a burst of retries that use up the limit at once.
+    async fn follow_map(&mut self, shared: &Shared, epoch: u64, at: &str) {
+        if epoch > shared.epoch() {
+            shared.refresh_to(epoch, at).await;
+        } else {
+            self.pause().await;
+        }
+    }
+
+    /// The node at `addr` could not be reached: `Ok` if a map refresh (once per request)
+    /// changed the map, so the request may be served elsewhere now; else the node-down error.
+    async fn unreachable(
+        &mut self,
+        shared: &Shared,
+        addr: &str,
+        err: ClientError,
+    ) -> Result<(), ClientError> {
+        if !self.checked_down {
+            self.checked_down = true;
+            if shared.refresh_after_failure(addr).await {
+                return Ok(());
+            }
+        }
+        Err(shared.node_down(addr, err))
+    }
+
+    async fn pause(&mut self) {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(TRY_AGAIN_MAX);
     }
 }
 
@@ -926,7 +1018,9 @@ pub struct ClusterScan {
 enum Trouble {
     /// The node filtered its page with the map of another epoch.
     Epoch { addr: String, epoch: u64 },
-    /// The fetch failed.
+    /// The node could not be reached.
+    Unreachable { addr: String, err: ClientError },
+    /// The node answered the page request with an error (or the connection broke under it).
     Failed { addr: String, err: ClientError },
 }
 
@@ -939,9 +1033,8 @@ impl ClusterScan {
             n => n.min(MAX_SCAN_PAGE),
         } as usize;
         let mut out = Vec::new();
-        let mut restarts = 0;
-        let mut backoff = TRY_AGAIN_FIRST;
-        let mut retried_loss = false;
+        // A scan only reads, so a page whose connection broke is asked for again.
+        let mut retry = Retry::new(true, MAX_SCAN_RESTARTS);
         while !self.done {
             let merge = match &mut self.merge {
                 Some(merge) => merge,
@@ -974,10 +1067,23 @@ impl ClusterScan {
                 let node = self.nodes[i].clone();
                 let (client, prefix, cursor) = (&self.client, self.prefix.clone(), merge.cursor(i));
                 async move {
-                    let result = match client.shared.connection(&node).await {
-                        Ok(conn) => conn.scan(prefix, want, cursor).await,
-                        Err(err) => Err(err),
-                    };
+                    let result =
+                        match client.shared.connection(&node).await {
+                            Ok(conn) => conn.scan(prefix, want, cursor).await.map_err(|err| {
+                                Trouble::Failed {
+                                    addr: node.addr.clone(),
+                                    err,
+                                }
+                            }),
+                            Err(err) if is_unreachable(&err) => Err(Trouble::Unreachable {
+                                addr: node.addr.clone(),
+                                err,
+                            }),
+                            Err(err) => Err(Trouble::Failed {
+                                addr: node.addr.clone(),
+                                err,
+                            }),
+                        };
                     (i, node, result)
                 }
             });
@@ -998,21 +1104,17 @@ impl ClusterScan {
                             epoch: page.epoch,
                         });
                     }
-                    Err(err) => {
-                        trouble.get_or_insert(Trouble::Failed {
-                            addr: node.addr.clone(),
-                            err,
-                        });
+                    Err(failed) => {
+                        trouble.get_or_insert(failed);
                     }
                 }
             }
             let Some(trouble) = trouble else { continue };
             // Start over after the last key returned, with whatever map is current then.
-            let shared = &self.client.shared;
-            restarts += 1;
+            let shared = &*self.client.shared;
             match trouble {
                 Trouble::Epoch { addr, epoch } => {
-                    if restarts > MAX_SCAN_RESTARTS {
+                    if !retry.remap() {
                         return Err(ClientError::Protocol(format!(
                             "scan: node {addr} filtered its page with cluster map epoch {epoch} \
                              while this client has epoch {}, still after {MAX_SCAN_RESTARTS} \
@@ -1020,35 +1122,19 @@ impl ClusterScan {
                             self.epoch
                         )));
                     }
-                    if epoch > self.epoch {
-                        shared.refresh_to(epoch, &addr).await;
-                    }
+                    retry.follow_map(shared, epoch, &addr).await;
                 }
-                Trouble::Failed { addr, err } => match err {
-                    ClientError::Moved { epoch, .. } if restarts <= MAX_SCAN_RESTARTS => {
-                        shared.refresh_to(epoch, &addr).await;
-                    }
-                    ClientError::Server(wire)
-                        if wire.code == ErrorCode::TryAgain && restarts <= MAX_SCAN_RESTARTS => {}
-                    err if is_unreachable(&err) => {
-                        let changed = shared.refresh_after_failure(&addr).await;
-                        // Retry once (a dead pooled connection is replaced then), and
-                        // whenever the map changed; a node that is really down fails the
-                        // retry at once, its failure being held.
-                        if (retried_loss && !changed) || restarts > MAX_SCAN_RESTARTS {
-                            return Err(shared.node_down(&addr, err));
-                        }
-                        retried_loss = true;
-                    }
-                    err => return Err(err),
-                },
+                Trouble::Unreachable { addr, err } => retry.unreachable(shared, &addr, err).await?,
+                // Where a MOVED points does not matter: the merge restarts over every node
+                // of the (refreshed) map.
+                Trouble::Failed { addr, err } => {
+                    retry.after(shared, &addr, err).await?;
+                }
             }
             if let Some(last) = out.last() {
                 self.after = Some(last.key.clone());
             }
             self.merge = None;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(TRY_AGAIN_MAX);
         }
         if let Some(last) = out.last() {
             self.after = Some(last.key.clone());

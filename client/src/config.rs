@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use crate::error::ClientError;
 
-/// Default node address.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
+/// Default node address (where a node listens unless told otherwise).
+pub use skv_proto::DEFAULT_ADDR;
 
 /// A client profile file.
 #[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]

@@ -1,10 +1,9 @@
 //! The skv client library: connections to nodes, a client that routes requests over a
-//! whole cluster, request helpers, and the errors a client can see. The `skv` CLI and
-//! `skv bench` are built on it.
+//! whole cluster, request helpers, and the errors a client can see. The `skv` CLI
+//! (skv-cli) and `skv bench` (skv-load) are built on it.
 
 #![forbid(unsafe_code)]
 
-pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod connection;

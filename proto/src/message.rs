@@ -22,6 +22,11 @@ pub const MAX_KEY_LEN: usize = 4096;
 /// any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
+/// Most entries one SCAN page carries, whatever the client asks for; a SCAN with limit 0 asks
+/// for this many. A client merging pages from several nodes uses it as its own page limit, so
+/// a cluster page is never larger than a single node's.
+pub const MAX_SCAN_PAGE: u32 = 1000;
+
 /// Request envelope flag: a token follows the flags byte.
 const FLAG_TOKEN: u8 = 0x01;
 

@@ -13,7 +13,7 @@ use skv_proto::{DEFAULT_MAX_FRAME, MIN_MAX_FRAME};
 
 /// Default listen address. Loopback, so a node started without thought is not reachable
 /// from the network.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+pub const DEFAULT_LISTEN: &str = skv_proto::DEFAULT_ADDR;
 
 /// How a write reaches the disk before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -382,11 +382,11 @@ fn auth_config(cfg: &FileConfig) -> Result<Option<AuthConfig>, ConfigError> {
         audience: cfg
             .aud
             .clone()
-            .unwrap_or_else(|| skv_proto::DEFAULT_TOKEN_AUDIENCE.to_owned()),
+            .unwrap_or_else(|| skv_token::DEFAULT_TOKEN_AUDIENCE.to_owned()),
         issuer: cfg
             .iss
             .clone()
-            .unwrap_or_else(|| skv_proto::DEFAULT_TOKEN_ISSUER.to_owned()),
+            .unwrap_or_else(|| skv_token::DEFAULT_TOKEN_ISSUER.to_owned()),
         leeway: Duration::from_secs(cfg.leeway_secs.unwrap_or(5)),
         require_bound_tokens: cfg.require_bound_tokens.unwrap_or(false),
         audit_log: cfg.audit_log.clone(),

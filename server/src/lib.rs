@@ -25,4 +25,5 @@ pub use cluster::ClusterSetupError;
 pub use config::{Durability, Engine, FileConfig, NodeConfig, TransportConfig};
 pub use net::tls;
 pub use node::{RunningNode, StartError};
-pub use router::MAX_SCAN_PAGE;
+/// Most entries one SCAN page returns; defined on the wire side, in proto.
+pub use skv_proto::MAX_SCAN_PAGE;

@@ -216,7 +216,7 @@ fn open_cluster(
         .cluster
         .clone()
         .or(own_domain)
-        .unwrap_or_else(|| skv_proto::DEFAULT_TOKEN_AUDIENCE.to_owned());
+        .unwrap_or_else(|| skv_token::DEFAULT_TOKEN_AUDIENCE.to_owned());
     let dialer = match &config.transport {
         TransportConfig::Tls { ca, cert, key, .. } => {
             Some(Dialer::new(ca, cert, key, &name, config.max_frame)?)

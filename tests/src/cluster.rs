@@ -10,7 +10,7 @@ use skv_certs::issuer::{keys_init, mint, Alg, IssuerKey, TokenSpec};
 use skv_certs::{InitOptions, KeyType, Layout};
 use skv_client::{ConnectOptions, Security};
 use skv_proto::cluster::ClusterMap;
-use skv_proto::token::parse_allow;
+use skv_token::parse_allow;
 
 use crate::Node;
 
@@ -70,7 +70,7 @@ impl LocalCluster {
                 scopes: vec![parse_allow("admin:")?],
                 ttl: Duration::from_secs(3600),
                 aud: CLUSTER.into(),
-                iss: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
+                iss: skv_token::DEFAULT_TOKEN_ISSUER.into(),
                 bind_cert_der: None,
             },
         )?;
@@ -197,7 +197,7 @@ impl LocalCluster {
                 scopes,
                 ttl: Duration::from_secs(3600),
                 aud: CLUSTER.into(),
-                iss: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
+                iss: skv_token::DEFAULT_TOKEN_ISSUER.into(),
                 bind_cert_der: None,
             },
         )?)

@@ -50,8 +50,8 @@ pub fn now() -> i64 {
 pub fn claims(sub: &str, scopes: Value) -> Value {
     let now = now();
     serde_json::json!({
-        "iss": skv_proto::DEFAULT_TOKEN_ISSUER,
-        "aud": skv_proto::DEFAULT_TOKEN_AUDIENCE,
+        "iss": skv_token::DEFAULT_TOKEN_ISSUER,
+        "aud": skv_token::DEFAULT_TOKEN_AUDIENCE,
         "sub": sub,
         "iat": now,
         "nbf": now - 1,

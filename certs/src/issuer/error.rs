@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use skv_proto::token::provider::ProviderConflict;
+use skv_token::provider::ProviderConflict;
 
 use crate::CertsError;
 

@@ -16,7 +16,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{self as rsig, KeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivatePkcs8KeyDer;
-use skv_proto::token::{Alg, Jwk, MIN_HMAC_SECRET_LEN};
+use skv_token::{Alg, Jwk, MIN_HMAC_SECRET_LEN};
 
 use super::IssuerError;
 use crate::KeyType;

@@ -5,8 +5,8 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::Header;
-use skv_proto::token::{cert_thumbprint, new_jti, provider, Confirmation, Scope, TokenClaims};
 use skv_proto::MAX_TOKEN_LEN;
+use skv_token::{cert_thumbprint, new_jti, provider, Confirmation, Scope, TokenClaims};
 
 use super::{IssuerError, IssuerKey};
 
@@ -19,7 +19,7 @@ pub const MAX_INSPECT_LEN: usize = 64 * 1024;
 pub struct TokenSpec {
     /// Subject: who the token speaks for (a client name, a service).
     pub sub: String,
-    /// Grants; see [`skv_proto::token::parse_allow`] for the `--allow` form.
+    /// Grants; see [`skv_token::parse_allow`] for the `--allow` form.
     pub scopes: Vec<Scope>,
     /// Lifetime from now; whole seconds, at least one.
     pub ttl: Duration,
@@ -32,7 +32,7 @@ pub struct TokenSpec {
     pub bind_cert_der: Option<Vec<u8>>,
 }
 
-pub use skv_proto::token::unix_now;
+pub use skv_token::unix_now;
 
 /// Mints a token valid from now for `spec.ttl`; see [`mint_at`].
 pub fn mint(issuer: &IssuerKey, spec: &TokenSpec) -> Result<String, IssuerError> {
@@ -175,7 +175,7 @@ pub fn inspect(token: &str) -> Result<UnverifiedToken, IssuerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skv_proto::token::{parse_allow, Alg};
+    use skv_token::{parse_allow, Alg};
 
     fn spec() -> TokenSpec {
         TokenSpec {

@@ -4,7 +4,7 @@
 //! [`keys_retire`] for the file layout and rotation), the signing key ([`IssuerKey`]), and
 //! turning a [`TokenSpec`] into a signed JWT ([`mint`]), plus reading a token without
 //! verifying it ([`inspect`]). Claim types, the keyset format and the crypto provider live in
-//! [`skv_proto::token`], shared with the node that verifies.
+//! [`skv_token`], shared with the node that verifies.
 //!
 //! Algorithms ([`Alg`]): EdDSA (default), ES256, RS256 (keys from `openssl genpkey`, as for
 //! certificates) and HS256. HS256 is the weak choice: its "public" keyset entry is the shared
@@ -25,7 +25,7 @@ mod store;
 pub use error::IssuerError;
 pub use key::{IssuerKey, MAX_ISSUER_KID_LEN};
 pub use mint::{inspect, mint, mint_at, unix_now, TokenSpec, UnverifiedToken, MAX_INSPECT_LEN};
-pub use skv_proto::token::Alg;
+pub use skv_token::Alg;
 pub use store::{
     keys_init, keys_init_with, keys_retire, KeysInitOptions, KeysReport, RetireReport, KEYSET_FILE,
     MAX_KEYSET_FILE,
@@ -38,14 +38,14 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use skv_proto::token::parse_allow;
+    use skv_token::parse_allow;
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
     fn kids(dir: &Path) -> Vec<String> {
-        let set: skv_proto::JwkSet =
+        let set: skv_token::JwkSet =
             serde_json::from_slice(&std::fs::read(dir.join(KEYSET_FILE)).unwrap()).unwrap();
         set.keys.into_iter().map(|k| k.kid).collect()
     }
@@ -199,7 +199,7 @@ mod tests {
 
         // A keyset without the current key: the kid cannot be named.
         let other = IssuerKey::generate(Alg::EdDSA, Some("x".into())).unwrap();
-        let set = skv_proto::JwkSet {
+        let set = skv_token::JwkSet {
             keys: vec![other.public_jwk().clone()],
         };
         std::fs::write(&keyset, serde_json::to_vec(&set).unwrap()).unwrap();
@@ -217,7 +217,7 @@ mod tests {
         assert_eq!(kids(dir), vec!["x".to_owned(), r.kid.clone()]);
 
         // A duplicated kid is refused.
-        let mut set: skv_proto::JwkSet =
+        let mut set: skv_token::JwkSet =
             serde_json::from_slice(&std::fs::read(&keyset).unwrap()).unwrap();
         set.keys.push(set.keys[0].clone());
         std::fs::write(&keyset, serde_json::to_vec(&set).unwrap()).unwrap();

@@ -23,7 +23,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use skv_proto::token::{Alg, JwkSet};
+use skv_token::{Alg, JwkSet};
 
 use super::key::{parse_key_file, validate_kid, KeyFileKind};
 use super::{IssuerError, IssuerKey};

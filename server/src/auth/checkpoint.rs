@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use skv_proto::token::ScopeOp;
 use skv_proto::{ErrorCode, RequestBody, TokenPlacement};
+use skv_token::ScopeOp;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::audit::{self, AuditLog, AuditRecord, Decision};

@@ -10,9 +10,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use skv_proto::token::provider::ProviderConflict;
-use skv_proto::token::{Alg, JwkError, ScopeOp};
 use skv_proto::ErrorCode;
+use skv_token::provider::ProviderConflict;
+use skv_token::{Alg, JwkError, ScopeOp};
 
 /// Characters of a token-supplied string (kid, alg, iss) kept in an error.
 pub const MAX_ECHO: usize = 64;

@@ -13,7 +13,7 @@ use std::io::Read;
 use std::path::Path;
 
 use jsonwebtoken::DecodingKey;
-use skv_proto::token::{Alg, JwkSet};
+use skv_token::{Alg, JwkSet};
 
 use super::error::{KeysetError, KeysetProblem};
 
@@ -135,7 +135,7 @@ impl Keyset {
 mod tests {
     use super::*;
     use skv_certs::issuer::IssuerKey;
-    use skv_proto::token::{Jwk, JwkError};
+    use skv_token::{Jwk, JwkError};
 
     fn jwks(keys: Vec<Jwk>) -> Vec<u8> {
         serde_json::to_vec(&JwkSet { keys }).unwrap()

@@ -33,5 +33,5 @@ pub use cache::TokenCache;
 pub use error::{AuthCategory, AuthError, Echo, KeysetError, KeysetProblem, PolicyError};
 pub use keyset::{Keyset, MAX_KEYSET_BYTES};
 pub use scopes::{Grants, OpSet};
-pub use skv_proto::token::{unix_now, Alg, ScopeOp};
+pub use skv_token::{unix_now, Alg, ScopeOp};
 pub use verifier::{CertThumbprint, Policy, Verified, Verifier};

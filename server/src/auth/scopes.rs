@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use skv_proto::token::{Scope, ScopeOp};
+use skv_token::{Scope, ScopeOp};
 
 /// A set of operations, one bit each.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -119,7 +119,7 @@ impl Grants {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skv_proto::token::parse_allow;
+    use skv_token::parse_allow;
 
     fn grants(allows: &[&str]) -> Grants {
         let scopes: Vec<Scope> = allows.iter().map(|a| parse_allow(a).unwrap()).collect();

@@ -9,7 +9,7 @@ use base64::Engine;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use skv_certs::issuer::{keys_init, keys_retire, mint_at, IssuerKey, TokenSpec};
-use skv_proto::token::{parse_allow, Alg, JwkSet, ScopeOp};
+use skv_token::{parse_allow, Alg, JwkSet, ScopeOp};
 
 use super::*;
 
@@ -624,7 +624,7 @@ fn cnf_must_be_a_sha256_certificate_thumbprint() {
         json!({"jkt": "abc"}),
         json!({"x5t#S256": "AAAA"}),
         json!({"x5t#S256": 5}),
-        json!({"x5t#S256": skv_proto::cert_thumbprint(CERT), "jkt": "x"}),
+        json!({"x5t#S256": skv_token::cert_thumbprint(CERT), "jkt": "x"}),
         json!("bound"),
     ] {
         let mut c = claims();

@@ -28,8 +28,8 @@ use jsonwebtoken::Validation;
 use ring::digest;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use skv_proto::token::{provider, Alg, Confirmation, Scope, ScopeOp};
 use skv_proto::MAX_TOKEN_LEN;
+use skv_token::{provider, Alg, Confirmation, Scope, ScopeOp};
 use subtle::ConstantTimeEq;
 
 use super::cache::TokenCache;

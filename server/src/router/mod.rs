@@ -31,8 +31,6 @@ use crate::cluster::{Cluster, View};
 use crate::net::identity::PeerKind;
 use crate::shard::{Command, Execution, Pending};
 
-pub use scan::MAX_SCAN_PAGE;
-
 /// What to do with one decoded request.
 pub(crate) enum Answer {
     /// Send this now.

@@ -7,13 +7,10 @@
 //! fewer entries than asked, even none, and still carry a cursor.
 
 use bytes::Bytes;
-use skv_proto::{scan_entry_wire_len, ResponseBody, ScanEntry, SCAN_PAGE_OVERHEAD};
+use skv_proto::{scan_entry_wire_len, ResponseBody, ScanEntry, MAX_SCAN_PAGE, SCAN_PAGE_OVERHEAD};
 
 use crate::cluster::Cluster;
 use crate::shard::storage_failed;
-
-/// Most entries one SCAN page returns, whatever the client asks for.
-pub const MAX_SCAN_PAGE: u32 = 1000;
 
 /// One SCAN page of the keys of every local shard.
 ///

@@ -5,15 +5,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bench::zipf::Zipf;
-use crate::config::ConnectOptions;
-use crate::error::ClientError;
+use crate::zipf::Zipf;
+use skv_client::config::ConnectOptions;
+use skv_client::ClientError;
 
 /// Most keys a run may address: key names carry the index in a fixed 10-digit field.
 pub const MAX_KEYS: u64 = 10_000_000_000;
 
 /// Most entries one scan may ask for (the node's page limit).
-pub const MAX_SCAN_LIMIT: u32 = 1000;
+pub const MAX_SCAN_LIMIT: u32 = skv_proto::MAX_SCAN_PAGE;
 
 /// The operations a run sends.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -289,31 +289,46 @@ impl BenchOptions {
     }
 }
 
-/// Parse a duration such as `10s`, `500ms`, `1.5s`, `2m`, `250us`; a bare number is seconds.
+/// Parse a duration such as `10s`, `500ms`, `1.5s`, `2m`, `250us`, `1h 30m`; a bare number is
+/// seconds.
+///
+/// humantime reads the units (and compound forms); the two things it refuses are added
+/// here because the flags have always taken them: a bare number (seconds) and a fraction of
+/// one unit (`1.5s`, `0.5m`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    let invalid = |why: &dyn std::fmt::Display| {
+        format!("invalid duration `{s}` ({why}): use a number and a unit, e.g. 10s, 500ms, 2m")
+    };
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let invalid =
-        || format!("invalid duration `{s}`: use a number and a unit, e.g. 10s, 500ms, 2m");
-    let value: f64 = number.parse().map_err(|_| invalid())?;
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(invalid()),
+    if number.is_empty() {
+        return Err(invalid(&"no number"));
+    }
+    if !number.contains('.') && !unit.is_empty() {
+        return humantime::parse_duration(s).map_err(|e| invalid(&e));
+    }
+    let value: f64 = number.parse().map_err(|_| invalid(&"not a number"))?;
+    let unit = match unit.trim() {
+        "" => Duration::from_secs(1),
+        u if u.chars().all(char::is_alphabetic) => {
+            humantime::parse_duration(&format!("1{u}")).map_err(|e| invalid(&e))?
+        }
+        _ => {
+            return Err(invalid(
+                &"one number and one unit, when the number has a fraction",
+            ))
+        }
     };
-    Duration::try_from_secs_f64(value * scale).map_err(|_| invalid())
+    Duration::try_from_secs_f64(value * unit.as_secs_f64()).map_err(|e| invalid(&e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Security;
+    use skv_client::config::Security;
 
     #[test]
     fn workloads_parse_and_print() {
@@ -390,7 +405,7 @@ mod tests {
             let mut opts = base.clone();
             change(&mut opts);
             let err = opts.validate().expect_err(needle);
-            assert_eq!(err.exit_code(), crate::exit::USAGE);
+            assert_eq!(err.exit_code(), skv_client::exit::USAGE);
             assert!(err.to_string().contains(needle), "{needle}: {err}");
         }
     }

@@ -455,7 +455,7 @@ fn notes(r: &LadderRow, default_keys: u64) -> String {
 
 /// `1234567.8` as `1,234,568`.
 pub(crate) fn group(v: f64) -> String {
-    crate::bench::report::group(v.round().max(0.0) as u64)
+    crate::report::group(v.round().max(0.0) as u64)
 }
 
 /// A percentage with one decimal.

@@ -1,5 +1,5 @@
 //! `skv bench`: parse the flags, run the library's load generator, print its report.
-//! The engine (and the reasoning behind it) is in `skv_client::bench`.
+//! The engine (and the reasoning behind it) is in `skv_load`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -8,11 +8,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use skv_client::bench::ladder::{self, LadderOptions, Verdict};
-use skv_client::bench::{
-    self, parse_duration, BenchOptions, KeyDist, Phase, Progress, Stop, Workload,
-};
 use skv_client::{exit, ClientError};
+use skv_load::ladder::{self, LadderOptions, Verdict};
+use skv_load::{parse_duration, BenchOptions, KeyDist, Phase, Progress, Stop, Workload};
 
 use crate::args::ConnArgs;
 use crate::data;
@@ -176,7 +174,7 @@ async fn execute(opts: BenchOptions, json: bool, quiet: bool) -> Result<u8, Clie
         let bar = !json && std::io::stderr().is_terminal();
         tokio::spawn(show_progress(progress.clone(), opts.clone(), bar))
     });
-    let result = bench::run_with_progress(opts, progress).await;
+    let result = skv_load::run_with_progress(opts, progress).await;
     if let Some(display) = display {
         // It finishes its bar (or note) on seeing the Done phase.
         let _ = display.await;

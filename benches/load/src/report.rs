@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::error::ClientError;
+use skv_client::ClientError;
 
 /// Lowest and highest latency the histograms hold, in microseconds (1 µs .. 60 s), and their
 /// precision: 3 significant digits, i.e. within 0.1 % at any magnitude.

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use skv_certs::issuer::{inspect, mint, IssuerKey, TokenSpec};
 use skv_client::exit;
-use skv_proto::token::parse_allow;
+use skv_token::parse_allow;
 
 use crate::args::{IssueArgs, TokenCommand};
 
@@ -41,7 +41,7 @@ fn issue(args: IssueArgs) -> Result<(), String> {
     let spec = TokenSpec {
         sub: args.sub,
         scopes,
-        ttl: skv_client::bench::parse_duration(&args.ttl).map_err(|e| format!("--ttl: {e}"))?,
+        ttl: skv_load::parse_duration(&args.ttl).map_err(|e| format!("--ttl: {e}"))?,
         aud: args.aud,
         iss: args.iss,
         bind_cert_der,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use skv_certs::issuer::{keys_init, mint, Alg, IssuerKey, TokenSpec};
 use skv_certs::{InitOptions, KeyType, Layout};
-use skv_proto::token::parse_allow;
+use skv_token::parse_allow;
 
 /// Cluster name of the ladder's PKI and maps.
 pub(crate) const CLUSTER: &str = "ladder";
@@ -109,8 +109,8 @@ fn make_issuer(dir: &Path, alg: Alg, bind_der: &[u8], ttl: Duration) -> Result<I
             sub: "alice".into(),
             scopes: vec![parse_allow(TOKEN_SCOPE).map_err(|e| e.to_string())?],
             ttl,
-            aud: skv_proto::DEFAULT_TOKEN_AUDIENCE.into(),
-            iss: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
+            aud: skv_token::DEFAULT_TOKEN_AUDIENCE.into(),
+            iss: skv_token::DEFAULT_TOKEN_ISSUER.into(),
             bind_cert_der: Some(bind_der.to_vec()),
         },
     )

@@ -309,7 +309,7 @@ async fn scan(
     // One scanner for all pages: it keeps each node's unmerged entries between pages.
     let mut scanner = client.scanner(prefix, cursor.clone());
     while remaining > 0 {
-        let page_limit = remaining.min(u64::from(skv_server::MAX_SCAN_PAGE)) as u32;
+        let page_limit = remaining.min(u64::from(skv_proto::MAX_SCAN_PAGE)) as u32;
         let page = scanner.next_page(page_limit).await?;
         remaining -= (page.entries.len() as u64).min(remaining);
         for entry in page.entries {

@@ -1,4 +1,7 @@
-//! `skv`: the skv command-line client.
+//! `skv`: the skv command-line client (package skv-cli). It owns argument parsing, output
+//! and exit codes, and the commands built on the libraries: data commands on skv-client,
+//! `certs`/`keys`/`token` on skv-certs and skv-token, `bench` on skv-load, `cluster` (local
+//! clusters of skv-node processes) and `demo` (three nodes embedded in this process).
 
 #![forbid(unsafe_code)]
 

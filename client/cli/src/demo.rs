@@ -14,9 +14,9 @@ use skv_client::{
     exit, CasResult, ClientError, ClusterClient, ConnectOptions, Connection, Security,
 };
 use skv_proto::cluster::{format_ranges, hash_slot, ClusterMap, ControlRequest, NodeEntry};
-use skv_proto::token::parse_allow;
 use skv_server::config::{AuthConfig, AuthMode};
 use skv_server::{Durability, Engine, NodeConfig, RunningNode, StartError, TransportConfig};
+use skv_token::parse_allow;
 
 use crate::args::DemoArgs;
 use crate::cluster::status::{render_table, status_of, Row};
@@ -199,8 +199,8 @@ fn mint_token(
             sub: client.into(),
             scopes: vec![parse_allow(allow).context("scope")?],
             ttl: Duration::from_secs(15 * 60),
-            aud: skv_proto::DEFAULT_TOKEN_AUDIENCE.into(),
-            iss: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
+            aud: skv_token::DEFAULT_TOKEN_AUDIENCE.into(),
+            iss: skv_token::DEFAULT_TOKEN_ISSUER.into(),
             bind_cert_der: Some(pem_to_der(&cert)?),
         },
     )?)
@@ -297,8 +297,8 @@ fn node_config(
             keyset: keys.join("keyset.json"),
             mode: AuthMode::PerRequest,
             token_cache: skv_server::config::DEFAULT_TOKEN_CACHE,
-            audience: skv_proto::DEFAULT_TOKEN_AUDIENCE.into(),
-            issuer: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
+            audience: skv_token::DEFAULT_TOKEN_AUDIENCE.into(),
+            issuer: skv_token::DEFAULT_TOKEN_ISSUER.into(),
             leeway: Duration::from_secs(5),
             require_bound_tokens: false,
             audit_log: Some(audit_log(dir, id)),

@@ -3,8 +3,10 @@
 //! in HdrHistograms, a [`BenchReport`] at the end. Against a single node a task is exactly
 //! one connection.
 //!
-//! It lives in the library, not in the CLI, so the security ladder (a later issue) can run
-//! one configuration after another in-process and collect the reports as rows of a table.
+//! This crate owns the load generator (this module) and the security-cost ladder built on it
+//! ([`ladder`]). It is a library, not part of the CLI, so the ladder can run one configuration
+//! after another in-process and collect the reports as rows of a table. It depends on the
+//! client library only: the ladder's nodes are `skv-node` processes, never linked code.
 //!
 //! # How a run goes
 //!
@@ -46,6 +48,8 @@
 //! A run needs a tokio runtime; the multi-threaded one lets the connections' tasks use every
 //! core.
 
+#![forbid(unsafe_code)]
+
 pub mod ladder;
 mod options;
 mod progress;
@@ -70,9 +74,8 @@ pub use options::{
 pub use progress::{Phase, Progress};
 pub use report::{error_kind, BenchReport};
 
-use crate::cluster::ClusterClient;
-use crate::error::ClientError;
 use report::TaskStats;
+use skv_client::{ClientError, ClusterClient};
 use zipf::Zipf;
 
 /// Every key of a bench starts with this; SCAN uses it as the prefix.

@@ -323,11 +323,11 @@ fn mint_admin_token(issuer_dir: &Path, pki: &Layout) -> Result<String> {
     let bind_cert_der = files::cert_der(&cert).map_err(Failure::usage)?;
     let spec = TokenSpec {
         sub: ADMIN.into(),
-        scopes: vec![skv_proto::token::parse_allow("admin:")
+        scopes: vec![skv_token::parse_allow("admin:")
             .map_err(|e| Failure::usage(format!("internal: the admin scope: {e}")))?],
         ttl: ADMIN_TOKEN_TTL,
-        aud: skv_proto::DEFAULT_TOKEN_AUDIENCE.into(),
-        iss: skv_proto::DEFAULT_TOKEN_ISSUER.into(),
+        aud: skv_token::DEFAULT_TOKEN_AUDIENCE.into(),
+        iss: skv_token::DEFAULT_TOKEN_ISSUER.into(),
         bind_cert_der: Some(bind_cert_der),
     };
     mint(&issuer, &spec).map_err(|e| Failure::usage(format!("cannot mint the admin token: {e}")))

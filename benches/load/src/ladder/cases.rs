@@ -8,8 +8,8 @@ use serde::Serialize;
 use skv_certs::issuer::Alg;
 use skv_certs::KeyType;
 
-use crate::bench::Workload;
-use crate::config::{ConnectOptions, Security};
+use crate::Workload;
+use skv_client::config::{ConnectOptions, Security};
 
 use super::setup::{self, Credentials};
 

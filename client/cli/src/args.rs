@@ -150,7 +150,7 @@ pub(crate) enum KeysCommand {
         /// Signature algorithm: eddsa (default), es256, rs256 (needs `openssl`) or hs256
         /// (shared secret: every node can then mint tokens; see docs/SECURITY.md).
         #[arg(long, default_value = "eddsa")]
-        alg: skv_proto::token::Alg,
+        alg: skv_token::Alg,
         /// Key id [default: derived from the key].
         #[arg(long, value_name = "ID")]
         kid: Option<String>,
@@ -196,10 +196,10 @@ pub(crate) struct IssueArgs {
     #[arg(long, value_name = "DURATION")]
     pub(crate) ttl: String,
     /// Audience: the cluster the token is for.
-    #[arg(long, value_name = "AUD", default_value = skv_proto::DEFAULT_TOKEN_AUDIENCE)]
+    #[arg(long, value_name = "AUD", default_value = skv_token::DEFAULT_TOKEN_AUDIENCE)]
     pub(crate) aud: String,
     /// Issuer name nodes require.
-    #[arg(long, value_name = "ISS", default_value = skv_proto::DEFAULT_TOKEN_ISSUER)]
+    #[arg(long, value_name = "ISS", default_value = skv_token::DEFAULT_TOKEN_ISSUER)]
     pub(crate) iss: String,
     /// Bind the token to this client certificate (PEM): it is then refused over any other.
     #[arg(long, value_name = "CERT.pem")]

@@ -16,11 +16,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::bench::options::{Stop, Workload};
-use crate::bench::report::TaskStats;
-use crate::bench::{key_name, Plan, KEY_PREFIX};
-use crate::cluster::ClusterClient;
-use crate::error::ClientError;
+use crate::options::{Stop, Workload};
+use crate::report::TaskStats;
+use crate::{key_name, Plan, KEY_PREFIX};
+use skv_client::ClientError;
+use skv_client::ClusterClient;
 
 /// How early an open-loop request may go out. Tokio's timer wheel has millisecond
 /// resolution and rounds sleeps *up*, so sleeping until the exact send time would send most

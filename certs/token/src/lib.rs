@@ -1,9 +1,11 @@
 //! Bearer tokens: everything the issuer (skv-certs) and the verifier (skv-node) must agree on.
 //!
-//! This module owns:
+//! This crate owns:
 //! - the token algorithms skv accepts ([`Alg`]) and the operations a scope grants ([`ScopeOp`]);
 //! - the claims a token carries ([`TokenClaims`], [`Scope`], [`Confirmation`]) and the
 //!   `--allow OPS:PREFIX` grammar that produces scopes ([`parse_allow`]);
+//! - the default audience and issuer both sides assume ([`DEFAULT_TOKEN_AUDIENCE`],
+//!   [`DEFAULT_TOKEN_ISSUER`]);
 //! - the certificate binding value, `x5t#S256` of RFC 8705 ([`cert_thumbprint`]);
 //! - the keyset file format, JWKS-style JSON ([`JwkSet`], [`Jwk`]), and what each JWK means as a
 //!   verifying key ([`Jwk::to_verifying_key`]);
@@ -11,16 +13,19 @@
 //!
 //! Why the provider lives here: jsonwebtoken 10+ has no ring backend, and its own backends pull
 //! in aws-lc-rs or the RustCrypto `rsa` crate (RUSTSEC-2023-0071), so skv supplies one. Both
-//! the minting side (skv-certs) and the verifying side (skv-node) need it, and this crate is the
-//! only one both already depend on. skv-certs is not an option because the node must not link
-//! rcgen, and skv-server is not one either because credential tooling should not link the node
-//! (sled, tokio, the listener). What it costs here is ring, which every skv binary already
-//! links through rustls, and jsonwebtoken with default features off (serde, base64, a few tiny
-//! crates). The way a [`Jwk`] becomes a [`jsonwebtoken::DecodingKey`] is defined next to the
-//! provider that reads those bytes, so the two cannot drift apart.
+//! the minting side (skv-certs) and the verifying side (skv-node) need it. skv-certs is not a
+//! home for it because the node must not link rcgen, skv-server is not one because credential
+//! tooling should not link the node (sled, tokio, the listener), and skv-proto is not one
+//! because the wire format should not carry a JWT library into every client. What this crate
+//! costs is ring, which every skv binary already links through rustls, and jsonwebtoken with
+//! default features off (serde, base64, a few tiny crates). The way a [`Jwk`] becomes a
+//! [`jsonwebtoken::DecodingKey`] is defined next to the provider that reads those bytes, so the
+//! two cannot drift apart.
 //!
 //! Nothing here checks a token. Verification (signature, claims, binding, scopes) is the
 //! node's job, in `skv_server::auth`.
+
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -32,7 +37,14 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
-use crate::message::Op;
+use skv_proto::Op;
+
+/// Token audience a node requires, and `skv token issue` writes, unless told otherwise: the
+/// default cluster name, so defaults match on both sides.
+pub const DEFAULT_TOKEN_AUDIENCE: &str = "skv";
+
+/// Token issuer a node requires, and `skv token issue` writes, unless told otherwise.
+pub const DEFAULT_TOKEN_ISSUER: &str = "skv";
 
 /// Bytes of randomness in a `jti`: 128 bits, written as 32 lower-case hex digits.
 pub const JTI_BYTES: usize = 16;

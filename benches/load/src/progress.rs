@@ -48,7 +48,7 @@ impl Phase {
 }
 
 /// Shared progress of one run. Create one, pass it to
-/// [`run_with_progress`](crate::bench::run_with_progress), and read it from elsewhere.
+/// [`run_with_progress`](crate::run_with_progress), and read it from elsewhere.
 #[derive(Debug, Default)]
 pub struct Progress {
     phase: AtomicU8,

@@ -1,6 +1,6 @@
 //! `skv bench ladder`: the security-cost study. One run starts a real `skv-node` process per
 //! case, one after another, and drives the same workload against each with the load
-//! generator of [`crate::bench`], so the rows are comparable:
+//! generator of [`crate`], so the rows are comparable:
 //!
 //! - the main ladder, GET of 100-byte values at inflight 1 and 16: L0 plaintext, L1 TLS
 //!   (server auth only), L2 mutual TLS, L3 + JWT per connection, L4 + JWT per request
@@ -12,7 +12,7 @@
 //!
 //! Besides what the load generator sees (ops/s, latency), each row has the node's CPU time
 //! per operation, read from `/proc/<pid>/stat` at the edges of the measured window (after
-//! the preload and the warmup; see [`crate::bench::WindowHook`]). On a machine where the
+//! the preload and the warmup; see [`crate::WindowHook`]). On a machine where the
 //! load generator and the node share the cores, throughput alone hides what a layer costs;
 //! CPU per operation does not.
 //!
@@ -43,11 +43,11 @@ pub use cases::Rung;
 pub use machine::Machine;
 pub use markdown::{targets, Target, Verdict};
 
-use crate::bench::{self, error_kind, BenchOptions, BenchReport, Stop, WindowEdge, WindowHook};
-use crate::error::ClientError;
+use crate::{error_kind, BenchOptions, BenchReport, Stop, WindowEdge, WindowHook};
 use cases::Case;
 use node::NodeProcess;
 use setup::Credentials;
+use skv_client::ClientError;
 
 /// Most nodes per case: enough to show per-operation cost against cluster size on a small
 /// machine, few enough that every node keeps a core's share.
@@ -139,8 +139,8 @@ impl LadderOptions {
         if self.conns == 0 {
             return bad("--conns must be at least 1".into());
         }
-        if self.keys == 0 || self.keys > bench::MAX_KEYS {
-            return bad(format!("--keys must be within 1..={}", bench::MAX_KEYS));
+        if self.keys == 0 || self.keys > crate::MAX_KEYS {
+            return bad(format!("--keys must be within 1..={}", crate::MAX_KEYS));
         }
         if self.repeats() == 0 {
             return bad("--repeat must be at least 1".into());
@@ -580,7 +580,7 @@ fn run_case(ctx: &Ctx<'_>, index: usize, case: &Case) -> LadderRow {
         }
     }));
 
-    let result = ctx.runtime.block_on(bench::run(opts));
+    let result = ctx.runtime.block_on(crate::run(opts));
     let mut died = None;
     let mut tail = None;
     for (id, node) in ids.iter().zip(nodes.iter_mut()) {

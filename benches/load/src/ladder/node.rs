@@ -4,8 +4,10 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::Duration;
+
+use procfs::process::{Process, Stat};
+use procfs::{CpuTime, CurrentSI, KernelStats};
 
 /// How long a node may take to print `listening on`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -127,83 +129,75 @@ impl Drop for NodeProcess {
     }
 }
 
-/// Clock ticks per second of the times in /proc/PID/stat: `getconf CLK_TCK`, asked once
-/// (100 on every common Linux; used if getconf is missing).
+/// Clock ticks per second of the times in /proc/PID/stat (`sysconf(_SC_CLK_TCK)`).
 pub(crate) fn clock_ticks_per_sec() -> f64 {
-    static TICKS: OnceLock<f64> = OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .and_then(|out| String::from_utf8(out.stdout).ok())
-            .and_then(|text| text.trim().parse::<f64>().ok())
-            .filter(|ticks| *ticks > 0.0)
-            .unwrap_or(100.0)
-    })
+    procfs::ticks_per_second() as f64
 }
 
 /// User + system CPU time of a process (all its threads), in clock ticks, from
 /// `/proc/<pid>/stat` (`pid` "self" for this process). `None` where there is no /proc.
 pub(crate) fn cpu_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat_ticks(&stat)
+    let process = match pid {
+        "self" => Process::myself(),
+        pid => Process::new(pid.parse().ok()?),
+    };
+    let stat = process.ok()?.stat().ok()?;
+    Some(stat_ticks(&stat))
 }
 
 /// Busy time of all CPUs together, in clock ticks: user + nice + system + irq + softirq from
 /// the first line of /proc/stat (idle, iowait and steal are not busy).
 pub(crate) fn machine_busy_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    parse_machine_busy(stat.lines().next()?)
+    let total = KernelStats::current().ok()?.total;
+    Some(busy_ticks(&total))
 }
 
-fn parse_machine_busy(line: &str) -> Option<u64> {
-    let mut fields = line.split_whitespace();
-    if fields.next()? != "cpu" {
-        return None;
-    }
-    let v: Vec<u64> = fields.map(|f| f.parse().ok()).collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal ...
-    Some(v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)?)
+fn busy_ticks(cpu: &CpuTime) -> u64 {
+    cpu.user + cpu.nice + cpu.system + cpu.irq.unwrap_or(0) + cpu.softirq.unwrap_or(0)
 }
 
-/// Fields 14 (utime) and 15 (stime) of a /proc stat line. The command name (field 2) is in
-/// parentheses and may hold spaces or parentheses itself, so counting starts after the last
-/// `)`, where field 3 is.
-fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+/// utime + stime: this process's own threads, not its reaped children.
+fn stat_ticks(stat: &Stat) -> u64 {
+    stat.utime + stat.stime
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use procfs::{FromBufReadSI, FromRead};
 
     #[test]
     fn stat_lines_parse() {
-        let line = "4242 (skv node (x)) S 1 4242 4242 0 -1 4194560 2870 0 0 0 \
-                    1234 567 0 0 20 0 9 0 9000 123456 789 18446744073709551615";
-        assert_eq!(parse_stat_ticks(line), Some(1234 + 567));
-        assert_eq!(parse_stat_ticks("garbage"), None);
-        assert_eq!(parse_stat_ticks("1 (x) S 1 2"), None);
+        // The command name (field 2) may hold spaces and parentheses itself.
+        let line = "4242 (skv node (x)) S 1 4242 4242 0 -1 4194560 2870 0 0 0 1234 567 0 0 20 \
+                    0 9 0 9000 123456 789 18446744073709551615 94080063979520 94080063999401 \
+                    140729334505968 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 94080064015408 \
+                    94080064017024 94080398573568 140729334512354 140729334512374 \
+                    140729334512374 140729334513643 0\n";
+        let stat = Stat::from_read(line.as_bytes()).unwrap();
+        assert_eq!(stat.comm, "skv node (x)");
+        assert_eq!(stat_ticks(&stat), 1234 + 567);
+        assert!(Stat::from_read(&b"garbage"[..]).is_err());
+        assert!(Stat::from_read(&b"1 (x) S 1 2"[..]).is_err());
     }
 
     #[test]
-    fn machine_busy_time_parses() {
-        let line = "cpu  100 2 30 9999 7 4 5 6 0 0";
-        assert_eq!(parse_machine_busy(line), Some(100 + 2 + 30 + 4 + 5));
-        assert_eq!(parse_machine_busy("cpu0 1 2 3 4 5 6 7"), None);
+    fn machine_busy_time_counts_busy_states_only() {
+        let stat =
+            "cpu  100 2 30 9999 7 4 5 6 0 0\ncpu0 1 2 3 4 5 6 7\nctxt 1\nbtime 1\nprocesses 1\n";
+        let stats =
+            KernelStats::from_buf_read(stat.as_bytes(), procfs::current_system_info()).unwrap();
+        let cpu = stats.total;
+        assert_eq!(busy_ticks(&cpu), 100 + 2 + 30 + 4 + 5);
     }
 
     #[test]
     fn this_process_has_a_cpu_time() {
         if Path::new("/proc/self/stat").exists() {
             assert!(cpu_ticks("self").is_some());
+            assert!(machine_busy_ticks().is_some());
         }
+        assert!(cpu_ticks("not-a-pid").is_none());
         assert!(clock_ticks_per_sec() > 0.0);
     }
 }

@@ -9,6 +9,11 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use nix::errno::Errno;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use procfs::process::Process;
 use std::time::{Duration, Instant};
 
 use skv_client::{exit, Connection};
@@ -73,25 +78,19 @@ pub(super) fn down(dir: &Path) -> Result<u8> {
     for id in &ids {
         match live_pid(&dir, id) {
             Some(pid) => {
-                let sent = Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
+                let sent = i32::try_from(pid)
+                    .map_err(|_| Errno::ESRCH)
+                    .and_then(|raw| signal::kill(Pid::from_raw(raw), Signal::SIGTERM));
                 match sent {
-                    Ok(status) if status.success() => stopping.push((id.clone(), pid)),
+                    Ok(()) => stopping.push((id.clone(), pid)),
                     // It exited between the check and the signal: already stopped.
-                    Ok(_) if live_pid(&dir, id).is_none() => {
+                    Err(_) if live_pid(&dir, id).is_none() => {
                         println!("{id} already stopped");
                         let _ = fs::remove_file(dir.pid_file(id));
                     }
-                    Ok(status) => {
-                        return Err(Failure::server(format!(
-                            "`kill -TERM {pid}` for node {id} failed ({status})"
-                        )))
-                    }
                     Err(e) => {
                         return Err(Failure::server(format!(
-                            "cannot run `kill` to stop node {id} (pid {pid}): {e}"
+                            "cannot send SIGTERM to node {id} (pid {pid}): {e}"
                         )))
                     }
                 }
@@ -314,7 +313,7 @@ fn node_binary() -> Result<PathBuf> {
     beside.or_else(on_path).ok_or_else(|| {
         Failure::usage(
             "cannot find skv-node next to this skv or on PATH; build it with \
-             `cargo build --release --bins`",
+             `cargo build --bins` (or `--release --bins`)",
         )
     })
 }
@@ -322,8 +321,12 @@ fn node_binary() -> Result<PathBuf> {
 /// The pid of node `id` if its pid file names a live skv-node started with its config.
 pub(super) fn live_pid(dir: &ClusterDir, id: &str) -> Option<u32> {
     let pid = parse_pid(&fs::read_to_string(dir.pid_file(id)).ok()?)?;
-    // A zombie or a vanished process has an empty or missing cmdline: not running.
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    // A zombie or a vanished process has an empty or missing cmdline: not running. (procfs
+    // reads it as UTF-8; a node whose config path is not UTF-8 is not one `init` writes.)
+    let cmdline = Process::new(i32::try_from(pid).ok()?)
+        .ok()?
+        .cmdline()
+        .ok()?;
     is_node_cmdline(&cmdline, &dir.node_config(id)).then_some(pid)
 }
 
@@ -336,25 +339,17 @@ pub(super) fn parse_pid(text: &str) -> Option<u32> {
     text.parse().ok().filter(|&pid| pid > 0)
 }
 
-/// Whether a `/proc/<pid>/cmdline` (NUL-separated arguments) is `skv-node` started with
+/// Whether a process's arguments (`/proc/<pid>/cmdline`) are `skv-node` started with
 /// `--config <config>`.
-pub(super) fn is_node_cmdline(cmdline: &[u8], config: &Path) -> bool {
-    let args: Vec<&[u8]> = cmdline
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .collect();
+pub(super) fn is_node_cmdline(args: &[String], config: &Path) -> bool {
     let Some(program) = args.first() else {
         return false;
     };
-    let is_node = program
-        .rsplit(|&b| b == b'/')
-        .next()
-        .is_some_and(|name| name == b"skv-node");
-    let config = config.as_os_str().as_encoded_bytes();
+    let is_node = Path::new(program).file_name() == Some("skv-node".as_ref());
     is_node
         && args
             .windows(2)
-            .any(|pair| pair[0] == b"--config" && pair[1] == config)
+            .any(|pair| pair[0] == "--config" && Path::new(&pair[1]) == config)
 }
 
 /// Node ids with a pid file in `run`.
@@ -388,34 +383,38 @@ mod tests {
         assert_eq!(parse_pid("99999999999"), None);
     }
 
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|a| (*a).to_owned()).collect()
+    }
+
     #[test]
     fn only_our_node_processes_count_as_running() {
         let config = Path::new("/c/nodes/n1.toml");
-        let ours = b"/opt/skv/bin/skv-node\0--config\0/c/nodes/n1.toml\0";
-        assert!(is_node_cmdline(ours, config));
+        let ours = args(&["/opt/skv/bin/skv-node", "--config", "/c/nodes/n1.toml"]);
+        assert!(is_node_cmdline(&ours, config));
         assert!(is_node_cmdline(
-            b"skv-node\0--config\0/c/nodes/n1.toml\0",
+            &args(&["skv-node", "--config", "/c/nodes/n1.toml"]),
             config
         ));
         // Another cluster's node, another node of this cluster, something else entirely.
         assert!(!is_node_cmdline(
-            b"/bin/skv-node\0--config\0/other/nodes/n1.toml\0",
+            &args(&["/bin/skv-node", "--config", "/other/nodes/n1.toml"]),
             config
         ));
         assert!(!is_node_cmdline(
-            b"/bin/skv-node\0--config\0/c/nodes/n2.toml\0",
+            &args(&["/bin/skv-node", "--config", "/c/nodes/n2.toml"]),
             config
         ));
         assert!(!is_node_cmdline(
-            b"/usr/bin/vim\0/c/nodes/n1.toml\0",
+            &args(&["/usr/bin/vim", "/c/nodes/n1.toml"]),
             config
         ));
         assert!(!is_node_cmdline(
-            b"/usr/bin/not-skv-node\0--config\0/c/nodes/n1.toml\0",
+            &args(&["/usr/bin/not-skv-node", "--config", "/c/nodes/n1.toml"]),
             config
         ));
         // A zombie's cmdline is empty.
-        assert!(!is_node_cmdline(b"", config));
+        assert!(!is_node_cmdline(&args(&[]), config));
     }
 
     #[test]
