@@ -118,9 +118,37 @@ impl Connection {
                     .connect(name, socket)
                     .await
                     .map_err(|e| ClientError::from_io(&opts.addr, &e, ca.as_deref()))?;
-                Self::start(stream, opts, ca).await
+                Self::start(stream, opts, ca, 0).await
             }
-            _ => Self::start(socket, opts, None).await,
+            _ => Self::start(socket, opts, None, 0).await,
+        }
+    }
+
+    /// Say HELLO over a stream the caller has already connected and secured, and start the
+    /// driver: for callers with their own TLS policy. A node dialing a peer uses it, after
+    /// checking that the certificate names the node it meant to reach, so nodes and clients
+    /// share one HELLO client.
+    ///
+    /// `opts.addr` (for messages), `opts.token`, `opts.connect_timeout` (for HELLO) and
+    /// `opts.request_timeout` apply; `opts.security` and `opts.server_name` are the caller's
+    /// business. `frame_slack` is added to the frame limit the node announces: peers allow
+    /// each other that much more, since an imported entry is a client write plus its version.
+    pub async fn handshake<S>(
+        stream: S,
+        opts: &ConnectOptions,
+        frame_slack: usize,
+    ) -> Result<Connection, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let timeout = opts.connect_timeout;
+        match tokio::time::timeout(timeout, Self::start(stream, opts, None, frame_slack)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout {
+                addr: opts.addr.clone(),
+                after: timeout,
+                waiting_for: "HELLO",
+            }),
         }
     }
 
@@ -128,6 +156,7 @@ impl Connection {
         stream: S,
         opts: &ConnectOptions,
         ca: Option<String>,
+        frame_slack: usize,
     ) -> Result<Connection, ClientError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -178,7 +207,8 @@ impl Connection {
             }
         };
         // Keep bytes the node may have sent after HELLO_OK: the new codec only changes limits.
-        let framed = framed.map_codec(|_| FrameCodec::new(max_frame.max(skv_proto::MIN_MAX_FRAME)));
+        let limit = max_frame.max(skv_proto::MIN_MAX_FRAME) + frame_slack;
+        let framed = framed.map_codec(|_| FrameCodec::new(limit));
         let (calls, rx) = mpsc::channel(QUEUE);
         // Send the token only where the node reads it: per-connection nodes had it in HELLO,
         // and bytes a node ignores still cost TLS, copies and syscalls on every request.

@@ -218,9 +218,7 @@ fn open_cluster(
         .or(own_domain)
         .unwrap_or_else(|| skv_token::DEFAULT_TOKEN_AUDIENCE.to_owned());
     let dialer = match &config.transport {
-        TransportConfig::Tls { ca, cert, key, .. } => {
-            Some(Dialer::new(ca, cert, key, &name, config.max_frame)?)
-        }
+        TransportConfig::Tls { ca, cert, key, .. } => Some(Dialer::new(ca, cert, key, &name)?),
         TransportConfig::Plaintext => None,
     };
     let advertise = config

@@ -101,7 +101,7 @@ pub(super) async fn move_slots(
     tracing::info!(to = %to, slots = %format_ranges(&ranges), "moving slots");
 
     let peer_err = |e: PeerError| WireError::new(ErrorCode::ClusterState, e.to_string());
-    let mut peer = dialer.connect(&target).await.map_err(peer_err)?;
+    let peer = dialer.connect(&target).await.map_err(peer_err)?;
     peer.control(&ControlRequest::ImportBegin {
         ranges: ranges.clone(),
     })
@@ -109,7 +109,7 @@ pub(super) async fn move_slots(
     .map_err(peer_err)?;
 
     giver.begin_migration(&to, ranges.clone());
-    let copied = match copy_and_flip(&cluster, &giver, &mut peer, &slots, to_shard).await {
+    let copied = match copy_and_flip(&cluster, &giver, &peer, &slots, to_shard).await {
         Ok(copied) => copied,
         Err(err) => {
             // Nothing changed hands: lift the fence and keep serving.
@@ -148,7 +148,7 @@ pub(super) async fn move_slots(
 async fn copy_and_flip(
     cluster: &Arc<Cluster>,
     giver: &Arc<Shard>,
-    peer: &mut PeerConnection,
+    peer: &PeerConnection,
     slots: &SlotSet,
     to_shard: u32,
 ) -> Result<u64, WireError> {
@@ -221,7 +221,7 @@ async fn copy_and_flip(
 
 /// Send `entries` and `deleted` in IMPORT frames of at most [`BATCH_BYTES`].
 async fn send_batches(
-    peer: &mut PeerConnection,
+    peer: &PeerConnection,
     entries: Vec<ScanEntry>,
     deleted: Vec<Bytes>,
 ) -> Result<(), PeerError> {

@@ -497,7 +497,7 @@ impl Cluster {
             let request = &request;
             async move {
                 let result = match dialer.connect(node).await {
-                    Ok(mut conn) => conn.control(request).await.map(|_| ()),
+                    Ok(conn) => conn.control(request).await.map(|_| ()),
                     Err(err) => Err(err),
                 };
                 if let Err(err) = result {

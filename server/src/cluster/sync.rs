@@ -38,7 +38,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, shutdown: CancellationToken) {
         let peer = &peers[turn % peers.len()];
         turn = turn.wrapping_add(1);
         let fetched = async {
-            let mut conn = dialer.connect(peer).await?;
+            let conn = dialer.connect(peer).await?;
             conn.map().await
         };
         match fetched.await {

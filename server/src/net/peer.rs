@@ -1,23 +1,21 @@
 //! Node-to-node connections: this node dialling a peer over mutual TLS with its own node
 //! certificate, and checking that the peer's certificate names the node it meant to reach.
 //!
-//! Peer traffic is rare (map changes, slot moves, a map check every few seconds), so a peer
-//! connection carries one request at a time; the data path never goes through here.
+//! After the identity check, the HELLO and every request go through the client library's
+//! [`Connection`], so nodes and clients speak the protocol with one implementation. Peer
+//! traffic is rare (map changes, slot moves, a map check every few seconds); the data path
+//! never goes through here.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
+use skv_client::{ClientError, ConnectOptions, Connection, Security};
 use skv_proto::cluster::{ClusterMap, ControlRequest, ControlResponse, NodeEntry};
-use skv_proto::{
-    FrameCodec, Request, RequestBody, ResponseBody, ScanEntry, WireError, PROTOCOL_VERSION,
-};
+use skv_proto::{RequestBody, ResponseBody, ScanEntry};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-use tokio_util::codec::Framed;
 
 use crate::net::identity;
 use crate::net::tls::{self, TlsSetupError};
@@ -47,10 +45,14 @@ pub(crate) enum PeerError {
     },
     #[error("node {node} did not answer within {after:?}")]
     Timeout { node: String, after: Duration },
-    #[error("node {node} refused: {error}")]
-    Refused { node: String, error: WireError },
-    #[error("node {node} answered something unexpected: {detail}")]
-    Protocol { node: String, detail: String },
+    /// Anything after the TLS handshake: the client library's words (refusals, timeouts,
+    /// lost connections, unexpected answers).
+    #[error("node {node}: {source}")]
+    Call {
+        node: String,
+        #[source]
+        source: ClientError,
+    },
 }
 
 /// Dials peers with this node's certificate.
@@ -58,7 +60,6 @@ pub(crate) enum PeerError {
 pub(crate) struct Dialer {
     config: Arc<ClientConfig>,
     cluster: String,
-    max_frame: usize,
 }
 
 impl Dialer {
@@ -68,7 +69,6 @@ impl Dialer {
         cert: &std::path::Path,
         key: &std::path::Path,
         cluster: &str,
-        max_frame: usize,
     ) -> Result<Dialer, TlsSetupError> {
         let config = ClientConfig::builder_with_provider(tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -82,7 +82,6 @@ impl Dialer {
         Ok(Dialer {
             config: Arc::new(config),
             cluster: cluster.to_owned(),
-            max_frame,
         })
     }
 
@@ -143,145 +142,71 @@ impl Dialer {
                 },
             });
         }
+        let mut opts = ConnectOptions::new(node.addr.clone(), Security::Plaintext);
+        opts.connect_timeout = CONNECT_TIMEOUT;
+        opts.request_timeout = CALL_TIMEOUT;
         // Peers may send batches slightly larger than a client frame (an imported entry is a
         // client write plus its version); the receiving node allows the same slack.
-        let mut conn = PeerConnection {
-            framed: Framed::new(stream, FrameCodec::new(self.max_frame + PEER_FRAME_SLACK)),
-            next_id: 0,
+        let conn = Connection::handshake(stream, &opts, PEER_FRAME_SLACK)
+            .await
+            .map_err(|source| PeerError::Call {
+                node: node.id.clone(),
+                source,
+            })?;
+        Ok(PeerConnection {
+            conn,
             node: node.id.clone(),
-        };
-        match conn
-            .call(RequestBody::Hello {
-                min_version: PROTOCOL_VERSION,
-                max_version: PROTOCOL_VERSION,
-            })
-            .await?
-        {
-            ResponseBody::HelloOk { .. } => Ok(conn),
-            other => Err(conn.unexpected("HELLO", &other)),
-        }
+        })
     }
 }
 
 /// Extra frame bytes allowed on peer connections beyond the node's client frame limit.
 pub(crate) const PEER_FRAME_SLACK: usize = 64 * 1024;
 
-/// One established peer connection, one request at a time.
+/// One established peer connection: the client library's [`Connection`], for one peer.
 #[derive(Debug)]
 pub(crate) struct PeerConnection {
-    framed: Framed<TlsStream<TcpStream>, FrameCodec>,
-    next_id: u64,
+    conn: Connection,
     node: String,
 }
 
 impl PeerConnection {
-    /// Send one request and wait for its answer; error answers become [`PeerError::Refused`].
-    pub(crate) async fn call(&mut self, body: RequestBody) -> Result<ResponseBody, PeerError> {
-        let node = self.node.clone();
-        match tokio::time::timeout(CALL_TIMEOUT, self.call_inner(body)).await {
-            Ok(result) => result,
-            Err(_) => Err(PeerError::Timeout {
-                node,
-                after: CALL_TIMEOUT,
-            }),
-        }
-    }
-
-    async fn call_inner(&mut self, body: RequestBody) -> Result<ResponseBody, PeerError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let lost = |node: &str, reason: String| PeerError::Unreachable {
-            node: node.to_owned(),
-            addr: String::new(),
-            reason,
-        };
-        self.framed
-            .send(&Request {
-                id,
-                token: None,
-                body,
-            })
-            .await
-            .map_err(|e| lost(&self.node, e.to_string()))?;
-        let payload = match self.framed.next().await {
-            Some(Ok(payload)) => payload,
-            Some(Err(e)) => return Err(lost(&self.node, e.to_string())),
-            None => return Err(lost(&self.node, "connection closed".into())),
-        };
-        let response = skv_proto::Response::decode(payload).map_err(|e| PeerError::Protocol {
+    fn failed(&self, source: ClientError) -> PeerError {
+        PeerError::Call {
             node: self.node.clone(),
-            detail: e.to_string(),
-        })?;
-        if response.id != id {
-            return Err(PeerError::Protocol {
-                node: self.node.clone(),
-                detail: format!("answer for request {} while waiting for {id}", response.id),
-            });
-        }
-        match response.body {
-            ResponseBody::Error(error) => Err(PeerError::Refused {
-                node: self.node.clone(),
-                error,
-            }),
-            other => Ok(other),
+            source,
         }
     }
 
     /// Send a control request.
     pub(crate) async fn control(
-        &mut self,
+        &self,
         request: &ControlRequest,
     ) -> Result<ControlResponse, PeerError> {
-        let body = RequestBody::Control {
-            json: request.to_json().into(),
-        };
-        match self.call(body).await? {
-            ResponseBody::Control { json } => {
-                ControlResponse::from_json(&json).map_err(|e| PeerError::Protocol {
-                    node: self.node.clone(),
-                    detail: e.to_string(),
-                })
-            }
-            other => Err(self.unexpected(request.name(), &other)),
-        }
+        self.conn.control(request).await.map_err(|e| self.failed(e))
     }
 
     /// The peer's cluster map.
-    pub(crate) async fn map(&mut self) -> Result<ClusterMap, PeerError> {
-        match self.call(RequestBody::ClusterMap).await? {
-            ResponseBody::Map { json, .. } => {
-                ClusterMap::from_json(&json).map_err(|e| PeerError::Protocol {
-                    node: self.node.clone(),
-                    detail: e.to_string(),
-                })
-            }
-            other => Err(self.unexpected("CLUSTER_MAP", &other)),
-        }
+    pub(crate) async fn map(&self) -> Result<ClusterMap, PeerError> {
+        self.conn.cluster_map().await.map_err(|e| self.failed(e))
     }
 
     /// Copy entries (with their versions) and deletions to the peer.
     pub(crate) async fn import(
-        &mut self,
+        &self,
         entries: Vec<ScanEntry>,
         deleted: Vec<bytes::Bytes>,
     ) -> Result<(), PeerError> {
-        match self.call(RequestBody::Import { entries, deleted }).await? {
+        match self
+            .conn
+            .call(RequestBody::Import { entries, deleted })
+            .await
+            .map_err(|e| self.failed(e))?
+        {
             ResponseBody::Control { .. } => Ok(()),
-            other => Err(self.unexpected("IMPORT", &other)),
-        }
-    }
-
-    fn unexpected(&self, what: &str, body: &ResponseBody) -> PeerError {
-        let kind = match body {
-            ResponseBody::HelloOk { .. } => "HELLO_OK",
-            ResponseBody::Map { .. } => "MAP",
-            ResponseBody::Control { .. } => "CONTROL",
-            ResponseBody::Moved { .. } => "MOVED",
-            _ => "another kind",
-        };
-        PeerError::Protocol {
-            node: self.node.clone(),
-            detail: format!("{what} answered with {kind}"),
+            _ => Err(self.failed(ClientError::Protocol(
+                "IMPORT was answered with something other than CONTROL".into(),
+            ))),
         }
     }
 }
