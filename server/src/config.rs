@@ -234,7 +234,7 @@ impl FileConfig {
         })?;
         let mut cfg: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: one_line_toml_error(&text, &e),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
@@ -262,6 +262,23 @@ impl FileConfig {
     pub fn merge_flags(&mut self, flags: &clap::ArgMatches) -> Result<(), clap::Error> {
         clap::FromArgMatches::update_from_arg_matches(self, flags)
     }
+}
+
+/// A TOML error on one line, quoting the offending line so that the key is named even when
+/// the parser's own message only describes the value (`invalid type: string "x", expected
+/// usize`). The toml crate's `Display` spreads the same over several lines.
+fn one_line_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let Some(before) = err.span().and_then(|span| text.get(..span.start)) else {
+        return err.message().trim().to_owned();
+    };
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    let source = text[line_start..].lines().next().unwrap_or("").trim();
+    format!(
+        "line {line}, column {column} (`{source}`): {}",
+        err.message().trim()
+    )
 }
 
 /// Transport security of the listener.
@@ -497,8 +514,17 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, "listne = \"x\"\n").unwrap();
-        let err = FileConfig::load(&path).unwrap_err();
-        assert!(err.to_string().contains("listne"), "{err}");
+        std::fs::write(&path, "listen = \"127.0.0.1:0\"\nlistne = \"x\"\n").unwrap();
+        let err = FileConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2, column 1 (`listne = \"x\"`): unknown field `listne`"));
+        assert_eq!(err.lines().count(), 1, "{err}");
+
+        std::fs::write(&path, "max_connections = \"lots\"\n").unwrap();
+        let err = FileConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("max_connections") && err.contains("usize"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
