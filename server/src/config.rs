@@ -475,6 +475,114 @@ fn auth_config(cfg: &FileConfig) -> Result<Option<AuthConfig>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    /// The settings as `skv-node` parses them (it flattens [`FileConfig`] the same way).
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: FileConfig,
+    }
+
+    /// `file` written as `DIR/node.toml` and loaded, with `flags` laid over it.
+    fn layered(dir: &Path, file: &str, flags: &[&str]) -> FileConfig {
+        let path = dir.join("node.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut cfg = FileConfig::load(&path).unwrap();
+        let argv = std::iter::once("skv-node").chain(flags.iter().copied());
+        let matches = Cli::command().try_get_matches_from(argv).unwrap();
+        cfg.merge_flags(&matches).unwrap();
+        cfg
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = "listen = \"127.0.0.1:1\"\nhandshake_timeout_secs = 3\nleeway_secs = 9\n\
+                    durability = \"async\"\ninsecure_plaintext = true\naudit_allows = true\n\
+                    max_connections = 8\n";
+        let cfg = layered(
+            dir.path(),
+            file,
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--handshake-timeout",
+                "7",
+                "--leeway-secs",
+                "1",
+                "--insecure-plaintext=false",
+                "--require-bound-tokens",
+                "--engine",
+                "memory",
+            ],
+        );
+        // Flag > file, for values and for booleans in both directions.
+        assert_eq!(cfg.listen.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(cfg.handshake_timeout_secs, Some(7));
+        assert_eq!(cfg.leeway_secs, Some(1));
+        assert_eq!(cfg.insecure_plaintext, Some(false));
+        assert_eq!(cfg.require_bound_tokens, Some(true));
+        assert_eq!(cfg.engine, Some(Engine::Memory));
+        // A flag not given leaves the file's value, boolean or not.
+        assert_eq!(cfg.durability, Some(Durability::Async));
+        assert_eq!(cfg.audit_allows, Some(true));
+        assert_eq!(cfg.max_connections, Some(8));
+        assert_eq!(cfg.name, None);
+
+        // File > default; neither: the default.
+        let cfg = layered(dir.path(), file, &[]);
+        let node = NodeConfig::from_file_config(cfg).unwrap();
+        assert_eq!(node.transport, TransportConfig::Plaintext);
+        assert_eq!(node.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(node.max_connections, 8);
+        assert_eq!(node.durability, Durability::Async);
+        assert_eq!(node.name, "skv-node");
+        assert_eq!(node.engine, Engine::Sled);
+        assert_eq!(node.shutdown_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn file_paths_follow_the_file_and_flag_paths_stay_as_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = layered(
+            dir.path(),
+            "ca = \"pki/ca.pem\"\ncert = \"n1.pem\"\nkeyset = \"/abs/keyset.json\"\n",
+            &["--cert", "flag/n1.pem", "--audit-log", "audit.log"],
+        );
+        assert_eq!(cfg.ca, Some(dir.path().join("pki/ca.pem")));
+        assert_eq!(cfg.keyset, Some(PathBuf::from("/abs/keyset.json")));
+        // Flags are relative to the working directory, as on any command line.
+        assert_eq!(cfg.cert, Some(PathBuf::from("flag/n1.pem")));
+        assert_eq!(cfg.audit_log, Some(PathBuf::from("audit.log")));
+    }
+
+    #[test]
+    fn every_file_key_is_a_documented_flag() {
+        // serde lists every key it knows when it refuses an unknown one.
+        let err = toml::from_str::<FileConfig>("no_such_key = 1").unwrap_err();
+        let text = err.to_string();
+        let expected = text.split("expected one of").nth(1).expect(&text);
+        let mut keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let cmd = Cli::command();
+        let mut flags: Vec<&str> = cmd
+            .get_arguments()
+            .filter(|a| a.get_long().is_some())
+            .map(|a| a.get_id().as_str())
+            .filter(|id| !["help", "version"].contains(id))
+            .collect();
+        keys.sort_unstable();
+        flags.sort_unstable();
+        assert_eq!(keys, flags);
+        for arg in cmd.get_arguments() {
+            assert!(
+                arg.get_help().is_some(),
+                "--{:?} has no help",
+                arg.get_long()
+            );
+        }
+        cmd.debug_assert();
+    }
 
     #[test]
     fn relative_paths_resolve_against_the_file() {

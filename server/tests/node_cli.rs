@@ -90,3 +90,105 @@ fn startup_errors_are_one_clear_line() -> anyhow::Result<()> {
     assert!(String::from_utf8(out.stderr)?.contains("HOST:PORT"));
     Ok(())
 }
+
+/// Start a node and wait for its `listening on` line; the address it names.
+fn start(cmd: &mut Command) -> anyhow::Result<(std::process::Child, String)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut first)?;
+    let Some(addr) = first.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        let status = child.wait()?;
+        anyhow::bail!("node did not start ({status}); first stdout line: {first:?}");
+    };
+    Ok((child, addr.to_owned()))
+}
+
+fn stop(mut child: std::process::Child) -> anyhow::Result<()> {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(killed.success());
+    let status = child.wait()?;
+    assert!(status.success(), "SIGTERM must exit 0, got {status}");
+    Ok(())
+}
+
+#[test]
+fn file_settings_hold_unless_a_flag_overrides_them() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("node.toml");
+    let config_arg = config.display().to_string();
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nengine = \"memory\"\ninsecure_plaintext = true\n",
+    )?;
+    // The file alone: plaintext, so no certificates are needed.
+    let (child, _) = start(node().args(["--config", &config_arg]))?;
+    stop(child)?;
+    // A boolean flag can take back what the file turned on.
+    let out = node()
+        .args(["--config", &config_arg, "--insecure-plaintext=false"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr)?;
+    assert!(err.contains("`ca` is missing"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn relative_paths_in_the_file_follow_the_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let elsewhere = tempfile::tempdir()?;
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data/n1\"\ninsecure_plaintext = true\n",
+    )?;
+    let (child, _) = start(
+        node()
+            .current_dir(elsewhere.path())
+            .args(["--config", &config.display().to_string()]),
+    )?;
+    stop(child)?;
+    assert!(
+        dir.path().join("data/n1").is_dir(),
+        "sled dir next to the file"
+    );
+    assert!(
+        !elsewhere.path().join("data").exists(),
+        "nothing in the cwd"
+    );
+    Ok(())
+}
+
+#[test]
+fn config_file_mistakes_are_one_line_naming_the_key() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("node.toml");
+    for (text, key) in [
+        (
+            "insecure_plaintext = true\nlistne = \"127.0.0.1:0\"\n",
+            "listne",
+        ),
+        (
+            "insecure_plaintext = true\nmax_connections = \"lots\"\n",
+            "max_connections",
+        ),
+        (
+            "insecure_plaintext = true\nmax_connections = 0\n",
+            "max_connections",
+        ),
+        ("insecure_plaintext = true\nauth = \"sometimes\"\n", "auth"),
+    ] {
+        std::fs::write(&config, text)?;
+        let out = node()
+            .args(["--config", &config.display().to_string()])
+            .output()?;
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let err = String::from_utf8(out.stderr)?;
+        assert!(err.contains(key), "{text}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    Ok(())
+}
