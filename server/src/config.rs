@@ -109,65 +109,119 @@ pub enum ConfigError {
     },
 }
 
-/// The config file, as written by people: every field optional.
-#[derive(Debug, Default, Deserialize)]
+/// The node's settings as written by people, in a config file or as flags: every field
+/// optional, so that "not given" can fall through to the next layer.
+///
+/// One struct serves both sources. serde reads it from TOML (`deny_unknown_fields`: a typo is
+/// an error naming the key) and clap reads it from the command line: each field's flag is its
+/// name with `-`, except that the `_secs` fields' flags drop the unit (`--handshake-timeout`,
+/// `--shutdown-timeout`, `--leeway`; the `-secs` spelling works too). Boolean flags take no
+/// value (`--insecure-plaintext`) or an explicit one (`--insecure-plaintext=false`, to
+/// override a file). The doc comments below are `skv-node --help`.
+/// [`FileConfig::merge_flags`] lays the flags over a loaded file; [`NodeConfig`] applies the
+/// defaults and validates.
+#[derive(Debug, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// Node name, used in logs and in HELLO answers.
+    /// Node name, shown to clients and in logs [default: skv-node].
+    #[arg(long)]
     pub name: Option<String>,
-    /// Address to listen on, `HOST:PORT`; port 0 picks a free port.
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:7400].
+    #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Directory of the sled database.
+    /// Directory of the sled database [default: ./skv-data].
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Storage engine.
+    /// Storage engine [default: sled].
+    #[arg(long, value_enum)]
     pub engine: Option<Engine>,
-    /// Durability of writes.
+    /// sync: acknowledge writes after they are flushed (group commit); async: sled flushes
+    /// every --flush-every-ms and a crash may lose that window [default: sync].
+    #[arg(long, value_enum)]
     pub durability: Option<Durability>,
-    /// Background flush interval for `durability = "async"`.
+    /// Background flush interval for --durability async [default: 500].
+    #[arg(long, value_name = "MS")]
     pub flush_every_ms: Option<u64>,
-    /// PEM file of the cluster CA that client certificates must chain to.
+    /// Cluster CA certificate (PEM) that client certificates must chain to.
+    #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// PEM file of this node's certificate chain.
+    /// This node's certificate chain (PEM).
+    #[arg(long, value_name = "FILE")]
     pub cert: Option<PathBuf>,
-    /// PEM file of this node's private key.
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// Serve without TLS. Only for benchmarks and labs.
+    /// Serve WITHOUT TLS. Only for benchmark baselines and labs; clients need --plaintext.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1)]
+    #[arg(require_equals = true, default_missing_value = "true")]
     pub insecure_plaintext: Option<bool>,
-    /// Serve TLS without asking clients for certificates. Only for benchmarks and labs.
+    /// Serve TLS WITHOUT requiring client certificates (server-auth only). Only for benchmark
+    /// baselines and labs.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1)]
+    #[arg(require_equals = true, default_missing_value = "true")]
     pub insecure_no_client_auth: Option<bool>,
-    /// Largest frame payload accepted, in bytes.
+    /// Largest frame payload accepted, in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
     pub max_frame: Option<usize>,
-    /// Most connections served at once; further clients wait in the kernel's backlog.
+    /// Most connections served at once; further clients wait in the kernel's backlog
+    /// [default: 1024].
+    #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Seconds a client has to finish the TLS handshake and HELLO.
+    /// Seconds a client has to complete the TLS handshake and HELLO [default: 10].
+    #[arg(
+        long = "handshake-timeout",
+        visible_alias = "handshake-timeout-secs",
+        value_name = "SECS"
+    )]
     pub handshake_timeout_secs: Option<u64>,
-    /// Seconds a graceful shutdown waits for in-flight requests.
+    /// Seconds a graceful shutdown waits for in-flight requests [default: 30].
+    #[arg(
+        long = "shutdown-timeout",
+        visible_alias = "shutdown-timeout-secs",
+        value_name = "SECS"
+    )]
     pub shutdown_timeout_secs: Option<u64>,
-    /// Public keyset for token verification; enables checkpoint 2.
+    /// Public keyset (from `skv keys init`) for token checks; reloaded when the file changes
+    /// and on SIGHUP. With a keyset, --auth defaults to per-request.
+    #[arg(long, value_name = "FILE")]
     pub keyset: Option<PathBuf>,
-    /// Token mode (default with a keyset: per-request).
+    /// Token mode: a token in every request, once per connection, or no token checks.
+    #[arg(long, value_enum)]
     pub auth: Option<AuthMode>,
-    /// Verified-token cache entries (default 10000; 0 disables).
+    /// Verified-token cache entries for per-request mode; 0 disables it [default: 10000].
+    #[arg(long, value_name = "N")]
     pub token_cache: Option<usize>,
-    /// Required token audience.
+    /// Audience tokens must carry [default: skv].
+    #[arg(long, value_name = "AUD")]
     pub aud: Option<String>,
-    /// Required token issuer.
+    /// Issuer tokens must carry [default: skv].
+    #[arg(long, value_name = "ISS")]
     pub iss: Option<String>,
-    /// Seconds of clock skew tolerated on exp/nbf (default 5).
+    /// Seconds of clock skew tolerated on exp and nbf [default: 5].
+    #[arg(long = "leeway", visible_alias = "leeway-secs", value_name = "SECS")]
     pub leeway_secs: Option<u64>,
-    /// Refuse tokens that are not bound to the client certificate.
+    /// Refuse tokens that are not bound to the client's certificate.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1)]
+    #[arg(require_equals = true, default_missing_value = "true")]
     pub require_bound_tokens: Option<bool>,
-    /// Audit log file.
+    /// Append one JSON line per refused request (and per allowed one with --audit-allows).
+    #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
-    /// Log allowed requests too, not just refusals.
+    /// Log allowed requests in the audit log too.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1)]
+    #[arg(require_equals = true, default_missing_value = "true")]
     pub audit_allows: Option<bool>,
-    /// Cluster name: the trust domain of node SPIFFE IDs that are admitted as peers
-    /// (default: the trust domain of this node's own certificate).
+    /// Cluster name: peers must present `spiffe://NAME/node/<id>` certificates [default: the
+    /// trust domain of --cert's SPIFFE ID].
+    #[arg(long, value_name = "NAME")]
     pub cluster: Option<String>,
-    /// Bootstrap cluster map (JSON). A newer map persisted in the data dir wins over it.
+    /// Bootstrap cluster map (JSON, written by `skv cluster init`); a newer map persisted in
+    /// the data dir wins. Without one the node owns every slot alone.
+    #[arg(long, value_name = "FILE")]
     pub cluster_map: Option<PathBuf>,
-    /// `HOST:PORT` that clients and peers use to reach this node (default: the listen
-    /// address); must match the node's entry in the cluster map.
+    /// Address clients and peers dial to reach this node, as listed in the cluster map
+    /// [default: the listen address].
+    #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
 }
 
@@ -180,7 +234,7 @@ impl FileConfig {
         })?;
         let mut cfg: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: one_line_toml_error(&text, &e),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
@@ -201,6 +255,30 @@ impl FileConfig {
         }
         Ok(cfg)
     }
+
+    /// Lay the flags given on the command line over `self`: flag > file. Only flags that were
+    /// actually given replace a value (none of them has a clap default); clap's derived
+    /// updater does the per-field work, so a new field needs no code here.
+    pub fn merge_flags(&mut self, flags: &clap::ArgMatches) -> Result<(), clap::Error> {
+        clap::FromArgMatches::update_from_arg_matches(self, flags)
+    }
+}
+
+/// A TOML error on one line, quoting the offending line so that the key is named even when
+/// the parser's own message only describes the value (`invalid type: string "x", expected
+/// usize`). The toml crate's `Display` spreads the same over several lines.
+fn one_line_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let Some(before) = err.span().and_then(|span| text.get(..span.start)) else {
+        return err.message().trim().to_owned();
+    };
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    let source = text[line_start..].lines().next().unwrap_or("").trim();
+    format!(
+        "line {line}, column {column} (`{source}`): {}",
+        err.message().trim()
+    )
 }
 
 /// Transport security of the listener.
@@ -397,6 +475,114 @@ fn auth_config(cfg: &FileConfig) -> Result<Option<AuthConfig>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    /// The settings as `skv-node` parses them (it flattens [`FileConfig`] the same way).
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: FileConfig,
+    }
+
+    /// `file` written as `DIR/node.toml` and loaded, with `flags` laid over it.
+    fn layered(dir: &Path, file: &str, flags: &[&str]) -> FileConfig {
+        let path = dir.join("node.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut cfg = FileConfig::load(&path).unwrap();
+        let argv = std::iter::once("skv-node").chain(flags.iter().copied());
+        let matches = Cli::command().try_get_matches_from(argv).unwrap();
+        cfg.merge_flags(&matches).unwrap();
+        cfg
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = "listen = \"127.0.0.1:1\"\nhandshake_timeout_secs = 3\nleeway_secs = 9\n\
+                    durability = \"async\"\ninsecure_plaintext = true\naudit_allows = true\n\
+                    max_connections = 8\n";
+        let cfg = layered(
+            dir.path(),
+            file,
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--handshake-timeout",
+                "7",
+                "--leeway-secs",
+                "1",
+                "--insecure-plaintext=false",
+                "--require-bound-tokens",
+                "--engine",
+                "memory",
+            ],
+        );
+        // Flag > file, for values and for booleans in both directions.
+        assert_eq!(cfg.listen.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(cfg.handshake_timeout_secs, Some(7));
+        assert_eq!(cfg.leeway_secs, Some(1));
+        assert_eq!(cfg.insecure_plaintext, Some(false));
+        assert_eq!(cfg.require_bound_tokens, Some(true));
+        assert_eq!(cfg.engine, Some(Engine::Memory));
+        // A flag not given leaves the file's value, boolean or not.
+        assert_eq!(cfg.durability, Some(Durability::Async));
+        assert_eq!(cfg.audit_allows, Some(true));
+        assert_eq!(cfg.max_connections, Some(8));
+        assert_eq!(cfg.name, None);
+
+        // File > default; neither: the default.
+        let cfg = layered(dir.path(), file, &[]);
+        let node = NodeConfig::from_file_config(cfg).unwrap();
+        assert_eq!(node.transport, TransportConfig::Plaintext);
+        assert_eq!(node.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(node.max_connections, 8);
+        assert_eq!(node.durability, Durability::Async);
+        assert_eq!(node.name, "skv-node");
+        assert_eq!(node.engine, Engine::Sled);
+        assert_eq!(node.shutdown_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn file_paths_follow_the_file_and_flag_paths_stay_as_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = layered(
+            dir.path(),
+            "ca = \"pki/ca.pem\"\ncert = \"n1.pem\"\nkeyset = \"/abs/keyset.json\"\n",
+            &["--cert", "flag/n1.pem", "--audit-log", "audit.log"],
+        );
+        assert_eq!(cfg.ca, Some(dir.path().join("pki/ca.pem")));
+        assert_eq!(cfg.keyset, Some(PathBuf::from("/abs/keyset.json")));
+        // Flags are relative to the working directory, as on any command line.
+        assert_eq!(cfg.cert, Some(PathBuf::from("flag/n1.pem")));
+        assert_eq!(cfg.audit_log, Some(PathBuf::from("audit.log")));
+    }
+
+    #[test]
+    fn every_file_key_is_a_documented_flag() {
+        // serde lists every key it knows when it refuses an unknown one.
+        let err = toml::from_str::<FileConfig>("no_such_key = 1").unwrap_err();
+        let text = err.to_string();
+        let expected = text.split("expected one of").nth(1).expect(&text);
+        let mut keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let cmd = Cli::command();
+        let mut flags: Vec<&str> = cmd
+            .get_arguments()
+            .filter(|a| a.get_long().is_some())
+            .map(|a| a.get_id().as_str())
+            .filter(|id| !["help", "version"].contains(id))
+            .collect();
+        keys.sort_unstable();
+        flags.sort_unstable();
+        assert_eq!(keys, flags);
+        for arg in cmd.get_arguments() {
+            assert!(
+                arg.get_help().is_some(),
+                "--{:?} has no help",
+                arg.get_long()
+            );
+        }
+        cmd.debug_assert();
+    }
 
     #[test]
     fn relative_paths_resolve_against_the_file() {
@@ -436,8 +622,17 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, "listne = \"x\"\n").unwrap();
-        let err = FileConfig::load(&path).unwrap_err();
-        assert!(err.to_string().contains("listne"), "{err}");
+        std::fs::write(&path, "listen = \"127.0.0.1:0\"\nlistne = \"x\"\n").unwrap();
+        let err = FileConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2, column 1 (`listne = \"x\"`): unknown field `listne`"));
+        assert_eq!(err.lines().count(), 1, "{err}");
+
+        std::fs::write(&path, "max_connections = \"lots\"\n").unwrap();
+        let err = FileConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("max_connections") && err.contains("usize"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 }

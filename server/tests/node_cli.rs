@@ -19,32 +19,17 @@ fn config_file_flags_and_graceful_exit() -> anyhow::Result<()> {
         &config,
         "name = \"cfg-node\"\nlisten = \"127.0.0.1:1\"\nengine = \"memory\"\ninsecure_plaintext = true\nmax_connections = 8\n",
     )?;
-    let mut child = node()
-        .args([
-            "--config",
-            &config.display().to_string(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first)?;
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first stdout line: {first:?}"));
+    let (child, addr) = start(node().args([
+        "--config",
+        &config.display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+    ]))?;
+    // Stopped before any assertion, so a failing test leaves no node behind.
+    let reached = std::net::TcpStream::connect(&addr).map(drop);
+    stop(child)?;
     assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0") && !addr.ends_with(":1"));
-    std::net::TcpStream::connect(addr)?;
-
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    assert!(killed.success());
-    let status = child.wait()?;
-    assert!(status.success(), "SIGTERM must exit 0, got {status}");
+    reached?;
     Ok(())
 }
 
@@ -56,37 +41,151 @@ fn startup_errors_are_one_clear_line() -> anyhow::Result<()> {
         &config,
         "listen = \"127.0.0.1:0\"\nmax_frame = 10\ninsecure_plaintext = true\n",
     )?;
-    let out = node()
-        .args(["--config", &config.display().to_string()])
-        .output()?;
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8(out.stderr)?;
+    let err = refused(node().args(["--config", &config.display().to_string()]))?;
     assert!(err.contains("max_frame"), "{err}");
 
-    let out = node()
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--ca",
-            "/nonexistent/ca.pem",
-            "--cert",
-            "/x",
-            "--key",
-            "/y",
-        ])
-        .output()?;
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8(out.stderr)?;
+    let err = refused(node().args([
+        "--listen",
+        "127.0.0.1:0",
+        "--ca",
+        "/nonexistent/ca.pem",
+        "--cert",
+        "/x",
+        "--key",
+        "/y",
+    ]))?;
     assert!(
         err.contains("/nonexistent/ca.pem") && err.contains("skv certs init"),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
-    let out = node()
-        .args(["--listen", "not-an-address", "--insecure-plaintext"])
-        .output()?;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr)?.contains("HOST:PORT"));
+    let err = refused(node().args(["--listen", "not-an-address", "--insecure-plaintext"]))?;
+    assert!(err.contains("HOST:PORT"), "{err}");
+    Ok(())
+}
+
+/// Run a node that must refuse to start; its stderr. A node that starts after all (a broken
+/// check) is killed after a while, so the test fails instead of hanging.
+fn refused(cmd: &mut Command) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            child.wait()?;
+            panic!("the node started instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut err)?;
+    assert_eq!(status.code(), Some(1), "{err}");
+    Ok(err)
+}
+
+/// Start a node and wait for its `listening on` line; the address it names.
+fn start(cmd: &mut Command) -> anyhow::Result<(std::process::Child, String)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut first)?;
+    let Some(addr) = first.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        let status = child.wait()?;
+        anyhow::bail!("node did not start ({status}); first stdout line: {first:?}");
+    };
+    Ok((child, addr.to_owned()))
+}
+
+fn stop(mut child: std::process::Child) -> anyhow::Result<()> {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(killed.success());
+    let status = child.wait()?;
+    assert!(status.success(), "SIGTERM must exit 0, got {status}");
+    Ok(())
+}
+
+#[test]
+fn file_settings_hold_unless_a_flag_overrides_them() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("node.toml");
+    let config_arg = config.display().to_string();
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nengine = \"memory\"\ninsecure_plaintext = true\n",
+    )?;
+    // The file alone: plaintext, so no certificates are needed.
+    let (child, _) = start(node().args(["--config", &config_arg]))?;
+    stop(child)?;
+    // A boolean flag can take back what the file turned on.
+    let err = refused(node().args(["--config", &config_arg, "--insecure-plaintext=false"]))?;
+    assert!(err.contains("`ca` is missing"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn relative_paths_in_the_file_follow_the_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let elsewhere = tempfile::tempdir()?;
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data/n1\"\ninsecure_plaintext = true\n",
+    )?;
+    let (child, _) = start(
+        node()
+            .current_dir(elsewhere.path())
+            .args(["--config", &config.display().to_string()]),
+    )?;
+    stop(child)?;
+    assert!(
+        dir.path().join("data/n1").is_dir(),
+        "sled dir next to the file"
+    );
+    assert!(
+        !elsewhere.path().join("data").exists(),
+        "nothing in the cwd"
+    );
+    Ok(())
+}
+
+#[test]
+fn config_file_mistakes_are_one_line_naming_the_key() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("node.toml");
+    for (text, key) in [
+        (
+            "insecure_plaintext = true\nlistne = \"127.0.0.1:0\"\n",
+            "listne",
+        ),
+        (
+            "insecure_plaintext = true\nmax_connections = \"lots\"\n",
+            "max_connections",
+        ),
+        (
+            "insecure_plaintext = true\nmax_connections = 0\n",
+            "max_connections",
+        ),
+        ("insecure_plaintext = true\nauth = \"sometimes\"\n", "auth"),
+    ] {
+        std::fs::write(&config, text)?;
+        let err = refused(
+            node()
+                .current_dir(dir.path())
+                .args(["--config", &config.display().to_string()]),
+        )?;
+        assert!(err.contains(key), "{text}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
     Ok(())
 }
