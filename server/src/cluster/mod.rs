@@ -233,6 +233,13 @@ impl Cluster {
         self.view.load_full()
     }
 
+    /// The current view for the length of one request: no reference count is touched, so
+    /// concurrent requests do not contend on the view's cache line. Do not hold it across an
+    /// `.await`.
+    pub(crate) fn view_now(&self) -> arc_swap::Guard<Arc<View>> {
+        self.view.load()
+    }
+
     /// The view of `map` for this node, opening the shards it newly gives us.
     fn build_view(&self, map: ClusterMap) -> Result<View, StorageError> {
         let mut hosted = self.hosted.lock().unwrap_or_else(PoisonError::into_inner);

@@ -186,17 +186,17 @@ impl Router {
     /// Hand a keyed command to the local shard owning its slot (step 3 of the module docs).
     fn dispatch(&self, command: Command) -> Answer {
         let slot = hash_slot(command.key());
-        let view = self.cluster.view();
+        let view = self.cluster.view_now();
         let Some(shard) = view.shard_for(slot) else {
             return Answer::Now(moved(&view, slot));
         };
-        match shard.execute(command) {
+        match shard.execute_in(slot, command) {
             Execution::Ready(body) => Answer::Now(body),
             Execution::Durable(pending) => Answer::Later(pending),
             // The map changed between our look at it and the shard's own check: answer from
             // the newer map, or ask for a retry while the shard catches up with it.
             Execution::NotServed => {
-                let now = self.cluster.view();
+                let now = self.cluster.view_now();
                 match now.shard_for(slot) {
                     None => Answer::Now(moved(&now, slot)),
                     Some(_) => refuse(

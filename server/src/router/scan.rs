@@ -73,6 +73,6 @@ pub(crate) fn scan(
     ResponseBody::ScanPage {
         entries,
         cursor,
-        epoch: cluster.view().epoch(),
+        epoch: cluster.view_now().epoch(),
     }
 }

@@ -208,8 +208,15 @@ impl Shard {
     }
 
     /// Execute `command` if this shard owns its key's slot. See the module docs.
+    #[cfg(test)]
     pub(crate) fn execute(&self, command: Command) -> Execution {
-        let slot = hash_slot(command.key());
+        self.execute_in(hash_slot(command.key()), command)
+    }
+
+    /// [`Shard::execute`] for a caller that already hashed the key: `slot` must be
+    /// `hash_slot(command.key())` (the router hashes each key once).
+    pub(crate) fn execute_in(&self, slot: u16, command: Command) -> Execution {
+        debug_assert_eq!(slot, hash_slot(command.key()));
         let own = self.own();
         if !own.slots.contains(slot) {
             return Execution::NotServed;
