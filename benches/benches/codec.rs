@@ -11,6 +11,8 @@ fn codec(c: &mut Criterion) {
         let request = Request {
             id: 42,
             token: None,
+            session: None,
+            consistency: skv_proto::Consistency::Linearizable,
             body: RequestBody::Put {
                 key: Bytes::from_static(b"users/alice/profile"),
                 value: Bytes::from(vec![7u8; size]),

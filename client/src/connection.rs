@@ -32,6 +32,8 @@ type Reply = oneshot::Sender<Result<ResponseBody, ClientError>>;
 
 struct Call {
     body: RequestBody,
+    session: Option<skv_proto::Session>,
+    consistency: skv_proto::Consistency,
     reply: Reply,
 }
 
@@ -167,6 +169,8 @@ impl Connection {
         let hello = Request {
             id: 0,
             token: token.clone(),
+            session: None,
+            consistency: skv_proto::Consistency::Linearizable,
             body: RequestBody::Hello {
                 min_version: PROTOCOL_VERSION,
                 max_version: PROTOCOL_VERSION,
@@ -243,13 +247,29 @@ impl Connection {
 
     /// Send one request and wait for its answer. Error answers become [`ClientError`]s.
     pub async fn call(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
+        self.call_with(body, None, skv_proto::Consistency::Linearizable)
+            .await
+    }
+
+    /// [`Connection::call`] with a write's session and a read's consistency.
+    pub async fn call_with(
+        &self,
+        body: RequestBody,
+        session: Option<skv_proto::Session>,
+        consistency: skv_proto::Consistency,
+    ) -> Result<ResponseBody, ClientError> {
         let (reply, answer) = oneshot::channel();
         let lost = || ClientError::Disconnected {
             addr: self.addr.clone(),
             reason: "the connection is closed".into(),
         };
         self.calls
-            .send(Call { body, reply })
+            .send(Call {
+                body,
+                session,
+                consistency,
+                reply,
+            })
             .await
             .map_err(|_| lost())?;
         let answer = tokio::time::timeout(self.request_timeout, answer)
@@ -424,6 +444,8 @@ fn unexpected(op: &str, body: &ResponseBody) -> ClientError {
         ResponseBody::Map { .. } => "MAP",
         ResponseBody::Control { .. } => "CONTROL",
         ResponseBody::Moved { .. } => "MOVED",
+        ResponseBody::NotLeader { .. } => "NOT_LEADER",
+        ResponseBody::Raft { .. } => "RAFT",
         ResponseBody::Error(_) => "ERROR",
     };
     ClientError::Protocol(format!("the node answered {op} with {kind}"))
@@ -464,7 +486,13 @@ async fn drive<S>(
                 let result = loop {
                     let id = next_id;
                     next_id += 1;
-                    let request = Request { id, token: token.clone(), body: call.body };
+                    let request = Request {
+                        id,
+                        token: token.clone(),
+                        session: call.session,
+                        consistency: call.consistency,
+                        body: call.body,
+                    };
                     match framed.feed(&request).await {
                         Ok(()) => { waiting.insert(id, call.reply); }
                         Err(FrameError::TooLarge { len, max }) => {

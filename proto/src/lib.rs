@@ -20,9 +20,9 @@ pub use frame::{
     MIN_MAX_FRAME,
 };
 pub use message::{
-    peek_request_id, scan_entry_wire_len, DecodeError, ErrorCode, Op, Request, RequestBody,
-    Response, ResponseBody, ScanEntry, TokenPlacement, WireError, MAX_KEY_LEN, MAX_SCAN_PAGE,
-    MAX_TOKEN_LEN, SCAN_PAGE_OVERHEAD,
+    peek_request_id, scan_entry_wire_len, Consistency, DecodeError, ErrorCode, Op, Request,
+    RequestBody, Response, ResponseBody, ScanEntry, Session, TokenPlacement, WireError,
+    MAX_KEY_LEN, MAX_RAFT_PAYLOAD, MAX_SCAN_PAGE, MAX_TOKEN_LEN, SCAN_PAGE_OVERHEAD,
 };
 
 /// The address a node listens on, and a client dials, unless told otherwise.

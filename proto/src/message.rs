@@ -29,6 +29,16 @@ pub const MAX_SCAN_PAGE: u32 = 1000;
 
 /// Request envelope flag: a token follows the flags byte.
 const FLAG_TOKEN: u8 = 0x01;
+/// Request envelope flag: a [`Session`] (client id, sequence number) follows the token.
+const FLAG_SESSION: u8 = 0x02;
+/// Request envelope flag: the read may be served by any replica and may be stale.
+const FLAG_STALE: u8 = 0x04;
+/// Every envelope flag this version knows.
+const KNOWN_FLAGS: u8 = FLAG_TOKEN | FLAG_SESSION | FLAG_STALE;
+
+/// Largest payload of one Raft message between nodes (AppendEntries, a vote, one snapshot
+/// chunk), in bytes. Senders cut batches and snapshot chunks below it; receivers refuse larger.
+pub const MAX_RAFT_PAYLOAD: usize = 4 * 1024 * 1024;
 
 /// The operation a request asks for. The discriminant is the opcode on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +64,8 @@ pub enum Op {
     Control = 0x08,
     /// Peer only: keys copied in during a slot move.
     Import = 0x09,
+    /// Peer only: one Raft message for one replica group.
+    Raft = 0x0a,
 }
 
 impl Op {
@@ -70,6 +82,7 @@ impl Op {
             Op::ClusterMap => "cluster_map",
             Op::Control => "control",
             Op::Import => "import",
+            Op::Raft => "raft",
         }
     }
 
@@ -85,6 +98,7 @@ impl Op {
             0x07 => Op::ClusterMap,
             0x08 => Op::Control,
             0x09 => Op::Import,
+            0x0a => Op::Raft,
             _ => return None,
         })
     }
@@ -97,8 +111,49 @@ pub struct Request {
     pub id: u64,
     /// Bearer token (a JWT) for nodes that check one per request.
     pub token: Option<Bytes>,
+    /// For writes: who sends it and its place in that client's sequence, so a write retried
+    /// after a lost answer is applied once (docs/PROTOCOL.md, "Sessions").
+    pub session: Option<Session>,
+    /// For reads: how fresh the answer must be.
+    pub consistency: Consistency,
     /// What to do.
     pub body: RequestBody,
+}
+
+impl Request {
+    /// A request with no token, no session and linearizable consistency.
+    pub fn new(id: u64, body: RequestBody) -> Request {
+        Request {
+            id,
+            token: None,
+            session: None,
+            consistency: Consistency::Linearizable,
+            body,
+        }
+    }
+}
+
+/// A client session: the client's random id and the sequence number of this write. A node
+/// that already applied `(client, seq)` answers with the first outcome instead of applying the
+/// write again. A client numbers its writes from 1 and never reuses a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Session {
+    /// Random, chosen once per client process (or per [`Session`]-keeping library handle).
+    pub client: u64,
+    /// This write's sequence number, 1 and up.
+    pub seq: u64,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Consistency {
+    /// The read sees every write acknowledged before it was sent: the shard's leader confirms
+    /// its leadership with a quorum before answering (ReadIndex).
+    #[default]
+    Linearizable,
+    /// Any replica answers from what it has applied, which may miss recent writes; it still
+    /// answers when the shard has no quorum.
+    Stale,
 }
 
 /// The operation-specific part of a request.
@@ -157,6 +212,16 @@ pub enum RequestBody {
         /// The JSON.
         json: Bytes,
     },
+    /// Peer only: one Raft message (`rpc` names which) for replica group `group`, encoded by
+    /// the node's Raft transport; at most [`MAX_RAFT_PAYLOAD`] bytes.
+    Raft {
+        /// The replica group (0 is the metadata group, n is shard n).
+        group: u32,
+        /// Which Raft RPC (append, vote, snapshot chunk); defined by the node.
+        rpc: u8,
+        /// The encoded message.
+        payload: Bytes,
+    },
     /// Peer only: entries to store with their versions, and keys to remove, while slots move
     /// to this node.
     Import {
@@ -181,6 +246,7 @@ impl RequestBody {
             RequestBody::ClusterMap => Op::ClusterMap,
             RequestBody::Control { .. } => Op::Control,
             RequestBody::Import { .. } => Op::Import,
+            RequestBody::Raft { .. } => Op::Raft,
         }
     }
 
@@ -289,6 +355,21 @@ pub enum ResponseBody {
         /// Its address.
         addr: String,
     },
+    /// This node is a replica of the key's shard but not its leader: retry at the leader.
+    /// Nothing was done.
+    NotLeader {
+        /// The shard (replica group) the key belongs to.
+        shard: u32,
+        /// Epoch of the map the node routed by.
+        epoch: u64,
+        /// The leader this node knows of, if any: its node id and address.
+        leader: Option<(String, String)>,
+    },
+    /// Answer to a Raft message: the encoded reply.
+    Raft {
+        /// The encoded reply.
+        payload: Bytes,
+    },
     /// The request failed.
     Error(WireError),
 }
@@ -376,6 +457,10 @@ pub enum ErrorCode {
     /// The node has no usable route for the request (it is not in the cluster map, or the
     /// map is being changed by another request).
     ClusterState,
+    /// The key's shard cannot commit writes now: fewer than a quorum of its replicas are
+    /// reachable. Nothing was written (or, after a timeout, the outcome is unknown; a retry
+    /// with the same session is applied at most once). Stale reads are still served.
+    Unavailable,
     /// A code this build does not know.
     Other(u16),
 }
@@ -397,6 +482,7 @@ impl ErrorCode {
             ErrorCode::Internal => 11,
             ErrorCode::TryAgain => 12,
             ErrorCode::ClusterState => 13,
+            ErrorCode::Unavailable => 14,
             ErrorCode::Other(n) => n,
         }
     }
@@ -417,6 +503,7 @@ impl ErrorCode {
             11 => ErrorCode::Internal,
             12 => ErrorCode::TryAgain,
             13 => ErrorCode::ClusterState,
+            14 => ErrorCode::Unavailable,
             n => ErrorCode::Other(n),
         }
     }
@@ -437,6 +524,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::TryAgain => "try_again",
             ErrorCode::ClusterState => "cluster_state",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Other(_) => "other",
         }
     }
@@ -475,6 +563,9 @@ pub enum DecodeError {
     /// A token exceeds [`MAX_TOKEN_LEN`].
     #[error("token of {0} bytes exceeds the {MAX_TOKEN_LEN}-byte limit")]
     TokenTooLarge(usize),
+    /// A Raft message exceeds [`MAX_RAFT_PAYLOAD`].
+    #[error("raft message of {0} bytes exceeds the {MAX_RAFT_PAYLOAD}-byte limit")]
+    RaftTooLarge(usize),
     /// A string field is not UTF-8.
     #[error("field `{0}` is not UTF-8")]
     InvalidUtf8(&'static str),
@@ -488,7 +579,7 @@ impl DecodeError {
     pub fn code(&self) -> ErrorCode {
         match self {
             DecodeError::UnknownOp(_) => ErrorCode::UnknownOp,
-            DecodeError::KeyTooLarge(_) => ErrorCode::TooLarge,
+            DecodeError::KeyTooLarge(_) | DecodeError::RaftTooLarge(_) => ErrorCode::TooLarge,
             // An oversized token is an authentication failure, refused before any parsing.
             DecodeError::TokenTooLarge(_) => ErrorCode::Unauthenticated,
             DecodeError::BadMagic => ErrorCode::HandshakeRequired,
@@ -536,12 +627,23 @@ impl EncodeFrame for Request {
     fn encode_payload(&self, dst: &mut BytesMut) {
         dst.put_u64(self.id);
         dst.put_u8(self.body.op() as u8);
-        match &self.token {
-            Some(token) => {
-                dst.put_u8(FLAG_TOKEN);
-                put_short_bytes(dst, token);
-            }
-            None => dst.put_u8(0),
+        let mut flags = 0;
+        if self.token.is_some() {
+            flags |= FLAG_TOKEN;
+        }
+        if self.session.is_some() {
+            flags |= FLAG_SESSION;
+        }
+        if self.consistency == Consistency::Stale {
+            flags |= FLAG_STALE;
+        }
+        dst.put_u8(flags);
+        if let Some(token) = &self.token {
+            put_short_bytes(dst, token);
+        }
+        if let Some(session) = &self.session {
+            dst.put_u64(session.client);
+            dst.put_u64(session.seq);
         }
         match &self.body {
             RequestBody::Hello {
@@ -578,6 +680,15 @@ impl EncodeFrame for Request {
             }
             RequestBody::ClusterMap => {}
             RequestBody::Control { json } => put_long_bytes(dst, json),
+            RequestBody::Raft {
+                group,
+                rpc,
+                payload,
+            } => {
+                dst.put_u32(*group);
+                dst.put_u8(*rpc);
+                put_long_bytes(dst, payload);
+            }
             RequestBody::Import { entries, deleted } => {
                 put_entries(dst, entries);
                 dst.put_u32(deleted.len().min(u32::MAX as usize) as u32);
@@ -611,6 +722,8 @@ mod kind {
     pub(super) const MAP: u8 = 0x08;
     pub(super) const CONTROL: u8 = 0x09;
     pub(super) const MOVED: u8 = 0x0a;
+    pub(super) const NOT_LEADER: u8 = 0x0b;
+    pub(super) const RAFT: u8 = 0x0c;
     pub(super) const ERROR: u8 = 0xff;
 }
 
@@ -679,6 +792,27 @@ impl EncodeFrame for Response {
             ResponseBody::CasConflict { current } => {
                 dst.put_u8(kind::CAS_CONFLICT);
                 dst.put_u64(*current);
+            }
+            ResponseBody::NotLeader {
+                shard,
+                epoch,
+                leader,
+            } => {
+                dst.put_u8(kind::NOT_LEADER);
+                dst.put_u32(*shard);
+                dst.put_u64(*epoch);
+                match leader {
+                    Some((node, addr)) => {
+                        dst.put_u8(1);
+                        put_short_bytes(dst, node.as_bytes());
+                        put_short_bytes(dst, addr.as_bytes());
+                    }
+                    None => dst.put_u8(0),
+                }
+            }
+            ResponseBody::Raft { payload } => {
+                dst.put_u8(kind::RAFT);
+                put_long_bytes(dst, payload);
             }
             ResponseBody::Error(err) => {
                 dst.put_u8(kind::ERROR);
@@ -801,7 +935,7 @@ impl Request {
         let id = r.u64("request id")?;
         let opcode = r.u8("opcode")?;
         let flags = r.u8("flags")?;
-        if flags & !FLAG_TOKEN != 0 {
+        if flags & !KNOWN_FLAGS != 0 {
             return Err(DecodeError::UnknownFlags(flags));
         }
         let token = if flags & FLAG_TOKEN != 0 {
@@ -812,6 +946,19 @@ impl Request {
             Some(token)
         } else {
             None
+        };
+        let session = if flags & FLAG_SESSION != 0 {
+            Some(Session {
+                client: r.u64("session client")?,
+                seq: r.u64("session seq")?,
+            })
+        } else {
+            None
+        };
+        let consistency = if flags & FLAG_STALE != 0 {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
         };
         let op = Op::from_u8(opcode).ok_or(DecodeError::UnknownOp(opcode))?;
         let body = match op {
@@ -846,6 +993,19 @@ impl Request {
             Op::Control => RequestBody::Control {
                 json: r.long_bytes("json")?,
             },
+            Op::Raft => {
+                let group = r.u32("group")?;
+                let rpc = r.u8("rpc")?;
+                let payload = r.long_bytes("raft payload")?;
+                if payload.len() > MAX_RAFT_PAYLOAD {
+                    return Err(DecodeError::RaftTooLarge(payload.len()));
+                }
+                RequestBody::Raft {
+                    group,
+                    rpc,
+                    payload,
+                }
+            }
             Op::Import => {
                 let entries = r.entries()?;
                 let count = r.u32("deleted count")?;
@@ -857,7 +1017,13 @@ impl Request {
             }
         };
         r.finish()?;
-        Ok(Request { id, token, body })
+        Ok(Request {
+            id,
+            token,
+            session,
+            consistency,
+            body,
+        })
     }
 }
 
@@ -911,6 +1077,18 @@ impl Response {
             },
             kind::CAS_CONFLICT => ResponseBody::CasConflict {
                 current: r.u64("current version")?,
+            },
+            kind::NOT_LEADER => ResponseBody::NotLeader {
+                shard: r.u32("shard")?,
+                epoch: r.u64("epoch")?,
+                leader: match r.u8("leader flag")? {
+                    0 => None,
+                    1 => Some((r.string("leader")?, r.string("leader addr")?)),
+                    other => return Err(DecodeError::UnknownFlags(other)),
+                },
+            },
+            kind::RAFT => ResponseBody::Raft {
+                payload: r.long_bytes("raft payload")?,
             },
             kind::ERROR => {
                 let code = ErrorCode::from_u16(r.u16("error code")?);
@@ -985,6 +1163,8 @@ mod tests {
                 let req = Request {
                     id: i as u64 * 7919,
                     token,
+                    session: None,
+                    consistency: Consistency::Linearizable,
                     body: body.clone(),
                 };
                 assert_eq!(Request::decode(payload(&req)).unwrap(), req);
@@ -1055,6 +1235,8 @@ mod tests {
         let get = payload(&Request {
             id: 1,
             token: None,
+            session: None,
+            consistency: Consistency::Linearizable,
             body: RequestBody::Get { key: b(b"key") },
         });
         assert_eq!(
@@ -1072,6 +1254,8 @@ mod tests {
         let too_long = payload(&Request {
             id: 1,
             token: None,
+            session: None,
+            consistency: Consistency::Linearizable,
             body: RequestBody::Get { key: huge_key },
         });
         assert_eq!(

@@ -10,16 +10,16 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 use skv_proto::{
-    DecodeError, EncodeFrame, ErrorCode, FrameCodec, FrameError, Op, Request, RequestBody,
-    Response, ResponseBody, ScanEntry, TokenPlacement, WireError, FRAME_HEADER_LEN, MAX_KEY_LEN,
-    MAX_TOKEN_LEN,
+    Consistency, DecodeError, EncodeFrame, ErrorCode, FrameCodec, FrameError, Op, Request,
+    RequestBody, Response, ResponseBody, ScanEntry, Session, TokenPlacement, WireError,
+    FRAME_HEADER_LEN, MAX_KEY_LEN, MAX_RAFT_PAYLOAD, MAX_TOKEN_LEN,
 };
 use tokio_util::codec::Decoder;
 
 const MAX: usize = 4096;
 
 /// Every opcode the protocol defines, in wire order.
-const ALL_OPS: [Op; 10] = [
+const ALL_OPS: [Op; 11] = [
     Op::Hello,
     Op::Ping,
     Op::Get,
@@ -30,6 +30,7 @@ const ALL_OPS: [Op; 10] = [
     Op::ClusterMap,
     Op::Control,
     Op::Import,
+    Op::Raft,
 ];
 
 fn payload<M: EncodeFrame>(m: &M) -> Bytes {
@@ -64,6 +65,10 @@ fn request_fields_are_bounded(req: &Request, payload_len: usize) -> Result<(), T
             keys.extend(deleted);
         }
         RequestBody::Control { json } => others.push(json),
+        RequestBody::Raft { payload, .. } => {
+            prop_assert!(payload.len() <= MAX_RAFT_PAYLOAD);
+            others.push(payload)
+        }
         RequestBody::Hello { .. } | RequestBody::Ping | RequestBody::ClusterMap => {}
     }
     for k in &keys {
@@ -166,6 +171,13 @@ fn request_body() -> impl Strategy<Value = RequestBody> {
             proptest::collection::vec(key(), 0..4)
         )
             .prop_map(|(entries, deleted)| RequestBody::Import { entries, deleted }),
+        (any::<u32>(), any::<u8>(), bytes_up_to(256)).prop_map(|(group, rpc, payload)| {
+            RequestBody::Raft {
+                group,
+                rpc,
+                payload,
+            }
+        }),
     ]
 }
 
@@ -176,9 +188,21 @@ fn request() -> impl Strategy<Value = Request> {
             4 => bytes_up_to(64),
             1 => Just(Bytes::from(vec![b't'; MAX_TOKEN_LEN])),
         ]),
+        proptest::option::of((any::<u64>(), any::<u64>())),
+        any::<bool>(),
         request_body(),
     )
-        .prop_map(|(id, token, body)| Request { id, token, body })
+        .prop_map(|(id, token, session, stale, body)| Request {
+            id,
+            token,
+            session: session.map(|(client, seq)| Session { client, seq }),
+            consistency: if stale {
+                Consistency::Stale
+            } else {
+                Consistency::Linearizable
+            },
+            body,
+        })
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
@@ -228,6 +252,17 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                 addr,
             }
         }),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            proptest::option::of((text(), text()))
+        )
+            .prop_map(|(shard, epoch, leader)| ResponseBody::NotLeader {
+                shard,
+                epoch,
+                leader
+            }),
+        bytes_up_to(256).prop_map(|payload| ResponseBody::Raft { payload }),
         (error_code(), text())
             .prop_map(|(code, message)| ResponseBody::Error(WireError { code, message })),
     ]
@@ -396,5 +431,5 @@ fn generators_cover_every_opcode_and_kind() {
     }
     let all_ops: std::collections::BTreeSet<u8> = ALL_OPS.iter().map(|op| *op as u8).collect();
     assert_eq!(ops, all_ops);
-    assert_eq!(kinds.len(), 12, "response kinds seen: {kinds:x?}");
+    assert_eq!(kinds.len(), 14, "response kinds seen: {kinds:x?}");
 }

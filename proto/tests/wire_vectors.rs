@@ -22,6 +22,8 @@ fn req(id: u64, body: RequestBody) -> Request {
     Request {
         id,
         token: None,
+        session: None,
+        consistency: skv_proto::Consistency::Linearizable,
         body,
     }
 }
@@ -50,6 +52,8 @@ fn requests() -> Vec<(&'static str, Request)> {
             Request {
                 id: 4,
                 token: Some(b("a.b.c")),
+                session: None,
+                consistency: skv_proto::Consistency::Linearizable,
                 body: RequestBody::Get { key: b("k") },
             },
         ),

@@ -201,7 +201,7 @@ impl ScopeOp {
             Op::Get | Op::Scan => Some(ScopeOp::Read),
             Op::Put | Op::Cas => Some(ScopeOp::Write),
             Op::Delete => Some(ScopeOp::Delete),
-            Op::Control | Op::Import => Some(ScopeOp::Admin),
+            Op::Control | Op::Import | Op::Raft => Some(ScopeOp::Admin),
             Op::Hello | Op::Ping | Op::ClusterMap => None,
         }
     }

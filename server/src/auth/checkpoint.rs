@@ -410,7 +410,8 @@ fn target_of(body: &RequestBody) -> Option<&[u8]> {
         | RequestBody::Ping
         | RequestBody::ClusterMap
         | RequestBody::Control { .. }
-        | RequestBody::Import { .. } => None,
+        | RequestBody::Import { .. }
+        | RequestBody::Raft { .. } => None,
     }
 }
 

@@ -86,11 +86,13 @@ impl Router {
             }
             PeerKind::Client => {}
         }
-        if matches!(body, RequestBody::Import { .. }) {
+        if matches!(body, RequestBody::Import { .. } | RequestBody::Raft { .. }) {
+            let op = body.op().as_str();
             return self.refuse_role(
                 session,
-                "import",
-                "IMPORT is part of the peer protocol: only nodes of this cluster may send it",
+                op,
+                "IMPORT and RAFT are part of the peer protocol: only nodes of this cluster may \
+                 send them",
             );
         }
         if let Some(checkpoint) = &self.checkpoint {
@@ -147,8 +149,8 @@ impl Router {
                 )
             }
             // Refused above for every caller; listed so a new op cannot slip through.
-            RequestBody::Import { .. } => {
-                return refuse(ErrorCode::Internal, "IMPORT reached the data path")
+            RequestBody::Import { .. } | RequestBody::Raft { .. } => {
+                return refuse(ErrorCode::Internal, "a peer request reached the data path")
             }
         };
         self.dispatch(command)

@@ -98,6 +98,8 @@ fn ask(node: &Node, kind: &PeerKind, body: RequestBody) -> ResponseBody {
     let request = Request {
         id: 1,
         token: None,
+        session: None,
+        consistency: skv_proto::Consistency::Linearizable,
         body,
     };
     match node.router.route(kind, &mut session, request, 1 << 20) {
@@ -229,6 +231,8 @@ fn a_scan_page_is_cut_to_fit_the_frame() {
     let request = Request {
         id: 1,
         token: None,
+        session: None,
+        consistency: skv_proto::Consistency::Linearizable,
         body: RequestBody::Scan {
             prefix: Bytes::new(),
             limit: 0,

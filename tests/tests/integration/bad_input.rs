@@ -37,6 +37,8 @@ fn hello() -> Vec<u8> {
     frame(&Request {
         id: 0,
         token: None,
+        session: None,
+        consistency: skv_proto::Consistency::Linearizable,
         body: RequestBody::Hello {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
@@ -107,6 +109,8 @@ fn oversized_frames_get_a_typed_error_and_memory_stays_flat() -> anyhow::Result<
     let put = frame(&Request {
         id: 7,
         token: None,
+        session: None,
+        consistency: skv_proto::Consistency::Linearizable,
         body: RequestBody::Put {
             key: Bytes::from_static(b"k"),
             value: Bytes::from(vec![0u8; 65536]),
@@ -170,6 +174,8 @@ fn unknown_ops_and_malformed_bodies_cost_only_themselves() -> anyhow::Result<()>
     s.write_all(&frame(&Request {
         id: 43,
         token: None,
+        session: None,
+        consistency: skv_proto::Consistency::Linearizable,
         body: RequestBody::Ping,
     }))?;
     assert_eq!(
@@ -189,6 +195,8 @@ fn garbage_truncation_and_skipped_hello_never_hurt_other_clients() -> anyhow::Re
     s.write_all(&frame(&Request {
         id: 1,
         token: None,
+        session: None,
+        consistency: skv_proto::Consistency::Linearizable,
         body: RequestBody::Ping,
     }))?;
     assert_error(read_response(&mut s)?, ErrorCode::HandshakeRequired);

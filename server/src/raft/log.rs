@@ -1,0 +1,1 @@
+//! The Raft log of every group on this node, in sled.

@@ -1,0 +1,1 @@
+//! Raft messages to other nodes, over their mutual-TLS peer connections.

@@ -1,0 +1,1 @@
+//! Raft messages from other nodes: decoded, bounded, and handed to the group they name.
