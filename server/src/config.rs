@@ -223,6 +223,12 @@ pub struct FileConfig {
     /// [default: the listen address].
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
+    /// Shortest time a follower waits without hearing from its leader before it stands for
+    /// election; each wait is drawn between this and twice this. Leaders heartbeat every fifth
+    /// of it. Shorter fails over sooner; too short for the network's delays causes needless
+    /// elections [default: 500].
+    #[arg(long = "election-timeout-ms", value_name = "MS")]
+    pub election_timeout_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -334,6 +340,8 @@ pub struct NodeConfig {
     pub cluster_map: Option<PathBuf>,
     /// Address written in the map for this node; `None`: the bound listen address.
     pub advertise: Option<String>,
+    /// Lower bound of the Raft election timeout (the upper bound is twice it).
+    pub election_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -418,6 +426,17 @@ impl NodeConfig {
                 });
             }
         }
+        let election_ms = cfg
+            .election_timeout_ms
+            .unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS);
+        if !(50..=60_000).contains(&election_ms) {
+            return Err(ConfigError::Invalid {
+                setting: "election-timeout-ms",
+                message: format!(
+                    "{election_ms} ms is outside 50..=60000: heartbeats go out every fifth of it"
+                ),
+            });
+        }
         Ok(NodeConfig {
             cluster: cfg.cluster,
             cluster_map: cfg.cluster_map,
@@ -434,9 +453,14 @@ impl NodeConfig {
             max_connections,
             handshake_timeout: Duration::from_secs(handshake_secs),
             shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs.unwrap_or(30)),
+            election_timeout: Duration::from_millis(election_ms),
         })
     }
 }
+
+/// Default lower bound of the election timeout: a leader's failure is noticed within 0.5–1 s,
+/// well inside the 2 s failover target, while 100 ms heartbeats leave room for a slow fsync.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 500;
 
 fn auth_config(cfg: &FileConfig) -> Result<Option<AuthConfig>, ConfigError> {
     let mode = match (cfg.auth, &cfg.keyset) {

@@ -293,6 +293,7 @@ fn node_config(
         max_connections: 64,
         handshake_timeout: Duration::from_secs(10),
         shutdown_timeout: Duration::from_secs(10),
+        election_timeout: Duration::from_millis(skv_server::config::DEFAULT_ELECTION_TIMEOUT_MS),
         auth: Some(AuthConfig {
             keyset: keys.join("keyset.json"),
             mode: AuthMode::PerRequest,
