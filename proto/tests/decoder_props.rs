@@ -18,6 +18,12 @@ use tokio_util::codec::Decoder;
 
 const MAX: usize = 4096;
 
+/// The request envelope flags of protocol version 1 (docs/PROTOCOL.md, "Requests").
+const FLAG_TOKEN: u8 = 0x01;
+const FLAG_SESSION: u8 = 0x02;
+const FLAG_STALE: u8 = 0x04;
+const KNOWN_FLAGS: u8 = FLAG_TOKEN | FLAG_SESSION | FLAG_STALE;
+
 /// Every opcode the protocol defines, in wire order.
 const ALL_OPS: [Op; 11] = [
     Op::Hello,
@@ -322,11 +328,13 @@ proptest! {
     }
 
     /// Payloads that start like a request of any opcode (every defined one, and unknown ones)
-    /// and then carry arbitrary bytes: an unknown opcode is `UnknownOp`, a known one decodes
-    /// to a body of that opcode or to a typed error, and an accepted one round-trips.
+    /// with any flags byte (every combination of the known flags, and unknown bits) and then
+    /// carry arbitrary bytes: unknown flag bits are `UnknownFlags`, an unknown opcode is
+    /// `UnknownOp`, a known one decodes to a body of that opcode with exactly the envelope
+    /// fields its flags announce, or to a typed error, and an accepted one round-trips.
     #[test]
     fn every_opcode_decodes_to_its_own_op_or_an_error(
-        id in any::<u64>(), op in 0u8..=0x0b, flags in 0u8..3,
+        id in any::<u64>(), op in 0u8..=0x0b, flags in 0u8..0x10,
         rest in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
         let mut raw = BytesMut::new();
@@ -335,20 +343,38 @@ proptest! {
         raw.put_u8(flags);
         raw.extend_from_slice(&rest);
         let raw = raw.freeze();
+        let known_flags = flags & !KNOWN_FLAGS == 0;
         match Request::decode(raw.clone()) {
             Ok(req) => {
+                prop_assert!(known_flags);
                 prop_assert_eq!(req.body.op() as u8, op);
                 prop_assert_eq!(req.id, id);
-                prop_assert_eq!(req.token.is_some(), flags == 1);
+                prop_assert_eq!(req.token.is_some(), flags & FLAG_TOKEN != 0);
+                prop_assert_eq!(req.session.is_some(), flags & FLAG_SESSION != 0);
+                prop_assert_eq!(
+                    req.consistency == Consistency::Stale,
+                    flags & FLAG_STALE != 0
+                );
             }
-            Err(DecodeError::UnknownFlags(f)) => prop_assert_eq!(f, flags),
-            // With a token flag, the token is read before the opcode is looked at.
-            Err(DecodeError::Truncated("token")) => prop_assert_eq!(flags, 1),
+            Err(DecodeError::UnknownFlags(f)) => {
+                prop_assert_eq!(f, flags);
+                prop_assert!(!known_flags);
+            }
+            // The envelope (token, then session) is read before the opcode is looked at.
+            Err(DecodeError::Truncated("token")) => {
+                prop_assert!(known_flags && flags & FLAG_TOKEN != 0)
+            }
+            Err(DecodeError::Truncated("session client" | "session seq")) => {
+                prop_assert!(known_flags && flags & FLAG_SESSION != 0)
+            }
             Err(DecodeError::UnknownOp(o)) => {
+                prop_assert!(known_flags);
                 prop_assert_eq!(o, op);
                 prop_assert!(ALL_OPS.iter().all(|known| *known as u8 != op));
             }
-            Err(_) => prop_assert!(ALL_OPS.iter().any(|known| *known as u8 == op)),
+            Err(_) => {
+                prop_assert!(known_flags && ALL_OPS.iter().any(|known| *known as u8 == op))
+            }
         }
         check_decoders(&raw)?;
     }

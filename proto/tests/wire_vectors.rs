@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 use skv_proto::{
-    encode_frame, EncodeFrame, ErrorCode, FrameCodec, Op, Request, RequestBody, Response,
-    ResponseBody, ScanEntry, TokenPlacement, WireError, DEFAULT_MAX_FRAME,
+    encode_frame, Consistency, EncodeFrame, ErrorCode, FrameCodec, Op, Request, RequestBody,
+    Response, ResponseBody, ScanEntry, Session, TokenPlacement, WireError, DEFAULT_MAX_FRAME,
 };
 use tokio_util::codec::Decoder;
 
@@ -19,13 +19,7 @@ fn b(s: &'static str) -> Bytes {
 }
 
 fn req(id: u64, body: RequestBody) -> Request {
-    Request {
-        id,
-        token: None,
-        session: None,
-        consistency: skv_proto::Consistency::Linearizable,
-        body,
-    }
+    Request::new(id, body)
 }
 
 fn resp(id: u64, body: ResponseBody) -> Response {
@@ -53,7 +47,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 id: 4,
                 token: Some(b("a.b.c")),
                 session: None,
-                consistency: skv_proto::Consistency::Linearizable,
+                consistency: Consistency::Linearizable,
                 body: RequestBody::Get { key: b("k") },
             },
         ),
@@ -122,6 +116,47 @@ fn requests() -> Vec<(&'static str, Request)> {
                         value: b("x"),
                     }],
                     deleted: vec![b("b")],
+                },
+            ),
+        ),
+        (
+            "req-put-session",
+            Request {
+                session: Some(Session { client: 42, seq: 1 }),
+                ..req(
+                    13,
+                    RequestBody::Put {
+                        key: b("k"),
+                        value: b("v"),
+                    },
+                )
+            },
+        ),
+        (
+            "req-get-stale",
+            Request {
+                consistency: Consistency::Stale,
+                ..req(14, RequestBody::Get { key: b("k") })
+            },
+        ),
+        (
+            "req-delete-all-flags",
+            Request {
+                id: 15,
+                token: Some(b("a.b.c")),
+                session: Some(Session { client: 42, seq: 2 }),
+                consistency: Consistency::Stale,
+                body: RequestBody::Delete { key: b("k") },
+            },
+        ),
+        (
+            "req-raft",
+            req(
+                16,
+                RequestBody::Raft {
+                    group: 1,
+                    rpc: 2,
+                    payload: b("vote"),
                 },
             ),
         ),
@@ -223,6 +258,39 @@ fn responses() -> Vec<(&'static str, Response)> {
             resp(
                 5,
                 ResponseBody::Error(WireError::new(ErrorCode::Forbidden, "no")),
+            ),
+        ),
+        (
+            "resp-not-leader",
+            resp(
+                13,
+                ResponseBody::NotLeader {
+                    shard: 1,
+                    epoch: 2,
+                    leader: Some(("n2".into(), "127.0.0.1:7402".into())),
+                },
+            ),
+        ),
+        (
+            "resp-not-leader-unknown",
+            resp(
+                14,
+                ResponseBody::NotLeader {
+                    shard: 1,
+                    epoch: 2,
+                    leader: None,
+                },
+            ),
+        ),
+        (
+            "resp-raft",
+            resp(16, ResponseBody::Raft { payload: b("ok") }),
+        ),
+        (
+            "resp-error-unavailable",
+            resp(
+                13,
+                ResponseBody::Error(WireError::new(ErrorCode::Unavailable, "no quorum")),
             ),
         ),
     ]
@@ -366,5 +434,71 @@ fn the_vectors_cover_every_opcode_and_response_kind() -> anyhow::Result<()> {
         })
         .collect();
     assert_eq!(kinds, every_kind, "response kinds without a vector");
+
+    // Every envelope flag is set in some vector, and one vector sets them all, so the order
+    // of the optional fields is pinned too.
+    let flags: Vec<u8> = requests()
+        .iter()
+        .map(|(_, r)| frame_of(r).map(|f| f[4 + 8 + 1]))
+        .collect::<anyhow::Result<_>>()?;
+    let every_flag: u8 = (0..8)
+        .map(|bit| 1u8 << bit)
+        .filter(|flag| {
+            // A flag the decoder knows: anything but UnknownFlags for a bare PING header.
+            let mut raw = vec![0u8; 8];
+            raw.extend([Op::Ping as u8, *flag]);
+            !matches!(
+                Request::decode(Bytes::from(raw)),
+                Err(skv_proto::DecodeError::UnknownFlags(_))
+            )
+        })
+        .fold(0, |all, flag| all | flag);
+    assert_eq!(
+        every_flag, 0x07,
+        "the decoder knows flags the doc does not describe"
+    );
+    assert!(
+        flags.contains(&every_flag),
+        "no vector sets every flag: {flags:02x?}"
+    );
+    for bit in 0..8 {
+        let flag = 1u8 << bit;
+        if every_flag & flag != 0 {
+            assert!(
+                flags.iter().any(|f| f & flag == flag && *f != every_flag),
+                "flag 0x{flag:02x} has no vector of its own"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The doc's error table names every code the codec knows, by its number and wire name.
+#[test]
+fn the_error_table_lists_every_code() -> anyhow::Result<()> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+    let doc = std::fs::read_to_string(path)?;
+    let (_, rest) = doc
+        .split_once("## Error codes")
+        .ok_or_else(|| anyhow::anyhow!("{path} has no \"Error codes\" section"))?;
+    let table: BTreeMap<u16, &str> = rest
+        .lines()
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            Some((cells.get(1)?.parse().ok()?, *cells.get(2)?))
+        })
+        .collect();
+    let known: BTreeMap<u16, &str> = (0..=u16::MAX)
+        .map(ErrorCode::from_u16)
+        .filter(|code| !matches!(code, ErrorCode::Other(_)))
+        .map(|code| (code.to_u16(), code.as_str()))
+        .collect();
+    assert!(known.contains_key(&ErrorCode::Unavailable.to_u16()));
+    assert_eq!(
+        table, known,
+        "docs/PROTOCOL.md's error table and ErrorCode differ"
+    );
     Ok(())
 }
