@@ -660,6 +660,12 @@ pub enum ControlRequest {
         /// The node that takes them.
         to: String,
     },
+    /// Peer only, replicated clusters: propose this map change (JSON, decided by the metadata
+    /// group's state machine) to the metadata group, which the receiving node leads.
+    ProposeMap {
+        /// The change, as the metadata log carries it.
+        change: String,
+    },
 }
 
 impl ControlRequest {
@@ -670,6 +676,7 @@ impl ControlRequest {
             ControlRequest::SetMap { .. }
                 | ControlRequest::ImportBegin { .. }
                 | ControlRequest::ImportFlush
+                | ControlRequest::ProposeMap { .. }
         )
     }
 
@@ -682,6 +689,7 @@ impl ControlRequest {
             ControlRequest::Status => "status",
             ControlRequest::AddNode { .. } => "add_node",
             ControlRequest::MoveSlots { .. } => "move_slots",
+            ControlRequest::ProposeMap { .. } => "propose_map",
         }
     }
 
@@ -757,6 +765,33 @@ pub struct NodeStatus {
     pub ranges: Vec<SlotRange>,
     /// Slots being handed to another node right now, if any.
     pub migrating: Option<Migrating>,
+    /// Replicated clusters: every shard replica on the node (and the metadata group, as
+    /// shard 0).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// One replica's view of its Raft group, for `skv cluster status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The shard (0: the metadata group).
+    pub shard: u32,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    /// The leader this replica knows of.
+    pub leader: Option<String>,
+    /// The Raft term.
+    pub term: u64,
+    /// Index of the last entry in this replica's log.
+    pub last_log: u64,
+    /// Index of the last entry applied to its state machine.
+    pub applied: u64,
+    /// On the leader: each follower's node id and how many entries it is behind.
+    pub lag: Vec<(String, u64)>,
+    /// On the leader: milliseconds since a quorum last acknowledged it.
+    pub quorum_ack_ms: Option<u64>,
+    /// Keys in the replica's state machine.
+    pub keys: u64,
 }
 
 /// A move in progress on the giving node.

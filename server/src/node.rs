@@ -117,6 +117,8 @@ impl RunningNode {
             addr: config.listen,
             source,
         })?;
+        // The sled database, for the Raft groups of a replicated node.
+        let mut sled_db = None;
         let storage: Arc<dyn Storage> = match config.engine {
             Engine::Memory => Arc::new(MemoryStorage::new()),
             Engine::Null => Arc::new(NullStorage::new()),
@@ -126,7 +128,9 @@ impl RunningNode {
                     Durability::Sync => None,
                     Durability::Async => Some(config.flush_every.as_millis() as u64),
                 };
-                Arc::new(SledStorage::open(&config.data_dir, flush_every)?)
+                let sled = SledStorage::open(&config.data_dir, flush_every)?;
+                sled_db = Some(sled.db().clone());
+                Arc::new(sled)
             }
         };
         let group_commit = match (config.durability, config.engine) {
@@ -138,7 +142,7 @@ impl RunningNode {
             group_commit: group_commit.clone(),
             data_dir: (config.engine == Engine::Sled).then(|| config.data_dir.clone()),
         };
-        let cluster = Arc::new(open_cluster(&config, local_addr, placement)?);
+        let cluster = Arc::new(open_cluster(&config, local_addr, placement, sled_db).await?);
         let shutdown = CancellationToken::new();
         if let Some(checkpoint) = &checkpoint {
             checkpoint.clone().watch(shutdown.clone());
@@ -201,10 +205,11 @@ impl RunningNode {
 
 /// The cluster name (flag, else the trust domain of the node's own certificate, else `skv`),
 /// the peer dialer (TLS nodes only) and the map.
-fn open_cluster(
+async fn open_cluster(
     config: &NodeConfig,
     local_addr: SocketAddr,
     placement: Placement,
+    sled_db: Option<sled::Db>,
 ) -> Result<Cluster, StartError> {
     let own_domain = match &config.transport {
         TransportConfig::Tls { cert, .. } => tls::load_certs(cert, "node certificate")?
@@ -225,6 +230,21 @@ fn open_cluster(
         .advertise
         .clone()
         .unwrap_or_else(|| local_addr.to_string());
+    // Every sled node runs its shards as Raft groups (one replica on a single node); the
+    // memory and null engines keep unreplicated local shards, for tests and benchmarks.
+    if let Some(db) = sled_db {
+        return Ok(Cluster::open_replicated(
+            &config.name,
+            &name,
+            &advertise,
+            config.cluster_map.as_deref(),
+            placement,
+            db,
+            dialer,
+            config.election_timeout,
+        )
+        .await?);
+    }
     Ok(Cluster::open(
         &config.name,
         &name,

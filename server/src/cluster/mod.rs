@@ -20,7 +20,10 @@
 //! persisted in its data dir, maps pushed by peers, and maps it pulls from a peer every few
 //! seconds ([`sync`]), which heals a node that missed a push while it was down.
 
+mod admin;
+mod meta;
 mod migrate;
+mod replicated;
 mod sync;
 
 use std::collections::BTreeMap;
@@ -37,7 +40,10 @@ use skv_proto::{ErrorCode, ResponseBody, ScanEntry, WireError};
 use tokio_util::sync::CancellationToken;
 
 use crate::net::peer::Dialer;
+use crate::shard::replica::Replica;
 use crate::shard::{ImportError, Shard};
+
+pub(crate) use self::replicated::Replication;
 use crate::storage::{GroupCommit, Storage, StorageError};
 
 /// File name of the persisted map inside the data dir.
@@ -53,6 +59,10 @@ pub(crate) struct View {
     local: Vec<(SlotSet, Arc<Shard>)>,
     /// This node's home shard under `map`.
     home: Option<u32>,
+    /// Replicated clusters: the shard replicas this node hosts under `map`, with their slots.
+    replicas: Vec<(SlotSet, Arc<Replica>)>,
+    /// Whether the node's shards are Raft groups (sled engine) rather than local shards.
+    replicated: bool,
 }
 
 impl View {
@@ -71,6 +81,24 @@ impl View {
     /// Every shard this node serves, by id.
     pub(crate) fn local_shards(&self) -> impl Iterator<Item = &Arc<Shard>> {
         self.local.iter().map(|(_, shard)| shard)
+    }
+
+    /// Whether this node's shards are replicated (then [`View::replica_for`] routes).
+    pub(crate) fn replicated(&self) -> bool {
+        self.replicated
+    }
+
+    /// The local replica of the shard owning `slot` under this map.
+    pub(crate) fn replica_for(&self, slot: u16) -> Option<&Arc<Replica>> {
+        self.replicas
+            .iter()
+            .find(|(slots, _)| slots.contains(slot))
+            .map(|(_, replica)| replica)
+    }
+
+    /// Every local replica.
+    pub(crate) fn local_replicas(&self) -> impl Iterator<Item = &Arc<Replica>> {
+        self.replicas.iter().map(|(_, r)| r)
     }
 
     /// The shard that receives slots moved to this node ([`ClusterMap::home_shard`]).
@@ -97,6 +125,12 @@ pub enum ClusterSetupError {
         /// What storage reported.
         #[source]
         source: StorageError,
+    },
+    /// The Raft groups could not start.
+    #[error("cannot start replication: {reason}")]
+    Replication {
+        /// What failed.
+        reason: String,
     },
     /// The map belongs to another cluster.
     #[error("the cluster map {path} is for cluster `{found}`, but this node is in `{expected}`")]
@@ -132,6 +166,8 @@ pub(crate) struct Cluster {
     /// Held while deleting the keys of slots handed away, so an import into the same slots
     /// waits for it.
     cleanup_lock: tokio::sync::Mutex<()>,
+    /// The Raft groups, for a replicated node (sled engine with TLS).
+    repl: Option<Arc<Replication>>,
 }
 
 /// Where a node keeps its data and how it makes writes durable.
@@ -192,6 +228,8 @@ impl Cluster {
                 owned: SlotSet::default(),
                 local: Vec::new(),
                 home: None,
+                replicas: Vec::new(),
+                replicated: false,
             }),
             install_lock: Mutex::new(()),
             hosted: Mutex::new(BTreeMap::new()),
@@ -201,6 +239,7 @@ impl Cluster {
             group_commit: placement.group_commit,
             change_lock: tokio::sync::Mutex::new(()),
             cleanup_lock: tokio::sync::Mutex::new(()),
+            repl: None,
         };
         let view = cluster
             .build_view(map)
@@ -216,8 +255,144 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Start the background map sync with peers.
+    /// Open a replicated node (sled engine): start its metadata group and the shard groups
+    /// the map gives it (see [`replicated`]).
+    pub(crate) async fn open_replicated(
+        me: &str,
+        name: &str,
+        advertise: &str,
+        bootstrap: Option<&Path>,
+        placement: Placement,
+        db: sled::Db,
+        dialer: Option<Dialer>,
+        election: std::time::Duration,
+    ) -> Result<Cluster, ClusterSetupError> {
+        let bootstrap_map = match bootstrap {
+            Some(path) => read_map(path, name)?,
+            None => ClusterMap::single(name, me, advertise),
+        };
+        let repl = Replication::start(me, db, &bootstrap_map, dialer.clone(), election)
+            .await
+            .map_err(|e| ClusterSetupError::Replication {
+                reason: e.to_string(),
+            })?;
+        let committed = repl.state().borrow().map.clone();
+        let map = committed.unwrap_or(bootstrap_map);
+        if map.cluster != name {
+            return Err(ClusterSetupError::WrongCluster {
+                path: bootstrap.map(Path::to_owned).unwrap_or_default(),
+                found: map.cluster,
+                expected: name.to_owned(),
+            });
+        }
+        repl.open_replicas(&map).await;
+        let cluster = Cluster {
+            me: me.to_owned(),
+            name: name.to_owned(),
+            view: ArcSwap::from_pointee(View {
+                map: map.clone(),
+                owned: SlotSet::default(),
+                local: Vec::new(),
+                home: None,
+                replicas: Vec::new(),
+                replicated: true,
+            }),
+            install_lock: Mutex::new(()),
+            hosted: Mutex::new(BTreeMap::new()),
+            persist: placement.data_dir.map(|d| d.join(MAP_FILE)),
+            dialer,
+            storage: placement.storage,
+            group_commit: placement.group_commit,
+            change_lock: tokio::sync::Mutex::new(()),
+            cleanup_lock: tokio::sync::Mutex::new(()),
+            repl: Some(repl),
+        };
+        cluster.swap_in(cluster.replicated_view(map));
+        let view = cluster.view();
+        tracing::info!(
+            epoch = view.epoch(),
+            shards = ?view.local_replicas().map(|r| r.shard()).collect::<Vec<_>>(),
+            "replicated cluster started"
+        );
+        Ok(cluster)
+    }
+
+    /// The view of `map` for a replicated node: its replicas and their slots.
+    fn replicated_view(&self, map: ClusterMap) -> View {
+        let mut owned = SlotSet::default();
+        let mut replicas = Vec::new();
+        if let Some(repl) = &self.repl {
+            for entry in map.shards.iter().filter(|s| s.replicas.contains(&self.me)) {
+                let Some(replica) = repl.replica(entry.id) else {
+                    continue;
+                };
+                let ranges = map.ranges_of_shard(entry.id);
+                for r in &ranges {
+                    for slot in r.start..=r.end {
+                        owned.insert(slot);
+                    }
+                }
+                replicas.push((SlotSet::from_ranges(&ranges), replica));
+            }
+        }
+        View {
+            map,
+            owned,
+            local: Vec::new(),
+            home: None,
+            replicas,
+            replicated: true,
+        }
+    }
+
+    /// The Raft groups of a replicated node.
+    pub(crate) fn replication(&self) -> Option<&Arc<Replication>> {
+        self.repl.as_ref()
+    }
+
+    /// Follow the metadata group: every map it commits becomes this node's view (opening the
+    /// replicas it newly gives the node).
+    async fn follow_meta(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(repl) = self.repl.clone() else {
+            return;
+        };
+        let mut state = repl.state();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = state.changed() => if changed.is_err() { return },
+            }
+            let map = state.borrow_and_update().map.clone();
+            let Some(map) = map else { continue };
+            let current = self.view();
+            let replicas_missing = map
+                .shards
+                .iter()
+                .filter(|s| s.replicas.contains(&self.me))
+                .any(|s| repl.replica(s.id).is_none());
+            if map.epoch <= current.epoch() && !replicas_missing && current.map == map {
+                continue;
+            }
+            repl.open_replicas(&map).await;
+            let view = self.replicated_view(map);
+            tracing::info!(epoch = view.epoch(), "installed the map the metadata group committed");
+            let _serial = self
+                .install_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.swap_in(view);
+            self.persist();
+        }
+    }
+
+    /// Start the background map sync with peers (the metadata group's follower, for a
+    /// replicated node).
     pub(crate) fn watch(self: &Arc<Self>, shutdown: CancellationToken) {
+        if let Some(repl) = &self.repl {
+            tokio::spawn(self.clone().follow_meta(shutdown.clone()));
+            tokio::spawn(repl.clone().reconcile(shutdown));
+            return;
+        }
         if self.dialer.is_some() {
             tokio::spawn(sync::run(self.clone(), shutdown));
         }
@@ -272,6 +447,8 @@ impl Cluster {
             owned,
             local,
             home,
+            replicas: Vec::new(),
+            replicated: false,
         })
     }
 
@@ -379,6 +556,9 @@ impl Cluster {
     /// Handle a control request. The caller has already checked who may send it.
     pub(crate) async fn control(self: Arc<Self>, request: ControlRequest) -> ResponseBody {
         let name = request.name();
+        if self.repl.is_some() {
+            return self.clone().control_replicated(request).await;
+        }
         let result = match request {
             ControlRequest::SetMap { map } => self.install(map).map(|_| ControlResponse::Map {
                 map: self.view().map.clone(),
@@ -471,6 +651,7 @@ impl Cluster {
             keys,
             ranges: view.owned.ranges(),
             migrating,
+            replicas: Vec::new(),
         }))
     }
 

@@ -63,6 +63,9 @@ pub(crate) async fn accept_loop(
     if let Some(group_commit) = shared.group_commit.clone() {
         group_commit.shutdown().await;
     }
+    if let Some(replication) = shared.cluster.replication() {
+        replication.shutdown().await;
+    }
     if let Err(err) = shared.storage.flush() {
         tracing::error!(error = %err, "final flush failed");
     }

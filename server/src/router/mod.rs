@@ -29,6 +29,7 @@ use skv_proto::{ErrorCode, Request, RequestBody, ResponseBody, WireError};
 use crate::auth::checkpoint::{Checkpoint, Refusal, Session};
 use crate::cluster::{Cluster, View};
 use crate::net::identity::PeerKind;
+use crate::shard::replica::ReplicaAnswer;
 use crate::shard::{Command, Execution, Pending};
 
 /// What to do with one decoded request.
@@ -72,6 +73,7 @@ impl Router {
         request: Request,
         max_frame: usize,
     ) -> Answer {
+        let (write_session, consistency) = (request.session, request.consistency);
         let body = request.body;
         match kind {
             PeerKind::Peer(node) => return self.peer(node, session, body),
@@ -153,7 +155,7 @@ impl Router {
                 return refuse(ErrorCode::Internal, "a peer request reached the data path")
             }
         };
-        self.dispatch(command)
+        self.dispatch(command, write_session, consistency)
     }
 
     /// The peer protocol: what a node of this cluster may ask.
@@ -186,9 +188,37 @@ impl Router {
     }
 
     /// Hand a keyed command to the local shard owning its slot (step 3 of the module docs).
-    fn dispatch(&self, command: Command) -> Answer {
+    fn dispatch(
+        &self,
+        command: Command,
+        write_session: Option<skv_proto::Session>,
+        consistency: skv_proto::Consistency,
+    ) -> Answer {
         let slot = hash_slot(command.key());
         let view = self.cluster.view_now();
+        if view.replicated() {
+            let Some(replica) = view.replica_for(slot) else {
+                return Answer::Now(moved(&view, slot));
+            };
+            return match replica.execute(command, write_session, consistency) {
+                ReplicaAnswer::Now(body) => Answer::Now(body),
+                ReplicaAnswer::Later(pending) => Answer::Later(pending),
+                ReplicaAnswer::NotLeader(Some(leader)) => Answer::Now(ResponseBody::NotLeader {
+                    shard: replica.shard(),
+                    epoch: view.epoch(),
+                    leader: Some((leader.node, leader.addr)),
+                }),
+                ReplicaAnswer::NotLeader(None) => refuse(
+                    ErrorCode::Unavailable,
+                    &format!(
+                        "shard {} has no leader now: an election is under way, or fewer than a \
+                         quorum of its replicas are reachable; reads with --consistency stale \
+                         are still served",
+                        replica.shard()
+                    ),
+                ),
+            };
+        }
         let Some(shard) = view.shard_for(slot) else {
             return Answer::Now(moved(&view, slot));
         };

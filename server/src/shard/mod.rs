@@ -41,6 +41,7 @@ use skv_proto::{ErrorCode, ResponseBody, ScanEntry, WireError};
 
 use crate::storage::{Entry, GroupCommit, Keyspace, Storage, StorageError};
 
+pub(crate) mod replica;
 #[cfg(test)]
 mod tests;
 

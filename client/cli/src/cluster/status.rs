@@ -287,6 +287,7 @@ mod tests {
                         to: "n3".into(),
                         ranges: vec![SlotRange::new(0, 9)],
                     }),
+                    replicas: Vec::new(),
                 }),
             },
             Row {
@@ -312,6 +313,7 @@ mod tests {
                     keys: 0,
                     ranges: Vec::new(),
                     migrating: None,
+                    replicas: Vec::new(),
                 }),
             },
         ]

@@ -1,0 +1,198 @@
+//! Control requests on a replicated node: status from its Raft groups, and map changes turned
+//! into commands of the metadata group (forwarded to its leader when this node does not lead).
+
+use std::sync::Arc;
+
+use openraft::ServerState;
+use skv_proto::cluster::{ControlRequest, ControlResponse, NodeStatus, ReplicaStatus};
+use skv_proto::{ErrorCode, ResponseBody, WireError};
+
+use super::meta::{MapChange, MapOutcome};
+use super::replicated::ProposeError;
+use super::{control_body, Cluster};
+use crate::raft::{Member, RaftGroup};
+
+impl Cluster {
+    /// Handle a control request on a replicated node.
+    pub(crate) async fn control_replicated(self: Arc<Self>, request: ControlRequest) -> ResponseBody {
+        let name = request.name();
+        let result = match request {
+            ControlRequest::SetMap { .. } => Err(WireError::new(
+                ErrorCode::Forbidden,
+                "this cluster's map changes only through its metadata group; a pushed map is \
+                 refused",
+            )),
+            ControlRequest::ImportBegin { .. } | ControlRequest::ImportFlush => Err(
+                WireError::new(
+                    ErrorCode::ClusterState,
+                    "imports are not used by replicated clusters: slot moves run through the \
+                     shards' logs",
+                ),
+            ),
+            ControlRequest::Status => Ok(ControlResponse::Status(self.replicated_status().await)),
+            ControlRequest::AddNode { id, addr } => {
+                self.change_map(MapChange::AddNode { id, addr }).await
+            }
+            ControlRequest::ProposeMap { change } => {
+                match serde_json::from_str::<MapChange>(&change) {
+                    Ok(change) => self.change_map(change).await,
+                    Err(err) => Err(WireError::new(
+                        ErrorCode::Malformed,
+                        format!("not a map change: {err}"),
+                    )),
+                }
+            }
+            ControlRequest::MoveSlots { .. } => Err(WireError::new(
+                ErrorCode::ClusterState,
+                "moving slots between replicated shards is not available in this build; the \
+                 metadata group serializes the decision (one move at a time), but the data \
+                 copy through the shards' logs is still to come",
+            )),
+        };
+        match result {
+            Ok(resp) => control_body(&resp),
+            Err(err) => {
+                tracing::warn!(request = name, error = %err, "control request failed");
+                ResponseBody::Error(err)
+            }
+        }
+    }
+
+    /// Decide `change` on the metadata group: here when this node leads it, else at its leader.
+    pub(crate) async fn change_map(
+        &self,
+        change: MapChange,
+    ) -> Result<ControlResponse, WireError> {
+        let Some(repl) = self.repl.clone() else {
+            return Err(WireError::new(ErrorCode::Internal, "not a replicated node"));
+        };
+        let _one_at_a_time = self.change_lock.lock().await;
+        let outcome = match repl.propose_map(&change).await {
+            Ok(outcome) => outcome,
+            Err(ProposeError::NotLeader(Some(leader))) if leader.node != self.me => {
+                return self.forward(&leader, &change).await;
+            }
+            Err(ProposeError::NotLeader(_)) => {
+                return Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    "the metadata group has no leader now (an election is under way, or fewer \
+                     than a quorum of its members are reachable); retry shortly",
+                ))
+            }
+            Err(ProposeError::Unavailable(why)) => {
+                return Err(WireError::new(ErrorCode::Unavailable, why))
+            }
+        };
+        match outcome {
+            MapOutcome::Applied { .. } => Ok(ControlResponse::Map {
+                map: repl
+                    .state()
+                    .borrow()
+                    .map
+                    .clone()
+                    .unwrap_or_else(|| self.view().map.clone()),
+            }),
+            MapOutcome::Refused { reason } => Err(WireError::new(ErrorCode::ClusterState, reason)),
+        }
+    }
+
+    async fn forward(&self, leader: &Member, change: &MapChange) -> Result<ControlResponse, WireError> {
+        let Some(dialer) = &self.dialer else {
+            return Err(WireError::new(ErrorCode::Internal, "no peer credentials"));
+        };
+        let entry = skv_proto::cluster::NodeEntry {
+            id: leader.node.clone(),
+            addr: leader.addr.clone(),
+            raft_id: 0,
+        };
+        let request = ControlRequest::ProposeMap {
+            change: serde_json::to_string(change).unwrap_or_default(),
+        };
+        let conn = dialer.connect(&entry).await.map_err(|e| {
+            WireError::new(
+                ErrorCode::Unavailable,
+                format!("cannot reach the metadata leader {}: {e}", leader.node),
+            )
+        })?;
+        conn.control(&request).await.map_err(|e| match e {
+            crate::net::peer::PeerError::Call {
+                source: skv_client::ClientError::Refused(err) | skv_client::ClientError::Server(err),
+                ..
+            } => err,
+            other => WireError::new(
+                ErrorCode::Unavailable,
+                format!("the metadata leader {} did not answer: {other}", leader.node),
+            ),
+        })
+    }
+
+    async fn replicated_status(&self) -> NodeStatus {
+        let view = self.view();
+        let mut replicas = Vec::new();
+        let mut keys = 0;
+        if let Some(repl) = &self.repl {
+            replicas.push(group_status(0, repl.meta(), 0));
+            for replica in view.local_replicas() {
+                let reader = replica.reader().clone();
+                let count = tokio::task::spawn_blocking(move || reader.key_count())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0);
+                keys += count;
+                replicas.push(group_status(replica.shard(), replica.raft(), count));
+            }
+        }
+        NodeStatus {
+            node: self.me.clone(),
+            epoch: view.epoch(),
+            keys,
+            ranges: view.owned.ranges(),
+            migrating: None,
+            replicas,
+        }
+    }
+}
+
+fn group_status(shard: u32, raft: &RaftGroup, keys: u64) -> ReplicaStatus {
+    let m = raft.metrics().borrow().clone();
+    let name_of = |id: u64| {
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.node.clone())
+            .unwrap_or_else(|| format!("raft-{id}"))
+    };
+    let last_log = m.last_log_index.unwrap_or(0);
+    let lag = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .filter(|(id, _)| **id != m.id)
+                .map(|(id, matched)| {
+                    let matched = matched.map(|l| l.index).unwrap_or(0);
+                    (name_of(*id), last_log.saturating_sub(matched))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ReplicaStatus {
+        shard,
+        role: match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "stopped",
+        }
+        .into(),
+        leader: m.current_leader.map(name_of),
+        term: m.current_term,
+        last_log,
+        applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+        lag,
+        quorum_ack_ms: m.millis_since_quorum_ack,
+        keys,
+    }
+}

@@ -1,0 +1,429 @@
+//! The replicated cluster: this node's Raft groups (the metadata group and one per shard it is a
+//! replica of), started from the data dir and the bootstrap map, and kept in step with the map
+//! the metadata group commits.
+//!
+//! # Starting
+//!
+//! On a fresh data dir the first node of the bootstrap map initializes the metadata group with
+//! the map's first (up to) five nodes as voters and, once it leads, proposes the bootstrap map
+//! as the group's first change. Each shard's first replica initializes its shard group with
+//! the shard's replicas. Every other node waits to hear from those leaders. A node that
+//! restarts finds its groups in its data dir and rejoins them; the map it serves is the one
+//! its metadata replica has applied (the bootstrap file only counts until then).
+//!
+//! # Ownership
+//!
+//! A shard's state machine owns slots only after a [`Proposal::Own`] in its log. The leader of
+//! each shard proposes `Own` for the slots the committed map gives the shard and the state
+//! machine does not own yet, unless a slot move involving the shard is running (the move
+//! proposes its own steps). Re-owning what the committed map assigns is always safe: a shard
+//! loses slots only through a move that the map records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, SnapshotPolicy};
+use skv_proto::cluster::{ClusterMap, SlotSet};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::meta::{MapChange, MapOutcome, MapState};
+use crate::net::peer::Dialer;
+use crate::raft::log::Flusher;
+use crate::raft::network::{Network, Peers};
+use crate::raft::rpc::RaftRegistry;
+use crate::raft::state::{open_meta, open_shard};
+use crate::raft::{Member, Outcome, Proposal, RaftGroup, META_GROUP};
+use crate::shard::replica::Replica;
+
+/// Most voters of the metadata group: five survive two failures; more only slows it down.
+const META_VOTERS: usize = 5;
+
+/// Why the replicated cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReplicationError {
+    /// A group's log or state machine could not be opened.
+    #[error("cannot open the Raft state of group {group}: {reason}")]
+    Open {
+        /// The group.
+        group: u32,
+        /// What failed.
+        reason: String,
+    },
+    /// openraft refused to start a group.
+    #[error("cannot start Raft group {group}: {reason}")]
+    Start {
+        /// The group.
+        group: u32,
+        /// What failed.
+        reason: String,
+    },
+    /// This node is not in the map, so it has no Raft id.
+    #[error("node `{0}` is not in the cluster map; add it with `skv cluster add-node` first")]
+    NotInMap(String),
+}
+
+/// A change proposed to the metadata group could not be decided.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProposeError {
+    /// Another node leads the group.
+    #[error("this node does not lead the metadata group")]
+    NotLeader(Option<Member>),
+    /// The group could not commit it (no quorum, shutting down).
+    #[error("the metadata group could not commit the change: {0}")]
+    Unavailable(String),
+}
+
+/// This node's Raft groups.
+pub(crate) struct Replication {
+    me: String,
+    raft_id: u64,
+    db: sled::Db,
+    flusher: Flusher,
+    config: Arc<Config>,
+    peers: Peers,
+    registry: RaftRegistry,
+    meta: RaftGroup,
+    state: watch::Receiver<Arc<MapState>>,
+    replicas: Mutex<BTreeMap<u32, Arc<Replica>>>,
+    /// Serializes opening groups.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Replication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replication")
+            .field("me", &self.me)
+            .field("raft_id", &self.raft_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// openraft's settings from the election timeout: heartbeats at a fifth of it, so a leader
+/// survives a few lost heartbeats or a slow fsync before anyone stands for election.
+pub(crate) fn raft_config(election: Duration) -> Result<Arc<Config>, String> {
+    let min = (election.as_millis() as u64).max(50);
+    let config = Config {
+        cluster_name: "skv".into(),
+        heartbeat_interval: (min / 5).max(10),
+        election_timeout_min: min,
+        election_timeout_max: min * 2,
+        // Snapshot every 20k entries and keep 1000 behind it, so a follower that blinked
+        // catches up from the log and only a long-gone one needs a snapshot.
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        // Below skv_proto::MAX_RAFT_PAYLOAD with room for the envelope.
+        snapshot_max_chunk_size: 2 * 1024 * 1024,
+        // With batches of at most 64 KiB, 8 entries stay under the 1 MiB peer frame.
+        max_payload_entries: 8,
+        install_snapshot_timeout: 10_000,
+        ..Config::default()
+    };
+    config.validate().map(Arc::new).map_err(|e| e.to_string())
+}
+
+fn members(map: &ClusterMap, ids: &[String]) -> BTreeMap<u64, Member> {
+    ids.iter()
+        .filter_map(|id| map.node(id))
+        .map(|n| {
+            (
+                n.raft_id,
+                Member {
+                    node: n.id.clone(),
+                    addr: n.addr.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The metadata group's voters under `map`: its first [`META_VOTERS`] nodes.
+fn meta_voters(map: &ClusterMap) -> Vec<String> {
+    map.nodes
+        .iter()
+        .take(META_VOTERS)
+        .map(|n| n.id.clone())
+        .collect()
+}
+
+impl Replication {
+    /// Open the metadata group and start it; initialize it when this node is the first of a
+    /// fresh bootstrap map.
+    pub(crate) async fn start(
+        me: &str,
+        db: sled::Db,
+        bootstrap: &ClusterMap,
+        dialer: Dialer,
+        election: Duration,
+    ) -> Result<Arc<Replication>, ReplicationError> {
+        let config = raft_config(election).map_err(|reason| ReplicationError::Start {
+            group: META_GROUP,
+            reason,
+        })?;
+        let flusher = Flusher::new(db.clone());
+        let (log, sm, state) =
+            open_meta::<MapState>(&db, flusher.clone()).map_err(|e| ReplicationError::Open {
+                group: META_GROUP,
+                reason: e.to_string(),
+            })?;
+        // The map the node knows best: the committed one, else the bootstrap file.
+        let known = state
+            .borrow()
+            .map
+            .clone()
+            .unwrap_or_else(|| bootstrap.clone());
+        let raft_id = known
+            .node(me)
+            .map(|n| n.raft_id)
+            .ok_or_else(|| ReplicationError::NotInMap(me.to_owned()))?;
+        let peers = Peers::new(dialer);
+        let meta = openraft::Raft::new(
+            raft_id,
+            config.clone(),
+            Network::new(META_GROUP, peers.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| ReplicationError::Start {
+            group: META_GROUP,
+            reason: e.to_string(),
+        })?;
+        let registry = RaftRegistry::default();
+        registry.register(META_GROUP, meta.clone());
+        let replication = Arc::new(Replication {
+            me: me.to_owned(),
+            raft_id,
+            db,
+            flusher,
+            config,
+            peers,
+            registry,
+            meta,
+            state,
+            replicas: Mutex::new(BTreeMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+        });
+        let first = bootstrap.nodes.first().map(|n| n.id.as_str()) == Some(me);
+        if first && replication.state.borrow().map.is_none() {
+            replication.initialize_meta(bootstrap).await;
+        }
+        Ok(replication)
+    }
+
+    async fn initialize_meta(self: &Arc<Self>, bootstrap: &ClusterMap) {
+        let voters = members(bootstrap, &meta_voters(bootstrap));
+        match self.meta.is_initialized().await {
+            Ok(false) => {
+                if let Err(err) = self.meta.initialize(voters).await {
+                    tracing::warn!(error = %err, "could not initialize the metadata group");
+                }
+            }
+            Ok(true) => {}
+            Err(err) => tracing::warn!(error = %err, "metadata group stopped"),
+        }
+        // Propose the bootstrap map once this node leads (or until another node has).
+        let this = self.clone();
+        let map = bootstrap.clone();
+        tokio::spawn(async move {
+            for _ in 0..600 {
+                if this.state.borrow().map.is_some() {
+                    return;
+                }
+                let change = MapChange::Bootstrap { map: map.clone() };
+                match this.propose_map(&change).await {
+                    Ok(_) => return,
+                    Err(ProposeError::NotLeader(_)) | Err(ProposeError::Unavailable(_)) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                }
+            }
+            tracing::error!("the bootstrap map was not committed within a minute");
+        });
+    }
+
+    /// This node's Raft id.
+    pub(crate) fn raft_id(&self) -> u64 {
+        self.raft_id
+    }
+
+    /// Every group of this node, for the transport.
+    pub(crate) fn registry(&self) -> &RaftRegistry {
+        &self.registry
+    }
+
+    /// The metadata group.
+    pub(crate) fn meta(&self) -> &RaftGroup {
+        &self.meta
+    }
+
+    /// The metadata state as applied here, and its changes.
+    pub(crate) fn state(&self) -> watch::Receiver<Arc<MapState>> {
+        self.state.clone()
+    }
+
+    /// The shard replicas this node hosts.
+    pub(crate) fn replicas(&self) -> Vec<Arc<Replica>> {
+        self.replicas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The replica of `shard` on this node.
+    pub(crate) fn replica(&self, shard: u32) -> Option<Arc<Replica>> {
+        self.replicas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&shard)
+            .cloned()
+    }
+
+    /// Propose a map change to the metadata group through this node (which must lead it).
+    pub(crate) async fn propose_map(&self, change: &MapChange) -> Result<MapOutcome, ProposeError> {
+        let json = serde_json::to_vec(change).unwrap_or_default();
+        let write = self.meta.client_write(Proposal::Meta { json });
+        match tokio::time::timeout(Duration::from_secs(5), write).await {
+            Ok(Ok(resp)) => match resp.data {
+                Outcome::Meta(json) => serde_json::from_slice(&json)
+                    .map_err(|e| ProposeError::Unavailable(format!("bad answer: {e}"))),
+                other => Err(ProposeError::Unavailable(format!(
+                    "unexpected answer {other:?}"
+                ))),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader(f.leader_node))
+            }
+            Ok(Err(err)) => Err(ProposeError::Unavailable(err.to_string())),
+            Err(_) => Err(ProposeError::Unavailable(
+                "no quorum of the metadata group answered within 5s".into(),
+            )),
+        }
+    }
+
+    /// Open and start the replicas `map` gives this node and do not run yet; initialize the
+    /// groups whose first replica this node is, when they are new.
+    pub(crate) async fn open_replicas(self: &Arc<Self>, map: &ClusterMap) {
+        let _opening = self.opening.lock().await;
+        let mine: Vec<_> = map
+            .shards
+            .iter()
+            .filter(|s| s.replicas.iter().any(|r| r == &self.me))
+            .cloned()
+            .collect();
+        for shard in mine {
+            if self.replica(shard.id).is_some() {
+                continue;
+            }
+            match self.open_replica(map, shard.id, &shard.replicas).await {
+                Ok(replica) => {
+                    self.replicas
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(shard.id, replica);
+                }
+                Err(err) => tracing::error!(shard = shard.id, error = %err, "cannot open replica"),
+            }
+        }
+    }
+
+    async fn open_replica(
+        self: &Arc<Self>,
+        map: &ClusterMap,
+        shard: u32,
+        replicas: &[String],
+    ) -> Result<Arc<Replica>, ReplicationError> {
+        let (log, sm, reader) =
+            open_shard(&self.db, shard, self.flusher.clone()).map_err(|e| {
+                ReplicationError::Open {
+                    group: shard,
+                    reason: e.to_string(),
+                }
+            })?;
+        let raft = openraft::Raft::new(
+            self.raft_id,
+            self.config.clone(),
+            Network::new(shard, self.peers.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| ReplicationError::Start {
+            group: shard,
+            reason: e.to_string(),
+        })?;
+        self.registry.register(shard, raft.clone());
+        if replicas.first() == Some(&self.me) && !raft.is_initialized().await.unwrap_or(true) {
+            if let Err(err) = raft.initialize(members(map, replicas)).await {
+                tracing::warn!(shard, error = %err, "could not initialize the shard group");
+            }
+        }
+        Ok(Arc::new(Replica::start(shard, self.raft_id, raft, reader)))
+    }
+
+    /// Keep every led shard's ownership in step with the committed map (see the module docs),
+    /// until `shutdown`.
+    pub(crate) async fn reconcile(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let state = self.state.borrow().clone();
+            let Some(map) = state.map.as_ref() else {
+                continue;
+            };
+            for replica in self.replicas() {
+                if !replica.is_leader() {
+                    continue;
+                }
+                let id = replica.shard();
+                let busy = state
+                    .moving
+                    .as_ref()
+                    .is_some_and(|m| m.from == id || m.to == id);
+                if busy {
+                    continue;
+                }
+                let owned = replica.reader().owned();
+                let mut missing = SlotSet::default();
+                for range in map.ranges_of_shard(id) {
+                    for slot in range.start..=range.end {
+                        if !owned.contains(slot) {
+                            missing.insert(slot);
+                        }
+                    }
+                }
+                if missing.is_empty() {
+                    continue;
+                }
+                let slots = missing.ranges();
+                tracing::info!(shard = id, slots = %skv_proto::cluster::format_ranges(&slots), "taking ownership of the slots the map gives this shard");
+                let write = replica.raft().client_write(Proposal::Own { slots });
+                if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(5), write).await {
+                    tracing::debug!(shard = id, error = %err, "own proposal failed");
+                }
+            }
+        }
+    }
+
+    /// The groups this node is a member of, for status.
+    pub(crate) fn groups(&self) -> BTreeSet<u32> {
+        self.registry.groups().into_iter().collect()
+    }
+
+    /// Stop every group.
+    pub(crate) async fn shutdown(&self) {
+        for replica in self.replicas() {
+            replica.shutdown().await;
+        }
+        let _ = self.meta.shutdown().await;
+        let db = self.db.clone();
+        let _ = tokio::task::spawn_blocking(move || db.flush()).await;
+    }
+}

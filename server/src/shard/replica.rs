@@ -1,0 +1,389 @@
+//! A replicated shard on this node: its openraft group, the batching of client writes into log
+//! entries, the coalescing of linearizable reads, and the local reads of its state machine.
+//!
+//! # Writes
+//!
+//! Only the leader proposes. A write goes into the replica's queue; a proposer task takes what
+//! is queued (up to [`MAX_BATCH`] writes or [`MAX_BATCH_BYTES`]) and proposes it as one
+//! [`Proposal::Writes`] entry, with up to [`MAX_INFLIGHT_BATCHES`] entries in flight, so a burst
+//! of writes shares one fsync and one replication round trip instead of paying one each. The
+//! answer comes back when openraft has committed the entry (a quorum has it in its durable log)
+//! and this replica has applied it, with the outcome the state machine decided.
+//!
+//! A write that cannot commit within [`WRITE_TIMEOUT`] (no quorum) is answered `unavailable`:
+//! its outcome is unknown, and a retry with the same session is applied at most once.
+//!
+//! # Reads
+//!
+//! A linearizable read waits for a ReadIndex round: the leader confirms with a quorum that it
+//! still leads, then waits until it has applied everything committed before the read arrived
+//! (`Raft::ensure_linearizable`). Reads that arrive while a round is running wait for the next
+//! one, which starts after they arrived, so one round serves every read queued behind it. A
+//! stale read skips the round and reads what this replica has applied.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{RaftMetrics, ServerState};
+use skv_proto::{Consistency, ErrorCode, ResponseBody, Session, WireError};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use super::{Command, Pending};
+use crate::raft::state::ShardReader;
+use crate::raft::{Member, Outcome, Proposal, RaftGroup, Write, WriteOp, WriteOutcome};
+
+/// Most writes in one log entry.
+pub(crate) const MAX_BATCH: usize = 512;
+/// Most key and value bytes in one log entry: well under the peer frame limit, so one
+/// AppendEntries of a batch always fits.
+pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// Log entries of client writes in flight at once per shard.
+pub(crate) const MAX_INFLIGHT_BATCHES: usize = 8;
+/// How long a write waits for its entry to commit before it is answered `unavailable`.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a linearizable read waits for its ReadIndex round.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// Writes queued per shard before new ones are refused with `try_again`.
+const QUEUE: usize = 16 * 1024;
+
+/// What became of a command sent to a replica.
+pub(crate) enum ReplicaAnswer {
+    /// The answer, now.
+    Now(ResponseBody),
+    /// The answer once the write committed or the read's round confirmed leadership.
+    Later(Pending),
+    /// This replica does not lead the shard: the leader it knows of, if any.
+    NotLeader(Option<Member>),
+}
+
+struct QueuedWrite {
+    write: Write,
+    reply: oneshot::Sender<ResponseBody>,
+}
+
+type ReadWaiter = oneshot::Sender<Result<(), GateRefusal>>;
+
+/// Why a linearizable read could not be served here.
+#[derive(Debug, Clone)]
+enum GateRefusal {
+    NotLeader(Option<Member>),
+    Unavailable(String),
+}
+
+/// One shard group hosted on this node.
+pub(crate) struct Replica {
+    shard: u32,
+    raft_id: u64,
+    raft: RaftGroup,
+    reader: ShardReader,
+    metrics: watch::Receiver<RaftMetrics<u64, Member>>,
+    writes: mpsc::Sender<QueuedWrite>,
+    reads: mpsc::Sender<ReadWaiter>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("shard", &self.shard)
+            .field("raft_id", &self.raft_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// Wrap a started openraft group and its state machine's reader; spawns the proposer and
+    /// the read gate on the current runtime.
+    pub(crate) fn start(shard: u32, raft_id: u64, raft: RaftGroup, reader: ShardReader) -> Replica {
+        let (writes, queue) = mpsc::channel(QUEUE);
+        let (reads, waiters) = mpsc::channel(QUEUE);
+        tokio::spawn(propose_loop(shard, raft.clone(), queue));
+        tokio::spawn(read_gate_loop(raft.clone(), waiters));
+        Replica {
+            shard,
+            raft_id,
+            metrics: raft.metrics(),
+            raft,
+            reader,
+            writes,
+            reads,
+        }
+    }
+
+    /// The shard id.
+    pub(crate) fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// The openraft handle (membership changes, status, shutdown).
+    pub(crate) fn raft(&self) -> &RaftGroup {
+        &self.raft
+    }
+
+    /// Local reads of the state machine (scans, slot moves, status).
+    pub(crate) fn reader(&self) -> &ShardReader {
+        &self.reader
+    }
+
+    /// Whether this replica leads its group now, as far as it knows.
+    pub(crate) fn is_leader(&self) -> bool {
+        let m = self.metrics.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.raft_id)
+    }
+
+    /// The leader this replica knows of.
+    pub(crate) fn leader(&self) -> Option<Member> {
+        leader_of(&self.metrics.borrow())
+    }
+
+    /// Execute one command with the client's session and consistency.
+    pub(crate) fn execute(
+        &self,
+        command: Command,
+        session: Option<Session>,
+        consistency: Consistency,
+    ) -> ReplicaAnswer {
+        let op = match command {
+            Command::Get { key } => return self.get(key, consistency),
+            Command::Put { key, value } => WriteOp::Put { key, value },
+            Command::Delete { key } => WriteOp::Delete { key },
+            Command::Cas {
+                key,
+                expect_version,
+                value,
+            } => WriteOp::Cas {
+                key,
+                expect_version,
+                value,
+            },
+        };
+        if !self.is_leader() {
+            return ReplicaAnswer::NotLeader(self.leader());
+        }
+        let (reply, answer) = oneshot::channel();
+        let queued = QueuedWrite {
+            write: Write::new(session, op),
+            reply,
+        };
+        if self.writes.try_send(queued).is_err() {
+            return ReplicaAnswer::Now(error(
+                ErrorCode::TryAgain,
+                format!("shard {} has too many writes queued; retry shortly", self.shard),
+            ));
+        }
+        let shard = self.shard;
+        ReplicaAnswer::Later(Box::pin(async move {
+            answer.await.unwrap_or_else(|_| {
+                error(
+                    ErrorCode::ShuttingDown,
+                    format!("shard {shard} stopped before the write was decided"),
+                )
+            })
+        }))
+    }
+
+    fn get(&self, key: Bytes, consistency: Consistency) -> ReplicaAnswer {
+        if consistency == Consistency::Stale {
+            return ReplicaAnswer::Now(read_local(&self.reader, &key));
+        }
+        if !self.is_leader() {
+            return ReplicaAnswer::NotLeader(self.leader());
+        }
+        let (waiter, confirmed) = oneshot::channel();
+        if self.reads.try_send(waiter).is_err() {
+            return ReplicaAnswer::Now(error(
+                ErrorCode::TryAgain,
+                format!("shard {} has too many reads queued; retry shortly", self.shard),
+            ));
+        }
+        let reader = self.reader.clone();
+        let shard = self.shard;
+        ReplicaAnswer::Later(Box::pin(async move {
+            match confirmed.await {
+                Ok(Ok(())) => read_local(&reader, &key),
+                Ok(Err(GateRefusal::NotLeader(leader))) => not_leader(shard, leader),
+                Ok(Err(GateRefusal::Unavailable(why))) => error(ErrorCode::Unavailable, why),
+                Err(_) => error(
+                    ErrorCode::ShuttingDown,
+                    format!("shard {shard} stopped before the read was served"),
+                ),
+            }
+        }))
+    }
+
+    /// Stop the group's Raft tasks (the state stays on disk).
+    pub(crate) async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// A NOT_LEADER answer for a write or read that found this replica no longer leading after it
+/// was queued. The epoch is 0: the map did not change, leadership did.
+pub(crate) fn not_leader(shard: u32, leader: Option<Member>) -> ResponseBody {
+    ResponseBody::NotLeader {
+        shard,
+        epoch: 0,
+        leader: leader.map(|m| (m.node, m.addr)),
+    }
+}
+
+fn leader_of(m: &RaftMetrics<u64, Member>) -> Option<Member> {
+    let id = m.current_leader?;
+    m.membership_config.membership().get_node(&id).cloned()
+}
+
+fn read_local(reader: &ShardReader, key: &[u8]) -> ResponseBody {
+    match reader.get(key) {
+        Ok(Some((version, value))) => ResponseBody::Value { version, value },
+        Ok(None) => ResponseBody::NotFound,
+        Err(err) => {
+            tracing::error!(error = %err, "shard read failed");
+            error(ErrorCode::Storage, "the storage engine failed to read")
+        }
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ResponseBody {
+    ResponseBody::Error(WireError::new(code, message))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Take what is queued and propose it as one entry, keeping up to [`MAX_INFLIGHT_BATCHES`]
+/// entries in flight.
+async fn propose_loop(shard: u32, raft: RaftGroup, mut queue: mpsc::Receiver<QueuedWrite>) {
+    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_BATCHES));
+    loop {
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut bytes = write_bytes(&first.write);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += write_bytes(&next.write);
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit(shard, &raft, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+fn write_bytes(write: &Write) -> usize {
+    match &write.op {
+        WriteOp::Put { key, value } | WriteOp::Cas { key, value, .. } => key.len() + value.len(),
+        WriteOp::Delete { key } => key.len(),
+    }
+}
+
+async fn commit(shard: u32, raft: &RaftGroup, batch: Vec<QueuedWrite>) {
+    let (writes, replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|q| (q.write, q.reply)).unzip();
+    let count = writes.len();
+    let proposal = Proposal::Writes {
+        at_ms: now_ms(),
+        writes,
+    };
+    let answers: Vec<ResponseBody> =
+        match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(proposal)).await {
+            Ok(Ok(response)) => match response.data {
+                Outcome::Writes(outcomes) if outcomes.len() == count => outcomes
+                    .into_iter()
+                    .map(|o| write_answer(shard, o))
+                    .collect(),
+                other => {
+                    tracing::error!(shard, ?other, "state machine answered a batch wrongly");
+                    vec![error(ErrorCode::Internal, "the shard answered the write wrongly"); count]
+                }
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                vec![not_leader(shard, f.leader_node); count]
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(shard, error = %err, "write failed");
+                vec![error(ErrorCode::Unavailable, format!("shard {shard} could not commit the write: {err}")); count]
+            }
+            Err(_) => vec![
+                error(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "shard {shard} could not reach a quorum of its replicas within {}s; the \
+                         write may or may not be applied (a retry with the same session is \
+                         applied at most once)",
+                        WRITE_TIMEOUT.as_secs()
+                    ),
+                );
+                count
+            ],
+        };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
+    }
+}
+
+fn write_answer(shard: u32, outcome: WriteOutcome) -> ResponseBody {
+    match outcome {
+        WriteOutcome::Written { version } => ResponseBody::Written { version },
+        WriteOutcome::Deleted { existed } => ResponseBody::Deleted { existed },
+        WriteOutcome::CasConflict { current } => ResponseBody::CasConflict { current },
+        WriteOutcome::NotOwned => error(
+            ErrorCode::TryAgain,
+            format!("shard {shard} no longer owns the key's slot; refresh the map and retry"),
+        ),
+        WriteOutcome::Frozen => error(
+            ErrorCode::TryAgain,
+            format!("the key's slot is moving away from shard {shard}; retry shortly"),
+        ),
+    }
+}
+
+/// Serve queued linearizable reads: one ReadIndex round for every read queued before it began.
+async fn read_gate_loop(raft: RaftGroup, mut waiters: mpsc::Receiver<ReadWaiter>) {
+    while let Some(first) = waiters.recv().await {
+        let mut round = vec![first];
+        while let Ok(next) = waiters.try_recv() {
+            round.push(next);
+        }
+        let outcome = match tokio::time::timeout(READ_TIMEOUT, raft.ensure_linearizable()).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(GateRefusal::NotLeader(f.leader_node))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(GateRefusal::Unavailable(
+                    "the shard's leader cannot reach a quorum of its replicas to confirm it still \
+                     leads; a read with --consistency stale is still served"
+                        .into(),
+                ))
+            }
+            Ok(Err(err)) => Err(GateRefusal::Unavailable(format!(
+                "the shard cannot serve a linearizable read: {err}"
+            ))),
+            Err(_) => Err(GateRefusal::Unavailable(format!(
+                "the shard's leader could not confirm its leadership within {}s; a read with \
+                 --consistency stale is still served",
+                READ_TIMEOUT.as_secs()
+            ))),
+        };
+        for waiter in round {
+            let _ = waiter.send(outcome.clone());
+        }
+    }
+}
