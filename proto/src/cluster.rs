@@ -659,6 +659,10 @@ pub enum ControlRequest {
         ranges: Vec<SlotRange>,
         /// The node that takes them.
         to: String,
+        /// Refuse the move unless the map's epoch is this one: the epoch the administrator
+        /// planned the move against, so two administrators cannot both move the same slots.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect_epoch: Option<u64>,
     },
     /// Peer only, replicated clusters: propose this map change (JSON, decided by the metadata
     /// group's state machine) to the metadata group, which the receiving node leads.
@@ -930,6 +934,7 @@ mod tests {
             ControlRequest::MoveSlots {
                 ranges: vec![SlotRange::new(0, 9)],
                 to: "n2".into(),
+                expect_epoch: None,
             },
         ] {
             assert_eq!(ControlRequest::from_json(&req.to_json()).unwrap(), req);

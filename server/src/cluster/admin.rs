@@ -42,12 +42,11 @@ impl Cluster {
                     )),
                 }
             }
-            ControlRequest::MoveSlots { .. } => Err(WireError::new(
-                ErrorCode::ClusterState,
-                "moving slots between replicated shards is not available in this build; the \
-                 metadata group serializes the decision (one move at a time), but the data \
-                 copy through the shards' logs is still to come",
-            )),
+            ControlRequest::MoveSlots {
+                ranges,
+                to,
+                expect_epoch,
+            } => self.move_slots(ranges, to, expect_epoch).await,
         };
         match result {
             Ok(resp) => control_body(&resp),
@@ -93,6 +92,68 @@ impl Cluster {
                     .unwrap_or_else(|| self.view().map.clone()),
             }),
             MapOutcome::Refused { reason } => Err(WireError::new(ErrorCode::ClusterState, reason)),
+        }
+    }
+
+    /// Begin a move of `ranges` to node `to`'s home shard through the metadata group, then wait
+    /// for the metadata leader to finish it (see [`super::moves`]).
+    async fn move_slots(
+        &self,
+        ranges: Vec<skv_proto::cluster::SlotRange>,
+        to: String,
+        expect_epoch: Option<u64>,
+    ) -> Result<ControlResponse, WireError> {
+        let Some(repl) = self.repl.clone() else {
+            return Err(WireError::new(ErrorCode::Internal, "not a replicated node"));
+        };
+        let map = self.view().map.clone();
+        let Some(to_shard) = map.home_shard(&to) else {
+            return Err(WireError::new(
+                ErrorCode::ClusterState,
+                format!("node `{to}` is the first replica of no shard, so it has none to take slots"),
+            ));
+        };
+        let mut state = repl.state();
+        let before = state.borrow().next_move;
+        self.change_map(MapChange::BeginMove {
+            slots: ranges,
+            to: to_shard,
+            expect_epoch,
+        })
+        .await?;
+        // The move this request began has an id of at least `before`; once this node's
+        // metadata replica has applied it, wait for it to end.
+        let wait = async {
+            loop {
+                {
+                    let now = state.borrow_and_update();
+                    if now.next_move > before {
+                        let id = now.next_move - 1;
+                        if now.moving.as_ref().map(|m| m.id) != Some(id) {
+                            let copied = now
+                                .last_move
+                                .filter(|(last, _)| *last == id)
+                                .map_or(0, |(_, copied)| copied);
+                            let epoch = now.map.as_ref().map_or(0, |m| m.epoch);
+                            return Ok(ControlResponse::Moved {
+                                keys: copied,
+                                epoch,
+                            });
+                        }
+                    }
+                }
+                if state.changed().await.is_err() {
+                    return Err(WireError::new(ErrorCode::ShuttingDown, "the node is stopping"));
+                }
+            }
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(300), wait).await {
+            Ok(result) => result,
+            Err(_) => Err(WireError::new(
+                ErrorCode::Unavailable,
+                "the move is recorded but did not finish within 5 minutes; the metadata \
+                 leader keeps running it (see `skv cluster status`)",
+            )),
         }
     }
 

@@ -26,6 +26,9 @@ pub(crate) struct SlotMove {
     /// Whether the map already names `to` as the owner (the giving shard still has to delete
     /// its copies).
     pub(crate) committed: bool,
+    /// Keys copied, once committed.
+    #[serde(default)]
+    pub(crate) copied: u64,
 }
 
 /// The metadata group's state.
@@ -37,6 +40,9 @@ pub(crate) struct MapState {
     pub(crate) moving: Option<SlotMove>,
     /// The id the next move gets.
     pub(crate) next_move: u64,
+    /// The last move that ended: its id and how many keys it copied.
+    #[serde(default)]
+    pub(crate) last_move: Option<(u64, u64)>,
 }
 
 /// A change to the map, as the metadata log carries it (JSON).
@@ -69,6 +75,9 @@ pub(crate) enum MapChange {
     CommitMove {
         /// The move.
         id: u64,
+        /// Keys copied.
+        #[serde(default)]
+        copied: u64,
     },
     /// The giving shard of move `id` has deleted its copies: the move is over.
     EndMove {
@@ -199,10 +208,11 @@ impl MapState {
                     from: from.unwrap_or_default(),
                     to,
                     committed: false,
+                    copied: 0,
                 });
                 return Ok(Some(id));
             }
-            MapChange::CommitMove { id } => {
+            MapChange::CommitMove { id, copied } => {
                 let Some(m) = self.moving.as_mut().filter(|m| m.id == id) else {
                     return Err(format!("move {id} is not running"));
                 };
@@ -210,12 +220,16 @@ impl MapState {
                     return Ok(Some(id));
                 }
                 m.committed = true;
+                m.copied = copied;
                 let set = SlotSet::from_ranges(&m.slots);
                 (map.with_slots_moved(&set, m.to), Some(id))
             }
             MapChange::EndMove { id } => {
                 match &self.moving {
-                    Some(m) if m.id == id && m.committed => self.moving = None,
+                    Some(m) if m.id == id && m.committed => {
+                        self.last_move = Some((id, m.copied));
+                        self.moving = None;
+                    }
                     Some(m) if m.id == id => {
                         return Err(format!("move {id} has not been committed"));
                     }
@@ -316,14 +330,15 @@ mod tests {
             state.decide(MapChange::EndMove { id }),
             MapOutcome::Refused { .. }
         ));
-        state.decide(MapChange::CommitMove { id });
+        state.decide(MapChange::CommitMove { id, copied: 3 });
         assert_eq!(epoch(&state), before + 1);
         let map = state.map.clone().expect("map");
         assert_eq!(map.shard_of_slot(5).map(|s| s.id), Some(to));
-        state.decide(MapChange::CommitMove { id });
+        state.decide(MapChange::CommitMove { id, copied: 3 });
         assert_eq!(epoch(&state), before + 1, "a repeated commit changes nothing");
         state.decide(MapChange::EndMove { id });
         assert!(state.moving.is_none());
+        assert_eq!(state.last_move, Some((id, 3)));
     }
 
     #[test]

@@ -23,6 +23,7 @@
 mod admin;
 mod meta;
 mod migrate;
+mod moves;
 mod replicated;
 mod sync;
 
@@ -390,7 +391,12 @@ impl Cluster {
     pub(crate) fn watch(self: &Arc<Self>, shutdown: CancellationToken) {
         if let Some(repl) = &self.repl {
             tokio::spawn(self.clone().follow_meta(shutdown.clone()));
-            tokio::spawn(repl.clone().reconcile(shutdown));
+            tokio::spawn(repl.clone().reconcile(shutdown.clone()));
+            tokio::spawn(moves::drive(
+                repl.clone(),
+                crate::raft::forward::Forwarder::new(self.dialer.clone()),
+                shutdown,
+            ));
             return;
         }
         if self.dialer.is_some() {
@@ -574,7 +580,7 @@ impl Cluster {
             }
             ControlRequest::Status => self.status().await,
             ControlRequest::AddNode { id, addr } => self.add_node(id, addr).await,
-            ControlRequest::MoveSlots { ranges, to } => {
+            ControlRequest::MoveSlots { ranges, to, .. } => {
                 migrate::move_slots(self.clone(), ranges, to).await
             }
         };

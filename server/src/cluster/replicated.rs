@@ -254,6 +254,12 @@ impl Replication {
         &self.registry
     }
 
+    /// Whether this node leads the metadata group now, as far as it knows.
+    pub(crate) fn leads_meta(&self) -> bool {
+        let m = self.meta.metrics().borrow().clone();
+        m.state == openraft::ServerState::Leader && m.current_leader == Some(self.raft_id)
+    }
+
     /// The metadata group.
     pub(crate) fn meta(&self) -> &RaftGroup {
         &self.meta

@@ -191,6 +191,30 @@ impl PeerConnection {
         self.conn.cluster_map().await.map_err(|e| self.failed(e))
     }
 
+    /// A forwarded request to the peer's replica of `group` ([`crate::raft::forward`]).
+    pub(crate) async fn forward_call(
+        &self,
+        group: u32,
+        rpc: u8,
+        payload: bytes::Bytes,
+    ) -> Result<bytes::Bytes, PeerError> {
+        match self
+            .conn
+            .call(RequestBody::Raft {
+                group,
+                rpc,
+                payload,
+            })
+            .await
+            .map_err(|e| self.failed(e))?
+        {
+            ResponseBody::Raft { payload } => Ok(payload),
+            _ => Err(self.failed(ClientError::Protocol(
+                "RAFT was answered with something other than RAFT".into(),
+            ))),
+        }
+    }
+
     /// Copy entries (with their versions) and deletions to the peer.
     pub(crate) async fn import(
         &self,

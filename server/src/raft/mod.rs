@@ -45,6 +45,7 @@
 //! the metadata group, then [`Proposal::Release`] on the giving shard, which deletes the keys.
 //! Nothing is deleted before the receiving group has committed its copy and the map names it.
 
+pub(crate) mod forward;
 pub(crate) mod log;
 pub(crate) mod network;
 pub(crate) mod rpc;

@@ -219,6 +219,7 @@ fn slots_move_to_an_added_node_with_their_versions() -> anyhow::Result<()> {
             .control(&ControlRequest::MoveSlots {
                 ranges: vec![skv_proto::SlotRange::new(slot, slot)],
                 to: "n3".into(),
+                expect_epoch: None,
             })
             .await?;
         let ControlResponse::Moved { keys, epoch } = moved else {
@@ -376,6 +377,7 @@ fn a_stale_map_is_corrected_by_moved_without_the_caller_noticing() -> anyhow::Re
             .control(&ControlRequest::MoveSlots {
                 ranges: vec![skv_proto::SlotRange::new(slot, slot)],
                 to: "n3".into(),
+                expect_epoch: None,
             })
             .await?;
         assert_eq!(stale.epoch(), 1);
@@ -543,6 +545,7 @@ fn a_fourth_node_added_and_rebalanced_under_load_loses_nothing() -> anyhow::Resu
                 .control(&ControlRequest::MoveSlots {
                     ranges: step.ranges.clone(),
                     to: step.to.clone(),
+                    expect_epoch: None,
                 })
                 .await?
             {

@@ -214,6 +214,7 @@ pub(super) fn rebalance(dir: &Path) -> Result<u8> {
         let request = ControlRequest::MoveSlots {
             ranges: step.ranges.clone(),
             to: step.to.clone(),
+            expect_epoch: None,
         };
         let answer = rt.block_on(async {
             let conn = Connection::connect(&opts).await?;
