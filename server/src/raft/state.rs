@@ -81,6 +81,9 @@ const RELEASE_BATCH: usize = 1024;
 /// Records written per sled batch while installing a snapshot.
 const INSTALL_BATCH: usize = 1024;
 
+/// How long (in 5 ms rounds) an install waits for readers to let go of the replaced trees.
+const OLD_TREES_WAIT_ROUNDS: usize = 400;
+
 /// Format byte in front of the `state` blob, snapshot data and the stored snapshot record.
 const FORMAT: u8 = 1;
 
@@ -877,7 +880,7 @@ impl ShardInner {
         let old_generation = core.st.generation;
         core.st = st;
         core.sessions = sessions;
-        self.shared.trees.store(Arc::new(trees));
+        let mut old = self.shared.trees.swap(Arc::new(trees));
         self.publish_slots(&mut core);
         self.shared
             .applied_index
@@ -885,15 +888,35 @@ impl ShardInner {
         self.shared
             .key_count
             .store(core.st.key_count, Ordering::Release);
-        for name in [
-            ks_name(self.id, old_generation),
-            sessions_name(self.id, old_generation),
-        ] {
-            if let Err(e) = self.db.drop_tree(name) {
-                // Dropped at the next open instead.
-                tracing::warn!(group = self.id, error = %e, "could not drop the replaced generation's trees");
+        drop(core);
+        // sled's `drop_tree` invalidates the handles still open on a tree, so the old trees
+        // are dropped only once no reader holds them (a reader holds them for one call; the
+        // swap above counted every outstanding one). A reader that never lets go only delays
+        // the drop to the next open.
+        for _ in 0..OLD_TREES_WAIT_ROUNDS {
+            match Arc::try_unwrap(old) {
+                Ok(trees) => {
+                    drop(trees);
+                    for name in [
+                        ks_name(self.id, old_generation),
+                        sessions_name(self.id, old_generation),
+                    ] {
+                        if let Err(e) = self.db.drop_tree(name) {
+                            tracing::warn!(group = self.id, error = %e, "could not drop the replaced snapshot generation; dropped at the next open");
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(still_held) => {
+                    old = still_held;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
             }
         }
+        tracing::warn!(
+            group = self.id,
+            "readers still hold the replaced snapshot generation; dropped at the next open"
+        );
         Ok(())
     }
 }
