@@ -1220,8 +1220,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     }
 }
 
-/// Up to `limit` (≥ 1) entries of `iter` whose key's slot passes `keep`, and whether another
-/// passing one follows.
+/// A keyspace tree item as an [`Imported`] (key, version, value).
 fn decode_item(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Imported, StoreError> {
     let (key, record) = item.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
     let (version, value) = decode_record(&record)?;
