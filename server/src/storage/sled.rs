@@ -85,6 +85,13 @@ impl SledStorage {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The sled database, shared with the Raft groups' logs and state machines
+    /// (`crate::raft`), which keep their own trees in it so one fsync covers both.
+    #[allow(dead_code)] // wired in with the replicated shards
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
 }
 
 impl Storage for SledStorage {
