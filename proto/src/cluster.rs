@@ -664,6 +664,17 @@ pub enum ControlRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect_epoch: Option<u64>,
     },
+    /// Admin, replicated clusters: replace node `dead` (down for good, or its disk lost) by the
+    /// new node `with` at `addr`, in the node list and in every shard's replicas; each group
+    /// then rebuilds its copy on `with` from the surviving replicas.
+    ReplaceNode {
+        /// The node to replace.
+        dead: String,
+        /// The new node's id (it needs a node certificate of this cluster).
+        with: String,
+        /// Where the new node listens.
+        addr: String,
+    },
     /// Peer only, replicated clusters: propose this map change (JSON, decided by the metadata
     /// group's state machine) to the metadata group, which the receiving node leads.
     ProposeMap {
@@ -694,6 +705,7 @@ impl ControlRequest {
             ControlRequest::AddNode { .. } => "add_node",
             ControlRequest::MoveSlots { .. } => "move_slots",
             ControlRequest::ProposeMap { .. } => "propose_map",
+            ControlRequest::ReplaceNode { .. } => "replace_node",
         }
     }
 

@@ -30,8 +30,17 @@ impl Cluster {
                 ),
             ),
             ControlRequest::Status => Ok(ControlResponse::Status(self.replicated_status().await)),
-            ControlRequest::AddNode { id, addr } => {
-                self.change_map(MapChange::AddNode { id, addr }).await
+            ControlRequest::AddNode { id, addr } => match check_node_id(&id, &addr) {
+                Ok(()) => self.change_map(MapChange::AddNode { id, addr }).await,
+                Err(err) => Err(err),
+            },
+            ControlRequest::ReplaceNode { dead, with, addr } => {
+                if let Err(err) = check_node_id(&with, &addr) {
+                    Err(err)
+                } else {
+                    self.change_map(MapChange::ReplaceNode { dead, with, addr })
+                        .await
+                }
             }
             ControlRequest::ProposeMap { change } => {
                 match serde_json::from_str::<MapChange>(&change) {
@@ -195,11 +204,7 @@ impl Cluster {
             replicas.push(group_status(0, repl.meta(), 0));
             for replica in view.local_replicas() {
                 let reader = replica.reader().clone();
-                let count = tokio::task::spawn_blocking(move || reader.key_count())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or(0);
+                let count = reader.key_count();
                 keys += count;
                 replicas.push(group_status(replica.shard(), replica.raft(), count));
             }
@@ -213,6 +218,22 @@ impl Cluster {
             replicas,
         }
     }
+}
+
+/// A node id the map can hold and an address clients can dial.
+fn check_node_id(id: &str, addr: &str) -> Result<(), WireError> {
+    let valid_id = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c));
+    if !valid_id || addr.is_empty() || addr.len() > 255 || !addr.contains(':') {
+        return Err(WireError::new(
+            ErrorCode::Malformed,
+            "a node needs an id (a-z, 0-9, '-', '.', '_') and a HOST:PORT address",
+        ));
+    }
+    Ok(())
 }
 
 fn group_status(shard: u32, raft: &RaftGroup, keys: u64) -> ReplicaStatus {

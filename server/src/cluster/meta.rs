@@ -84,6 +84,18 @@ pub(crate) enum MapChange {
         /// The move.
         id: u64,
     },
+    /// Replace node `dead` by a new node `with` at `addr` (a new Raft id): `with` takes `dead`'s
+    /// place in the node list (so in the metadata group's voters too) and in every shard's
+    /// replicas. Each group's leader then moves its Raft membership to match: `with` joins as a
+    /// learner, catches up from a snapshot and the log, and replaces `dead` as a voter.
+    ReplaceNode {
+        /// The node to replace (usually one that is down for good).
+        dead: String,
+        /// The new node's id.
+        with: String,
+        /// Its `HOST:PORT`.
+        addr: String,
+    },
     /// Give shard `shard` a new replica set (replace or rebalance replicas).
     SetReplicas {
         /// The shard.
@@ -236,6 +248,33 @@ impl MapState {
                     _ => {}
                 }
                 return Ok(Some(id));
+            }
+            MapChange::ReplaceNode { dead, with, addr } => {
+                if map.node(&dead).is_none() {
+                    return Err(format!("node `{dead}` is not in the map"));
+                }
+                if map.node(&with).is_some() {
+                    return Err(format!("node `{with}` is already in the map"));
+                }
+                // Computed before `dead` leaves, so its Raft id is never given out again.
+                let raft_id = map.next_raft_id();
+                let mut next = map.clone();
+                next.epoch += 1;
+                if let Some(slot) = next.nodes.iter_mut().find(|n| n.id == dead) {
+                    *slot = skv_proto::cluster::NodeEntry {
+                        id: with.clone(),
+                        addr,
+                        raft_id,
+                    };
+                }
+                for shard in &mut next.shards {
+                    for replica in &mut shard.replicas {
+                        if *replica == dead {
+                            *replica = with.clone();
+                        }
+                    }
+                }
+                (next, None)
             }
             MapChange::SetReplicas { shard, replicas } => {
                 let mut next = map.clone();

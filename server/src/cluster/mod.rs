@@ -268,10 +268,16 @@ impl Cluster {
         dialer: Option<Dialer>,
         election: std::time::Duration,
     ) -> Result<Cluster, ClusterSetupError> {
-        let bootstrap_map = match bootstrap {
+        let mut bootstrap_map = match bootstrap {
             Some(path) => read_map(path, name)?,
             None => ClusterMap::single(name, me, advertise),
         };
+        if bootstrap_map.node(me).is_none() {
+            // A node added or swapped in after `skv cluster init`: its map is the cluster's.
+            if let Some(map) = fetch_map(dialer.as_ref(), &bootstrap_map, me).await {
+                bootstrap_map = map;
+            }
+        }
         let repl = Replication::start(me, db, &bootstrap_map, dialer.clone(), election)
             .await
             .map_err(|e| ClusterSetupError::Replication {
@@ -580,6 +586,10 @@ impl Cluster {
             }
             ControlRequest::Status => self.status().await,
             ControlRequest::AddNode { id, addr } => self.add_node(id, addr).await,
+            ControlRequest::ProposeMap { .. } | ControlRequest::ReplaceNode { .. } => Err(WireError::new(
+                ErrorCode::ClusterState,
+                "this node's map is fixed (memory or null engine): it has no metadata group",
+            )),
             ControlRequest::MoveSlots { ranges, to, .. } => {
                 migrate::move_slots(self.clone(), ranges, to).await
             }
@@ -718,6 +728,30 @@ fn refuse_live(view: &View, entries: &[ScanEntry], deleted: &[Bytes]) -> Result<
         )),
         None => Ok(()),
     }
+}
+
+/// The newest map any node of `known` serves that names `me` (for a node that joins after its
+/// bootstrap file was written).
+async fn fetch_map(dialer: Option<&Dialer>, known: &ClusterMap, me: &str) -> Option<ClusterMap> {
+    let dialer = dialer?;
+    let mut best: Option<ClusterMap> = None;
+    for node in known.nodes.iter().filter(|n| n.id != me) {
+        let fetched = async { dialer.connect(node).await?.map().await };
+        match tokio::time::timeout(std::time::Duration::from_secs(5), fetched).await {
+            Ok(Ok(map)) if map.node(me).is_some() && map.cluster == known.cluster => {
+                if best.as_ref().is_none_or(|b| map.epoch > b.epoch) {
+                    best = Some(map);
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::debug!(node = %node.id, error = %err, "cannot fetch the map"),
+            Err(_) => tracing::debug!(node = %node.id, "fetching the map timed out"),
+        }
+    }
+    if let Some(map) = &best {
+        tracing::info!(epoch = map.epoch, "joined with the cluster's map fetched from a peer");
+    }
+    best
 }
 
 fn read_map(path: &Path, cluster: &str) -> Result<ClusterMap, ClusterSetupError> {

@@ -155,7 +155,7 @@ impl Replication {
         me: &str,
         db: sled::Db,
         bootstrap: &ClusterMap,
-        dialer: Dialer,
+        dialer: Option<Dialer>,
         election: Duration,
     ) -> Result<Arc<Replication>, ReplicationError> {
         let config = raft_config(election).map_err(|reason| ReplicationError::Start {
@@ -206,8 +206,10 @@ impl Replication {
             replicas: Mutex::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
         });
+        // Only a fresh cluster's first map (epoch 1) bootstraps the metadata group; a node
+        // that joins later is added to it by its leader.
         let first = bootstrap.nodes.first().map(|n| n.id.as_str()) == Some(me);
-        if first && replication.state.borrow().map.is_none() {
+        if first && bootstrap.epoch == 1 && replication.state.borrow().map.is_none() {
             replication.initialize_meta(bootstrap).await;
         }
         Ok(replication)
@@ -363,7 +365,14 @@ impl Replication {
             reason: e.to_string(),
         })?;
         self.registry.register(shard, raft.clone());
-        if replicas.first() == Some(&self.me) && !raft.is_initialized().await.unwrap_or(true) {
+        // The first replica creates the group, but only when the group is new: in a fresh
+        // cluster's first map, or a shard created with this node as its only replica. A node
+        // that replaces another in an existing group waits to be added by the group's leader.
+        let new_group = map.epoch == 1 || replicas.len() == 1;
+        if replicas.first() == Some(&self.me)
+            && new_group
+            && !raft.is_initialized().await.unwrap_or(true)
+        {
             if let Err(err) = raft.initialize(members(map, replicas)).await {
                 tracing::warn!(shard, error = %err, "could not initialize the shard group");
             }
@@ -384,11 +393,18 @@ impl Replication {
             let Some(map) = state.map.as_ref() else {
                 continue;
             };
+            if self.leads_meta() {
+                let voters = members(map, &meta_voters(map));
+                converge_membership(META_GROUP, &self.meta, voters).await;
+            }
             for replica in self.replicas() {
                 if !replica.is_leader() {
                     continue;
                 }
                 let id = replica.shard();
+                if let Some(entry) = map.shard(id) {
+                    converge_membership(id, replica.raft(), members(map, &entry.replicas)).await;
+                }
                 let busy = state
                     .moving
                     .as_ref()
@@ -431,5 +447,62 @@ impl Replication {
         let _ = self.meta.shutdown().await;
         let db = self.db.clone();
         let _ = tokio::task::spawn_blocking(move || db.flush()).await;
+    }
+}
+
+/// How far behind its leader a new member may be when it is made a voter: close enough that
+/// it does not hold back commits while it catches up the rest.
+const CATCH_UP_LAG: u64 = 64;
+
+/// On a group's leader: move the group's Raft membership one step towards `desired` (the map's
+/// replicas). New members join as learners first and become voters, replacing the members the
+/// map no longer names, only once they have caught up: a wiped or new node never counts
+/// towards a quorum before it holds the log.
+async fn converge_membership(group: u32, raft: &RaftGroup, desired: BTreeMap<u64, Member>) {
+    if desired.is_empty() {
+        return;
+    }
+    let m = raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership().clone();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let learners: BTreeSet<u64> = membership.learner_ids().collect();
+    let want: BTreeSet<u64> = desired.keys().copied().collect();
+    if voters == want && learners.is_empty() {
+        return;
+    }
+    // A joint configuration is still being committed: wait for it.
+    if membership.get_joint_config().len() > 1 {
+        return;
+    }
+    let timeout = Duration::from_secs(10);
+    for id in want.difference(&voters) {
+        if learners.contains(id) {
+            continue;
+        }
+        let Some(node) = desired.get(id).cloned() else {
+            continue;
+        };
+        tracing::info!(group, member = %node, "adding a learner to the group");
+        match tokio::time::timeout(timeout, raft.add_learner(*id, node, false)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::debug!(group, error = %err, "add learner failed"),
+            Err(_) => tracing::debug!(group, "add learner timed out"),
+        }
+    }
+    let last = m.last_log_index.unwrap_or(0);
+    let caught_up = want.difference(&voters).all(|id| {
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(id).cloned().flatten())
+            .is_some_and(|matched| last.saturating_sub(matched.index) <= CATCH_UP_LAG)
+    });
+    if !caught_up {
+        return;
+    }
+    tracing::info!(group, voters = ?want, "changing the group's voters to the map's replicas");
+    match tokio::time::timeout(timeout, raft.change_membership(want, false)).await {
+        Ok(Ok(_)) => tracing::info!(group, "membership changed"),
+        Ok(Err(err)) => tracing::debug!(group, error = %err, "membership change failed"),
+        Err(_) => tracing::debug!(group, "membership change timed out"),
     }
 }
