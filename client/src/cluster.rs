@@ -2320,6 +2320,8 @@ mod tests {
             hint: Mutex<Option<(String, String)>>,
             /// Answer writes and linearizable reads with `unavailable` (no quorum).
             no_quorum: AtomicBool,
+            /// Never answer data requests (a hung node whose connections stay open).
+            silent: AtomicBool,
             /// Every data request: the op, its session and its consistency.
             seen: Mutex<Vec<(&'static str, Option<Session>, Consistency)>>,
             accepted: AtomicUsize,
@@ -2507,6 +2509,16 @@ mod tests {
                             node: self.name.clone(),
                             token: TokenPlacement::None,
                         },
+                        // Hung: the request is read, and never answered.
+                        body if body.key().is_some() && self.silent.load(Ordering::SeqCst) => {
+                            let op = if matches!(body, RequestBody::Get { .. }) {
+                                "get"
+                            } else {
+                                "write"
+                            };
+                            lock(&self.seen).push((op, request.session, request.consistency));
+                            continue;
+                        }
                         _ => match self.answer(request.clone()) {
                             Some(answer) => answer,
                             None => return,
@@ -2817,6 +2829,34 @@ mod tests {
                 client.put(key.clone(), format!("x{i}")).await.expect("put");
             }
             assert_eq!(fakes[0].accepted.load(Ordering::SeqCst), accepted);
+        }
+
+        #[tokio::test]
+        async fn a_leader_that_stops_answering_is_timed_out_and_failed_over() {
+            let (fakes, _tasks) = cluster(3, replicated).await;
+            let client = client(&fakes[0]).await.with_failover(Failover {
+                attempt_timeout: Duration::from_millis(200),
+                ..Failover::default()
+            });
+            let key = key_on(&client.map(), "n1", "t");
+            client.put(key.clone(), "v").await.expect("put");
+            // n1 hangs with its connection open; n3 takes over and n2 knows it.
+            fakes[0].silent.store(true, Ordering::SeqCst);
+            fakes[1].follower.store(true, Ordering::SeqCst);
+            *lock(&fakes[1].hint) = Some(("n3".into(), fakes[2].addr.clone()));
+            assert_eq!(client.put(key.clone(), "w").await.expect("failed over"), 1);
+            assert_eq!(client.cached_leader(1).as_deref(), Some("n3"));
+            // The write that timed out at n1 and the one n3 applied are the same write.
+            let hung: Vec<_> = lock(&fakes[0].seen)
+                .iter()
+                .filter(|(op, _, _)| *op == "write")
+                .map(|(_, s, _)| *s)
+                .collect();
+            assert_eq!(hung.len(), 1);
+            assert_eq!(sessions(&fakes[2], "put"), hung);
+            // Reads skip the hung node too.
+            let got = client.get(key).await.expect("get");
+            assert_eq!(got.map(|(v, _)| v), Some(1));
         }
 
         #[tokio::test]
