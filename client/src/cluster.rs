@@ -1,49 +1,75 @@
-//! Cluster routing: one client for a whole cluster.
+//! Cluster routing: one client for a whole, replicated cluster.
 //!
 //! A [`ClusterClient`] caches the cluster map a node serves, hashes each key to its slot,
-//! looks the slot's owner up in a table built from the map (one array index) and sends the
-//! request over a pooled [`Connection`] to that node. Connections are multiplexed, so one per
-//! node carries any number of concurrent requests; they open lazily, once per node however
-//! many tasks ask at the same moment, and a connection that died is replaced at its next use.
+//! looks the slot's shard up in a table built from the map (one array index), and sends the
+//! request over a pooled [`Connection`] to the shard's cached leader. Connections are
+//! multiplexed, so one per node carries any number of concurrent requests; they open lazily,
+//! once per node however many tasks ask at the same moment, and a connection that died is
+//! replaced at its next use.
+//!
+//! # Replicas and leaders
+//!
+//! Every shard is a Raft group over the replicas the map lists. Only its leader commits
+//! writes and serves linearizable reads; any replica serves a stale read
+//! ([`Consistency::Stale`], see [`ClusterClient::with_consistency`]). The client keeps, per
+//! shard, the node it believes leads (at first the shard's first replica) and sends there.
 //!
 //! # What it hides
 //!
-//! - **MOVED**: the node no longer serves the slot. The client fetches the newer map (from
-//!   the node that said so, else from any node) when the answer names a newer epoch, and
-//!   retries where the answer points, at most [`MAX_REDIRECTS`] times.
-//! - **TRYAGAIN**: the slot is being handed over and its writes are paused. The client waits
-//!   (2 ms, doubling up to 100 ms) and retries for up to 10 s. Nothing was done by the refused
-//!   attempt, so retrying is safe for every op; this is what makes slot moves invisible.
-//! - **A dead pooled connection** (the node restarted): replaced before the request is sent.
+//! - **NOT_LEADER** with a leader hint: the cache is corrected and the request is resent to
+//!   the leader at once. Without a hint an election is running: the next replica is tried
+//!   after a short backoff.
+//! - **MOVED**: no replica of the slot's shard is on that node any more. The client fetches
+//!   the newer map (from the node that said so, else from any node) when the answer names a
+//!   newer epoch, and retries where the answer points, at most [`MAX_REDIRECTS`] times.
+//! - **A replica that cannot be reached, drops the connection or does not answer in time**
+//!   ([`Failover::attempt_timeout`]): the request goes to the shard's other replicas, with
+//!   backoff, until [`Failover::deadline`], so a leader's failure shows only as latency. A
+//!   node that failed is skipped for [`Failover::down_for`], so requests meanwhile do not
+//!   each pay a connect timeout to it.
+//! - **TRYAGAIN** (a slot being handed over) and **unavailable** (the shard has no quorum):
+//!   retried with backoff (2 ms, doubling up to 100 ms) until the deadline.
+//! - **A lost answer to a write.** Every write carries a session, this client's random id and
+//!   the write's sequence number, and every attempt of one write carries the same pair, so a
+//!   node that already applied it answers with the first outcome instead of applying it twice.
+//!   Writes are therefore resent like reads.
 //!
 //! Key requests and scan pages go through one retry policy (`Retry`), so the two cannot
-//! drift apart: the same redirect handling, TRYAGAIN backoff and budget, resending of reads
-//! whose connection broke, and one map refresh before a node is reported down.
+//! drift apart.
 //!
 //! # What it does not hide
 //!
-//! - **A node that cannot be reached.** The client refreshes its map once from another node
-//!   (the slot may have moved away); if the node still owns the slot the request fails at
-//!   once with [`ClientError::NodeDown`], naming the node and the slots it serves. Requests
-//!   for other nodes' slots keep working.
-//! - **A write whose connection broke after it was sent.** PUT, DELETE and CAS may have been
-//!   applied, so they are not replayed blindly: the error goes to the caller, who knows
-//!   whether the write is idempotent. GETs are retried.
+//! - **A shard without a quorum**, after the deadline: [`ClientError::Unavailable`] for
+//!   writes and linearizable reads (stale reads still work).
+//! - **A shard none of whose replicas can be reached**, after the deadline:
+//!   [`ClientError::ShardDown`]; with a single replica, [`ClientError::NodeDown`] at once
+//!   (after one map refresh, in case the slot moved), naming the node and its slots.
+//!   Requests for other shards keep working.
 //!
 //! # Cluster-wide scans
 //!
-//! A scan asks every node that serves slots for its keys after the cursor and merges the
-//! pages in key order (at most one page per node is buffered). Each node filters its page by
-//! the map of the epoch it reports; when that differs from the client's, the client refreshes
-//! its map and restarts the merge after the last key it returned, so the slots are covered
-//! exactly once. See [`ClusterScan`].
+//! A scan asks one node per shard, each shard's cached leader (or, once it failed, another
+//! replica), for its keys after the cursor and merges the pages in key order (at most one page
+//! per node is buffered, and a key two nodes return comes out once). Each node filters its
+//! page by the map of the epoch it reports; when that differs from the client's, the client
+//! refreshes its map and restarts the merge after the last key it returned, so the slots are
+//! covered exactly once. See [`ClusterScan`]. A node's page must cover every shard the client
+//! asks it for: under [`Consistency::Linearizable`] the shards it leads, under
+//! [`Consistency::Stale`] the shards it holds.
+//!
+//! # Timing
+//!
+//! The deadline is measured from a request's first failure, so a request can take up to one
+//! [`Failover::attempt_timeout`] longer. Shards with a single replica have no other replica
+//! to try: their attempts wait for the connection's own request timeout
+//! ([`ConnectOptions::request_timeout`]) instead, as before replication.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -51,12 +77,14 @@ use bytes::Bytes;
 use futures_util::future::{join_all, BoxFuture};
 use rustls::ClientConfig;
 use skv_proto::cluster::{format_ranges, hash_slot, ClusterMap, NodeEntry};
-use skv_proto::{ErrorCode, RequestBody, ResponseBody, ScanEntry, MAX_SCAN_PAGE};
+use skv_proto::{
+    Consistency, ErrorCode, RequestBody, ResponseBody, ScanEntry, Session, MAX_SCAN_PAGE,
+};
 use tokio::sync::OnceCell;
 
 use crate::config::{tls_config, ConnectOptions};
 use crate::connection::{
-    cas_answer, delete_answer, get_answer, put_answer, CasResult, Connection, ScanPage,
+    cas_answer, delete_answer, get_answer, put_answer, scan_answer, CasResult, Connection, ScanPage,
 };
 use crate::error::ClientError;
 
@@ -64,17 +92,32 @@ use crate::error::ClientError;
 /// so more than a few redirects in a row means the nodes disagree about the map.
 pub const MAX_REDIRECTS: u32 = 5;
 
-/// First and largest wait between TRYAGAIN retries. A handover pauses a slot's writes for a
-/// few milliseconds, so start small; cap the wait so a retry comes soon after it ends.
-const TRY_AGAIN_FIRST: Duration = Duration::from_millis(2);
-const TRY_AGAIN_MAX: Duration = Duration::from_millis(100);
+/// Default [`Failover::attempt_timeout`]: a healthy node answers in milliseconds, even a
+/// write that waits for a quorum's fsync, so two seconds without an answer means the node is
+/// in trouble and another replica should be asked.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a request keeps retrying TRYAGAIN. A handover that takes longer is stuck, and the
-/// caller should hear about it rather than wait forever.
-const TRY_AGAIN_BUDGET: Duration = Duration::from_secs(10);
+/// Default [`Failover::deadline`]: a leader election takes a second or two after the leader
+/// fails (the election timeout, then a vote); ten seconds covers it and an attempt timeout
+/// or two on the way, and is still short enough for someone waiting at a terminal.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
-/// How many times a GET whose connection broke under it is sent again.
-const READ_RETRIES: u32 = 2;
+/// Default [`Failover::down_for`]: long enough that a burst of requests skips a dead node,
+/// short enough that a restarted one is used again soon.
+pub const DEFAULT_DOWN_FOR: Duration = Duration::from_secs(1);
+
+/// First and largest wait between retries (TRYAGAIN, unavailable, no leader, every replica
+/// failed). A handover pauses a slot's writes for a few milliseconds, so start small; cap the
+/// wait so a retry comes soon after an election ends.
+const RETRY_FIRST: Duration = Duration::from_millis(2);
+const RETRY_MAX: Duration = Duration::from_millis(100);
+
+/// How many times a request to a single-replica shard is resent after its connection broke.
+const LOST_RETRIES: u32 = 2;
+
+/// NOT_LEADER hints followed in a row before each further one waits a backoff step: replicas
+/// that name each other are between terms, and a burst of hops would only repeat that.
+const MAX_HOPS: u32 = 3;
 
 /// How often one scan page may restart its merge because a node's map disagreed with ours.
 const MAX_SCAN_RESTARTS: u32 = 10;
@@ -86,6 +129,34 @@ const FAILURE_HOLD: Duration = Duration::from_millis(500);
 /// Least time between two map refreshes caused by unreachable nodes, so a dead node does
 /// not turn every request for its slots into a map fetch from the others.
 const DOWN_REFRESH_EVERY: Duration = Duration::from_millis(500);
+
+/// No node (in [`Table::slot_shards`], and in leader slots of shards without replicas).
+const NONE: u16 = u16::MAX;
+
+/// How a [`ClusterClient`] rides out failed nodes and leader elections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failover {
+    /// Longest wait for one attempt, connecting included, before the request is tried on
+    /// another replica. Only for shards with more than one replica; see the module docs.
+    /// Default [`DEFAULT_ATTEMPT_TIMEOUT`] (2 s).
+    pub attempt_timeout: Duration,
+    /// How long a request keeps retrying (other replicas, elections, TRYAGAIN, a shard
+    /// without quorum) before its error is returned. Default [`DEFAULT_DEADLINE`] (10 s).
+    pub deadline: Duration,
+    /// How long a node that could not be reached is skipped when another replica can be
+    /// asked. Default [`DEFAULT_DOWN_FOR`] (1 s).
+    pub down_for: Duration,
+}
+
+impl Default for Failover {
+    fn default() -> Failover {
+        Failover {
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            deadline: DEFAULT_DEADLINE,
+            down_for: DEFAULT_DOWN_FOR,
+        }
+    }
+}
 
 /// A connection attempt's outcome; a failure carries when it happened (see [`FAILURE_HOLD`]).
 /// The connection is behind an `Arc` so that handing it to a request costs one reference
@@ -115,40 +186,100 @@ impl PoolSlot {
     }
 }
 
+/// A shard as routing sees it.
+#[derive(Debug)]
+struct ShardRoute {
+    id: u32,
+    /// Indexes in `map.nodes` of its replicas, in the map's order.
+    replicas: Vec<u16>,
+}
+
 /// The part of routing that depends only on the map. Clients made from one another
 /// ([`ClusterClient::fresh`]) share it, so the many clients of a load generator keep one
-/// 32 KiB owner table in the CPU cache rather than one each.
+/// 32 KiB slot table in the CPU cache rather than one each.
 struct Table {
     /// The map, with node addresses as this client dials them.
     map: Arc<ClusterMap>,
-    /// Per slot, the index in `map.nodes` of the node serving it (`u16::MAX`: none).
-    owners: Vec<u16>,
-    /// Indexes in `map.nodes` of the nodes that serve at least one slot, ascending.
-    serving: Vec<usize>,
-    /// The index of the node serving every slot, if one does: then keys need no hashing.
+    /// Per slot, the index in `shards` of the shard owning it ([`NONE`]: none).
+    slot_shards: Vec<u16>,
+    shards: Vec<ShardRoute>,
+    /// Indexes in `shards` of the shards that own at least one slot and have a replica.
+    serving_shards: Vec<usize>,
+    /// Indexes in `map.nodes` of the nodes holding a replica of a serving shard, ascending.
+    serving_nodes: Vec<usize>,
+    /// The index of the shard owning every slot, if one does: then keys need no hashing.
     sole: Option<usize>,
 }
 
 impl Table {
     fn new(map: ClusterMap) -> Table {
-        let owners = map.slot_owners();
-        let mut serving: Vec<usize> = owners
+        let node_index = |id: &str| map.nodes.iter().position(|n| n.id == id);
+        let shards: Vec<ShardRoute> = map
+            .shards
             .iter()
-            .map(|&i| usize::from(i))
-            .filter(|&i| i < map.nodes.len())
+            .map(|s| ShardRoute {
+                id: s.id,
+                replicas: s
+                    .replicas
+                    .iter()
+                    .filter_map(|r| node_index(r))
+                    .filter_map(|i| u16::try_from(i).ok())
+                    .collect(),
+            })
             .collect();
-        serving.sort_unstable();
-        serving.dedup();
-        let sole = match serving[..] {
-            [only] if owners.iter().all(|&o| usize::from(o) == only) => Some(only),
+        let mut slot_shards = vec![NONE; usize::from(skv_proto::SLOT_COUNT)];
+        for a in &map.slots {
+            let shard = shards
+                .iter()
+                .position(|s| s.id == a.shard && !s.replicas.is_empty())
+                .and_then(|i| u16::try_from(i).ok())
+                .unwrap_or(NONE);
+            for slot in a.start..=a.end.min(skv_proto::SLOT_COUNT - 1) {
+                slot_shards[usize::from(slot)] = shard;
+            }
+        }
+        let mut serving_shards: Vec<usize> = slot_shards
+            .iter()
+            .filter(|&&s| s != NONE)
+            .map(|&s| usize::from(s))
+            .collect();
+        serving_shards.sort_unstable();
+        serving_shards.dedup();
+        let mut serving_nodes: Vec<usize> = serving_shards
+            .iter()
+            .flat_map(|&s| shards[s].replicas.iter().map(|&n| usize::from(n)))
+            .collect();
+        serving_nodes.sort_unstable();
+        serving_nodes.dedup();
+        let sole = match serving_shards[..] {
+            [only] if slot_shards.iter().all(|&s| usize::from(s) == only) => Some(only),
             _ => None,
         };
         Table {
             map: Arc::new(map),
-            owners,
-            serving,
+            slot_shards,
+            shards,
+            serving_shards,
+            serving_nodes,
             sole,
         }
+    }
+
+    /// The index in `shards` of the shard owning `slot`.
+    fn shard_of_slot(&self, slot: u16) -> Option<usize> {
+        match self.slot_shards.get(usize::from(slot)) {
+            Some(&s) if s != NONE => Some(usize::from(s)),
+            _ => None,
+        }
+    }
+
+    fn shard_by_id(&self, id: u32) -> Option<usize> {
+        self.shards.iter().position(|s| s.id == id)
+    }
+
+    fn node_by_id(&self, id: &str) -> Option<u16> {
+        let i = self.map.nodes.iter().position(|n| n.id == id)?;
+        u16::try_from(i).ok()
     }
 }
 
@@ -158,6 +289,9 @@ struct Routing {
     table: Arc<Table>,
     /// Per node of `table.map.nodes`, its pooled connection.
     nodes: Vec<Arc<PoolSlot>>,
+    /// Per shard of `table.shards`, the index in `nodes` of the replica believed to lead it.
+    /// Atomics, so that learning a leader does not rebuild the snapshot.
+    leaders: Arc<[AtomicU16]>,
 }
 
 impl fmt::Debug for Routing {
@@ -165,15 +299,20 @@ impl fmt::Debug for Routing {
         f.debug_struct("Routing")
             .field("epoch", &self.table.map.epoch)
             .field("nodes", &self.table.map.nodes)
-            .field("serving", &self.table.serving)
+            .field("serving", &self.table.serving_nodes)
             .finish_non_exhaustive()
     }
 }
 
 impl Routing {
     /// The routing of `table`, reusing the pooled connection of every address still in the
-    /// map and dropping the others from `pool`.
-    fn build(table: Arc<Table>, pool: &mut HashMap<String, Arc<PoolSlot>>) -> Routing {
+    /// map and dropping the others from `pool`. Leaders known in `old` are kept where the
+    /// node still holds the shard; other shards start at their first replica.
+    fn build(
+        table: Arc<Table>,
+        pool: &mut HashMap<String, Arc<PoolSlot>>,
+        old: Option<&Routing>,
+    ) -> Routing {
         let nodes: Vec<Arc<PoolSlot>> = table
             .map
             .nodes
@@ -185,25 +324,64 @@ impl Routing {
             })
             .collect();
         pool.retain(|addr, _| table.map.nodes.iter().any(|n| &n.addr == addr));
-        Routing { table, nodes }
+        let leaders: Arc<[AtomicU16]> = table
+            .shards
+            .iter()
+            .map(|s| {
+                let known = old.and_then(|old| {
+                    let i = old.table.shard_by_id(s.id)?;
+                    let node = usize::from(old.leaders[i].load(Ordering::Relaxed));
+                    let id = &old.table.map.nodes.get(node)?.id;
+                    let now = table.node_by_id(id)?;
+                    s.replicas.contains(&now).then_some(now)
+                });
+                AtomicU16::new(known.or(s.replicas.first().copied()).unwrap_or(NONE))
+            })
+            .collect();
+        Routing {
+            table,
+            nodes,
+            leaders,
+        }
     }
 
     fn map(&self) -> &Arc<ClusterMap> {
         &self.table.map
     }
 
-    /// The pooled connection of the node serving `slot`.
-    fn owner(&self, slot: u16) -> Option<&Arc<PoolSlot>> {
-        let index = *self.table.owners.get(usize::from(slot))?;
-        self.nodes.get(usize::from(index))
+    fn leader(&self, shard: usize) -> Option<usize> {
+        let node = self.leaders.get(shard)?.load(Ordering::Relaxed);
+        (node != NONE).then_some(usize::from(node))
     }
 
-    /// The pooled connection of the node serving `key`: the request path.
-    fn owner_of_key(&self, key: &[u8]) -> Option<&Arc<PoolSlot>> {
-        match self.table.sole {
-            Some(index) => self.nodes.get(index),
-            None => self.owner(hash_slot(key)),
-        }
+    /// The pooled connection of the cached leader of `key`'s shard, and whether the shard has
+    /// other replicas to fail over to: the request path.
+    fn leader_of_key(&self, key: &[u8]) -> Option<(&Arc<PoolSlot>, bool)> {
+        let shard = match self.table.sole {
+            Some(shard) => shard,
+            None => self.table.shard_of_slot(hash_slot(key))?,
+        };
+        let node = self.leader(shard)?;
+        let replicated = self.table.shards[shard].replicas.len() > 1;
+        Some((self.nodes.get(node)?, replicated))
+    }
+
+    /// The pooled connection of the cached leader of `slot`'s shard.
+    #[cfg(test)]
+    fn owner(&self, slot: u16) -> Option<&Arc<PoolSlot>> {
+        self.nodes
+            .get(self.leader(self.table.shard_of_slot(slot)?)?)
+    }
+
+    /// The replicas of `shard` in the order to try them: the cached leader, then the others
+    /// in the map's order after it.
+    fn candidates(&self, shard: usize) -> impl Iterator<Item = usize> + '_ {
+        let replicas = &self.table.shards[shard].replicas;
+        let start = self
+            .leader(shard)
+            .and_then(|l| replicas.iter().position(|&r| usize::from(r) == l))
+            .unwrap_or(0);
+        (0..replicas.len()).map(move |k| usize::from(replicas[(start + k) % replicas.len()]))
     }
 }
 
@@ -229,18 +407,30 @@ struct Shared {
     /// Every pooled connection by address: the map's nodes, and redirect targets the map
     /// does not know yet (dropped at the next map change).
     pool: Mutex<HashMap<String, Arc<PoolSlot>>>,
+    /// Nodes that failed recently, by address, with when they may be tried again. Kept apart
+    /// from the pool, whose slots are replaced when a connection dies.
+    down: Mutex<HashMap<String, Instant>>,
     /// Held while fetching a map, so that many requests learning at once that the map is
     /// stale cause one fetch. Holds when the last refresh caused by an unreachable node ran.
     refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// This client's session id: random, so that two clients never share one.
+    client_id: u64,
+    /// The sequence number of the last write numbered; clones share it, so no two writes of
+    /// one session get the same number.
+    last_seq: AtomicU64,
     opened: AtomicU64,
     open_nanos: AtomicU64,
 }
 
-/// A client for a whole cluster: routes each request to the node serving its key. Cheap to
-/// clone; clones share the map and the connections. See the [module docs](self).
+/// A client for a whole cluster: routes each request to the leader of its key's shard and
+/// fails over to the other replicas. Cheap to clone; clones share the map, the connections
+/// and the write session. See the [module docs](self).
 #[derive(Clone)]
 pub struct ClusterClient {
     shared: Arc<Shared>,
+    /// How reads (GET, SCAN) are sent; writes are always linearizable.
+    consistency: Consistency,
+    failover: Failover,
 }
 
 impl fmt::Debug for ClusterClient {
@@ -249,6 +439,8 @@ impl fmt::Debug for ClusterClient {
         f.debug_struct("ClusterClient")
             .field("epoch", &routing.map().epoch)
             .field("nodes", &routing.map().nodes)
+            .field("consistency", &self.consistency)
+            .field("failover", &self.failover)
             .finish_non_exhaustive()
     }
 }
@@ -256,7 +448,9 @@ impl fmt::Debug for ClusterClient {
 impl ClusterClient {
     /// Connect to the cluster through `opts.addr`, or else through each of `seeds` in turn,
     /// fetch that node's map and keep the connection. Any one node's address is enough.
-    /// A node too old to serve a map is taken as the owner of every slot.
+    /// A node too old to serve a map is taken as the owner of every slot. Reads are
+    /// linearizable and failover uses [`Failover::default`]; see
+    /// [`ClusterClient::with_consistency`] and [`ClusterClient::with_failover`].
     ///
     /// When no contact answers, the error is the first contact's. Errors that another node
     /// would repeat (refused credentials, bad local configuration) return at once.
@@ -301,7 +495,7 @@ impl ClusterClient {
                 pooled_addr.clone(),
                 Arc::new(PoolSlot::new(&pooled_addr, Some(Ok(Arc::new(conn))))),
             );
-            let routing = Routing::build(Arc::new(Table::new(map)), &mut pool);
+            let routing = Routing::build(Arc::new(Table::new(map)), &mut pool, None);
             let client = ClusterClient::assemble(opts, tls, contacts.clone(), routing, pool);
             client.shared.count_open(took);
             return Ok(client);
@@ -324,38 +518,78 @@ impl ClusterClient {
                 seeds,
                 routing: RwLock::new(Arc::new(routing)),
                 pool: Mutex::new(pool),
+                down: Mutex::new(HashMap::new()),
                 refresh: tokio::sync::Mutex::new(None),
+                client_id: random_client_id(),
+                last_seq: AtomicU64::new(0),
                 opened: AtomicU64::new(0),
                 open_nanos: AtomicU64::new(0),
             }),
+            consistency: Consistency::Linearizable,
+            failover: Failover::default(),
         }
     }
 
-    /// A new client with the same options and the cached map, but no connections and a TLS
-    /// config of its own: its connections resume no session of this client's, so each is a
-    /// full handshake (what `skv bench --reconnect-every` measures). Nothing is dialled
-    /// until it is used or [`ClusterClient::open_connections`] is called.
+    /// A new client with the same options, settings and cached map (leaders included), but
+    /// no connections, a TLS config of its own and a session of its own (a new random client
+    /// id): its connections resume no session of this client's, so each is a full handshake
+    /// (what `skv bench --reconnect-every` measures). Nothing is dialled until it is used or
+    /// [`ClusterClient::open_connections`] is called.
     pub fn fresh(&self) -> Result<ClusterClient, ClientError> {
         let s = &self.shared;
         let tls = tls_config(&s.opts.security)?;
         let mut pool = HashMap::new();
-        let routing = Routing::build(s.routing().table.clone(), &mut pool);
-        Ok(ClusterClient::assemble(
-            s.opts.clone(),
-            tls,
-            s.seeds.clone(),
-            routing,
-            pool,
-        ))
+        let current = s.routing();
+        let routing = Routing::build(current.table.clone(), &mut pool, Some(&current));
+        let mut client =
+            ClusterClient::assemble(s.opts.clone(), tls, s.seeds.clone(), routing, pool);
+        client.consistency = self.consistency;
+        client.failover = self.failover;
+        Ok(client)
     }
 
-    /// Open (or check) the connection to every node that serves slots, all at once; the
-    /// first failure is returned. A connection that failed a moment ago is tried again.
+    /// A clone of this client (same map, connections and write session) that sends reads
+    /// (GET and SCAN) with `consistency`. [`Consistency::Stale`] reads are answered by any
+    /// replica from what it has applied: they may miss recent writes, and they work while
+    /// the shard has no quorum. Writes are linearizable whatever this says.
+    pub fn with_consistency(&self, consistency: Consistency) -> ClusterClient {
+        ClusterClient {
+            consistency,
+            ..self.clone()
+        }
+    }
+
+    /// A clone of this client that fails over by `failover`.
+    pub fn with_failover(&self, failover: Failover) -> ClusterClient {
+        ClusterClient {
+            failover,
+            ..self.clone()
+        }
+    }
+
+    /// How this client sends reads.
+    pub fn consistency(&self) -> Consistency {
+        self.consistency
+    }
+
+    /// How this client fails over.
+    pub fn failover(&self) -> Failover {
+        self.failover
+    }
+
+    /// The random id this client's writes carry in their sessions (shared by its clones, not
+    /// by [`ClusterClient::fresh`] clients).
+    pub fn session_id(&self) -> u64 {
+        self.shared.client_id
+    }
+
+    /// Open (or check) the connection to every node that holds a serving shard, all at once;
+    /// the first failure is returned. A connection that failed a moment ago is tried again.
     pub async fn open_connections(&self) -> Result<(), ClientError> {
         let routing = self.shared.routing();
         let opens = routing
             .table
-            .serving
+            .serving_nodes
             .iter()
             .map(|&i| self.shared.connection_fresh(&routing.nodes[i]));
         for result in join_all(opens).await {
@@ -380,9 +614,18 @@ impl ClusterClient {
         self.shared.routing().map().nodes.clone()
     }
 
-    /// How many nodes serve at least one slot.
+    /// How many nodes hold a replica of a shard that owns slots.
     pub fn serving_nodes(&self) -> usize {
-        self.shared.routing().table.serving.len()
+        self.shared.routing().table.serving_nodes.len()
+    }
+
+    /// The node this client believes leads shard `shard` (its first replica until an answer
+    /// said otherwise); `None` for a shard the cached map does not have.
+    pub fn cached_leader(&self, shard: u32) -> Option<String> {
+        let routing = self.shared.routing();
+        let i = routing.table.shard_by_id(shard)?;
+        let node = routing.leader(i)?;
+        Some(routing.map().nodes.get(node)?.id.clone())
     }
 
     /// Connections this client (and its clones) opened, and the time that took.
@@ -442,10 +685,11 @@ impl ClusterClient {
     }
 
     // The key operations return their futures rather than being `async fn`s, and `route`
-    // sends with `Connection::call` directly: each layer of async functions would add one
-    // more move of the request's future, and these are the request path.
+    // sends with `Connection::call_within` directly: each layer of async functions would add
+    // one more move of the request's future, and these are the request path.
 
-    /// The value and version of `key`, or `None` if it does not exist.
+    /// The value and version of `key`, or `None` if it does not exist. Sent with this
+    /// client's read consistency.
     pub fn get(
         &self,
         key: impl Into<Bytes>,
@@ -487,7 +731,8 @@ impl ClusterClient {
     /// One page of keys under `prefix` from the whole cluster, in key order, after `cursor`;
     /// `limit` 0 asks for the maximum (1000). The same contract as one node's scan: the
     /// returned cursor is the last key of the page, `None` once nothing follows. For many
-    /// pages, a [`ClusterScan`] from [`ClusterClient::scanner`] fetches less.
+    /// pages, a [`ClusterScan`] from [`ClusterClient::scanner`] fetches less. Sent with this
+    /// client's read consistency.
     pub async fn scan(
         &self,
         prefix: impl Into<Bytes>,
@@ -512,130 +757,199 @@ impl ClusterClient {
         }
     }
 
-    /// Send `op` on `key` to the node serving it, following MOVED, waiting out TRYAGAIN, and
-    /// resending after a lost connection only when the op is a read.
+    /// The session and consistency every attempt of `op` carries: a write gets the next
+    /// sequence number of this client's session, a read this client's consistency.
+    fn envelope(&self, op: &KeyOp) -> (Option<Session>, Consistency) {
+        if op.is_read() {
+            (None, self.consistency)
+        } else {
+            (Some(self.shared.next_session()), Consistency::Linearizable)
+        }
+    }
+
+    /// How long one attempt on a shard waits: the attempt timeout where another replica can
+    /// be asked, the connection's request timeout where none can.
+    fn attempt_timeout(&self, replicated: bool) -> Duration {
+        if replicated {
+            self.failover.attempt_timeout
+        } else {
+            self.shared.opts.request_timeout
+        }
+    }
+
+    /// Send `op` on `key` to the leader of its shard, following NOT_LEADER and MOVED,
+    /// failing over to other replicas, waiting out TRYAGAIN, elections and a lost quorum
+    /// until the deadline.
     async fn route<T>(
         &self,
         key: Bytes,
         op: KeyOp,
         answer: fn(ResponseBody) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
-        // The common case, kept small: the owner's connection is open and the owner answers.
-        // Everything else is in a boxed future, so that it does not make every request's
-        // future larger (each is allocated and moved once per request).
-        let failed = match self.shared.pooled_owner(&key) {
+        let (session, consistency) = self.envelope(&op);
+        // The common case, kept small: the leader's connection is open and the leader
+        // answers. Everything else is in a boxed future, so that it does not make every
+        // request's future larger (each is allocated and moved once per request).
+        let failed = match self.shared.pooled_leader(&key) {
             // A copy of the key stays here in case the request must be sent again.
-            Some(conn) => match conn.call(op.body(key.clone())).await {
-                Ok(body) => return answer(body),
-                Err(err) => Some(err),
-            },
+            Some((conn, replicated)) => {
+                let body = op.body(key.clone());
+                let timeout = self.attempt_timeout(replicated);
+                match conn.call_within(body, session, consistency, timeout).await {
+                    Ok(body) => return answer(body),
+                    Err(err) => Some((conn.addr().to_owned(), err)),
+                }
+            }
             None => None,
         };
-        Box::pin(self.route_slow(key, op, answer, failed)).await
+        Box::pin(self.route_slow(key, op, (session, consistency), answer, failed)).await
     }
 
-    /// [`ClusterClient::route`] from its first failure (or from the start, when the owner
-    /// had no open connection).
+    /// [`ClusterClient::route`] from its first failure (at the address given), or from the
+    /// start when the leader had no open connection.
     async fn route_slow<T>(
         &self,
         key: Bytes,
         op: KeyOp,
+        (session, consistency): (Option<Session>, Consistency),
         answer: fn(ResponseBody) -> Result<T, ClientError>,
-        first_failure: Option<ClientError>,
+        first_failure: Option<(String, ClientError)>,
     ) -> Result<T, ClientError> {
         let shared = &*self.shared;
         let slot = hash_slot(&key);
-        // Each failure with the node that answered it. The fast path keeps no note of its
-        // node (that would cost every request); the slot's owner is the best guess, and it
-        // is only used to ask for the map and to complete an unspecified redirect address.
-        let mut failed = match first_failure {
-            Some(err) => Some((shared.owner(slot)?, err)),
-            None => None,
-        };
-        // Where the last MOVED pointed; `None`: the slot's owner in the map.
+        let mut failed = first_failure.map(|(addr, err)| (shared.slot_for(&addr), err));
+        // Where the last MOVED (or a hint naming a node the map lacks) pointed; `None`: the
+        // shard's replicas, leader first.
         let mut redirected: Option<String> = None;
-        let mut retry = Retry::new(op.is_read(), MAX_REDIRECTS);
+        let mut retry = Retry::new(MAX_REDIRECTS, self.failover);
         loop {
-            if let Some((target, err)) = failed.take() {
-                match retry.after(shared, &target.addr, err).await? {
+            if let Some((at, err)) = failed.take() {
+                let shard = shared.shard_info(slot);
+                match retry.after(shared, &at.addr, shard.as_ref(), err).await? {
                     Next::Redirect(addr) => redirected = Some(addr),
-                    Next::Again => {}
+                    Next::Replicas => redirected = None,
+                    Next::Same => {}
                 }
             }
-            let target = match &redirected {
-                None => shared.owner(slot)?,
-                Some(addr) => shared.slot_for(addr),
+            let (target, replicated) = match &redirected {
+                None => shared.target(slot)?,
+                Some(addr) => (shared.slot_for(addr), shared.is_replicated(slot)),
             };
-            let conn = match shared.connection(&target).await {
-                Ok(conn) => conn,
-                Err(err) if is_unreachable(&err) => {
-                    retry.unreachable(shared, &target.addr, err).await?;
-                    // A newer map: the slot may be served elsewhere now.
-                    redirected = None;
+            let timeout = self.attempt_timeout(replicated);
+            let conn = match tokio::time::timeout(timeout, shared.connection(&target)).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(err)) if is_unreachable(&err) => {
+                    failed = Some((target, err));
                     continue;
                 }
-                Err(err) => return Err(err),
+                Ok(Err(err)) => return Err(err),
+                Err(_) => {
+                    let err = ClientError::Timeout {
+                        addr: target.addr.clone(),
+                        after: timeout,
+                        waiting_for: "connect, TLS handshake and HELLO",
+                    };
+                    failed = Some((target, err));
+                    continue;
+                }
             };
-            match conn.call(op.body(key.clone())).await {
-                Ok(body) => return answer(body),
+            match conn
+                .call_within(op.body(key.clone()), session, consistency, timeout)
+                .await
+            {
+                Ok(body) => {
+                    // A linearizable answer comes from the leader; a stale one from anyone.
+                    if consistency == Consistency::Linearizable {
+                        shared.note_leader(slot, &target.addr);
+                    }
+                    return answer(body);
+                }
                 Err(err) => failed = Some((target, err)),
             }
         }
     }
 }
 
+/// The shard a request is for, as [`Retry`] needs it.
+#[derive(Debug, Clone)]
+struct ShardInfo {
+    id: u32,
+    /// Node ids of its replicas.
+    replicas: Vec<String>,
+}
+
 /// The one retry policy of the cluster client, shared by key requests
 /// ([`ClusterClient::route`]) and scan pages ([`ClusterScan::next_page`]): what a failed
-/// attempt allows next. It keeps the counts and the TRYAGAIN backoff of one request, and does
-/// the map refreshes and waits a retry needs; the caller then tries again.
+/// attempt allows next. It keeps the counts, the backoff and the deadline of one request,
+/// updates the leader cache and does the map refreshes and waits a retry needs; the caller
+/// then tries again.
 ///
 /// - MOVED (and a scan page filtered with another epoch's map): at most `max_remaps` in a
 ///   row. A newer epoch is fetched first; an epoch that is not newer than the cached map
 ///   means the answering node lags behind, so the retry waits a backoff step for it.
-/// - TRYAGAIN: wait 2 ms, doubling up to 100 ms, for up to 10 s in all.
-/// - A connection that broke after the request was sent: a read is sent again (at most
-///   [`READ_RETRIES`] times); a write may have been applied, so its caller hears about it.
-/// - A node that cannot be reached: the map is refreshed once from another node; if it
-///   changed, the request is tried with it, otherwise it fails with [`ClientError::NodeDown`].
+/// - NOT_LEADER: to the hinted leader at once (a backoff step after [`MAX_HOPS`] hops in a
+///   row); without a hint, or with one naming a node that just failed, to the next replica
+///   after a backoff step.
+/// - TRYAGAIN, unavailable: a backoff step, until the deadline.
+/// - A node that cannot be reached, or did not answer in time: it is marked down and the
+///   next replica is tried, with a backoff step after each round of them, until the
+///   deadline. The map is refreshed once per request first, since the slot may have moved.
+///   A shard with one replica has nothing to fail over to: the request fails with
+///   [`ClientError::NodeDown`] (a broken connection is retried [`LOST_RETRIES`] times).
 #[derive(Debug)]
 struct Retry {
-    read: bool,
     remaps: u32,
     max_remaps: u32,
+    hops: u32,
     lost: u32,
+    /// Replicas tried since the last backoff step.
+    misses: usize,
     checked_down: bool,
+    /// Whether a replica answered at all during this request (so the shard is not down, it
+    /// lacks a quorum).
+    answered: bool,
+    last_unreachable: Option<ClientError>,
     backoff: Duration,
-    waiting_since: Option<Instant>,
+    began: Instant,
+    failover: Failover,
 }
 
 /// Where the next attempt goes, after [`Retry::after`].
 #[derive(Debug)]
 enum Next {
-    /// Where a MOVED answer pointed.
+    /// Where a MOVED answer (or a leader hint the map does not know) pointed.
     Redirect(String),
+    /// To the shard's replicas, cached leader first.
+    Replicas,
     /// Where the last attempt went (a scan restarts over the current map either way).
-    Again,
+    Same,
 }
 
 impl Retry {
-    fn new(read: bool, max_remaps: u32) -> Retry {
+    fn new(max_remaps: u32, failover: Failover) -> Retry {
         Retry {
-            read,
             remaps: 0,
             max_remaps,
+            hops: 0,
             lost: 0,
+            misses: 0,
             checked_down: false,
-            backoff: TRY_AGAIN_FIRST,
-            waiting_since: None,
+            answered: false,
+            last_unreachable: None,
+            backoff: RETRY_FIRST,
+            began: Instant::now(),
+            failover,
         }
     }
 
-    /// After `err` from the node at `at`: `Ok` to try again (the map refreshed or the wait
-    /// done), `Err` to give up with that error.
+    /// After `err` from the node at `at`, for `shard` (`None`: a scan over several, or a
+    /// slot the map gives no shard): `Ok` to try again (the map refreshed or the wait done),
+    /// `Err` to give up with that error.
     async fn after(
         &mut self,
         shared: &Shared,
         at: &str,
+        shard: Option<&ShardInfo>,
         err: ClientError,
     ) -> Result<Next, ClientError> {
         match err {
@@ -645,6 +959,7 @@ impl Retry {
                 node,
                 addr,
             } => {
+                self.answered = true;
                 if !self.remap() {
                     return Err(ClientError::Protocol(format!(
                         "redirect loop: slot {slot} was still redirected after \
@@ -656,22 +971,145 @@ impl Retry {
                 self.follow_map(shared, epoch, at).await;
                 Ok(Next::Redirect(dial_addr(&addr, at)))
             }
-            ClientError::Server(wire) if wire.code == ErrorCode::TryAgain => {
-                let since = *self.waiting_since.get_or_insert_with(Instant::now);
-                if since.elapsed() + self.backoff > TRY_AGAIN_BUDGET {
-                    return Err(ClientError::Server(wire));
+            ClientError::NotLeader {
+                shard: id,
+                epoch,
+                leader,
+            } => {
+                self.answered = true;
+                if epoch > shared.epoch() {
+                    shared.refresh_to(epoch, at).await;
                 }
-                self.pause().await;
-                Ok(Next::Again)
+                let usable = leader.filter(|(_, addr)| {
+                    let addr = dial_addr(addr, at);
+                    addr != at && !shared.is_down(&addr)
+                });
+                match usable {
+                    Some((node, addr)) => {
+                        self.hops += 1;
+                        if self.hops > MAX_HOPS {
+                            self.pause_or(|r| r.give_up(shared, shard)).await?;
+                        }
+                        if shared.set_leader(id, &node) {
+                            Ok(Next::Replicas)
+                        } else {
+                            Ok(Next::Redirect(dial_addr(&addr, at)))
+                        }
+                    }
+                    None => {
+                        // An election is running: the next replica, after a moment.
+                        shared.step_leader_past(Some(id), at);
+                        self.miss(shared, shard).await?;
+                        Ok(Next::Replicas)
+                    }
+                }
             }
-            // The pool replaces the dead connection at its next use. A read is safe to send
-            // again; a write may have been applied, so the caller decides.
-            err @ ClientError::Disconnected { .. } if self.read && self.lost < READ_RETRIES => {
-                self.lost += 1;
-                tracing::debug!("resending a read after a lost connection: {err}");
-                Ok(Next::Again)
+            ClientError::Server(wire) if wire.code == ErrorCode::TryAgain => {
+                self.answered = true;
+                self.pause_or(|_| ClientError::Server(wire)).await?;
+                Ok(Next::Same)
             }
+            ClientError::Server(wire) if wire.code == ErrorCode::Unavailable => {
+                self.answered = true;
+                self.pause_or(|r| r.give_up(shared, shard)).await?;
+                Ok(Next::Replicas)
+            }
+            err if is_unreachable(&err) => self.unreachable(shared, at, shard, err).await,
             err => Err(err),
+        }
+    }
+
+    /// The node at `at` could not be reached, dropped the connection or did not answer.
+    async fn unreachable(
+        &mut self,
+        shared: &Shared,
+        at: &str,
+        shard: Option<&ShardInfo>,
+        err: ClientError,
+    ) -> Result<Next, ClientError> {
+        let replicated = shard.is_some_and(|s| s.replicas.len() > 1);
+        let lost = matches!(err, ClientError::Disconnected { .. });
+        if lost && self.lost < LOST_RETRIES {
+            // A pooled connection that died (the node restarted, say): the pool replaces it
+            // at the next use, and a request resent is safe (reads, and writes by their
+            // session), so try the same node once more before calling it down.
+            self.lost += 1;
+            tracing::debug!("resending after a lost connection: {err}");
+            return Ok(Next::Same);
+        }
+        if !replicated && lost {
+            return Err(err);
+        }
+        shared.mark_down(at, self.failover.down_for);
+        if !self.checked_down {
+            self.checked_down = true;
+            // A newer map: the slot may be served elsewhere now.
+            if shared.refresh_after_failure(at).await {
+                return Ok(Next::Replicas);
+            }
+        }
+        if !replicated {
+            return Err(match err {
+                err @ ClientError::Timeout { .. } => err,
+                err => shared.node_down(at, err),
+            });
+        }
+        tracing::debug!("failing over from {at}: {err}");
+        self.last_unreachable = Some(err);
+        shared.step_leader_past(None, at);
+        self.miss(shared, shard).await?;
+        Ok(Next::Replicas)
+    }
+
+    /// One more replica tried without an answer: a backoff step after each round of them,
+    /// the error once the deadline has passed.
+    async fn miss(
+        &mut self,
+        shared: &Shared,
+        shard: Option<&ShardInfo>,
+    ) -> Result<(), ClientError> {
+        self.misses += 1;
+        let round = shard.map_or(1, |s| s.replicas.len().max(1));
+        if self.began.elapsed() >= self.failover.deadline {
+            return Err(self.give_up(shared, shard));
+        }
+        if self.misses >= round {
+            self.misses = 0;
+            self.pause_or(|r| r.give_up(shared, shard)).await?;
+        }
+        Ok(())
+    }
+
+    /// The error for a request that ran out of time on `shard`.
+    fn give_up(&self, shared: &Shared, shard: Option<&ShardInfo>) -> ClientError {
+        let waited = self.began.elapsed();
+        let Some(shard) = shard else {
+            return self
+                .last_unreachable
+                .clone()
+                .unwrap_or_else(|| ClientError::Protocol(format!("no answer within {waited:?}")));
+        };
+        let replicas = shard.replicas.len();
+        if self.answered || self.last_unreachable.is_none() {
+            ClientError::Unavailable {
+                shard: shard.id,
+                replicas,
+                quorum: replicas / 2 + 1,
+                waited,
+            }
+        } else {
+            let map = shared.routing().map().clone();
+            ClientError::ShardDown {
+                shard: shard.id,
+                replicas: shard.replicas.join(", "),
+                ranges: format_ranges(&map.ranges_of_shard(shard.id)),
+                waited,
+                reason: self
+                    .last_unreachable
+                    .as_ref()
+                    .map(short_reason)
+                    .unwrap_or_default(),
+            }
         }
     }
 
@@ -689,30 +1127,26 @@ impl Retry {
         if epoch > shared.epoch() {
             shared.refresh_to(epoch, at).await;
         } else {
-            self.pause().await;
+            self.sleep().await;
         }
     }
 
-    /// The node at `addr` could not be reached: `Ok` if a map refresh (once per request)
-    /// changed the map, so the request may be served elsewhere now; else the node-down error.
-    async fn unreachable(
+    /// One backoff step, or `give_up()` when it would end past the deadline.
+    async fn pause_or(
         &mut self,
-        shared: &Shared,
-        addr: &str,
-        err: ClientError,
+        give_up: impl FnOnce(&Retry) -> ClientError,
     ) -> Result<(), ClientError> {
-        if !self.checked_down {
-            self.checked_down = true;
-            if shared.refresh_after_failure(addr).await {
-                return Ok(());
-            }
+        if self.began.elapsed() + self.backoff > self.failover.deadline {
+            return Err(give_up(self));
         }
-        Err(shared.node_down(addr, err))
+        self.sleep().await;
+        self.hops = 0;
+        Ok(())
     }
 
-    async fn pause(&mut self) {
+    async fn sleep(&mut self) {
         tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(TRY_AGAIN_MAX);
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
     }
 }
 
@@ -742,7 +1176,7 @@ impl KeyOp {
         }
     }
 
-    /// Whether sending it twice is harmless.
+    /// Whether it only reads (no session; sent with the client's consistency).
     fn is_read(&self) -> bool {
         matches!(self, KeyOp::Get)
     }
@@ -757,21 +1191,146 @@ impl Shared {
         read(&self.routing).map().epoch
     }
 
-    /// The live pooled connection of the node serving `key`, if it has one: the request
-    /// path, with no await and no lock held for longer than a lookup.
-    fn pooled_owner(&self, key: &[u8]) -> Option<Arc<Connection>> {
-        pooled(read(&self.routing).owner_of_key(key)?)
+    /// The next write's session. Relaxed is enough: the numbers only need to be distinct.
+    fn next_session(&self) -> Session {
+        Session {
+            client: self.client_id,
+            seq: self.last_seq.fetch_add(1, Ordering::Relaxed) + 1,
+        }
     }
 
-    /// The pooled connection of the node serving `slot`.
-    fn owner(&self, slot: u16) -> Result<Arc<PoolSlot>, ClientError> {
+    /// The live pooled connection of the cached leader of `key`'s shard, if it has one, and
+    /// whether the shard has other replicas: the request path, with no await and no lock
+    /// held for longer than a lookup.
+    fn pooled_leader(&self, key: &[u8]) -> Option<(Arc<Connection>, bool)> {
         let routing = read(&self.routing);
-        routing.owner(slot).cloned().ok_or_else(|| {
+        let (slot, replicated) = routing.leader_of_key(key)?;
+        Some((pooled(slot)?, replicated))
+    }
+
+    /// The shard of `slot` in the cached map.
+    fn shard_info(&self, slot: u16) -> Option<ShardInfo> {
+        let routing = read(&self.routing);
+        let shard = &routing.table.shards[routing.table.shard_of_slot(slot)?];
+        let nodes = &routing.map().nodes;
+        Some(ShardInfo {
+            id: shard.id,
+            replicas: shard
+                .replicas
+                .iter()
+                .filter_map(|&n| nodes.get(usize::from(n)).map(|n| n.id.clone()))
+                .collect(),
+        })
+    }
+
+    fn is_replicated(&self, slot: u16) -> bool {
+        let routing = read(&self.routing);
+        routing
+            .table
+            .shard_of_slot(slot)
+            .is_some_and(|s| routing.table.shards[s].replicas.len() > 1)
+    }
+
+    /// Where to send a request for `slot`: the first replica of its shard, cached leader
+    /// first, that is not marked down (the cached leader when all are); and whether the shard
+    /// has more than one replica.
+    fn target(&self, slot: u16) -> Result<(Arc<PoolSlot>, bool), ClientError> {
+        let routing = self.routing();
+        let no_node = || {
             ClientError::Protocol(format!(
                 "the cluster map (epoch {}) assigns slot {slot} to no node",
                 routing.map().epoch
             ))
-        })
+        };
+        let shard = routing.table.shard_of_slot(slot).ok_or_else(no_node)?;
+        Ok((
+            self.target_of_shard(&routing, shard).ok_or_else(no_node)?,
+            routing.table.shards[shard].replicas.len() > 1,
+        ))
+    }
+
+    /// [`Shared::target`] by shard index in `routing`.
+    fn target_of_shard(&self, routing: &Routing, shard: usize) -> Option<Arc<PoolSlot>> {
+        let mut first = None;
+        for node in routing.candidates(shard) {
+            let slot = routing.nodes.get(node)?;
+            if !self.is_down(&slot.addr) {
+                return Some(slot.clone());
+            }
+            first.get_or_insert(slot);
+        }
+        first.cloned()
+    }
+
+    /// After a linearizable answer from `addr` for `slot`: that node leads the slot's shard.
+    fn note_leader(&self, slot: u16, addr: &str) {
+        let routing = read(&self.routing);
+        let Some(shard) = routing.table.shard_of_slot(slot) else {
+            return;
+        };
+        if let Some(node) = routing.nodes.iter().position(|s| s.addr == addr) {
+            let node = node as u16;
+            if routing.table.shards[shard].replicas.contains(&node) {
+                routing.leaders[shard].store(node, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A node said `node` leads shard `shard`: cache it if the map agrees that it holds the
+    /// shard. Returns whether it did.
+    fn set_leader(&self, shard: u32, node: &str) -> bool {
+        let routing = read(&self.routing);
+        let (Some(i), Some(n)) = (
+            routing.table.shard_by_id(shard),
+            routing.table.node_by_id(node),
+        ) else {
+            return false;
+        };
+        if !routing.table.shards[i].replicas.contains(&n) {
+            return false;
+        }
+        routing.leaders[i].store(n, Ordering::Relaxed);
+        true
+    }
+
+    /// The node at `addr` does not lead `shard` (every shard, for `None`) or cannot be
+    /// reached: where it is the cached leader, cache the next replica instead.
+    fn step_leader_past(&self, shard: Option<u32>, addr: &str) {
+        let routing = read(&self.routing);
+        let Some(node) = routing.nodes.iter().position(|s| s.addr == addr) else {
+            return;
+        };
+        for (i, s) in routing.table.shards.iter().enumerate() {
+            if shard.is_some_and(|id| id != s.id) || s.replicas.len() < 2 {
+                continue;
+            }
+            if let Some(k) = s.replicas.iter().position(|&r| usize::from(r) == node) {
+                let next = s.replicas[(k + 1) % s.replicas.len()];
+                let _ = routing.leaders[i].compare_exchange(
+                    node as u16,
+                    next,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
+    fn mark_down(&self, addr: &str, down_for: Duration) {
+        lock(&self.down).insert(addr.to_owned(), Instant::now() + down_for);
+    }
+
+    /// Whether the node at `addr` failed recently enough to be skipped.
+    fn is_down(&self, addr: &str) -> bool {
+        let mut down = lock(&self.down);
+        match down.get(addr) {
+            Some(&until) if until > Instant::now() => true,
+            Some(_) => {
+                down.remove(addr);
+                false
+            }
+            None => false,
+        }
     }
 
     /// The pooled connection for `addr`, created if the address is new.
@@ -784,7 +1343,6 @@ impl Shared {
             .or_insert_with(|| Arc::new(PoolSlot::new(addr, None)))
             .clone()
     }
-
     /// A live connection to `slot`'s address, opening one if needed. A recent failure is
     /// returned as it is (see [`FAILURE_HOLD`]).
     async fn connection(&self, slot: &Arc<PoolSlot>) -> Result<Arc<Connection>, ClientError> {
@@ -850,6 +1408,7 @@ impl Shared {
             *routing = Arc::new(Routing {
                 table: routing.table.clone(),
                 nodes,
+                leaders: routing.leaders.clone(),
             });
         }
         current
@@ -977,8 +1536,9 @@ impl Shared {
             return false;
         }
         let table = Arc::new(Table::new(map));
+        let old = self.routing();
         let mut pool = lock(&self.pool);
-        let routing = Arc::new(Routing::build(table, &mut pool));
+        let routing = Arc::new(Routing::build(table, &mut pool, Some(&old)));
         let mut current = write(&self.routing);
         if routing.map().epoch <= current.map().epoch {
             return false;
@@ -996,10 +1556,12 @@ impl Shared {
 /// A cluster-wide scan that can be continued page after page; made by
 /// [`ClusterClient::scanner`].
 ///
-/// It keeps at most one page per node. Entries come out in key order without duplicates
-/// (should two nodes both return a key, during a handover, the first one seen wins), and
-/// each page's cursor is its last key, so a scan resumed from it, in this process or another,
-/// continues exactly there.
+/// It asks one node per shard (the cached leader, or the first replica not marked down) and
+/// keeps at most one page per node. Entries come out in key order without duplicates
+/// (should two nodes both return a key, during a handover or because both hold its shard,
+/// the first one seen wins), and each page's cursor is its last key, so a scan resumed from
+/// it, in this process or another, continues exactly there. Pages are read with the
+/// client's consistency.
 #[derive(Debug)]
 pub struct ClusterScan {
     client: ClusterClient,
@@ -1008,23 +1570,68 @@ pub struct ClusterScan {
     after: Option<Bytes>,
     /// The merge over `nodes`; `None` until started, and after a restart.
     merge: Option<Merge>,
-    nodes: Vec<Arc<PoolSlot>>,
+    nodes: Vec<ScanSource>,
     /// Epoch of the map the merge was started with; every page must carry it.
     epoch: u64,
     done: bool,
+}
+
+/// One node a scan reads from, and the shards it is asked for.
+#[derive(Debug, Clone)]
+struct ScanSource {
+    node: Arc<PoolSlot>,
+    /// The first of its shards, for the retry policy.
+    shard: Option<ShardInfo>,
+    replicated: bool,
 }
 
 /// Why a round of page fetches could not be used.
 enum Trouble {
     /// The node filtered its page with the map of another epoch.
     Epoch { addr: String, epoch: u64 },
-    /// The node could not be reached.
-    Unreachable { addr: String, err: ClientError },
-    /// The node answered the page request with an error (or the connection broke under it).
-    Failed { addr: String, err: ClientError },
+    /// The node could not be reached, or answered the page request with an error (or the
+    /// connection broke under it).
+    Failed {
+        addr: String,
+        shard: Option<ShardInfo>,
+        err: ClientError,
+    },
 }
 
 impl ClusterScan {
+    /// The nodes to read the current map's shards from: per serving shard its target
+    /// ([`Shared::target_of_shard`]), each node once.
+    fn sources(&self, routing: &Routing) -> Vec<ScanSource> {
+        let shared = &*self.client.shared;
+        let nodes = &routing.map().nodes;
+        let mut sources: Vec<ScanSource> = Vec::new();
+        for &shard in &routing.table.serving_shards {
+            let Some(node) = shared.target_of_shard(routing, shard) else {
+                continue;
+            };
+            let route = &routing.table.shards[shard];
+            let replicated = route.replicas.len() > 1;
+            if let Some(source) = sources.iter_mut().find(|s| Arc::ptr_eq(&s.node, &node)) {
+                source.replicated |= replicated;
+                continue;
+            }
+            let info = ShardInfo {
+                id: route.id,
+                replicas: route
+                    .replicas
+                    .iter()
+                    .filter_map(|&n| nodes.get(usize::from(n)).map(|n| n.id.clone()))
+                    .collect(),
+            };
+            sources.push(ScanSource {
+                node,
+                shard: Some(info),
+                replicated,
+            });
+        }
+        sources
+    }
+
     /// The next page of at most `limit` entries (0: the maximum, 1000); an empty page with
     /// no cursor once the scan is done.
     pub async fn next_page(&mut self, limit: u32) -> Result<ScanPage, ClientError> {
@@ -1033,23 +1640,19 @@ impl ClusterScan {
             n => n.min(MAX_SCAN_PAGE),
         } as usize;
         let mut out = Vec::new();
-        // A scan only reads, so a page whose connection broke is asked for again.
-        let mut retry = Retry::new(true, MAX_SCAN_RESTARTS);
+        let mut retry = Retry::new(MAX_SCAN_RESTARTS, self.client.failover);
+        let consistency = self.client.consistency;
         while !self.done {
+            if self.merge.is_none() {
+                let routing = self.client.shared.routing();
+                self.epoch = routing.map().epoch;
+                self.nodes = self.sources(&routing);
+            }
             let merge = match &mut self.merge {
                 Some(merge) => merge,
-                None => {
-                    let routing = self.client.shared.routing();
-                    self.epoch = routing.map().epoch;
-                    self.nodes = routing
-                        .table
-                        .serving
-                        .iter()
-                        .map(|&i| routing.nodes[i].clone())
-                        .collect();
-                    self.merge
-                        .insert(Merge::new(self.nodes.len(), self.after.clone()))
-                }
+                None => self
+                    .merge
+                    .insert(Merge::new(self.nodes.len(), self.after.clone())),
             };
             let sources = match merge.fill(limit, &mut out) {
                 Fill::Full => {
@@ -1064,43 +1667,54 @@ impl ClusterScan {
             };
             let want = u32::try_from(limit.saturating_sub(out.len()).max(1)).unwrap_or(1);
             let fetches = sources.iter().map(|&i| {
-                let node = self.nodes[i].clone();
+                let source = self.nodes[i].clone();
                 let (client, prefix, cursor) = (&self.client, self.prefix.clone(), merge.cursor(i));
                 async move {
-                    let result =
-                        match client.shared.connection(&node).await {
-                            Ok(conn) => conn.scan(prefix, want, cursor).await.map_err(|err| {
-                                Trouble::Failed {
-                                    addr: node.addr.clone(),
-                                    err,
+                    let timeout = client.attempt_timeout(source.replicated);
+                    let node = &source.node;
+                    let page = async {
+                        let conn =
+                            match tokio::time::timeout(timeout, client.shared.connection(node))
+                                .await
+                            {
+                                Ok(conn) => conn?,
+                                Err(_) => {
+                                    return Err(ClientError::Timeout {
+                                        addr: node.addr.clone(),
+                                        after: timeout,
+                                        waiting_for: "connect, TLS handshake and HELLO",
+                                    })
                                 }
-                            }),
-                            Err(err) if is_unreachable(&err) => Err(Trouble::Unreachable {
-                                addr: node.addr.clone(),
-                                err,
-                            }),
-                            Err(err) => Err(Trouble::Failed {
-                                addr: node.addr.clone(),
-                                err,
-                            }),
+                            };
+                        let body = RequestBody::Scan {
+                            prefix,
+                            limit: want,
+                            cursor,
                         };
-                    (i, node, result)
+                        scan_answer(conn.call_within(body, None, consistency, timeout).await?)
+                    };
+                    let result = page.await.map_err(|err| Trouble::Failed {
+                        addr: node.addr.clone(),
+                        shard: source.shard.clone(),
+                        err,
+                    });
+                    (i, source, result)
                 }
             });
             let mut trouble = None;
-            for (i, node, result) in join_all(fetches).await {
+            for (i, source, result) in join_all(fetches).await {
                 match result {
                     Ok(page) if page.epoch == self.epoch => {
                         merge.feed(i, page.entries, page.cursor).map_err(|e| {
                             ClientError::Protocol(format!(
                                 "{} sent a bad scan page: {e}",
-                                node.addr
+                                source.node.addr
                             ))
                         })?;
                     }
                     Ok(page) => {
                         trouble.get_or_insert(Trouble::Epoch {
-                            addr: node.addr.clone(),
+                            addr: source.node.addr.clone(),
                             epoch: page.epoch,
                         });
                     }
@@ -1110,7 +1724,8 @@ impl ClusterScan {
                 }
             }
             let Some(trouble) = trouble else { continue };
-            // Start over after the last key returned, with whatever map is current then.
+            // Start over after the last key returned, with whatever map and leaders are
+            // current then.
             let shared = &*self.client.shared;
             match trouble {
                 Trouble::Epoch { addr, epoch } => {
@@ -1124,11 +1739,10 @@ impl ClusterScan {
                     }
                     retry.follow_map(shared, epoch, &addr).await;
                 }
-                Trouble::Unreachable { addr, err } => retry.unreachable(shared, &addr, err).await?,
-                // Where a MOVED points does not matter: the merge restarts over every node
-                // of the (refreshed) map.
-                Trouble::Failed { addr, err } => {
-                    retry.after(shared, &addr, err).await?;
+                // Where a MOVED or a hint points does not matter: the merge restarts over the
+                // (refreshed) map's shards, at their (updated) leaders.
+                Trouble::Failed { addr, shard, err } => {
+                    retry.after(shared, &addr, shard.as_ref(), err).await?;
                 }
             }
             if let Some(last) = out.last() {
@@ -1338,6 +1952,28 @@ fn pooled(slot: &PoolSlot) -> Option<Arc<Connection>> {
         Some(Ok(conn)) if !conn.is_closed() => Some(conn.clone()),
         _ => None,
     }
+}
+
+/// A random, non-zero session id from the operating system's generator (through the ring
+/// provider rustls already links). Should that fail, a hash of the time, the process and a
+/// per-process counter keyed by std's random hasher: still distinct between clients, which
+/// is all a session id must be (it is no credential; the node scopes sessions as it sees fit).
+fn random_client_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    let provider = rustls::crypto::ring::default_provider();
+    let id = match provider.secure_random.fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => {
+            use std::hash::{BuildHasher, Hash, Hasher};
+            static MADE: AtomicU64 = AtomicU64::new(0);
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            std::time::SystemTime::now().hash(&mut h);
+            std::process::id().hash(&mut h);
+            MADE.fetch_add(1, Ordering::Relaxed).hash(&mut h);
+            h.finish()
+        }
+    };
+    id.max(1)
 }
 
 fn with_addr(opts: &ConnectOptions, addr: &str) -> ConnectOptions {
@@ -1581,8 +2217,8 @@ mod tests {
             "10.9.9.9:7400".to_owned(),
             Arc::new(PoolSlot::new("10.9.9.9:7400", None)),
         );
-        let routing = Routing::build(Arc::new(Table::new(map.clone())), &mut pool);
-        assert_eq!(routing.table.serving, [0, 1, 2]);
+        let routing = Routing::build(Arc::new(Table::new(map.clone())), &mut pool, None);
+        assert_eq!(routing.table.serving_nodes, [0, 1, 2]);
         assert_eq!(routing.table.sole, None);
         assert!(
             Arc::ptr_eq(&routing.nodes[1], &old),
@@ -1607,8 +2243,8 @@ mod tests {
 
         // A node that holds no slots is pooled but not scanned.
         let grown = map.with_node("n4", "10.0.0.4:7400");
-        let routing = Routing::build(Arc::new(Table::new(grown)), &mut pool);
-        assert_eq!(routing.table.serving, [0, 1, 2]);
+        let routing = Routing::build(Arc::new(Table::new(grown)), &mut pool, None);
+        assert_eq!(routing.table.serving_nodes, [0, 1, 2]);
         assert_eq!(routing.nodes.len(), 4);
     }
 
@@ -1617,10 +2253,10 @@ mod tests {
         let map = legacy_map("n1", "127.0.0.1:7400");
         assert_eq!(map.epoch, 0);
         let mut pool = HashMap::new();
-        let routing = Routing::build(Arc::new(Table::new(map)), &mut pool);
-        assert_eq!(routing.table.serving, [0]);
+        let routing = Routing::build(Arc::new(Table::new(map)), &mut pool, None);
+        assert_eq!(routing.table.serving_nodes, [0]);
         assert_eq!(routing.table.sole, Some(0));
-        assert!((0..SLOT_COUNT).all(|s| routing.table.owners[usize::from(s)] == 0));
+        assert!((0..SLOT_COUNT).all(|s| routing.table.slot_shards[usize::from(s)] == 0));
         assert_eq!(routing.map().nodes[0].addr, "127.0.0.1:7400");
         assert_eq!(legacy_map("", "h:1").nodes[0].id, "node");
     }
@@ -1651,7 +2287,7 @@ mod tests {
     /// route like real ones: MOVED for slots they do not serve under their own map view.
     mod network {
         use std::collections::BTreeMap;
-        use std::sync::atomic::{AtomicU32, AtomicUsize};
+        use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 
         use futures_util::{SinkExt, StreamExt};
         use skv_proto::{
@@ -1678,19 +2314,58 @@ mod tests {
             drop_after_apply: AtomicU32,
             /// Report this epoch in scan pages instead of the map's.
             scan_epoch: Mutex<Option<u64>>,
+            /// A replica that does not lead: writes and linearizable reads of the shards it
+            /// holds are answered NOT_LEADER with `hint`.
+            follower: AtomicBool,
+            hint: Mutex<Option<(String, String)>>,
+            /// Answer writes and linearizable reads with `unavailable` (no quorum).
+            no_quorum: AtomicBool,
+            /// Never answer data requests (a hung node whose connections stay open).
+            silent: AtomicBool,
+            /// Every data request: the op, its session and its consistency.
+            seen: Mutex<Vec<(&'static str, Option<Session>, Consistency)>>,
             accepted: AtomicUsize,
             writes: AtomicUsize,
             moved: AtomicUsize,
+            not_leader: AtomicUsize,
         }
 
         impl Fake {
-            fn answer(&self, body: RequestBody) -> Option<ResponseBody> {
+            /// Whether this node answers linearizably for `shard` (else a stale reader of it).
+            fn leads(&self) -> bool {
+                !self.follower.load(Ordering::SeqCst)
+            }
+
+            fn answer(&self, request: Request) -> Option<ResponseBody> {
+                let Request {
+                    body,
+                    session,
+                    consistency,
+                    ..
+                } = request;
+                let op = match &body {
+                    RequestBody::Get { .. } => Some("get"),
+                    RequestBody::Put { .. } => Some("put"),
+                    RequestBody::Delete { .. } => Some("delete"),
+                    RequestBody::Cas { .. } => Some("cas"),
+                    RequestBody::Scan { .. } => Some("scan"),
+                    _ => None,
+                };
+                if let Some(op) = op {
+                    lock(&self.seen).push((op, session, consistency));
+                }
                 let map = lock(&self.map).clone();
                 let key = body.key().cloned();
+                let is_write = matches!(
+                    body,
+                    RequestBody::Put { .. } | RequestBody::Delete { .. } | RequestBody::Cas { .. }
+                );
+                let linearizable = is_write || consistency == Consistency::Linearizable;
                 if let (Some(map), Some(key)) = (&map, &key) {
                     let slot = hash_slot(key);
+                    let shard = map.shard_of_slot(slot).expect("owned");
                     let owner = map.owner_of_slot(slot).expect("owned");
-                    if owner.id != self.name {
+                    if !shard.replicas.contains(&self.name) {
                         self.moved.fetch_add(1, Ordering::SeqCst);
                         return Some(ResponseBody::Moved {
                             slot,
@@ -1699,8 +2374,22 @@ mod tests {
                             addr: owner.addr.clone(),
                         });
                     }
+                    if linearizable && !self.leads() {
+                        self.not_leader.fetch_add(1, Ordering::SeqCst);
+                        return Some(ResponseBody::NotLeader {
+                            shard: shard.id,
+                            epoch: map.epoch,
+                            leader: lock(&self.hint).clone(),
+                        });
+                    }
                 }
-                let is_write = matches!(body, RequestBody::Put { .. } | RequestBody::Delete { .. });
+                if linearizable && op.is_some() && self.no_quorum.load(Ordering::SeqCst) {
+                    return Some(ResponseBody::Error(WireError::new(
+                        ErrorCode::Unavailable,
+                        "no quorum",
+                    )));
+                }
+
                 if is_write
                     && self
                         .try_again
@@ -1735,15 +2424,40 @@ mod tests {
                         data.insert(key, (version, value));
                         ResponseBody::Written { version }
                     }
+                    RequestBody::Delete { key } => {
+                        self.writes.fetch_add(1, Ordering::SeqCst);
+                        let existed = lock(&self.data).remove(&key).is_some();
+                        ResponseBody::Deleted { existed }
+                    }
+                    RequestBody::Cas {
+                        key,
+                        expect_version,
+                        value,
+                    } => {
+                        self.writes.fetch_add(1, Ordering::SeqCst);
+                        let mut data = lock(&self.data);
+                        let current = data.get(&key).map_or(0, |(v, _)| *v);
+                        if current == expect_version {
+                            data.insert(key, (current + 1, value));
+                            ResponseBody::Written {
+                                version: current + 1,
+                            }
+                        } else {
+                            ResponseBody::CasConflict { current }
+                        }
+                    }
                     RequestBody::Scan {
                         prefix,
                         limit,
                         cursor,
                     } => {
+                        // The shards it holds (stale) or leads (linearizable).
+                        let serves = consistency == Consistency::Stale || self.leads();
                         let mine = |k: &Bytes| {
                             map.as_ref().is_none_or(|m| {
-                                m.owner_of_slot(hash_slot(k))
-                                    .is_some_and(|o| o.id == self.name)
+                                serves
+                                    && m.shard_of_slot(hash_slot(k))
+                                        .is_some_and(|s| s.replicas.contains(&self.name))
                             })
                         };
                         let keys: Vec<(Bytes, (u64, Bytes))> = lock(&self.data)
@@ -1788,14 +2502,24 @@ mod tests {
                 let mut framed = Framed::new(socket, FrameCodec::new(DEFAULT_MAX_FRAME));
                 while let Some(Ok(payload)) = framed.next().await {
                     let request = Request::decode(payload).expect("a request");
-                    let body = match request.body {
+                    let body = match &request.body {
                         RequestBody::Hello { .. } => ResponseBody::HelloOk {
                             version: PROTOCOL_VERSION,
                             max_frame: DEFAULT_MAX_FRAME as u32,
                             node: self.name.clone(),
                             token: TokenPlacement::None,
                         },
-                        body => match self.answer(body) {
+                        // Hung: the request is read, and never answered.
+                        body if body.key().is_some() && self.silent.load(Ordering::SeqCst) => {
+                            let op = if matches!(body, RequestBody::Get { .. }) {
+                                "get"
+                            } else {
+                                "write"
+                            };
+                            lock(&self.seen).push((op, request.session, request.consistency));
+                            continue;
+                        }
+                        _ => match self.answer(request.clone()) {
                             Some(answer) => answer,
                             None => return,
                         },
@@ -1966,19 +2690,306 @@ mod tests {
             assert_eq!(fakes[0].writes.load(Ordering::SeqCst), 1);
         }
 
+        /// The sessions `fake` saw for `op`.
+        fn sessions(fake: &Fake, op: &str) -> Vec<Option<Session>> {
+            lock(&fake.seen)
+                .iter()
+                .filter(|(o, _, _)| *o == op)
+                .map(|(_, s, _)| *s)
+                .collect()
+        }
+
+        fn replicated(ids: &[(String, String)]) -> Option<ClusterMap> {
+            Some(ClusterMap::even_replicated("c", ids, ids.len()).expect("a map"))
+        }
+
+        /// A failover short enough for tests that wait for the deadline.
+        fn quick() -> Failover {
+            Failover {
+                attempt_timeout: Duration::from_secs(2),
+                deadline: Duration::from_millis(400),
+                down_for: Duration::from_secs(5),
+            }
+        }
+
         #[tokio::test]
-        async fn a_lost_write_is_not_replayed_but_a_read_is() {
+        async fn a_write_whose_answer_was_lost_is_resent_with_its_session() {
             let (fakes, _tasks) = cluster(1, even).await;
             let client = client(&fakes[0]).await;
             fakes[0].drop_after_apply.store(1, Ordering::SeqCst);
-            let err = client.put("k", "v").await.expect_err("lost");
-            assert!(matches!(err, ClientError::Disconnected { .. }), "{err}");
-            assert_eq!(fakes[0].writes.load(Ordering::SeqCst), 1, "sent once");
-            // The next request reconnects by itself.
+            // The first answer is lost; the client resends on a new connection.
+            assert_eq!(client.put("k", "v").await.expect("put"), 2);
+            assert_eq!(fakes[0].writes.load(Ordering::SeqCst), 2, "sent twice");
+            let first = sessions(&fakes[0], "put");
+            assert_eq!(first.len(), 2);
+            let session = first[0].expect("a write carries a session");
+            assert_eq!(first[1], Some(session), "the same (client, seq) both times");
+            assert_eq!(session.client, client.session_id());
+            assert_eq!(session.seq, 1, "writes are numbered from 1");
+
+            // Other writes, from this client and its clones: each its own number.
+            client.delete("k").await.expect("delete");
+            client.cas("k", 0, "w").await.expect("cas");
+            let puts = (0..20).map(|i| {
+                let clone = client.clone();
+                async move { clone.put(format!("p/{i}"), "v").await }
+            });
+            for result in join_all(puts).await {
+                result.expect("put");
+            }
+            let mut all: Vec<Session> = ["put", "delete", "cas"]
+                .iter()
+                .flat_map(|op| sessions(&fakes[0], op))
+                .map(|s| s.expect("a session"))
+                .collect();
+            assert_eq!(all.len(), 2 + 1 + 1 + 20);
+            all.dedup(); // the resent put
+            all.sort_by_key(|s| s.seq);
+            let seqs: Vec<u64> = all.iter().map(|s| s.seq).collect();
+            assert_eq!(seqs, (1..=23).collect::<Vec<u64>>(), "never reused");
+            assert!(all.iter().all(|s| s.client == client.session_id()));
+
+            // A fresh client is another session; reads carry none.
+            let other = client.fresh().expect("fresh");
+            assert_ne!(other.session_id(), client.session_id());
+            other.put("k", "x").await.expect("put");
+            let last = sessions(&fakes[0], "put")
+                .pop()
+                .flatten()
+                .expect("a session");
+            assert_eq!(last.client, other.session_id());
+            assert_eq!(last.seq, 1);
             fakes[0].drop_after_apply.store(1, Ordering::SeqCst);
             let got = client.get("k").await.expect("the read is resent");
-            assert_eq!(got, Some((1, Bytes::from_static(b"v"))));
-            assert_eq!(fakes[0].accepted.load(Ordering::SeqCst), 3);
+            assert_eq!(got.map(|(v, _)| v), Some(2));
+            assert!(sessions(&fakes[0], "get").iter().all(Option::is_none));
+        }
+
+        #[tokio::test]
+        async fn not_leader_hints_are_followed_and_remembered() {
+            let (fakes, _tasks) = cluster(3, replicated).await;
+            for follower in &fakes[1..] {
+                follower.follower.store(true, Ordering::SeqCst);
+                *lock(&follower.hint) = Some(("n1".into(), fakes[0].addr.clone()));
+            }
+            let client = client(&fakes[1]).await;
+            let map = client.map();
+            // Shard 2's first replica is n2, a follower that names n1.
+            let key = key_on(&map, "n2", "h");
+            assert_eq!(client.cached_leader(2).as_deref(), Some("n2"));
+            assert_eq!(client.put(key.clone(), "v").await.expect("put"), 1);
+            assert_eq!(client.cached_leader(2).as_deref(), Some("n1"));
+            assert_eq!(fakes[1].not_leader.load(Ordering::SeqCst), 1);
+            // Both attempts were the same write.
+            let at_n2 = sessions(&fakes[1], "put");
+            assert_eq!(at_n2.len(), 1);
+            assert_eq!(sessions(&fakes[0], "put"), at_n2);
+            // From now on straight to n1.
+            client.put(key.clone(), "w").await.expect("put");
+            let got = client.get(key).await.expect("get");
+            assert_eq!(got.map(|(v, _)| v), Some(2));
+            assert_eq!(fakes[1].not_leader.load(Ordering::SeqCst), 1);
+        }
+
+        #[tokio::test]
+        async fn without_a_hint_the_next_replica_is_tried() {
+            let (fakes, _tasks) = cluster(3, replicated).await;
+            // An election: n1 and n2 know no leader; n3 has won.
+            for follower in &fakes[..2] {
+                follower.follower.store(true, Ordering::SeqCst);
+            }
+            let client = client(&fakes[0]).await;
+            let key = key_on(&client.map(), "n1", "e");
+            assert_eq!(client.put(key, "v").await.expect("put"), 1);
+            assert_eq!(client.cached_leader(1).as_deref(), Some("n3"));
+            assert_eq!(fakes[0].not_leader.load(Ordering::SeqCst), 1);
+            assert_eq!(fakes[1].not_leader.load(Ordering::SeqCst), 1);
+            assert_eq!(fakes[2].writes.load(Ordering::SeqCst), 1);
+        }
+
+        #[tokio::test]
+        async fn a_leader_that_refuses_connections_fails_over_to_another_replica() {
+            let (fakes, tasks) = cluster(3, replicated).await;
+            let client = client(&fakes[1]).await;
+            let key = key_on(&client.map(), "n1", "f");
+            client.put(key.clone(), "v").await.expect("put");
+            assert_eq!(fakes[0].writes.load(Ordering::SeqCst), 1);
+            // n1 dies (its listener closes, its connections drop); n2 is elected and n3
+            // knows it.
+            tasks[0].abort();
+            fakes[0].drop_after_apply.store(u32::MAX, Ordering::SeqCst);
+            fakes[2].follower.store(true, Ordering::SeqCst);
+            *lock(&fakes[2].hint) = Some(("n2".into(), fakes[1].addr.clone()));
+            assert_eq!(client.put(key.clone(), "w").await.expect("failed over"), 1);
+            assert_eq!(fakes[1].writes.load(Ordering::SeqCst), 1);
+            assert_eq!(client.cached_leader(1).as_deref(), Some("n2"));
+            // n1 is not dialled again for every request.
+            let accepted = fakes[0].accepted.load(Ordering::SeqCst);
+            for i in 0..5 {
+                client.put(key.clone(), format!("x{i}")).await.expect("put");
+            }
+            assert_eq!(fakes[0].accepted.load(Ordering::SeqCst), accepted);
+        }
+
+        #[tokio::test]
+        async fn a_leader_that_stops_answering_is_timed_out_and_failed_over() {
+            let (fakes, _tasks) = cluster(3, replicated).await;
+            let client = client(&fakes[0]).await.with_failover(Failover {
+                attempt_timeout: Duration::from_millis(200),
+                ..Failover::default()
+            });
+            let key = key_on(&client.map(), "n1", "t");
+            client.put(key.clone(), "v").await.expect("put");
+            // n1 hangs with its connection open; n3 takes over and n2 knows it.
+            fakes[0].silent.store(true, Ordering::SeqCst);
+            fakes[1].follower.store(true, Ordering::SeqCst);
+            *lock(&fakes[1].hint) = Some(("n3".into(), fakes[2].addr.clone()));
+            assert_eq!(client.put(key.clone(), "w").await.expect("failed over"), 1);
+            assert_eq!(client.cached_leader(1).as_deref(), Some("n3"));
+            // The write that timed out at n1 and the one n3 applied are the same write.
+            let hung: Vec<_> = lock(&fakes[0].seen)
+                .iter()
+                .filter(|(op, _, _)| *op == "write")
+                .map(|(_, s, _)| *s)
+                .collect();
+            assert_eq!(hung.len(), 1);
+            assert_eq!(sessions(&fakes[2], "put"), hung);
+            // Reads skip the hung node too.
+            let got = client.get(key).await.expect("get");
+            assert_eq!(got.map(|(v, _)| v), Some(1));
+        }
+
+        #[tokio::test]
+        async fn a_shard_without_quorum_is_a_clear_error_but_stale_reads_work() {
+            let (fakes, _tasks) = cluster(3, replicated).await;
+            let client = client(&fakes[0]).await.with_failover(quick());
+            let key = key_on(&client.map(), "n2", "q");
+            client.put(key.clone(), "v").await.expect("put");
+            for fake in &fakes {
+                fake.no_quorum.store(true, Ordering::SeqCst);
+            }
+            let err = client.put(key.clone(), "w").await.expect_err("no quorum");
+            let ClientError::Unavailable {
+                shard,
+                replicas,
+                quorum,
+                ..
+            } = &err
+            else {
+                panic!("not unavailable: {err}");
+            };
+            assert_eq!((*shard, *replicas, *quorum), (2, 3, 2));
+            let text = err.to_string();
+            assert!(
+                text.starts_with(
+                    "shard 2 cannot commit writes: fewer than 2 of its 3 replicas are reachable"
+                ),
+                "{text}"
+            );
+            assert!(text.contains("--consistency stale"), "{text}");
+            assert_eq!(err.exit_code(), crate::exit::CONNECTION);
+            // It was retried, with one session throughout.
+            let tried = sessions(&fakes[1], "put");
+            assert!(tried.len() > 2, "{tried:?}");
+            assert!(tried[1..].iter().all(|s| *s == tried[1]));
+            // Linearizable reads fail the same way; stale ones are served.
+            assert!(matches!(
+                client.get(key.clone()).await,
+                Err(ClientError::Unavailable { .. })
+            ));
+            let stale = client.with_consistency(Consistency::Stale);
+            let got = stale.get(key).await.expect("a stale read");
+            assert_eq!(got.map(|(v, _)| v), Some(1));
+        }
+
+        #[tokio::test]
+        async fn a_shard_with_every_replica_down_is_reported_after_the_deadline() {
+            let (fakes, tasks) = cluster(3, replicated).await;
+            let client = client(&fakes[0]).await.with_failover(quick());
+            let key = key_on(&client.map(), "n3", "z");
+            for (fake, task) in fakes.iter().zip(&tasks) {
+                task.abort();
+                fake.drop_after_apply.store(u32::MAX, Ordering::SeqCst);
+            }
+            let err = client
+                .with_consistency(Consistency::Stale)
+                .get(key)
+                .await
+                .expect_err("all down");
+            let ClientError::ShardDown {
+                shard, replicas, ..
+            } = &err
+            else {
+                panic!("not shard down: {err}");
+            };
+            assert_eq!((*shard, replicas.as_str()), (3, "n3, n1, n2"));
+            assert!(err.to_string().contains("no replica of shard 3"), "{err}");
+        }
+
+        #[tokio::test]
+        async fn the_stale_flag_reaches_the_wire_for_reads_and_never_for_writes() {
+            let (fakes, _tasks) = cluster(3, replicated).await;
+            // Only n1 leads; stale reads are served by whichever replica is asked.
+            for follower in &fakes[1..] {
+                follower.follower.store(true, Ordering::SeqCst);
+                *lock(&follower.hint) = Some(("n1".into(), fakes[0].addr.clone()));
+            }
+            let linear = client(&fakes[0]).await;
+            let key = key_on(&linear.map(), "n2", "s");
+            linear.put(key.clone(), "v").await.expect("put");
+            *lock(&fakes[1].data) = lock(&fakes[0].data).clone();
+            *lock(&fakes[2].data) = lock(&fakes[0].data).clone();
+            let seen_before: Vec<usize> = fakes.iter().map(|f| lock(&f.seen).len()).collect();
+            let refused_before = fakes[1].not_leader.load(Ordering::SeqCst);
+
+            let client = client(&fakes[1]).await.with_consistency(Consistency::Stale);
+            assert_eq!(client.consistency(), Consistency::Stale);
+            let got = client.get(key.clone()).await.expect("stale get");
+            assert_eq!(got.map(|(v, _)| v), Some(1));
+            assert_eq!(
+                fakes[1].not_leader.load(Ordering::SeqCst),
+                refused_before,
+                "a follower served it"
+            );
+            let page = client.scan("s/", 0, None).await.expect("stale scan");
+            assert_eq!(page.entries.len(), 1);
+            client.put(key.clone(), "w").await.expect("put");
+            client.delete(key.clone()).await.expect("delete");
+            client.cas(key, 0, "x").await.expect("cas");
+            let mut seen = Vec::new();
+            for (fake, before) in fakes.iter().zip(seen_before) {
+                seen.extend(lock(&fake.seen)[before..].iter().copied());
+            }
+            let reads: Vec<_> = seen
+                .iter()
+                .filter(|(op, _, _)| matches!(*op, "get" | "scan"))
+                .collect();
+            let writes: Vec<_> = seen
+                .iter()
+                .filter(|(op, _, _)| !matches!(*op, "get" | "scan"))
+                .collect();
+            assert!(reads.len() >= 2 && writes.len() >= 3, "{seen:?}");
+            assert!(
+                reads
+                    .iter()
+                    .all(|(_, s, c)| s.is_none() && *c == Consistency::Stale),
+                "{reads:?}"
+            );
+            assert!(
+                writes
+                    .iter()
+                    .all(|(_, s, c)| s.is_some() && *c == Consistency::Linearizable),
+                "{writes:?}"
+            );
+            // The default is linearizable.
+            let before = lock(&fakes[0].seen).len();
+            linear.get("s/none").await.expect("get");
+            linear.scan("s/", 0, None).await.expect("scan");
+            let after = lock(&fakes[0].seen)[before..].to_vec();
+            assert!(!after.is_empty());
+            assert!(after
+                .iter()
+                .all(|(_, _, c)| *c == Consistency::Linearizable));
         }
 
         #[tokio::test]

@@ -258,6 +258,21 @@ impl Connection {
         session: Option<skv_proto::Session>,
         consistency: skv_proto::Consistency,
     ) -> Result<ResponseBody, ClientError> {
+        self.call_within(body, session, consistency, self.request_timeout)
+            .await
+    }
+
+    /// [`Connection::call_with`], waiting at most `timeout` for the answer instead of the
+    /// connection's request timeout: the cluster client bounds each attempt so that it can
+    /// try another replica in time. Redirections come back as errors: MOVED as
+    /// [`ClientError::Moved`], NOT_LEADER as [`ClientError::NotLeader`].
+    pub async fn call_within(
+        &self,
+        body: RequestBody,
+        session: Option<skv_proto::Session>,
+        consistency: skv_proto::Consistency,
+        timeout: Duration,
+    ) -> Result<ResponseBody, ClientError> {
         let (reply, answer) = oneshot::channel();
         let lost = || ClientError::Disconnected {
             addr: self.addr.clone(),
@@ -272,11 +287,11 @@ impl Connection {
             })
             .await
             .map_err(|_| lost())?;
-        let answer = tokio::time::timeout(self.request_timeout, answer)
+        let answer = tokio::time::timeout(timeout, answer)
             .await
             .map_err(|_| ClientError::Timeout {
                 addr: self.addr.clone(),
-                after: self.request_timeout,
+                after: timeout,
                 waiting_for: "an answer",
             })?
             .map_err(|_| lost())??;
@@ -292,6 +307,15 @@ impl Connection {
                 epoch,
                 node,
                 addr,
+            }),
+            ResponseBody::NotLeader {
+                shard,
+                epoch,
+                leader,
+            } => Err(ClientError::NotLeader {
+                shard,
+                epoch,
+                leader,
             }),
             other => Ok(other),
         }
@@ -383,18 +407,7 @@ impl Connection {
             limit,
             cursor,
         };
-        match self.call(body).await? {
-            ResponseBody::ScanPage {
-                entries,
-                cursor,
-                epoch,
-            } => Ok(ScanPage {
-                entries,
-                cursor,
-                epoch,
-            }),
-            other => Err(unexpected("SCAN", &other)),
-        }
+        scan_answer(self.call(body).await?)
     }
 }
 
@@ -428,6 +441,21 @@ pub(crate) fn cas_answer(body: ResponseBody) -> Result<CasResult, ClientError> {
         ResponseBody::Written { version } => Ok(CasResult::Written(version)),
         ResponseBody::CasConflict { current } => Ok(CasResult::Conflict(current)),
         other => Err(unexpected("CAS", &other)),
+    }
+}
+
+pub(crate) fn scan_answer(body: ResponseBody) -> Result<ScanPage, ClientError> {
+    match body {
+        ResponseBody::ScanPage {
+            entries,
+            cursor,
+            epoch,
+        } => Ok(ScanPage {
+            entries,
+            cursor,
+            epoch,
+        }),
+        other => Err(unexpected("SCAN", &other)),
     }
 }
 

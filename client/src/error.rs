@@ -86,6 +86,53 @@ pub enum ClientError {
         /// Its address.
         addr: String,
     },
+    /// This node holds a replica of the key's shard but is not its leader; the leader it
+    /// knows of, if any, is `leader` (node id, address). The cluster client follows this
+    /// itself; a single [`crate::Connection`] reports it.
+    #[error("{}", not_leader_message(*shard, leader.as_ref()))]
+    NotLeader {
+        /// The key's shard.
+        shard: u32,
+        /// Epoch of the map the node routed by.
+        epoch: u64,
+        /// The leader the node knows of.
+        leader: Option<(String, String)>,
+    },
+    /// The key's shard has no working majority: it cannot elect a leader or commit, so
+    /// writes and linearizable reads fail until enough of its replicas are back. Stale reads
+    /// are still served by any replica that is up.
+    #[error(
+        "shard {shard} cannot commit writes: fewer than {quorum} of its {replicas} replicas are \
+         reachable (still after {waited:.1?}); reads with --consistency stale still work"
+    )]
+    Unavailable {
+        /// The shard.
+        shard: u32,
+        /// How many replicas it has.
+        replicas: usize,
+        /// How many must be reachable to commit: a majority.
+        quorum: usize,
+        /// How long the client kept trying.
+        waited: Duration,
+    },
+    /// No replica of the key's shard could be reached, for as long as the client kept trying.
+    /// Only that shard's slots are affected; requests for other slots keep working.
+    #[error(
+        "no replica of shard {shard} ({replicas}) can be reached; keys in slots {ranges} are \
+         unavailable until one is back (still after {waited:.1?}: {reason})"
+    )]
+    ShardDown {
+        /// The shard.
+        shard: u32,
+        /// Its replicas, comma-separated node ids.
+        replicas: String,
+        /// Its slot ranges, formatted (`0-5460, 10923-16383`).
+        ranges: String,
+        /// How long the client kept trying.
+        waited: Duration,
+        /// What the last connection attempt reported.
+        reason: String,
+    },
     /// The node serving the key's slot cannot be reached. Only that node's slots are
     /// affected; requests for other slots keep working.
     #[error(
@@ -110,8 +157,12 @@ impl ClientError {
         match self {
             ClientError::Config(_) => exit::USAGE,
             ClientError::Refused(_) => exit::REFUSED,
-            ClientError::Server(_) | ClientError::Moved { .. } => exit::SERVER,
+            ClientError::Server(_) | ClientError::Moved { .. } | ClientError::NotLeader { .. } => {
+                exit::SERVER
+            }
             ClientError::NodeDown { .. }
+            | ClientError::ShardDown { .. }
+            | ClientError::Unavailable { .. }
             | ClientError::Connect { .. }
             | ClientError::Tls(_)
             | ClientError::Protocol(_)
@@ -151,6 +202,18 @@ impl ClientError {
                 reason: err.to_string(),
             },
         }
+    }
+}
+
+fn not_leader_message(shard: u32, leader: Option<&(String, String)>) -> String {
+    match leader {
+        Some((node, addr)) => {
+            format!("this node is not the leader of shard {shard}; node {node} at {addr} is")
+        }
+        None => format!(
+            "this node is not the leader of shard {shard}, and knows of none (an election is \
+             running)"
+        ),
     }
 }
 

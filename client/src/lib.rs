@@ -9,7 +9,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 
-pub use cluster::{ClusterClient, ClusterScan};
+pub use cluster::{ClusterClient, ClusterScan, Failover};
 pub use config::{ConnectOptions, Profile, Security, DEFAULT_ADDR};
 pub use connection::{CasResult, Connection, ScanPage};
 pub use error::{exit, ClientError};

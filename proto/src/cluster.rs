@@ -3,9 +3,9 @@
 //!
 //! Keys are spread over [`SLOT_COUNT`] hash slots with the Redis Cluster function
 //! ([`hash_slot`]: CRC16/XMODEM of the key, or of its `{tag}` when it has one, mod 16384).
-//! Slot ranges belong to shards, and a shard lists its replicas (one per shard until
-//! replication exists; the first replica serves). The [`ClusterMap`] carries all of it plus an
-//! epoch that grows by one with every change, so any two maps can be ordered and a node or
+//! Slot ranges belong to shards, and a shard lists its replicas: the nodes of its Raft group,
+//! the first of which is the group's initial leader. The [`ClusterMap`] carries all of it plus
+//! an epoch that grows by one with every change, so any two maps can be ordered and a node or
 //! client always keeps the newer one.
 //!
 //! The map and the control messages travel as JSON inside frames (docs/PROTOCOL.md): they are
@@ -24,6 +24,10 @@ pub const MAX_MAP_BYTES: usize = 256 * 1024;
 
 /// Most nodes a map may list.
 pub const MAX_MAP_NODES: usize = 1024;
+
+/// Replicas per shard of a fresh cluster ([`ClusterMap::default_replicas`]): three survive
+/// one failed node, which is what replication is for at this size.
+pub const DEFAULT_REPLICAS: usize = 3;
 
 /// Largest control message accepted, in JSON bytes (it may carry a map).
 pub const MAX_CONTROL_BYTES: usize = MAX_MAP_BYTES + 4096;
@@ -206,6 +210,12 @@ pub struct NodeEntry {
     pub id: String,
     /// `HOST:PORT` clients and peers dial.
     pub addr: String,
+    /// The node's member id in every Raft group it belongs to: 1..=n for the nodes of a fresh
+    /// map, one more than the largest so far for a node added later, never reused, so a wiped
+    /// node that comes back under a new id cannot be taken for the member whose log it lost.
+    /// 0 in maps written before replication (absent from their JSON).
+    #[serde(default)]
+    pub raft_id: u64,
 }
 
 /// A shard: the replica group that owns some slots.
@@ -213,7 +223,8 @@ pub struct NodeEntry {
 pub struct ShardEntry {
     /// Shard id, unique in the map.
     pub id: u32,
-    /// Node ids holding the shard; the first one serves requests (one replica for now). A node
+    /// Node ids holding the shard: the members of its Raft group, distinct. The first one is
+    /// the group's initial leader (and the shard's server while it has one replica). A node
     /// may hold several shards.
     pub replicas: Vec<String>,
 }
@@ -264,8 +275,8 @@ impl ClusterMap {
         ClusterMap::even(cluster, &[(node.to_owned(), addr.to_owned())])
     }
 
-    /// A fresh cluster at epoch 1: one shard per node (shard `i + 1` on `nodes[i]`), slots
-    /// split into equal contiguous ranges in node order. `nodes` must not be empty.
+    /// A fresh cluster at epoch 1 with one replica per shard: [`ClusterMap::even_replicated`]
+    /// with `replicas` 1. `nodes` must not be empty.
     pub fn even(cluster: &str, nodes: &[(String, String)]) -> ClusterMap {
         let n = nodes.len().max(1) as u32;
         let mut slots = Vec::new();
@@ -283,9 +294,11 @@ impl ClusterMap {
             epoch: 1,
             nodes: nodes
                 .iter()
-                .map(|(id, addr)| NodeEntry {
+                .enumerate()
+                .map(|(i, (id, addr))| NodeEntry {
                     id: id.clone(),
                     addr: addr.clone(),
+                    raft_id: i as u64 + 1,
                 })
                 .collect(),
             shards: nodes
@@ -298,6 +311,76 @@ impl ClusterMap {
                 .collect(),
             slots,
         }
+    }
+
+    /// A fresh cluster at epoch 1: one shard per node, slots split into equal contiguous
+    /// ranges in node order, node `i` (from 0) with Raft id `i + 1`. Shard `i + 1` is
+    /// replicated on nodes `i, i + 1, …, i + replicas - 1` (mod the node count), so every
+    /// node holds `replicas` shards and is the first replica (the initial leader) of exactly
+    /// one: the load of leading is spread evenly, and losing one node costs each shard at most
+    /// one replica.
+    ///
+    /// Refused unless `1 <= replicas <= nodes.len()`.
+    pub fn even_replicated(
+        cluster: &str,
+        nodes: &[(String, String)],
+        replicas: usize,
+    ) -> Result<ClusterMap, MapError> {
+        if nodes.is_empty() {
+            return Err(MapError::Invalid(
+                "a cluster needs at least one node".into(),
+            ));
+        }
+        if replicas == 0 || replicas > nodes.len() {
+            return Err(MapError::Invalid(format!(
+                "{replicas} replicas per shard: choose 1 to {} (the number of nodes)",
+                nodes.len()
+            )));
+        }
+        let mut map = ClusterMap::even(cluster, nodes);
+        let n = nodes.len();
+        for (i, shard) in map.shards.iter_mut().enumerate() {
+            shard.replicas = (0..replicas)
+                .map(|k| nodes[(i + k) % n].0.clone())
+                .collect();
+        }
+        map.validate()?;
+        Ok(map)
+    }
+
+    /// The replication factor `skv cluster init` uses for `nodes` nodes when told none:
+    /// [`DEFAULT_REPLICAS`], or every node in a smaller cluster.
+    pub fn default_replicas(nodes: usize) -> usize {
+        DEFAULT_REPLICAS.min(nodes).max(1)
+    }
+
+    /// The Raft id for a node joining this map: one more than the largest so far.
+    pub fn next_raft_id(&self) -> u64 {
+        self.nodes.iter().map(|n| n.raft_id).max().unwrap_or(0) + 1
+    }
+
+    /// The node with Raft id `raft_id` (never 0, which old maps use for "none").
+    pub fn node_by_raft_id(&self, raft_id: u64) -> Option<&NodeEntry> {
+        if raft_id == 0 {
+            return None;
+        }
+        self.nodes.iter().find(|n| n.raft_id == raft_id)
+    }
+
+    /// The shard with id `id`.
+    pub fn shard(&self, id: u32) -> Option<&ShardEntry> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+
+    /// Every shard `node` is a replica of, by shard id.
+    pub fn shards_of_node<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a ShardEntry> {
+        let mut held: Vec<&ShardEntry> = self
+            .shards
+            .iter()
+            .filter(|s| s.replicas.iter().any(|r| r == node))
+            .collect();
+        held.sort_by_key(|s| s.id);
+        held.into_iter()
     }
 
     /// Parse and [`validate`](ClusterMap::validate) a map.
@@ -315,9 +398,9 @@ impl ClusterMap {
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
 
-    /// Check the map's structure: unique node and shard ids, every replica a known node,
-    /// slot ranges sorted and covering `0..SLOT_COUNT` exactly once, owned by known shards
-    /// that have at least one replica.
+    /// Check the map's structure: unique node ids and (non-zero) Raft ids, unique shard ids,
+    /// every shard with 1 to `nodes.len()` distinct replicas that are nodes of the map, slot
+    /// ranges sorted and covering `0..SLOT_COUNT` exactly once, owned by known shards.
     pub fn validate(&self) -> Result<(), MapError> {
         let bad = |msg: String| Err(MapError::Invalid(msg));
         if self.nodes.len() > MAX_MAP_NODES {
@@ -338,6 +421,16 @@ impl ClusterMap {
                 return bad(format!("node {} is listed twice", node.id));
             }
         }
+        // 0 is what maps from before replication carry for every node: no id yet.
+        let mut raft_ids = HashSet::new();
+        for node in self.nodes.iter().filter(|n| n.raft_id != 0) {
+            if !raft_ids.insert(node.raft_id) {
+                return bad(format!(
+                    "Raft id {} is given to more than one node (node {} among them)",
+                    node.raft_id, node.id
+                ));
+            }
+        }
         let mut shard_ids = HashSet::new();
         for shard in &self.shards {
             if !shard_ids.insert(shard.id) {
@@ -345,6 +438,14 @@ impl ClusterMap {
             }
             if shard.replicas.is_empty() {
                 return bad(format!("shard {} has no replica", shard.id));
+            }
+            if shard.replicas.len() > self.nodes.len() {
+                return bad(format!(
+                    "shard {} lists {} replicas but the map has {} nodes",
+                    shard.id,
+                    shard.replicas.len(),
+                    self.nodes.len()
+                ));
             }
             // A node may hold several shards, but a shard holds a node once.
             let mut replicas = HashSet::new();
@@ -468,17 +569,20 @@ impl ClusterMap {
         owners
     }
 
-    /// The next map with node `id` at `addr` added, holding a new empty shard (or with its
-    /// address updated when it is already listed).
+    /// The next map with node `id` at `addr` added, holding a new empty shard, with the
+    /// next Raft id ([`ClusterMap::next_raft_id`]); or with its address updated when it is
+    /// already listed (its Raft id kept).
     pub fn with_node(&self, id: &str, addr: &str) -> ClusterMap {
         let mut next = self.clone();
         next.epoch += 1;
         if let Some(node) = next.nodes.iter_mut().find(|n| n.id == id) {
             node.addr = addr.to_owned();
         } else {
+            let raft_id = next.next_raft_id();
             next.nodes.push(NodeEntry {
                 id: id.to_owned(),
                 addr: addr.to_owned(),
+                raft_id,
             });
         }
         if next.home_shard(id).is_none() {
@@ -902,6 +1006,118 @@ mod tests {
         assert!(short.validate().is_err());
         assert!(ClusterMap::from_json(b"{\"cluster\":1}").is_err());
         assert!(ClusterMap::from_json(&vec![b' '; MAX_MAP_BYTES + 1]).is_err());
+    }
+
+    fn named(n: usize) -> Vec<(String, String)> {
+        (1..=n)
+            .map(|i| (format!("n{i}"), format!("h:{i}")))
+            .collect()
+    }
+
+    fn replicas(map: &ClusterMap) -> Vec<Vec<&str>> {
+        map.shards
+            .iter()
+            .map(|s| s.replicas.iter().map(String::as_str).collect())
+            .collect()
+    }
+
+    #[test]
+    fn replicated_maps_place_shards_on_consecutive_nodes() {
+        let three = ClusterMap::even_replicated("t", &named(3), 3).unwrap();
+        assert_eq!(
+            replicas(&three),
+            [["n1", "n2", "n3"], ["n2", "n3", "n1"], ["n3", "n1", "n2"]]
+        );
+        let five = ClusterMap::even_replicated("t", &named(5), 3).unwrap();
+        assert_eq!(
+            replicas(&five),
+            [
+                ["n1", "n2", "n3"],
+                ["n2", "n3", "n4"],
+                ["n3", "n4", "n5"],
+                ["n4", "n5", "n1"],
+                ["n5", "n1", "n2"],
+            ]
+        );
+        for i in 1..=5 {
+            let id = format!("n{i}");
+            assert_eq!(five.shards_of_node(&id).count(), 3, "{id} holds 3 shards");
+            assert_eq!(five.shards_served_by(&id).count(), 1, "{id} leads 1 shard");
+        }
+        assert_eq!(
+            five.nodes.iter().map(|n| n.raft_id).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        // Slots as in the unreplicated map; the first replica is the initial owner.
+        assert_eq!(five.slots, ClusterMap::even("t", &named(5)).slots);
+        assert_eq!(five.owner_of_slot(0).unwrap().id, "n1");
+        assert_eq!(ClusterMap::from_json(&five.to_json()).unwrap(), five);
+
+        // Two nodes: the default is both.
+        assert_eq!(ClusterMap::default_replicas(2), 2);
+        assert_eq!(ClusterMap::default_replicas(1), 1);
+        assert_eq!(ClusterMap::default_replicas(3), 3);
+        assert_eq!(ClusterMap::default_replicas(9), 3);
+        let two = ClusterMap::even_replicated("t", &named(2), 2).unwrap();
+        assert_eq!(replicas(&two), [["n1", "n2"], ["n2", "n1"]]);
+        // One replica: the old placement exactly.
+        assert_eq!(
+            ClusterMap::even_replicated("t", &named(4), 1).unwrap(),
+            ClusterMap::even("t", &named(4))
+        );
+    }
+
+    #[test]
+    fn replica_counts_and_raft_ids_are_validated() {
+        for (nodes, replicas) in [(3, 0), (3, 4), (1, 2), (0, 1)] {
+            let err = ClusterMap::even_replicated("t", &named(nodes), replicas).unwrap_err();
+            assert!(
+                matches!(err, MapError::Invalid(_)),
+                "{nodes}/{replicas}: {err}"
+            );
+        }
+        let good = ClusterMap::even_replicated("t", &named(3), 3).unwrap();
+        let mut twice = good.clone();
+        twice.shards[0].replicas = vec!["n1".into(), "n2".into(), "n1".into()];
+        assert!(twice.validate().unwrap_err().to_string().contains("twice"));
+        let mut stranger = good.clone();
+        stranger.shards[1].replicas[2] = "n9".into();
+        assert!(stranger.validate().unwrap_err().to_string().contains("n9"));
+        let mut too_many = ClusterMap::even("t", &named(2));
+        too_many.shards[0].replicas = vec!["n1".into(), "n2".into(), "n3".into()];
+        assert!(too_many.validate().is_err());
+        let mut same_raft_id = good.clone();
+        same_raft_id.nodes[2].raft_id = 1;
+        assert!(same_raft_id
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("Raft id 1"));
+    }
+
+    #[test]
+    fn maps_from_before_replication_parse_and_new_nodes_get_fresh_raft_ids() {
+        let old = br#"{"cluster": "skv", "epoch": 3,
+            "nodes": [{"id": "n1", "addr": "h:1"}, {"id": "n2", "addr": "h:2"}],
+            "shards": [{"id": 1, "replicas": ["n1"]}, {"id": 2, "replicas": ["n2"]}],
+            "slots": [{"start": 0, "end": 8191, "shard": 1},
+                      {"start": 8192, "end": 16383, "shard": 2}]}"#;
+        let map = ClusterMap::from_json(old).unwrap();
+        assert!(map.nodes.iter().all(|n| n.raft_id == 0));
+        assert_eq!(map.node_by_raft_id(0), None);
+        let grown = map.with_node("n3", "h:3");
+        assert_eq!(grown.node("n3").unwrap().raft_id, 1);
+
+        let map = ClusterMap::even_replicated("t", &named(3), 3).unwrap();
+        let grown = map.with_node("n4", "h:4").with_node("n5", "h:5");
+        assert_eq!(grown.node("n4").unwrap().raft_id, 4);
+        assert_eq!(grown.node("n5").unwrap().raft_id, 5);
+        assert_eq!(grown.node_by_raft_id(5).unwrap().id, "n5");
+        // A new address for a listed node keeps its id.
+        let moved = grown.with_node("n2", "h:22");
+        assert_eq!(moved.node("n2").unwrap().raft_id, 2);
+        assert_eq!(moved.node("n2").unwrap().addr, "h:22");
+        moved.validate().unwrap();
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub fn error_kind(err: &ClientError) -> String {
         ClientError::Server(wire) => format!("server:{}", wire.code),
         ClientError::Moved { .. } => "moved".into(),
         ClientError::NodeDown { .. } => "node_down".into(),
+        ClientError::NotLeader { .. } => "not_leader".into(),
+        ClientError::Unavailable { .. } => "unavailable".into(),
+        ClientError::ShardDown { .. } => "shard_down".into(),
     }
 }
 

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -66,9 +66,40 @@ pub(crate) struct ConnArgs {
     /// File holding the token (used when --token/SKV_TOKEN is not given).
     #[arg(long, env = "SKV_TOKEN_FILE", value_name = "FILE")]
     pub(crate) token_file: Option<PathBuf>,
-    /// Seconds to wait for a connection and for each answer.
+    /// Seconds a command may take in all. A request whose node fails (or whose shard is
+    /// electing a new leader) is retried on the shard's other replicas until then, so a
+    /// failed leader shows as a delay, not an error.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub(crate) timeout: u64,
+    /// Seconds to wait for one node (connecting, or one answer) before trying another
+    /// replica of the shard. Shards with a single replica wait up to --timeout instead.
+    #[arg(long, value_name = "SECS", default_value_t = 2)]
+    pub(crate) attempt_timeout: u64,
+    /// How fresh reads (get, scan) must be. `linearizable`: answered by the shard's leader
+    /// once a majority of its replicas confirm it still leads, so a read sees every write
+    /// acknowledged before it. `stale`: answered by any replica from what it has applied, so
+    /// it may miss recent writes, but it is served even when the shard has no quorum (when
+    /// writes and linearizable reads fail). Writes are always linearizable.
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = ReadConsistency::Linearizable)]
+    pub(crate) consistency: ReadConsistency,
+}
+
+/// `--consistency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReadConsistency {
+    /// Read from the shard's leader, confirmed by a quorum.
+    Linearizable,
+    /// Read from any replica; may miss recent writes.
+    Stale,
+}
+
+impl From<ReadConsistency> for skv_proto::Consistency {
+    fn from(c: ReadConsistency) -> skv_proto::Consistency {
+        match c {
+            ReadConsistency::Linearizable => skv_proto::Consistency::Linearizable,
+            ReadConsistency::Stale => skv_proto::Consistency::Stale,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +322,12 @@ pub(crate) struct ClusterInitArgs {
     /// Port of n1; node nI listens on 127.0.0.1:(P + I - 1).
     #[arg(long, value_name = "P", default_value_t = 7401)]
     pub(crate) base_port: u16,
+    /// Replicas per shard [default: 3, or every node when there are fewer]. Each of the N
+    /// shards is a Raft group over R consecutive nodes, so every node holds R shards and
+    /// initially leads one. A shard keeps accepting writes while a majority of its replicas
+    /// is up: 3 replicas survive one failed node, 5 survive two; 1 means no replication.
+    #[arg(long, value_name = "R")]
+    pub(crate) replicas: Option<u16>,
     /// Replace a cluster already in DIR, DELETING its data, logs and credentials. Refused
     /// while any of its nodes runs.
     #[arg(long)]
@@ -313,4 +350,28 @@ pub(crate) struct DemoArgs {
     /// Keep the demo's PKI and data here instead of a temporary directory.
     #[arg(long, value_name = "DIR")]
     pub(crate) dir: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistency_is_linearizable_unless_stale_is_asked_for() {
+        let cli = Cli::try_parse_from(["skv", "get", "k"]).unwrap();
+        assert_eq!(cli.conn.consistency, ReadConsistency::Linearizable);
+        assert_eq!((cli.conn.timeout, cli.conn.attempt_timeout), (10, 2));
+        let cli = Cli::try_parse_from(["skv", "--consistency", "stale", "scan", "p/"]).unwrap();
+        assert_eq!(
+            skv_proto::Consistency::from(cli.conn.consistency),
+            skv_proto::Consistency::Stale
+        );
+        assert!(Cli::try_parse_from(["skv", "--consistency", "eventual", "get", "k"]).is_err());
+        let cli =
+            Cli::try_parse_from(["skv", "cluster", "init", "--dir", "d", "--nodes", "5"]).unwrap();
+        let Command::Cluster(ClusterCommand::Init(init)) = cli.command else {
+            panic!("not init");
+        };
+        assert_eq!(init.replicas, None);
+    }
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use skv_client::{
-    exit, CasResult, ClientError, ClusterClient, ConnectOptions, Connection, Profile, Security,
+    exit, CasResult, ClientError, ClusterClient, ConnectOptions, Connection, Failover, Profile,
+    Security,
 };
 use skv_proto::ErrorCode;
 
@@ -17,13 +18,16 @@ use crate::output;
 /// Run a data command; returns the exit code.
 pub(crate) fn run(conn: &ConnArgs, json: bool, command: Command) -> u8 {
     let mut sent_token = false;
-    let result = connect_settings(conn).and_then(|(opts, seeds)| {
+    let result = connect_settings(conn).and_then(|(mut opts, seeds)| {
         sent_token = opts.token.is_some();
+        // Another node can be tried for the first contact too (the profile's seeds), so one
+        // that does not answer costs an attempt, not the whole --timeout.
+        opts.connect_timeout = opts.connect_timeout.min(attempt_timeout(conn));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| ClientError::Config(format!("cannot start the async runtime: {e}")))?;
-        runtime.block_on(execute(opts, seeds, json, command))
+        runtime.block_on(execute(opts, seeds, conn, json, command))
     });
     match result {
         Ok(code) => code,
@@ -147,9 +151,24 @@ fn value_of(arg: OsString) -> Result<Bytes, ClientError> {
     }
 }
 
+/// `--attempt-timeout`, at least a second and at most `--timeout`.
+fn attempt_timeout(conn: &ConnArgs) -> Duration {
+    Duration::from_secs(conn.attempt_timeout.clamp(1, conn.timeout.max(1)))
+}
+
+/// How the data commands fail over: attempts of `--attempt-timeout` within `--timeout`.
+fn failover(conn: &ConnArgs) -> Failover {
+    Failover {
+        attempt_timeout: attempt_timeout(conn),
+        deadline: Duration::from_secs(conn.timeout.max(1)),
+        ..Failover::default()
+    }
+}
+
 async fn execute(
     opts: ConnectOptions,
     seeds: Vec<String>,
+    conn: &ConnArgs,
     json: bool,
     command: Command,
 ) -> Result<u8, ClientError> {
@@ -157,7 +176,10 @@ async fn execute(
         return ping(&opts, json).await;
     }
     // Every data command routes by key, so any node of a cluster is a good first contact.
-    let client = ClusterClient::connect(opts, seeds).await?;
+    let client = ClusterClient::connect(opts, seeds)
+        .await?
+        .with_failover(failover(conn))
+        .with_consistency(conn.consistency.into());
     match command {
         Command::Get { key } => {
             let key = bytes_of(key);

@@ -19,6 +19,7 @@ fn two_shard_map() -> ClusterMap {
     let node = |id: &str, port: u16| NodeEntry {
         id: id.into(),
         addr: format!("127.0.0.1:{port}"),
+        raft_id: u64::from(port),
     };
     let shard = |id: u32, node: &str| ShardEntry {
         id,

@@ -45,6 +45,17 @@ pub(super) fn run(args: ClusterInitArgs) -> Result<u8> {
             skv_proto::cluster::MAX_MAP_NODES
         )));
     }
+    let replicas = args
+        .replicas
+        .map_or_else(|| ClusterMap::default_replicas(nodes.len()), usize::from);
+    let map = ClusterMap::even_replicated(&args.cluster, &nodes, replicas).map_err(|_| {
+        Failure::usage(format!(
+            "--replicas {replicas} does not fit --nodes {}: every replica of a shard is on \
+             another node, so choose 1 to {}",
+            nodes.len(),
+            nodes.len()
+        ))
+    })?;
 
     fs::create_dir_all(&args.dir)
         .map_err(|e| Failure::usage(format!("cannot create {}: {e}", args.dir.display())))?;
@@ -77,7 +88,6 @@ pub(super) fn run(args: ClusterInitArgs) -> Result<u8> {
     let stage = ClusterDir {
         root: staging.path().to_owned(),
     };
-    let map = ClusterMap::even(&args.cluster, &nodes);
     let addrs: Vec<String> = nodes.iter().map(|(_, addr)| addr.clone()).collect();
     write_everything(&stage, &args.cluster, &nodes, &map, &addrs)?;
 
@@ -123,15 +133,18 @@ pub(super) fn run(args: ClusterInitArgs) -> Result<u8> {
         shown.join("issuer").display()
     );
     println!(
-        "wrote {} (map epoch {})",
+        "wrote {} (map epoch {}, {} shards with {replicas} replica(s) each)",
         shown.join("cluster.json").display(),
-        map.epoch
+        map.epoch,
+        map.shards.len()
     );
     for (id, addr) in &nodes {
+        let held: Vec<String> = map.shards_of_node(id).map(|s| s.id.to_string()).collect();
         println!(
-            "wrote {} (node {id} at {addr}, slots {})",
+            "wrote {} (node {id} at {addr}, first replica of slots {}; holds shard(s) {})",
             shown.join("nodes").join(format!("{id}.toml")).display(),
-            format_ranges(&map.ranges_of_node(id))
+            format_ranges(&map.ranges_of_node(id)),
+            held.join(", ")
         );
     }
     println!(
@@ -225,6 +238,7 @@ mod tests {
             nodes,
             cluster: "t".into(),
             base_port: 7401,
+            replicas: None,
             force,
         }
     }
@@ -291,15 +305,18 @@ mod tests {
 
         let cd = ClusterDir::open(&dir).unwrap();
         let map = cd.bootstrap_map().unwrap();
+        // Two nodes: both hold every shard by default.
         assert_eq!(
             map,
-            ClusterMap::even(
+            ClusterMap::even_replicated(
                 "t",
                 &[
                     ("n1".into(), "127.0.0.1:7401".into()),
                     ("n2".into(), "127.0.0.1:7402".into()),
-                ]
+                ],
+                2
             )
+            .unwrap()
         );
         // The profile is one the client library accepts, with every node as a seed.
         let profile = skv_client::Profile::load(&cd.client_profile()).unwrap();
@@ -355,9 +372,36 @@ mod tests {
                 cluster: "Bad Name".into(),
                 ..args(&dir, 2, false)
             },
+            ClusterInitArgs {
+                replicas: Some(3),
+                ..args(&dir, 2, false)
+            },
+            ClusterInitArgs {
+                replicas: Some(0),
+                ..args(&dir, 2, false)
+            },
         ] {
             assert_eq!(run(bad).unwrap_err().code, exit::USAGE);
         }
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn replicas_default_to_three_and_can_be_chosen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let five = tmp.path().join("five");
+        run(args(&five, 5, false)).unwrap();
+        let map = ClusterDir::open(&five).unwrap().bootstrap_map().unwrap();
+        assert!(map.shards.iter().all(|s| s.replicas.len() == 3));
+        assert_eq!(map.shards[4].replicas, ["n5", "n1", "n2"]);
+
+        let single = tmp.path().join("single");
+        run(ClusterInitArgs {
+            replicas: Some(1),
+            ..args(&single, 3, false)
+        })
+        .unwrap();
+        let map = ClusterDir::open(&single).unwrap().bootstrap_map().unwrap();
+        assert!(map.shards.iter().all(|s| s.replicas.len() == 1));
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use skv_client::{exit, ClientError, ConnectOptions, Connection};
-use skv_proto::cluster::{format_ranges, ClusterMap, ControlRequest, ControlResponse, NodeStatus};
+use skv_proto::cluster::{
+    format_ranges, ClusterMap, ControlRequest, ControlResponse, NodeStatus, ShardEntry,
+};
 
 use super::{process, runtime, ClusterDir, Result};
 
@@ -159,11 +161,22 @@ fn to_json(map: &ClusterMap, map_from: Option<&str>, rows: &[Row]) -> Value {
         })
         .collect();
     let up = rows.iter().filter(|r| r.report.is_ok()).count();
+    let shards: Vec<Value> = shards_by_id(map)
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "ranges": map.ranges_of_shard(s.id),
+                "replicas": s.replicas,
+                "leader": reported_leader(rows, s.id),
+            })
+        })
+        .collect();
     json!({
         "cluster": map.cluster,
         "epoch": map.epoch,
         "map_from": map_from,
         "nodes": nodes,
+        "shards": shards,
         "up": up,
         "down": rows.len() - up,
     })
@@ -260,15 +273,69 @@ pub(crate) fn render_table(
             );
         }
     }
+    // Which nodes hold each shard, from the map: the first replica is the one the map
+    // names to lead at first (the node's own report says who leads now).
+    let shards: Vec<[String; 4]> = shards_by_id(map)
+        .map(|s| {
+            [
+                format!("shard {}", s.id),
+                format_ranges(&map.ranges_of_shard(s.id)),
+                s.replicas.join(", "),
+                reported_leader(rows, s.id).unwrap_or("-").to_owned(),
+            ]
+        })
+        .collect();
+    if !shards.is_empty() {
+        let width = |c: usize, head: &str| {
+            shards
+                .iter()
+                .map(|r| r[c].len())
+                .chain([head.len()])
+                .max()
+                .unwrap_or(0)
+        };
+        let (shard_w, slots_w, replicas_w) =
+            (width(0, "SHARD"), width(1, "SLOTS"), width(2, "REPLICAS"));
+        let _ = writeln!(
+            out,
+            "{:<shard_w$}  {:<slots_w$}  {:<replicas_w$}  LEADER",
+            "SHARD", "SLOTS", "REPLICAS"
+        );
+        for [shard, slots, replicas, leader] in &shards {
+            let _ = writeln!(
+                out,
+                "{shard:<shard_w$}  {slots:<slots_w$}  {replicas:<replicas_w$}  {leader}"
+            );
+        }
+    }
     let up = rows.iter().filter(|r| r.report.is_ok()).count();
     let _ = writeln!(out, "{up} of {} node(s) up", rows.len());
     out
 }
 
+/// The node that reports leading `shard`, if one that answered does.
+fn reported_leader(rows: &[Row], shard: u32) -> Option<&str> {
+    rows.iter().find_map(|r| {
+        let status = r.report.as_ref().ok()?;
+        status
+            .replicas
+            .iter()
+            .any(|g| g.shard == shard && g.role == "leader")
+            .then_some(r.id.as_str())
+    })
+}
+
+/// The map's shards in id order.
+fn shards_by_id(map: &ClusterMap) -> impl Iterator<Item = &ShardEntry> {
+    let mut shards: Vec<&ShardEntry> = map.shards.iter().collect();
+    shards.sort_by_key(|s| s.id);
+    shards.into_iter()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skv_proto::cluster::{Migrating, SlotRange};
+    use skv_proto::cluster::{Migrating, ReplicaStatus, SlotRange};
 
     fn rows(map: &ClusterMap) -> Vec<Row> {
         vec![
@@ -342,7 +409,67 @@ mod tests {
         assert!(lines[4].contains("no slots"));
         assert!(text.contains("n2 down: cannot connect to 127.0.0.1:7402"));
         assert!(text.contains("skv cluster add-node --dir /c --id n3"));
+        assert!(
+            text.contains("shard 1  0-8191      n1        -\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shard 2  8192-16383  n2        -\n"),
+            "{text}"
+        );
         assert_eq!(lines.last(), Some(&"2 of 3 node(s) up"));
+    }
+
+    #[test]
+    fn the_table_lists_every_shard_with_its_replicas() {
+        let nodes: Vec<(String, String)> = (1..=3)
+            .map(|i| (format!("n{i}"), format!("127.0.0.1:740{i}")))
+            .collect();
+        let map = ClusterMap::even_replicated("skv", &nodes, 3).unwrap();
+        // n2 answered and leads shard 3 now; nobody reports on the others.
+        let rows = vec![Row {
+            id: "n2".into(),
+            addr: "127.0.0.1:7402".into(),
+            in_map: true,
+            configured: true,
+            pid: None,
+            report: Ok(NodeStatus {
+                node: "n2".into(),
+                epoch: map.epoch,
+                keys: 0,
+                ranges: Vec::new(),
+                migrating: None,
+                replicas: vec![ReplicaStatus {
+                    shard: 3,
+                    role: "leader".into(),
+                    leader: Some("n2".into()),
+                    term: 2,
+                    last_log: 9,
+                    applied: 9,
+                    lag: Vec::new(),
+                    quorum_ack_ms: Some(3),
+                    keys: 0,
+                }],
+            }),
+        }];
+        let text = render_table(Path::new("/c"), &map, None, &rows);
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("SHARD"))
+            .expect("a shard table");
+        assert_eq!(lines[at], "SHARD    SLOTS        REPLICAS    LEADER");
+        assert_eq!(lines[at + 1], "shard 1  0-5460       n1, n2, n3  -");
+        assert_eq!(lines[at + 2], "shard 2  5461-10921   n2, n3, n1  -");
+        assert_eq!(lines[at + 3], "shard 3  10922-16383  n3, n1, n2  n2");
+        let value = to_json(&map, None, &rows);
+        assert_eq!(value["shards"][1]["replicas"], json!(["n2", "n3", "n1"]));
+        assert_eq!(value["shards"][2]["leader"], "n2");
+        assert_eq!(value["shards"][0]["leader"], Value::Null);
+        assert_eq!(
+            value["shards"][2]["ranges"],
+            json!([{"start": 10922, "end": 16383}])
+        );
     }
 
     #[test]
