@@ -47,8 +47,17 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// `n` nodes `n1..nN` with an even map, plus certificates for `spare` more nodes that are
-    /// not in the map (for add-node tests).
+    /// not in the map (for add-node tests). One replica per shard.
     pub fn start(n: usize, spare: usize) -> anyhow::Result<LocalCluster> {
+        LocalCluster::start_replicated(n, spare, 1)
+    }
+
+    /// [`LocalCluster::start`] with `replicas` replicas per shard (shard i on nodes i, i+1, …).
+    pub fn start_replicated(
+        n: usize,
+        spare: usize,
+        replicas: usize,
+    ) -> anyhow::Result<LocalCluster> {
         let dir = tempfile::Builder::new().prefix("skv-cluster-").tempdir()?;
         let layout = Layout::new(dir.path().join("pki"));
         let names: Vec<String> = (1..=n + spare).map(|i| format!("n{i}")).collect();
@@ -80,7 +89,7 @@ impl LocalCluster {
             .zip(&ports)
             .map(|(id, port)| (id.clone(), format!("127.0.0.1:{port}")))
             .collect();
-        let map = ClusterMap::even(CLUSTER, &members);
+        let map = ClusterMap::even_replicated(CLUSTER, &members, replicas)?;
         let map_file = dir.path().join("cluster.json");
         std::fs::write(&map_file, map.to_json())?;
         let mut cluster = LocalCluster {

@@ -12,4 +12,5 @@ mod durability;
 mod first_hour;
 mod ladder;
 mod ops;
+mod replication;
 mod tls;

@@ -1,0 +1,532 @@
+//! Replication against real node processes: 3 nodes, every shard a Raft group of 3 replicas.
+//! Nodes are killed with SIGKILL under concurrent load and restarted; every acknowledged write
+//! is then checked key by key. Also: the whole cluster losing power, two of three down, a
+//! wiped node replaced, two administrators moving slots at once, a node pushing a map, and a
+//! write retried with its session.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use skv_client::{ClientError, ClusterClient, Connection, Failover};
+use skv_proto::cluster::{
+    hash_slot, ClusterMap, ControlRequest, ControlResponse, NodeStatus, SlotRange,
+};
+use skv_proto::{Consistency, ErrorCode, RequestBody, ResponseBody, Session};
+use skv_tests::cluster::LocalCluster;
+use skv_tests::Node;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("tokio runtime")
+}
+
+/// Wait until every shard of the cluster has a leader that `client` can write through: a
+/// fresh cluster elects its leaders within a couple of election timeouts.
+async fn wait_writable(client: &ClusterClient, map: &ClusterMap) -> anyhow::Result<()> {
+    for shard in &map.shards {
+        let range = map.ranges_of_shard(shard.id);
+        let Some(first) = range.first() else { continue };
+        let key = key_in_slot_range(first.start, first.end, "ready");
+        let started = std::time::Instant::now();
+        loop {
+            match client.put(key.clone(), "ready").await {
+                Ok(_) => break,
+                Err(err) if started.elapsed() < Duration::from_secs(30) => {
+                    tracing_note(&format!("shard {} not writable yet: {err}", shard.id));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => anyhow::bail!("shard {} never became writable: {err}", shard.id),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tracing_note(msg: &str) {
+    eprintln!("{msg}");
+}
+
+/// A key whose slot lies in `start..=end`.
+fn key_in_slot_range(start: u16, end: u16, tag: &str) -> Bytes {
+    (0u64..)
+        .map(|i| format!("{tag}-{i}"))
+        .find(|k| (start..=end).contains(&hash_slot(k.as_bytes())))
+        .map(Bytes::from)
+        .expect("some key hashes into every range")
+}
+
+async fn client(cluster: &LocalCluster, via: &str) -> anyhow::Result<ClusterClient> {
+    let seeds = cluster
+        .nodes
+        .iter()
+        .filter_map(|(_, n)| n.as_ref().map(|n| n.addr.clone()))
+        .collect();
+    Ok(ClusterClient::connect(cluster.client("alice", &cluster.addr(via)), seeds).await?)
+}
+
+/// What the load acknowledged: key → the value of its last acknowledged write.
+type Acked = Arc<Mutex<BTreeMap<Bytes, Bytes>>>;
+
+/// Five writers and five readers on their own keys until `stop`; returns (writes, failures).
+fn spawn_load(
+    client: &ClusterClient,
+    acked: &Acked,
+    stop: &Arc<AtomicBool>,
+    failures: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    let mut tasks = Vec::new();
+    for writer in 0..5u32 {
+        let client = client.clone();
+        let acked = acked.clone();
+        let stop = stop.clone();
+        let failures = failures.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Each write goes to a new key, so the check below is exact.
+                let key = Bytes::from(format!("load/{writer}/{n}"));
+                let value = Bytes::from(format!("v{writer}-{n}"));
+                match client.put(key.clone(), value.clone()).await {
+                    Ok(_) => {
+                        acked.lock().expect("acked").insert(key, value);
+                    }
+                    Err(err) => {
+                        eprintln!("write {key:?} failed: {err}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    for reader in 0..5u32 {
+        let client = client.clone();
+        let acked = acked.clone();
+        let stop = stop.clone();
+        let failures = failures.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let pick = {
+                    let acked = acked.lock().expect("acked");
+                    let len = acked.len();
+                    (len > 0)
+                        .then(|| acked.iter().nth((n as usize * 7919 + reader as usize) % len))
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                };
+                if let Some((key, value)) = pick {
+                    match client.get(key.clone()).await {
+                        Ok(Some((_, got))) => assert_eq!(got, value, "read of {key:?}"),
+                        Ok(None) => panic!("acknowledged key {key:?} is missing"),
+                        Err(err) => {
+                            eprintln!("read {key:?} failed: {err}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                } else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    tasks
+}
+
+/// Every acknowledged write is there, read linearizably through any entry node.
+async fn check_acked(client: &ClusterClient, acked: &Acked) -> anyhow::Result<usize> {
+    let acked = acked.lock().expect("acked").clone();
+    for (key, value) in &acked {
+        let got = client.get(key.clone()).await?;
+        anyhow::ensure!(
+            got.as_ref().map(|(_, v)| v) == Some(value),
+            "acknowledged write {key:?} = {value:?} reads back as {got:?}"
+        );
+    }
+    Ok(acked.len())
+}
+
+#[test]
+fn every_node_killed_in_turn_under_load_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    let mut cluster = LocalCluster::start_replicated(3, 0, 3)?;
+    let rt = rt();
+    let client = rt.block_on(client(&cluster, "n1"))?;
+    let map = client.map();
+    assert!(map.shards.iter().all(|s| s.replicas.len() == 3));
+    rt.block_on(wait_writable(&client, &map))?;
+
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let tasks = rt.block_on(async { spawn_load(&client, &acked, &stop, &failures) });
+    for id in ["n1", "n2", "n3"] {
+        std::thread::sleep(Duration::from_secs(2));
+        let before = acked.lock().expect("acked").len();
+        let node = cluster.take(id);
+        let (args, log) = (node.args.clone(), node.log.clone());
+        node.kill9()?;
+        // The others keep serving: writes are acknowledged while the node is down.
+        std::thread::sleep(Duration::from_secs(4));
+        let during = acked.lock().expect("acked").len();
+        assert!(
+            during > before,
+            "no write was acknowledged in the 4 s {id} was down ({before} → {during})"
+        );
+        let old = Node::start(&args, &log)?;
+        cluster
+            .nodes
+            .iter_mut()
+            .find(|(n, _)| n == id)
+            .expect("node")
+            .1 = Some(old);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let ops: u64 = rt.block_on(async {
+        let mut ops = 0;
+        for t in tasks {
+            ops += t.await.expect("load task");
+        }
+        ops
+    });
+    let failed = failures.load(Ordering::Relaxed);
+    assert_eq!(
+        failed, 0,
+        "{failed} of {ops} operations failed although a quorum was up throughout"
+    );
+    let checked = rt.block_on(check_acked(&client, &acked))?;
+    assert!(checked > 100, "only {checked} writes were acknowledged");
+    // And through each node as entry point, with every node back.
+    for id in ["n1", "n2", "n3"] {
+        let entry = rt.block_on(client_via(&cluster, id))?;
+        rt.block_on(check_acked(&entry, &acked))?;
+    }
+    Ok(())
+}
+
+async fn client_via(cluster: &LocalCluster, id: &str) -> anyhow::Result<ClusterClient> {
+    client(cluster, id).await
+}
+
+#[test]
+fn the_whole_cluster_losing_power_keeps_every_acknowledged_write() -> anyhow::Result<()> {
+    let mut cluster = LocalCluster::start_replicated(3, 0, 3)?;
+    let rt = rt();
+    let acked: Acked = Arc::default();
+    rt.block_on(async {
+        let client = client(&cluster, "n2").await?;
+        wait_writable(&client, &client.map()).await?;
+        // Concurrent writers, so the kill lands while batches are in flight.
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let client = client.clone();
+            let acked = acked.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..150 {
+                    let key = Bytes::from(format!("power/{w}/{i}"));
+                    let value = Bytes::from(format!("{w}:{i}"));
+                    if client.put(key.clone(), value.clone()).await.is_ok() {
+                        acked.lock().expect("acked").insert(key, value);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let written = acked.lock().expect("acked").len();
+    assert_eq!(written, 8 * 150, "every write is acknowledged with all nodes up");
+    // Power off: every node at once, no chance to flush.
+    let nodes: Vec<(String, Node)> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| (id.to_string(), cluster.take(id)))
+        .collect();
+    let mut restarts = Vec::new();
+    for (id, node) in nodes {
+        restarts.push((id, node.args.clone(), node.log.clone()));
+        node.kill9()?;
+    }
+    for (id, args, log) in restarts {
+        let node = Node::start(&args, &log)?;
+        cluster
+            .nodes
+            .iter_mut()
+            .find(|(n, _)| *n == id)
+            .expect("node")
+            .1 = Some(node);
+    }
+    rt.block_on(async {
+        let client = client(&cluster, "n3").await?;
+        wait_writable(&client, &client.map()).await?;
+        let checked = check_acked(&client, &acked).await?;
+        assert_eq!(checked, written);
+        anyhow::Ok(())
+    })
+}
+
+#[test]
+fn two_of_three_down_refuses_writes_clearly_and_serves_stale_reads() -> anyhow::Result<()> {
+    let mut cluster = LocalCluster::start_replicated(3, 0, 3)?;
+    let rt = rt();
+    let keys: Vec<Bytes> = (0..30).map(|i| Bytes::from(format!("quorum/{i}"))).collect();
+    rt.block_on(async {
+        let client = client(&cluster, "n1").await?;
+        wait_writable(&client, &client.map()).await?;
+        for key in &keys {
+            client.put(key.clone(), key.clone()).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    cluster.take("n2").kill9()?;
+    cluster.take("n3").kill9()?;
+    rt.block_on(async {
+        let quick = Failover {
+            attempt_timeout: Duration::from_millis(500),
+            deadline: Duration::from_secs(3),
+            down_for: Duration::from_millis(500),
+        };
+        let client = ClusterClient::connect(cluster.client("alice", &cluster.addr("n1")), vec![])
+            .await?
+            .with_failover(quick);
+        match client.put(keys[0].clone(), "lost").await {
+            Err(err @ (ClientError::Unavailable { .. } | ClientError::ShardDown { .. })) => {
+                let text = err.to_string();
+                assert!(
+                    text.contains("stale") || text.contains("reachable"),
+                    "the refusal should say why and what still works: {text}"
+                );
+            }
+            other => panic!("a write with one of three replicas up was answered {other:?}"),
+        }
+        // Every key is still readable from the survivor, marked as possibly stale.
+        let stale = client.with_consistency(Consistency::Stale);
+        for key in &keys {
+            let got = stale.get(key.clone()).await?;
+            assert_eq!(got.map(|(_, v)| v), Some(key.clone()), "stale read of {key:?}");
+        }
+        anyhow::Ok(())
+    })
+}
+
+#[test]
+fn a_write_retried_with_its_session_is_applied_once() -> anyhow::Result<()> {
+    let cluster = LocalCluster::start_replicated(3, 0, 3)?;
+    rt().block_on(async {
+        let client = client(&cluster, "n1").await?;
+        let map = client.map();
+        wait_writable(&client, &map).await?;
+        let key = Bytes::from_static(b"session/key");
+        // Find the shard's leader: writes there are answered, not redirected.
+        client.put(key.clone(), "v0").await?;
+        let shard = map.shard_of_slot(hash_slot(&key)).expect("shard").id;
+        let leader = client.cached_leader(shard).expect("a leader after a write");
+        let conn = Connection::connect(&cluster.client("alice", &cluster.addr(&leader))).await?;
+        let session = Session {
+            client: 0x5eed_0000_0000_0001,
+            seq: 1,
+        };
+        let put = |value: &'static str| RequestBody::Put {
+            key: key.clone(),
+            value: Bytes::from_static(value.as_bytes()),
+        };
+        let first = conn
+            .call_with(put("v1"), Some(session), Consistency::Linearizable)
+            .await?;
+        // The answer was "lost"; the client sends the same write again, same session.
+        let again = conn
+            .call_with(put("v1"), Some(session), Consistency::Linearizable)
+            .await?;
+        let (ResponseBody::Written { version: v1 }, ResponseBody::Written { version: v2 }) =
+            (&first, &again)
+        else {
+            panic!("writes answered {first:?} and {again:?}");
+        };
+        assert_eq!(v1, v2, "the retry got the first outcome, not a new version");
+        let (version, value) = client.get(key.clone()).await?.expect("written");
+        assert_eq!((version, value.as_ref()), (*v1, b"v1".as_ref()));
+        // The next write of that session advances the version once.
+        let next = conn
+            .call_with(
+                put("v2"),
+                Some(Session { seq: 2, ..session }),
+                Consistency::Linearizable,
+            )
+            .await?;
+        assert!(matches!(next, ResponseBody::Written { version } if version > *v1));
+        anyhow::Ok(())
+    })
+}
+
+#[test]
+fn a_node_that_pushes_a_map_is_refused() -> anyhow::Result<()> {
+    let cluster = LocalCluster::start_replicated(3, 0, 3)?;
+    rt().block_on(async {
+        let client = client(&cluster, "n1").await?;
+        wait_writable(&client, &client.map()).await?;
+        let before = client.refresh_map().await?;
+        // n2's own certificate: a node of this cluster speaking the peer protocol.
+        let as_n2 = Connection::connect(&cluster.as_node("n2", &cluster.addr("n1"))).await?;
+        let mut forged = (*before).clone();
+        forged.epoch = u64::MAX;
+        forged.slots.iter_mut().for_each(|s| s.shard = forged.shards[0].id);
+        match as_n2.control(&ControlRequest::SetMap { map: forged }).await {
+            Err(ClientError::Refused(w)) | Err(ClientError::Server(w)) => {
+                assert_eq!(w.code, ErrorCode::Forbidden, "{w}")
+            }
+            other => panic!("a pushed map was answered {other:?}"),
+        }
+        let after = client.refresh_map().await?;
+        assert_eq!(after.epoch, before.epoch);
+        assert_eq!(*after, *before);
+        anyhow::Ok(())
+    })
+}
+
+async fn status(cluster: &LocalCluster, id: &str) -> anyhow::Result<NodeStatus> {
+    let admin = Connection::connect(&cluster.client("admin", &cluster.addr(id))).await?;
+    match admin.control(&ControlRequest::Status).await? {
+        ControlResponse::Status(s) => Ok(s),
+        other => anyhow::bail!("status answered {other:?}"),
+    }
+}
+
+#[test]
+fn two_administrators_moving_slots_at_once_one_wins_and_no_key_is_lost() -> anyhow::Result<()> {
+    let cluster = LocalCluster::start_replicated(3, 0, 3)?;
+    rt().block_on(async {
+        let client = client(&cluster, "n1").await?;
+        let map = client.map();
+        wait_writable(&client, &map).await?;
+        // Keys in slots 0–99, which shard 1 owns.
+        let mut keys = Vec::new();
+        for i in 0..2000u32 {
+            let key = Bytes::from(format!("move/{i}"));
+            if hash_slot(&key) < 100 {
+                client.put(key.clone(), key.clone()).await?;
+                keys.push(key);
+            }
+        }
+        assert!(keys.len() > 5);
+        let owner = map.shard_of_slot(0).expect("owner").id;
+        let targets: Vec<String> = map
+            .shards
+            .iter()
+            .filter(|s| s.id != owner)
+            .map(|s| s.replicas[0].clone())
+            .collect();
+        let request = |to: &str| ControlRequest::MoveSlots {
+            ranges: vec![SlotRange::new(0, 99)],
+            to: to.to_owned(),
+            expect_epoch: Some(map.epoch),
+        };
+        let a = Connection::connect(&cluster.client("admin", &cluster.addr("n1"))).await?;
+        let b = Connection::connect(&cluster.client("admin", &cluster.addr("n2"))).await?;
+        let (ra, rb) = tokio::join!(
+            a.control(&request(&targets[0])),
+            b.control(&request(&targets[1]))
+        );
+        let wins: Vec<_> = [&ra, &rb].iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(wins.len(), 1, "exactly one move wins: {ra:?} / {rb:?}");
+        let (winner, loser) = if ra.is_ok() {
+            (&targets[0], &rb)
+        } else {
+            (&targets[1], &ra)
+        };
+        match loser {
+            Err(ClientError::Server(w)) | Err(ClientError::Refused(w)) => {
+                assert_eq!(w.code, ErrorCode::ClusterState, "{w}")
+            }
+            other => panic!("the losing move was answered {other:?}"),
+        }
+        let after = client.refresh_map().await?;
+        assert_eq!(after.epoch, map.epoch + 1, "one move, one new epoch");
+        let new_owner = after.shard_of_slot(0).expect("owner");
+        assert_eq!(&new_owner.replicas[0], winner);
+        for key in &keys {
+            let got = client.get(key.clone()).await?;
+            assert_eq!(got.map(|(_, v)| v), Some(key.clone()), "{key:?} after the move");
+        }
+        // Writes to the moved slots land on the new shard, with versions that kept growing.
+        let (v_before, _) = client.get(keys[0].clone()).await?.expect("present");
+        let v_after = client.put(keys[0].clone(), "again").await?;
+        assert!(v_after > v_before, "version {v_after} after {v_before}");
+        anyhow::Ok(())
+    })
+}
+
+#[test]
+fn a_wiped_node_is_replaced_and_its_replicas_rebuilt() -> anyhow::Result<()> {
+    let mut cluster = LocalCluster::start_replicated(3, 1, 3)?;
+    let rt = rt();
+    let keys: Vec<Bytes> = (0..300).map(|i| Bytes::from(format!("wipe/{i}"))).collect();
+    rt.block_on(async {
+        let client = client(&cluster, "n1").await?;
+        wait_writable(&client, &client.map()).await?;
+        for key in &keys {
+            client.put(key.clone(), key.clone()).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    // n3 dies and its disk is lost.
+    cluster.take("n3").kill9()?;
+    std::fs::remove_dir_all(cluster.dir().join("data").join("n3"))?;
+    // n4 (a spare certificate) takes its place.
+    let ports = skv_tests::cluster::free_ports(1)?;
+    let n4_addr = format!("127.0.0.1:{}", ports[0]);
+    rt.block_on(async {
+        let admin = Connection::connect(&cluster.client("admin", &cluster.addr("n1"))).await?;
+        admin
+            .control(&ControlRequest::ReplaceNode {
+                dead: "n3".into(),
+                with: "n4".into(),
+                addr: n4_addr.clone(),
+            })
+            .await?;
+        anyhow::Ok(())
+    })?;
+    let n4 = cluster.start_node("n4", &n4_addr)?;
+    cluster.push("n4", n4);
+    // Healthy: every group on n4 is a member, caught up.
+    let started = std::time::Instant::now();
+    loop {
+        let healthy = rt.block_on(async {
+            let s = status(&cluster, "n4").await?;
+            let map = client_via(&cluster, "n1").await?.refresh_map().await?;
+            let shards_on_n4 = map.shards_of_node("n4").count();
+            let caught_up = s
+                .replicas
+                .iter()
+                .filter(|r| r.shard != 0)
+                .filter(|r| r.role == "follower" || r.role == "leader")
+                .filter(|r| r.applied > 0)
+                .count();
+            anyhow::Ok(shards_on_n4 == 3 && caught_up == 3)
+        });
+        if matches!(healthy, Ok(true)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "n4 never caught up: {healthy:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The rebuilt copies count: with n1 gone too, n2 and n4 are a quorum of every shard.
+    cluster.take("n1").kill9()?;
+    rt.block_on(async {
+        let client = client(&cluster, "n2").await?;
+        for key in &keys {
+            let got = client.get(key.clone()).await?;
+            assert_eq!(got.map(|(_, v)| v), Some(key.clone()), "{key:?} after the rebuild");
+        }
+        client.put("wipe/after", "ok").await?;
+        anyhow::Ok(())
+    })
+}
