@@ -144,7 +144,11 @@ impl RunningNode {
             checkpoint.clone().watch(shutdown.clone());
         }
         cluster.watch(shutdown.clone());
-        let router = Router::new(cluster.clone(), checkpoint.clone());
+        let router = Router::new(
+            cluster.clone(),
+            checkpoint.clone(),
+            crate::raft::rpc::RaftRegistry::new(),
+        );
         let shared = Arc::new(Shared {
             config,
             storage,

@@ -178,6 +178,41 @@ impl PeerConnection {
         }
     }
 
+    /// Whether the connection is gone: nothing sent on it now could reach the peer.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    /// The largest request frame this connection carries (the peer's limit).
+    pub(crate) fn max_frame(&self) -> usize {
+        self.conn.max_frame()
+    }
+
+    /// Send one Raft message for `group` and return the peer's encoded reply. Bounded only
+    /// by the connection's own request timeout: the Raft transport sets its deadline.
+    pub(crate) async fn raft(
+        &self,
+        group: u32,
+        rpc: u8,
+        payload: bytes::Bytes,
+    ) -> Result<bytes::Bytes, PeerError> {
+        match self
+            .conn
+            .call(RequestBody::Raft {
+                group,
+                rpc,
+                payload,
+            })
+            .await
+            .map_err(|e| self.failed(e))?
+        {
+            ResponseBody::Raft { payload } => Ok(payload),
+            _ => Err(self.failed(ClientError::Protocol(
+                "RAFT was answered with something other than RAFT".into(),
+            ))),
+        }
+    }
+
     /// Send a control request.
     pub(crate) async fn control(
         &self,

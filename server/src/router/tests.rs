@@ -78,7 +78,7 @@ fn node() -> Node {
         .unwrap(),
     );
     Node {
-        router: Router::new(cluster.clone(), None),
+        router: Router::new(cluster.clone(), None, crate::raft::rpc::RaftRegistry::new()),
         cluster,
         _dir: dir,
     }
