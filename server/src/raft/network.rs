@@ -422,6 +422,8 @@ fn rpc_type(kind: RpcKind) -> RPCTypes {
     }
 }
 
+// The error type is openraft's, fixed by the `RaftNetwork` signatures these helpers serve.
+#[allow(clippy::result_large_err)]
 impl GroupClient {
     /// Send one encoded request and return the encoded reply, or the failure in openraft's
     /// terms. `vote` is the request's vote (its sender, for a timeout report); `entries` its
