@@ -2,9 +2,9 @@
 //! certificate, and checking that the peer's certificate names the node it meant to reach.
 //!
 //! After the identity check, the HELLO and every request go through the client library's
-//! [`Connection`], so nodes and clients speak the protocol with one implementation. Peer
-//! traffic is rare (map changes, slot moves, a map check every few seconds); the data path
-//! never goes through here.
+//! [`Connection`], so nodes and clients speak the protocol with one implementation. Control
+//! traffic is rare (map changes, slot moves, a map check every few seconds); Raft messages of
+//! every group to one peer share one pooled connection ([`crate::raft::network`]).
 
 use std::sync::Arc;
 use std::time::Duration;

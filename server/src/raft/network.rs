@@ -28,6 +28,20 @@
 //! handshake halfway (the next RPC finds the connection ready), and RPCs to other nodes never
 //! wait on it. After a failed dial the node is not dialled again for a short, growing backoff;
 //! RPCs in that window fail at once. Nothing here logs a payload.
+//!
+//! # What the groups' openraft `Config` must allow
+//!
+//! - `heartbeat_interval` is the deadline openraft gives every AppendEntries, heartbeats and
+//!   full batches alike: it must cover the round trip of the largest batch (up to one frame,
+//!   [`payload_limit`]) plus the follower's log flush, or big batches time out forever.
+//! - `election_timeout_min` is the deadline of a vote, `install_snapshot_timeout` that of one
+//!   snapshot chunk.
+//! - `snapshot_max_chunk_size` must leave room in [`payload_limit`] for the chunk's metadata
+//!   (the membership): half the peer frame is safe.
+//! - `max_payload_entries` caps a batch by count; the transport cuts it by bytes as well.
+//!
+//! Every group shares one connection per peer, so a frame-sized batch of one group delays the
+//! heartbeats of the others to that peer by its transfer time.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -118,6 +132,8 @@ struct Link {
 struct PeersInner {
     dialer: Dialer,
     links: Mutex<HashMap<String, Link>>,
+    /// The first wait after a failed dial, and the longest.
+    backoff: (Duration, Duration),
 }
 
 /// The node-wide pool of peer connections for Raft traffic. Cheap to clone; clones share the
@@ -150,10 +166,16 @@ impl fmt::Debug for Peers {
 impl Peers {
     /// A pool dialling with `dialer` (this node's certificate).
     pub(crate) fn new(dialer: Dialer) -> Peers {
+        Peers::with_backoff(dialer, DIAL_BACKOFF_MIN, DIAL_BACKOFF_MAX)
+    }
+
+    /// A pool whose dial backoff starts at `min` and grows to `max`.
+    pub(crate) fn with_backoff(dialer: Dialer, min: Duration, max: Duration) -> Peers {
         Peers {
             inner: Arc::new(PeersInner {
                 dialer,
                 links: Mutex::new(HashMap::new()),
+                backoff: (min, max.max(min)),
             }),
         }
     }
@@ -250,7 +272,7 @@ impl Peers {
                 }
                 (Err(err), Some(link)) => {
                     link.failures = link.failures.saturating_add(1);
-                    let wait = dial_backoff(link.failures);
+                    let wait = dial_backoff(link.failures, self.inner.backoff);
                     // The first failure is news; the retries of a node that stays down are not.
                     if link.failures == 1 {
                         tracing::warn!(peer = %node, error = %err, "cannot reach a raft peer");
@@ -308,12 +330,11 @@ impl Peers {
     }
 }
 
-/// How long to wait before dialling a node again after `failures` failed dials in a row.
-fn dial_backoff(failures: u32) -> Duration {
+/// How long to wait before dialling a node again after `failures` failed dials in a row:
+/// `min`, doubling up to `max`.
+fn dial_backoff(failures: u32, (min, max): (Duration, Duration)) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
-    DIAL_BACKOFF_MIN
-        .saturating_mul(1 << doublings)
-        .min(DIAL_BACKOFF_MAX)
+    min.saturating_mul(1 << doublings).min(max)
 }
 
 /// The openraft network factory of one group: every member is reached through the node-wide

@@ -404,6 +404,16 @@ fn every_reply_kind_round_trips() {
 }
 
 #[test]
+fn the_dial_backoff_doubles_up_to_its_cap() {
+    let bounds = (Duration::from_millis(50), Duration::from_secs(1));
+    let waits: Vec<u64> = (1..=7)
+        .map(|n| dial_backoff(n, bounds).as_millis() as u64)
+        .collect();
+    assert_eq!(waits, [50, 100, 200, 400, 800, 1000, 1000]);
+    assert_eq!(dial_backoff(u32::MAX, bounds), bounds.1);
+}
+
+#[test]
 fn rpc_kinds_are_stable_wire_numbers() {
     for (kind, wire) in [
         (RpcKind::Append, 1),
@@ -484,7 +494,9 @@ async fn a_node_that_is_down_is_unreachable_and_not_dialled_on_every_rpc() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = free.local_addr().unwrap();
     drop(free);
-    let peers = Peers::new(dialer(&pki, "n1"));
+    // A backoff far longer than the test, so "not dialled again" does not depend on speed.
+    let hour = Duration::from_secs(3600);
+    let peers = Peers::with_backoff(dialer(&pki, "n1"), hour, hour);
     let mut client = Network::new(GROUP, peers.clone())
         .new_client(2, &member("n2", addr))
         .await;
@@ -498,6 +510,40 @@ async fn a_node_that_is_down_is_unreachable_and_not_dialled_on_every_rpc() {
     assert!(matches!(again, RPCError::Unreachable(_)), "{again}");
     assert_eq!(peers.links()["n2"].generation, generation, "dialled again");
     assert!(matches!(peers.links()["n2"].state, LinkState::Down { .. }));
+}
+
+#[tokio::test]
+async fn one_connection_per_node_until_it_stops_answering() {
+    let pki = pki();
+    let (registry, raft) = lone_group(&pki).await;
+    let listener = Listener::start(&pki, "n1", registry, any_port()).await;
+    let peers = Peers::new(dialer(&pki, "n2"));
+    let n1 = member("n1", listener.addr);
+    let first = peers.connection(&n1).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &peers.connection(&n1).await.unwrap()),
+        "pooled"
+    );
+
+    // Timeouts with an answer in between are a slow peer, not a dead link.
+    for _ in 1..SILENT_LIMIT {
+        peers.timed_out("n1", &first);
+    }
+    peers.answered("n1", &first);
+    for _ in 1..SILENT_LIMIT {
+        peers.timed_out("n1", &first);
+    }
+    assert!(Arc::ptr_eq(&first, &peers.connection(&n1).await.unwrap()));
+
+    // One more in a row: the link is dropped and the next RPC dials afresh, while calls
+    // still waiting on the old connection keep it.
+    peers.timed_out("n1", &first);
+    let fresh = peers.connection(&n1).await.unwrap();
+    assert!(!Arc::ptr_eq(&first, &fresh));
+    assert!(!first.is_closed());
+
+    raft.shutdown().await.unwrap();
+    listener.stop().await;
 }
 
 // ---- what the receiver answers --------------------------------------------------------------
