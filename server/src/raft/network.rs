@@ -213,7 +213,9 @@ impl Peers {
                 LinkState::Up { conn, .. } if !conn.is_closed() => return Ok(conn.clone()),
                 LinkState::Dialing(outcome) => outcome.clone(),
                 LinkState::Down { retry_at, reason } if Instant::now() < *retry_at => {
-                    return Err(LinkError::Dial(reason.clone()));
+                    return Err(LinkError::Dial(format!(
+                        "{reason} (not dialled again for a moment)"
+                    )));
                 }
                 LinkState::Up { .. } | LinkState::Down { .. } | LinkState::Idle => {
                     let (tx, rx) = watch::channel(None);
