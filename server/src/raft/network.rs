@@ -130,7 +130,9 @@ struct Link {
 }
 
 struct PeersInner {
-    dialer: Dialer,
+    /// `None` on a node without TLS: it has no certificate to dial peers with, so only
+    /// groups with no other member (a single-node cluster) can run there.
+    dialer: Option<Dialer>,
     links: Mutex<HashMap<String, Link>>,
     /// The first wait after a failed dial, and the longest.
     backoff: (Duration, Duration),
@@ -164,13 +166,14 @@ impl fmt::Debug for Peers {
 }
 
 impl Peers {
-    /// A pool dialling with `dialer` (this node's certificate).
-    pub(crate) fn new(dialer: Dialer) -> Peers {
+    /// A pool dialling with `dialer` (this node's certificate); `None` on a node without TLS,
+    /// where every remote member is unreachable.
+    pub(crate) fn new(dialer: Option<Dialer>) -> Peers {
         Peers::with_backoff(dialer, DIAL_BACKOFF_MIN, DIAL_BACKOFF_MAX)
     }
 
     /// A pool whose dial backoff starts at `min` and grows to `max`.
-    pub(crate) fn with_backoff(dialer: Dialer, min: Duration, max: Duration) -> Peers {
+    pub(crate) fn with_backoff(dialer: Option<Dialer>, min: Duration, max: Duration) -> Peers {
         Peers {
             inner: Arc::new(PeersInner {
                 dialer,
@@ -254,7 +257,16 @@ impl Peers {
             id: node.clone(),
             addr: addr.clone(),
         };
-        let result = self.inner.dialer.connect(&entry).await.map(Arc::new);
+        let result = match &self.inner.dialer {
+            Some(dialer) => dialer.connect(&entry).await.map(Arc::new),
+            None => Err(PeerError::Unreachable {
+                node: node.clone(),
+                addr: addr.clone(),
+                reason: "this node runs without TLS, so it has no certificate to dial other \
+                         members with"
+                    .into(),
+            }),
+        };
         let outcome = {
             let mut links = self.links();
             let current = links

@@ -194,7 +194,7 @@ impl TestNode {
         let name = format!("n{id}");
         let registry = RaftRegistry::new();
         let listener = Listener::start(pki, &name, registry.clone(), addr).await;
-        let network = Network::new(GROUP, Peers::new(dialer(pki, &name)));
+        let network = Network::new(GROUP, Peers::new(Some(dialer(pki, &name))));
         let raft = Raft::new(id, raft_config(), network, log.clone(), state.clone())
             .await
             .unwrap();
@@ -463,7 +463,7 @@ fn an_oversized_batch_gets_a_hint_that_fits() {
 #[tokio::test]
 async fn an_oversized_append_is_refused_before_anything_is_sent() {
     let pki = pki();
-    let peers = Peers::new(dialer(&pki, "n1"));
+    let peers = Peers::new(Some(dialer(&pki, "n1")));
     // Nothing listens there: a dial would end in Unreachable, so PayloadTooLarge proves that
     // the request was refused before the transport tried to send it.
     let mut client = Network::new(GROUP, peers.clone())
@@ -496,7 +496,7 @@ async fn a_node_that_is_down_is_unreachable_and_not_dialled_on_every_rpc() {
     drop(free);
     // A backoff far longer than the test, so "not dialled again" does not depend on speed.
     let hour = Duration::from_secs(3600);
-    let peers = Peers::with_backoff(dialer(&pki, "n1"), hour, hour);
+    let peers = Peers::with_backoff(Some(dialer(&pki, "n1")), hour, hour);
     let mut client = Network::new(GROUP, peers.clone())
         .new_client(2, &member("n2", addr))
         .await;
@@ -515,9 +515,9 @@ async fn a_node_that_is_down_is_unreachable_and_not_dialled_on_every_rpc() {
 #[tokio::test]
 async fn one_connection_per_node_until_it_stops_answering() {
     let pki = pki();
-    let (registry, raft) = lone_group(&pki).await;
+    let (registry, raft) = lone_group().await;
     let listener = Listener::start(&pki, "n1", registry, any_port()).await;
-    let peers = Peers::new(dialer(&pki, "n2"));
+    let peers = Peers::new(Some(dialer(&pki, "n2")));
     let n1 = member("n1", listener.addr);
     let first = peers.connection(&n1).await.unwrap();
     assert!(
@@ -546,11 +546,31 @@ async fn one_connection_per_node_until_it_stops_answering() {
     listener.stop().await;
 }
 
+#[tokio::test]
+async fn without_a_dialer_every_remote_member_is_unreachable() {
+    let peers = Peers::new(None);
+    let mut client = Network::new(GROUP, peers)
+        .new_client(2, &member("n2", "127.0.0.1:1"))
+        .await;
+    let err = client
+        .vote(
+            VoteRequest::new(Vote::new(1, 1), None),
+            RPCOption::new(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+    match err {
+        RPCError::Unreachable(err) => assert!(err.to_string().contains("without TLS"), "{err}"),
+        other => panic!("expected Unreachable, got {other}"),
+    }
+}
+
 // ---- what the receiver answers --------------------------------------------------------------
 
-/// A one-member group of node n1, initialised, with a registry serving it.
-async fn lone_group(pki: &Pki) -> (RaftRegistry, RaftGroup) {
-    let network = Network::new(GROUP, Peers::new(dialer(pki, "n1")));
+/// A one-member group of node n1, initialised, with a registry serving it. It has no other
+/// member to reach, so it runs without a dialer, as on a node without TLS.
+async fn lone_group() -> (RaftRegistry, RaftGroup) {
+    let network = Network::new(GROUP, Peers::new(None));
     let raft = Raft::new(
         1,
         raft_config(),
@@ -583,8 +603,7 @@ fn error_code(body: &ResponseBody) -> ErrorCode {
 
 #[tokio::test]
 async fn the_receiver_answers_typed_errors_for_what_it_cannot_serve() {
-    let pki = pki();
-    let (registry, raft) = lone_group(&pki).await;
+    let (registry, raft) = lone_group().await;
     // Typed: an untyped literal would make the ids i32, which postcard encodes otherwise.
     let vote = rpc::encode(&VoteRequest::<u64>::new(Vote::new(1, 1), None)).unwrap();
 
@@ -632,7 +651,7 @@ async fn the_receiver_answers_typed_errors_for_what_it_cannot_serve() {
 #[tokio::test]
 async fn a_client_certificate_cannot_speak_raft_over_mutual_tls() {
     let pki = pki();
-    let (registry, raft) = lone_group(&pki).await;
+    let (registry, raft) = lone_group().await;
     let listener = Listener::start(&pki, "n1", registry, any_port()).await;
     let l = &pki.layout;
     let opts = skv_client::ConnectOptions::new(
