@@ -37,7 +37,9 @@ use skv_proto::{ErrorCode, ResponseBody, WireError};
 
 use super::{RaftGroup, TypeConfig};
 
-/// Which Raft RPC a `RAFT` request carries: the `rpc` byte on the wire.
+/// Which Raft RPC a `RAFT` request carries: the `rpc` byte on the wire. Numbers below 16 are
+/// the Raft protocol's (these three, room for more); 16 and up are left to requests between
+/// replicas beside it (forwarded proposals and the like), which the router routes elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub(crate) enum RpcKind {
