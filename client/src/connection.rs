@@ -64,6 +64,7 @@ pub struct Connection {
     node: String,
     addr: String,
     request_timeout: Duration,
+    max_frame: usize,
 }
 
 impl Connection {
@@ -226,6 +227,7 @@ impl Connection {
             node,
             addr,
             request_timeout: opts.request_timeout,
+            max_frame: limit,
         })
     }
 
@@ -237,6 +239,12 @@ impl Connection {
     /// The address this connection dialled.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The largest frame payload this connection sends (the node's announced limit plus the
+    /// caller's slack): a request that encodes larger is refused before it is sent.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     /// Whether the connection is known to be gone (the node closed it, or it failed): every

@@ -15,8 +15,6 @@ mod cluster;
 pub mod config;
 pub mod net;
 pub mod node;
-// Being wired in: the replicated shards use these types next.
-#[allow(dead_code)]
 mod raft;
 mod router;
 mod shard;

@@ -148,7 +148,14 @@ impl RunningNode {
             checkpoint.clone().watch(shutdown.clone());
         }
         cluster.watch(shutdown.clone());
-        let router = Router::new(cluster.clone(), checkpoint.clone());
+        let router = Router::new(
+            cluster.clone(),
+            checkpoint.clone(),
+            cluster
+                .replication()
+                .map(|r| r.registry().clone())
+                .unwrap_or_default(),
+        );
         let shared = Arc::new(Shared {
             config,
             storage,

@@ -14,7 +14,10 @@ use crate::raft::{Member, RaftGroup};
 
 impl Cluster {
     /// Handle a control request on a replicated node.
-    pub(crate) async fn control_replicated(self: Arc<Self>, request: ControlRequest) -> ResponseBody {
+    pub(crate) async fn control_replicated(
+        self: Arc<Self>,
+        request: ControlRequest,
+    ) -> ResponseBody {
         let name = request.name();
         let result = match request {
             ControlRequest::SetMap { .. } => Err(WireError::new(
@@ -22,13 +25,13 @@ impl Cluster {
                 "this cluster's map changes only through its metadata group; a pushed map is \
                  refused",
             )),
-            ControlRequest::ImportBegin { .. } | ControlRequest::ImportFlush => Err(
-                WireError::new(
+            ControlRequest::ImportBegin { .. } | ControlRequest::ImportFlush => {
+                Err(WireError::new(
                     ErrorCode::ClusterState,
                     "imports are not used by replicated clusters: slot moves run through the \
                      shards' logs",
-                ),
-            ),
+                ))
+            }
             ControlRequest::Status => Ok(ControlResponse::Status(self.replicated_status().await)),
             ControlRequest::AddNode { id, addr } => match check_node_id(&id, &addr) {
                 Ok(()) => self.change_map(MapChange::AddNode { id, addr }).await,
@@ -67,10 +70,7 @@ impl Cluster {
     }
 
     /// Decide `change` on the metadata group: here when this node leads it, else at its leader.
-    pub(crate) async fn change_map(
-        &self,
-        change: MapChange,
-    ) -> Result<ControlResponse, WireError> {
+    pub(crate) async fn change_map(&self, change: MapChange) -> Result<ControlResponse, WireError> {
         let Some(repl) = self.repl.clone() else {
             return Err(WireError::new(ErrorCode::Internal, "not a replicated node"));
         };
@@ -119,7 +119,9 @@ impl Cluster {
         let Some(to_shard) = map.home_shard(&to) else {
             return Err(WireError::new(
                 ErrorCode::ClusterState,
-                format!("node `{to}` is the first replica of no shard, so it has none to take slots"),
+                format!(
+                    "node `{to}` is the first replica of no shard, so it has none to take slots"
+                ),
             ));
         };
         let mut state = repl.state();
@@ -152,7 +154,10 @@ impl Cluster {
                     }
                 }
                 if state.changed().await.is_err() {
-                    return Err(WireError::new(ErrorCode::ShuttingDown, "the node is stopping"));
+                    return Err(WireError::new(
+                        ErrorCode::ShuttingDown,
+                        "the node is stopping",
+                    ));
                 }
             }
         };
@@ -166,7 +171,11 @@ impl Cluster {
         }
     }
 
-    async fn forward(&self, leader: &Member, change: &MapChange) -> Result<ControlResponse, WireError> {
+    async fn forward(
+        &self,
+        leader: &Member,
+        change: &MapChange,
+    ) -> Result<ControlResponse, WireError> {
         let Some(dialer) = &self.dialer else {
             return Err(WireError::new(ErrorCode::Internal, "no peer credentials"));
         };

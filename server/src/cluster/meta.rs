@@ -342,7 +342,13 @@ mod tests {
             to,
             expect_epoch: Some(planned),
         });
-        assert!(matches!(first, MapOutcome::Applied { move_id: Some(_), .. }));
+        assert!(matches!(
+            first,
+            MapOutcome::Applied {
+                move_id: Some(_),
+                ..
+            }
+        ));
         assert!(
             matches!(&second, MapOutcome::Refused { reason } if reason.contains("one move at a time")),
             "{second:?}"
@@ -374,7 +380,11 @@ mod tests {
         let map = state.map.clone().expect("map");
         assert_eq!(map.shard_of_slot(5).map(|s| s.id), Some(to));
         state.decide(MapChange::CommitMove { id, copied: 3 });
-        assert_eq!(epoch(&state), before + 1, "a repeated commit changes nothing");
+        assert_eq!(
+            epoch(&state),
+            before + 1,
+            "a repeated commit changes nothing"
+        );
         state.decide(MapChange::EndMove { id });
         assert!(state.moving.is_none());
         assert_eq!(state.last_move, Some((id, 3)));

@@ -382,7 +382,10 @@ impl Cluster {
             }
             repl.open_replicas(&map).await;
             let view = self.replicated_view(map);
-            tracing::info!(epoch = view.epoch(), "installed the map the metadata group committed");
+            tracing::info!(
+                epoch = view.epoch(),
+                "installed the map the metadata group committed"
+            );
             let _serial = self
                 .install_lock
                 .lock()
@@ -586,10 +589,12 @@ impl Cluster {
             }
             ControlRequest::Status => self.status().await,
             ControlRequest::AddNode { id, addr } => self.add_node(id, addr).await,
-            ControlRequest::ProposeMap { .. } | ControlRequest::ReplaceNode { .. } => Err(WireError::new(
-                ErrorCode::ClusterState,
-                "this node's map is fixed (memory or null engine): it has no metadata group",
-            )),
+            ControlRequest::ProposeMap { .. } | ControlRequest::ReplaceNode { .. } => {
+                Err(WireError::new(
+                    ErrorCode::ClusterState,
+                    "this node's map is fixed (memory or null engine): it has no metadata group",
+                ))
+            }
             ControlRequest::MoveSlots { ranges, to, .. } => {
                 migrate::move_slots(self.clone(), ranges, to).await
             }
@@ -749,7 +754,10 @@ async fn fetch_map(dialer: Option<&Dialer>, known: &ClusterMap, me: &str) -> Opt
         }
     }
     if let Some(map) = &best {
-        tracing::info!(epoch = map.epoch, "joined with the cluster's map fetched from a peer");
+        tracing::info!(
+            epoch = map.epoch,
+            "joined with the cluster's map fetched from a peer"
+        );
     }
     best
 }

@@ -31,7 +31,11 @@ use crate::raft::{Outcome, Proposal};
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Run slot moves while this node leads the metadata group, until `shutdown`.
-pub(crate) async fn drive(repl: Arc<Replication>, forwarder: Forwarder, shutdown: CancellationToken) {
+pub(crate) async fn drive(
+    repl: Arc<Replication>,
+    forwarder: Forwarder,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {

@@ -114,8 +114,8 @@ pub(crate) fn raft_config(election: Duration) -> Result<Arc<Config>, String> {
         // catches up from the log and only a long-gone one needs a snapshot.
         snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
         max_in_snapshot_log_to_keep: 1_000,
-        // Below skv_proto::MAX_RAFT_PAYLOAD with room for the envelope.
-        snapshot_max_chunk_size: 2 * 1024 * 1024,
+        // Half the default peer frame (1 MiB), so a chunk and its envelope always fit.
+        snapshot_max_chunk_size: 512 * 1024,
         // With batches of at most 64 KiB, 8 entries stay under the 1 MiB peer frame.
         max_payload_entries: 8,
         install_snapshot_timeout: 10_000,
@@ -246,11 +246,6 @@ impl Replication {
         });
     }
 
-    /// This node's Raft id.
-    pub(crate) fn raft_id(&self) -> u64 {
-        self.raft_id
-    }
-
     /// Every group of this node, for the transport.
     pub(crate) fn registry(&self) -> &RaftRegistry {
         &self.registry
@@ -345,13 +340,12 @@ impl Replication {
         shard: u32,
         replicas: &[String],
     ) -> Result<Arc<Replica>, ReplicationError> {
-        let (log, sm, reader) =
-            open_shard(&self.db, shard, self.flusher.clone()).map_err(|e| {
-                ReplicationError::Open {
-                    group: shard,
-                    reason: e.to_string(),
-                }
-            })?;
+        let (log, sm, reader) = open_shard(&self.db, shard, self.flusher.clone()).map_err(|e| {
+            ReplicationError::Open {
+                group: shard,
+                reason: e.to_string(),
+            }
+        })?;
         let raft = openraft::Raft::new(
             self.raft_id,
             self.config.clone(),
@@ -432,11 +426,6 @@ impl Replication {
                 }
             }
         }
-    }
-
-    /// The groups this node is a member of, for status.
-    pub(crate) fn groups(&self) -> BTreeSet<u32> {
-        self.registry.groups().into_iter().collect()
     }
 
     /// Stop every group.

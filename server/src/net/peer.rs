@@ -2,9 +2,9 @@
 //! certificate, and checking that the peer's certificate names the node it meant to reach.
 //!
 //! After the identity check, the HELLO and every request go through the client library's
-//! [`Connection`], so nodes and clients speak the protocol with one implementation. Peer
-//! traffic is rare (map changes, slot moves, a map check every few seconds); the data path
-//! never goes through here.
+//! [`Connection`], so nodes and clients speak the protocol with one implementation. Control
+//! traffic is rare (map changes, slot moves, a map check every few seconds); Raft messages of
+//! every group to one peer share one pooled connection ([`crate::raft::network`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,21 +178,19 @@ impl PeerConnection {
         }
     }
 
-    /// Send a control request.
-    pub(crate) async fn control(
-        &self,
-        request: &ControlRequest,
-    ) -> Result<ControlResponse, PeerError> {
-        self.conn.control(request).await.map_err(|e| self.failed(e))
+    /// Whether the connection is gone: nothing sent on it now could reach the peer.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.conn.is_closed()
     }
 
-    /// The peer's cluster map.
-    pub(crate) async fn map(&self) -> Result<ClusterMap, PeerError> {
-        self.conn.cluster_map().await.map_err(|e| self.failed(e))
+    /// The largest request frame this connection carries (the peer's limit).
+    pub(crate) fn max_frame(&self) -> usize {
+        self.conn.max_frame()
     }
 
-    /// A forwarded request to the peer's replica of `group` ([`crate::raft::forward`]).
-    pub(crate) async fn forward_call(
+    /// Send one Raft message for `group` and return the peer's encoded reply. Bounded only
+    /// by the connection's own request timeout: the Raft transport sets its deadline.
+    pub(crate) async fn raft(
         &self,
         group: u32,
         rpc: u8,
@@ -213,6 +211,19 @@ impl PeerConnection {
                 "RAFT was answered with something other than RAFT".into(),
             ))),
         }
+    }
+
+    /// Send a control request.
+    pub(crate) async fn control(
+        &self,
+        request: &ControlRequest,
+    ) -> Result<ControlResponse, PeerError> {
+        self.conn.control(request).await.map_err(|e| self.failed(e))
+    }
+
+    /// The peer's cluster map.
+    pub(crate) async fn map(&self) -> Result<ClusterMap, PeerError> {
+        self.conn.cluster_map().await.map_err(|e| self.failed(e))
     }
 
     /// Copy entries (with their versions) and deletions to the peer.

@@ -153,7 +153,13 @@ impl Forwarder {
         Forwarder { dialer }
     }
 
-    async fn call(&self, to: &Member, group: u32, rpc: u8, payload: Bytes) -> Result<Bytes, String> {
+    async fn call(
+        &self,
+        to: &Member,
+        group: u32,
+        rpc: u8,
+        payload: Bytes,
+    ) -> Result<Bytes, String> {
         let Some(dialer) = &self.dialer else {
             return Err("this node has no peer credentials".into());
         };
@@ -163,7 +169,7 @@ impl Forwarder {
             raft_id: 0,
         };
         let conn = dialer.connect(&entry).await.map_err(|e| e.to_string())?;
-        conn.forward_call(group, rpc, payload)
+        conn.raft(group, rpc, payload)
             .await
             .map_err(|e| e.to_string())
     }
@@ -202,7 +208,9 @@ impl Forwarder {
         let mut attempt = 0usize;
         while started.elapsed() < deadline {
             let reply = match (&hint, local) {
-                (None, Some(raft)) if attempt % 2 == 0 => propose_local(raft, proposal.clone()).await,
+                (None, Some(raft)) if attempt % 2 == 0 => {
+                    propose_local(raft, proposal.clone()).await
+                }
                 _ => {
                     let replicas = Self::replicas(map, group);
                     let target = hint
@@ -211,7 +219,10 @@ impl Forwarder {
                     let Some(target) = target else {
                         return Err(format!("shard {group} has no replicas in the map"));
                     };
-                    match self.call(&target, group, FORWARD_PROPOSE, payload.clone()).await {
+                    match self
+                        .call(&target, group, FORWARD_PROPOSE, payload.clone())
+                        .await
+                    {
                         Ok(bytes) => postcard::from_bytes(&bytes)
                             .unwrap_or_else(|e| ProposeReply::Failed(format!("bad answer: {e}"))),
                         Err(e) => ProposeReply::Failed(e),
@@ -259,7 +270,10 @@ impl Forwarder {
                     let Some(target) = target else {
                         return Err(format!("shard {group} has no replicas in the map"));
                     };
-                    match self.call(&target, group, FORWARD_EXPORT, payload.clone()).await {
+                    match self
+                        .call(&target, group, FORWARD_EXPORT, payload.clone())
+                        .await
+                    {
                         Ok(bytes) => postcard::from_bytes(&bytes)
                             .unwrap_or_else(|e| ExportReply::Failed(format!("bad answer: {e}"))),
                         Err(e) => ExportReply::Failed(e),

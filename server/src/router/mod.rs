@@ -10,7 +10,8 @@
 //!    ownership is changing under the command is answered TRYAGAIN. Scans cover every local
 //!    shard ([`scan`]).
 //! 4. **Dispatch** to the shard, or to the cluster control plane for CLUSTER_MAP, CONTROL and
-//!    IMPORT.
+//!    IMPORT, or (RAFT from a peer) to the replica group the message names
+//!    ([`crate::raft::rpc`]).
 //!
 //! The router is the only module that knows both the map and the shards. It answers at once
 //! where it can and hands back a future ([`Answer::Later`]) for writes waiting for durability
@@ -29,6 +30,7 @@ use skv_proto::{ErrorCode, Request, RequestBody, ResponseBody, WireError};
 use crate::auth::checkpoint::{Checkpoint, Refusal, Session};
 use crate::cluster::{Cluster, View};
 use crate::net::identity::PeerKind;
+use crate::raft::rpc::{self, RaftRegistry};
 use crate::shard::replica::ReplicaAnswer;
 use crate::shard::{Command, Execution, Pending};
 
@@ -55,13 +57,20 @@ impl std::fmt::Debug for Answer {
 pub(crate) struct Router {
     cluster: Arc<Cluster>,
     checkpoint: Option<Arc<Checkpoint>>,
+    /// The Raft groups this node runs, for RAFT messages from peers.
+    raft: RaftRegistry,
 }
 
 impl Router {
-    pub(crate) fn new(cluster: Arc<Cluster>, checkpoint: Option<Arc<Checkpoint>>) -> Router {
+    pub(crate) fn new(
+        cluster: Arc<Cluster>,
+        checkpoint: Option<Arc<Checkpoint>>,
+        raft: RaftRegistry,
+    ) -> Router {
         Router {
             cluster,
             checkpoint,
+            raft,
         }
     }
 
@@ -165,6 +174,40 @@ impl Router {
             RequestBody::ClusterMap => Answer::Now(self.cluster.map_answer()),
             RequestBody::Import { entries, deleted } => {
                 Answer::Now(self.cluster.import(&entries, &deleted))
+            }
+            // Raft waits on the group's core (and an append on its log's flush): answered
+            // later, beside the connection's other requests.
+            RequestBody::Raft {
+                group,
+                rpc,
+                payload,
+            } if rpc >= crate::raft::forward::FORWARD_PROPOSE => {
+                // Forwarded proposals and export pages (slot moves, map changes).
+                let repl = self.cluster.replication().cloned();
+                Answer::Later(Box::pin(async move {
+                    let raft = repl.as_ref().and_then(|r| r.registry().get(group));
+                    let reader = repl
+                        .as_ref()
+                        .and_then(|r| r.replica(group))
+                        .map(|r| r.reader().clone());
+                    match crate::raft::forward::serve(raft, reader, rpc, &payload).await {
+                        Ok(payload) => ResponseBody::Raft { payload },
+                        Err(why) => {
+                            ResponseBody::Error(WireError::new(ErrorCode::ClusterState, why))
+                        }
+                    }
+                }))
+            }
+            RequestBody::Raft {
+                group,
+                rpc,
+                payload,
+            } => {
+                let registry = self.raft.clone();
+                let node = node.to_owned();
+                Answer::Later(Box::pin(async move {
+                    rpc::serve(&registry, &node, group, rpc, payload).await
+                }))
             }
             RequestBody::Control { json } => match ControlRequest::from_json(&json) {
                 Ok(req) if req.peer_only() => {

@@ -32,6 +32,34 @@ pub(crate) fn scan(
     let view = cluster.view();
     let mut entries: Vec<ScanEntry> = Vec::new();
     let mut frontier: Option<Bytes> = None;
+    // A replicated node reads every replica it hosts from its own state machine, leader or
+    // not: the page may miss writes its followers have not applied yet (docs/CLUSTER.md).
+    for replica in view.local_replicas() {
+        let (page, more) = match replica.reader().scan(prefix, cursor, limit) {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::error!(error = %err, "replica scan failed");
+                return ResponseBody::Error(skv_proto::WireError::new(
+                    skv_proto::ErrorCode::Storage,
+                    "the storage engine failed to scan",
+                ));
+            }
+        };
+        if more {
+            if let Some(last) = page.last() {
+                let f = last.key.clone();
+                frontier = Some(match frontier {
+                    Some(current) if current <= f => current,
+                    _ => f,
+                });
+            }
+        }
+        entries.extend(page.into_iter().map(|e| ScanEntry {
+            key: e.key,
+            version: e.version,
+            value: e.value,
+        }));
+    }
     for shard in view.local_shards() {
         let page = match shard.scan(prefix, cursor, limit) {
             Ok(page) => page,

@@ -79,7 +79,7 @@ fn node() -> Node {
         .unwrap(),
     );
     Node {
-        router: Router::new(cluster.clone(), None),
+        router: Router::new(cluster.clone(), None, crate::raft::rpc::RaftRegistry::new()),
         cluster,
         _dir: dir,
     }
@@ -312,4 +312,46 @@ fn a_shard_that_no_longer_agrees_with_the_view_asks_for_a_retry() {
         other => panic!("expected TRYAGAIN, got {other:?}"),
     }
     assert_eq!(shard.count_keys().unwrap(), 0, "nothing was written");
+}
+
+#[tokio::test]
+async fn raft_messages_are_for_peers_only() {
+    let node = node();
+    let raft = || RequestBody::Raft {
+        group: 1,
+        rpc: 2,
+        payload: Bytes::from_static(b"\x01\x01\x00\x00"),
+    };
+    // A client certificate may not speak Raft, whatever it sends...
+    match client(&node, raft()) {
+        ResponseBody::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden, "{e:?}"),
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+    // ...and neither may a node of another cluster.
+    match ask(&node, &PeerKind::ForeignNode, raft()) {
+        ResponseBody::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden, "{e:?}"),
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+    // A node of this cluster reaches the Raft handler, which knows no group 1 here.
+    let mut session = Session::new(None);
+    let request = Request {
+        id: 1,
+        token: None,
+        session: None,
+        consistency: skv_proto::Consistency::Linearizable,
+        body: raft(),
+    };
+    match node
+        .router
+        .route(&PeerKind::Peer("n2".into()), &mut session, request, 1 << 20)
+    {
+        Answer::Later(answer) => match answer.await {
+            ResponseBody::Error(e) => {
+                assert_eq!(e.code, ErrorCode::ClusterState, "{e:?}");
+                assert_eq!(e.message, "this node is not a member of group 1");
+            }
+            other => panic!("expected a cluster-state error, got {other:?}"),
+        },
+        Answer::Now(body) => panic!("a RAFT message is answered later, got {body:?}"),
+    }
 }

@@ -169,7 +169,10 @@ impl Replica {
         if self.writes.try_send(queued).is_err() {
             return ReplicaAnswer::Now(error(
                 ErrorCode::TryAgain,
-                format!("shard {} has too many writes queued; retry shortly", self.shard),
+                format!(
+                    "shard {} has too many writes queued; retry shortly",
+                    self.shard
+                ),
             ));
         }
         let shard = self.shard;
@@ -194,7 +197,10 @@ impl Replica {
         if self.reads.try_send(waiter).is_err() {
             return ReplicaAnswer::Now(error(
                 ErrorCode::TryAgain,
-                format!("shard {} has too many reads queued; retry shortly", self.shard),
+                format!(
+                    "shard {} has too many reads queued; retry shortly",
+                    self.shard
+                ),
             ));
         }
         let reader = self.reader.clone();
@@ -293,8 +299,7 @@ fn write_bytes(write: &Write) -> usize {
 }
 
 async fn commit(shard: u32, raft: &RaftGroup, batch: Vec<QueuedWrite>) {
-    let (writes, replies): (Vec<_>, Vec<_>) =
-        batch.into_iter().map(|q| (q.write, q.reply)).unzip();
+    let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.write, q.reply)).unzip();
     let count = writes.len();
     let proposal = Proposal::Writes {
         at_ms: now_ms(),
@@ -317,7 +322,13 @@ async fn commit(shard: u32, raft: &RaftGroup, batch: Vec<QueuedWrite>) {
             }
             Ok(Err(err)) => {
                 tracing::warn!(shard, error = %err, "write failed");
-                vec![error(ErrorCode::Unavailable, format!("shard {shard} could not commit the write: {err}")); count]
+                vec![
+                    error(
+                        ErrorCode::Unavailable,
+                        format!("shard {shard} could not commit the write: {err}")
+                    );
+                    count
+                ]
             }
             Err(_) => vec![
                 error(
@@ -360,8 +371,7 @@ async fn read_gate_loop(raft: RaftGroup, mut waiters: mpsc::Receiver<ReadWaiter>
         while let Ok(next) = waiters.try_recv() {
             round.push(next);
         }
-        let outcome = match tokio::time::timeout(READ_TIMEOUT, raft.ensure_linearizable()).await
-        {
+        let outcome = match tokio::time::timeout(READ_TIMEOUT, raft.ensure_linearizable()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(GateRefusal::NotLeader(f.leader_node))

@@ -114,7 +114,11 @@ fn spawn_load(
                     let acked = acked.lock().expect("acked");
                     let len = acked.len();
                     (len > 0)
-                        .then(|| acked.iter().nth((n as usize * 7919 + reader as usize) % len))
+                        .then(|| {
+                            acked
+                                .iter()
+                                .nth((n as usize * 7919 + reader as usize) % len)
+                        })
                         .flatten()
                         .map(|(k, v)| (k.clone(), v.clone()))
                 };
@@ -242,7 +246,11 @@ fn the_whole_cluster_losing_power_keeps_every_acknowledged_write() -> anyhow::Re
         anyhow::Ok(())
     })?;
     let written = acked.lock().expect("acked").len();
-    assert_eq!(written, 8 * 150, "every write is acknowledged with all nodes up");
+    assert_eq!(
+        written,
+        8 * 150,
+        "every write is acknowledged with all nodes up"
+    );
     // Power off: every node at once, no chance to flush.
     let nodes: Vec<(String, Node)> = ["n1", "n2", "n3"]
         .iter()
@@ -275,7 +283,9 @@ fn the_whole_cluster_losing_power_keeps_every_acknowledged_write() -> anyhow::Re
 fn two_of_three_down_refuses_writes_clearly_and_serves_stale_reads() -> anyhow::Result<()> {
     let mut cluster = LocalCluster::start_replicated(3, 0, 3)?;
     let rt = rt();
-    let keys: Vec<Bytes> = (0..30).map(|i| Bytes::from(format!("quorum/{i}"))).collect();
+    let keys: Vec<Bytes> = (0..30)
+        .map(|i| Bytes::from(format!("quorum/{i}")))
+        .collect();
     rt.block_on(async {
         let client = client(&cluster, "n1").await?;
         wait_writable(&client, &client.map()).await?;
@@ -309,7 +319,11 @@ fn two_of_three_down_refuses_writes_clearly_and_serves_stale_reads() -> anyhow::
         let stale = client.with_consistency(Consistency::Stale);
         for key in &keys {
             let got = stale.get(key.clone()).await?;
-            assert_eq!(got.map(|(_, v)| v), Some(key.clone()), "stale read of {key:?}");
+            assert_eq!(
+                got.map(|(_, v)| v),
+                Some(key.clone()),
+                "stale read of {key:?}"
+            );
         }
         anyhow::Ok(())
     })
@@ -375,7 +389,10 @@ fn a_node_that_pushes_a_map_is_refused() -> anyhow::Result<()> {
         let as_n2 = Connection::connect(&cluster.as_node("n2", &cluster.addr("n1"))).await?;
         let mut forged = (*before).clone();
         forged.epoch = u64::MAX;
-        forged.slots.iter_mut().for_each(|s| s.shard = forged.shards[0].id);
+        forged
+            .slots
+            .iter_mut()
+            .for_each(|s| s.shard = forged.shards[0].id);
         match as_n2.control(&ControlRequest::SetMap { map: forged }).await {
             Err(ClientError::Refused(w)) | Err(ClientError::Server(w)) => {
                 assert_eq!(w.code, ErrorCode::Forbidden, "{w}")
@@ -451,7 +468,11 @@ fn two_administrators_moving_slots_at_once_one_wins_and_no_key_is_lost() -> anyh
         assert_eq!(&new_owner.replicas[0], winner);
         for key in &keys {
             let got = client.get(key.clone()).await?;
-            assert_eq!(got.map(|(_, v)| v), Some(key.clone()), "{key:?} after the move");
+            assert_eq!(
+                got.map(|(_, v)| v),
+                Some(key.clone()),
+                "{key:?} after the move"
+            );
         }
         // Writes to the moved slots land on the new shard, with versions that kept growing.
         let (v_before, _) = client.get(keys[0].clone()).await?.expect("present");
@@ -524,7 +545,11 @@ fn a_wiped_node_is_replaced_and_its_replicas_rebuilt() -> anyhow::Result<()> {
         let client = client(&cluster, "n2").await?;
         for key in &keys {
             let got = client.get(key.clone()).await?;
-            assert_eq!(got.map(|(_, v)| v), Some(key.clone()), "{key:?} after the rebuild");
+            assert_eq!(
+                got.map(|(_, v)| v),
+                Some(key.clone()),
+                "{key:?} after the rebuild"
+            );
         }
         client.put("wipe/after", "ok").await?;
         anyhow::Ok(())
