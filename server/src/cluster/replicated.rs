@@ -371,7 +371,15 @@ impl Replication {
                 tracing::warn!(shard, error = %err, "could not initialize the shard group");
             }
         }
-        Ok(Arc::new(Replica::start(shard, self.raft_id, raft, reader)))
+        // Twice the longest election timeout: by then the others have elected a new leader.
+        let quorum_lost_after = Duration::from_millis(self.config.election_timeout_max * 2);
+        Ok(Arc::new(Replica::start(
+            shard,
+            self.raft_id,
+            raft,
+            reader,
+            quorum_lost_after,
+        )))
     }
 
     /// Keep every led shard's ownership in step with the committed map (see the module docs),

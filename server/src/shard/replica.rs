@@ -76,6 +76,9 @@ enum GateRefusal {
 pub(crate) struct Replica {
     shard: u32,
     raft_id: u64,
+    /// A leader that has not heard from a quorum for this long refuses new requests at once
+    /// instead of queueing them behind a commit that cannot happen.
+    quorum_lost_after_ms: u64,
     raft: RaftGroup,
     reader: ShardReader,
     metrics: watch::Receiver<RaftMetrics<u64, Member>>,
@@ -95,7 +98,13 @@ impl std::fmt::Debug for Replica {
 impl Replica {
     /// Wrap a started openraft group and its state machine's reader; spawns the proposer and
     /// the read gate on the current runtime.
-    pub(crate) fn start(shard: u32, raft_id: u64, raft: RaftGroup, reader: ShardReader) -> Replica {
+    pub(crate) fn start(
+        shard: u32,
+        raft_id: u64,
+        raft: RaftGroup,
+        reader: ShardReader,
+        quorum_lost_after: Duration,
+    ) -> Replica {
         let (writes, queue) = mpsc::channel(QUEUE);
         let (reads, waiters) = mpsc::channel(QUEUE);
         tokio::spawn(propose_loop(shard, raft.clone(), queue));
@@ -103,6 +112,7 @@ impl Replica {
         Replica {
             shard,
             raft_id,
+            quorum_lost_after_ms: quorum_lost_after.as_millis() as u64,
             metrics: raft.metrics(),
             raft,
             reader,
@@ -130,6 +140,29 @@ impl Replica {
     pub(crate) fn is_leader(&self) -> bool {
         let m = self.metrics.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(self.raft_id)
+    }
+
+    /// On a leader: whether a quorum acknowledged it recently. A leader cut off from the
+    /// others keeps its role until it hears of a newer term, but cannot commit anything.
+    fn has_quorum(&self) -> bool {
+        let m = self.metrics.borrow();
+        match m.millis_since_quorum_ack {
+            Some(ms) => ms <= self.quorum_lost_after_ms,
+            // A single-member group acknowledges itself.
+            None => m.membership_config.membership().voter_ids().count() <= 1,
+        }
+    }
+
+    fn quorum_lost(&self) -> ReplicaAnswer {
+        ReplicaAnswer::Now(error(
+            ErrorCode::Unavailable,
+            format!(
+                "shard {} cannot commit writes or confirm reads: its leader has not heard from a \
+                 quorum of its replicas for over {} ms; reads with --consistency stale are still \
+                 served",
+                self.shard, self.quorum_lost_after_ms
+            ),
+        ))
     }
 
     /// The leader this replica knows of.
@@ -160,6 +193,9 @@ impl Replica {
         };
         if !self.is_leader() {
             return ReplicaAnswer::NotLeader(self.leader());
+        }
+        if !self.has_quorum() {
+            return self.quorum_lost();
         }
         let (reply, answer) = oneshot::channel();
         let queued = QueuedWrite {
@@ -192,6 +228,9 @@ impl Replica {
         }
         if !self.is_leader() {
             return ReplicaAnswer::NotLeader(self.leader());
+        }
+        if !self.has_quorum() {
+            return self.quorum_lost();
         }
         let (waiter, confirmed) = oneshot::channel();
         if self.reads.try_send(waiter).is_err() {

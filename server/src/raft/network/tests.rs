@@ -130,6 +130,7 @@ impl Listener {
             cluster: Some("test".into()),
             cluster_map: None,
             advertise: None,
+            election_timeout: Duration::from_millis(500),
         };
         let storage = Arc::new(MemoryStorage::new());
         let placement = Placement {
@@ -679,6 +680,7 @@ async fn a_client_certificate_cannot_speak_raft_over_mutual_tls() {
         .connect(&NodeEntry {
             id: "n1".into(),
             addr: listener.addr.to_string(),
+            raft_id: 0,
         })
         .await
         .unwrap();
