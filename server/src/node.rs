@@ -151,10 +151,7 @@ impl RunningNode {
         let router = Router::new(
             cluster.clone(),
             checkpoint.clone(),
-            cluster
-                .replication()
-                .map(|r| r.registry().clone())
-                .unwrap_or_default(),
+            cluster.registry().clone(),
         );
         let shared = Arc::new(Shared {
             config,

@@ -71,7 +71,7 @@ impl Cluster {
 
     /// Decide `change` on the metadata group: here when this node leads it, else at its leader.
     pub(crate) async fn change_map(&self, change: MapChange) -> Result<ControlResponse, WireError> {
-        let Some(repl) = self.repl.clone() else {
+        let Some(repl) = self.repl.load_full() else {
             return Err(WireError::new(ErrorCode::Internal, "not a replicated node"));
         };
         let _one_at_a_time = self.change_lock.lock().await;
@@ -112,7 +112,7 @@ impl Cluster {
         to: String,
         expect_epoch: Option<u64>,
     ) -> Result<ControlResponse, WireError> {
-        let Some(repl) = self.repl.clone() else {
+        let Some(repl) = self.repl.load_full() else {
             return Err(WireError::new(ErrorCode::Internal, "not a replicated node"));
         };
         let map = self.view().map.clone();
@@ -209,7 +209,7 @@ impl Cluster {
         let view = self.view();
         let mut replicas = Vec::new();
         let mut keys = 0;
-        if let Some(repl) = &self.repl {
+        if let Some(repl) = self.repl.load_full() {
             replicas.push(group_status(0, repl.meta(), 0));
             for replica in view.local_replicas() {
                 let reader = replica.reader().clone();

@@ -45,6 +45,7 @@ use crate::shard::replica::Replica;
 use crate::shard::{ImportError, Shard};
 
 pub(crate) use self::replicated::Replication;
+use crate::raft::rpc::RaftRegistry;
 use crate::storage::{GroupCommit, Storage, StorageError};
 
 /// File name of the persisted map inside the data dir.
@@ -167,8 +168,13 @@ pub(crate) struct Cluster {
     /// Held while deleting the keys of slots handed away, so an import into the same slots
     /// waits for it.
     cleanup_lock: tokio::sync::Mutex<()>,
-    /// The Raft groups, for a replicated node (sled engine with TLS).
-    repl: Option<Arc<Replication>>,
+    /// The Raft groups of a replicated node (sled engine); empty until the node is in the
+    /// map (a node started before `skv cluster add-node` joins once it is added).
+    repl: arc_swap::ArcSwapOption<Replication>,
+    /// Every Raft group this node runs, for the transport (shared with [`Replication`]).
+    registry: RaftRegistry,
+    /// For a replicated node still waiting to be added: its database and election timeout.
+    joining: Mutex<Option<(sled::Db, std::time::Duration)>>,
 }
 
 /// Where a node keeps its data and how it makes writes durable.
@@ -240,7 +246,9 @@ impl Cluster {
             group_commit: placement.group_commit,
             change_lock: tokio::sync::Mutex::new(()),
             cleanup_lock: tokio::sync::Mutex::new(()),
-            repl: None,
+            repl: arc_swap::ArcSwapOption::empty(),
+            registry: RaftRegistry::default(),
+            joining: Mutex::new(None),
         };
         let view = cluster
             .build_view(map)
@@ -278,7 +286,40 @@ impl Cluster {
                 bootstrap_map = map;
             }
         }
-        let repl = Replication::start(me, db, &bootstrap_map, dialer.clone(), election)
+        let registry = RaftRegistry::default();
+        let cluster = Cluster {
+            me: me.to_owned(),
+            name: name.to_owned(),
+            view: ArcSwap::from_pointee(View {
+                map: bootstrap_map.clone(),
+                owned: SlotSet::default(),
+                local: Vec::new(),
+                home: None,
+                replicas: Vec::new(),
+                replicated: true,
+            }),
+            install_lock: Mutex::new(()),
+            hosted: Mutex::new(BTreeMap::new()),
+            persist: placement.data_dir.map(|d| d.join(MAP_FILE)),
+            dialer: dialer.clone(),
+            storage: placement.storage,
+            group_commit: placement.group_commit,
+            change_lock: tokio::sync::Mutex::new(()),
+            cleanup_lock: tokio::sync::Mutex::new(()),
+            repl: arc_swap::ArcSwapOption::empty(),
+            registry: registry.clone(),
+            joining: Mutex::new(None),
+        };
+        if bootstrap_map.node(me).is_none() && !Replication::has_state(&db) {
+            tracing::warn!(
+                node = me,
+                "this node is not in the cluster map: it serves no slots and joins once it is \
+                 added (`skv cluster add-node`)"
+            );
+            *cluster.joining.lock().unwrap_or_else(PoisonError::into_inner) = Some((db, election));
+            return Ok(cluster);
+        }
+        let repl = Replication::start(me, db, &bootstrap_map, dialer, election, registry)
             .await
             .map_err(|e| ClusterSetupError::Replication {
                 reason: e.to_string(),
@@ -293,27 +334,7 @@ impl Cluster {
             });
         }
         repl.open_replicas(&map).await;
-        let cluster = Cluster {
-            me: me.to_owned(),
-            name: name.to_owned(),
-            view: ArcSwap::from_pointee(View {
-                map: map.clone(),
-                owned: SlotSet::default(),
-                local: Vec::new(),
-                home: None,
-                replicas: Vec::new(),
-                replicated: true,
-            }),
-            install_lock: Mutex::new(()),
-            hosted: Mutex::new(BTreeMap::new()),
-            persist: placement.data_dir.map(|d| d.join(MAP_FILE)),
-            dialer,
-            storage: placement.storage,
-            group_commit: placement.group_commit,
-            change_lock: tokio::sync::Mutex::new(()),
-            cleanup_lock: tokio::sync::Mutex::new(()),
-            repl: Some(repl),
-        };
+        cluster.repl.store(Some(repl));
         cluster.swap_in(cluster.replicated_view(map));
         let view = cluster.view();
         tracing::info!(
@@ -324,11 +345,75 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// For a node started before it was added to the map: ask the other nodes for the map
+    /// every second, and start the Raft groups once it names this node.
+    async fn join_when_added(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some((db, election)) = self
+            .joining
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        let map = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            let known = self.view().map.clone();
+            if let Some(map) = fetch_map(self.dialer.as_ref(), &known, &self.me).await {
+                break map;
+            }
+        };
+        let started = Replication::start(
+            &self.me,
+            db,
+            &map,
+            self.dialer.clone(),
+            election,
+            self.registry.clone(),
+        )
+        .await;
+        let repl = match started {
+            Ok(repl) => repl,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot join the cluster");
+                return;
+            }
+        };
+        repl.open_replicas(&map).await;
+        self.repl.store(Some(repl));
+        self.swap_in(self.replicated_view(map));
+        tracing::info!(epoch = self.view().epoch(), "joined the cluster");
+        self.start_replication_tasks(shutdown);
+    }
+
+    /// The replicated node's background work: follow the metadata group, keep led shards'
+    /// ownership and membership in step with the map, and run slot moves.
+    fn start_replication_tasks(self: &Arc<Self>, shutdown: CancellationToken) {
+        let Some(repl) = self.repl.load_full() else {
+            return;
+        };
+        tokio::spawn(self.clone().follow_meta(shutdown.clone()));
+        tokio::spawn(repl.clone().reconcile(shutdown.clone()));
+        tokio::spawn(moves::drive(
+            repl,
+            crate::raft::forward::Forwarder::new(self.dialer.clone()),
+            shutdown,
+        ));
+    }
+
+    /// Every Raft group this node runs, for the transport.
+    pub(crate) fn registry(&self) -> &RaftRegistry {
+        &self.registry
+    }
+
     /// The view of `map` for a replicated node: its replicas and their slots.
     fn replicated_view(&self, map: ClusterMap) -> View {
         let mut owned = SlotSet::default();
         let mut replicas = Vec::new();
-        if let Some(repl) = &self.repl {
+        if let Some(repl) = self.repl.load_full() {
             for entry in map.shards.iter().filter(|s| s.replicas.contains(&self.me)) {
                 let Some(replica) = repl.replica(entry.id) else {
                     continue;
@@ -353,14 +438,14 @@ impl Cluster {
     }
 
     /// The Raft groups of a replicated node.
-    pub(crate) fn replication(&self) -> Option<&Arc<Replication>> {
-        self.repl.as_ref()
+    pub(crate) fn replication(&self) -> Option<Arc<Replication>> {
+        self.repl.load_full()
     }
 
     /// Follow the metadata group: every map it commits becomes this node's view (opening the
     /// replicas it newly gives the node).
     async fn follow_meta(self: Arc<Self>, shutdown: CancellationToken) {
-        let Some(repl) = self.repl.clone() else {
+        let Some(repl) = self.repl.load_full() else {
             return;
         };
         let mut state = repl.state();
@@ -398,14 +483,12 @@ impl Cluster {
     /// Start the background map sync with peers (the metadata group's follower, for a
     /// replicated node).
     pub(crate) fn watch(self: &Arc<Self>, shutdown: CancellationToken) {
-        if let Some(repl) = &self.repl {
-            tokio::spawn(self.clone().follow_meta(shutdown.clone()));
-            tokio::spawn(repl.clone().reconcile(shutdown.clone()));
-            tokio::spawn(moves::drive(
-                repl.clone(),
-                crate::raft::forward::Forwarder::new(self.dialer.clone()),
-                shutdown,
-            ));
+        if self.view().replicated() {
+            if self.repl.load().is_some() {
+                self.start_replication_tasks(shutdown);
+            } else {
+                tokio::spawn(self.clone().join_when_added(shutdown));
+            }
             return;
         }
         if self.dialer.is_some() {
@@ -571,7 +654,7 @@ impl Cluster {
     /// Handle a control request. The caller has already checked who may send it.
     pub(crate) async fn control(self: Arc<Self>, request: ControlRequest) -> ResponseBody {
         let name = request.name();
-        if self.repl.is_some() {
+        if self.view().replicated() {
             return self.clone().control_replicated(request).await;
         }
         let result = match request {

@@ -157,6 +157,7 @@ impl Replication {
         bootstrap: &ClusterMap,
         dialer: Option<Dialer>,
         election: Duration,
+        registry: RaftRegistry,
     ) -> Result<Arc<Replication>, ReplicationError> {
         let config = raft_config(election).map_err(|reason| ReplicationError::Start {
             group: META_GROUP,
@@ -191,7 +192,6 @@ impl Replication {
             group: META_GROUP,
             reason: e.to_string(),
         })?;
-        let registry = RaftRegistry::default();
         registry.register(META_GROUP, meta.clone());
         let replication = Arc::new(Replication {
             me: me.to_owned(),
@@ -219,12 +219,31 @@ impl Replication {
         let voters = members(bootstrap, &meta_voters(bootstrap));
         match self.meta.is_initialized().await {
             Ok(false) => {
-                if let Err(err) = self.meta.initialize(voters).await {
+                if let Err(err) = self.meta.initialize(voters.clone()).await {
                     tracing::warn!(error = %err, "could not initialize the metadata group");
                 }
             }
             Ok(true) => {}
             Err(err) => tracing::warn!(error = %err, "metadata group stopped"),
+        }
+        if voters.len() == 1 {
+            // A group of one elects itself at once: commit the map before serving.
+            let leading = self
+                .meta
+                .wait(Some(Duration::from_secs(5)))
+                .metrics(
+                    |m| m.state == openraft::ServerState::Leader,
+                    "leads the new metadata group",
+                )
+                .await;
+            if leading.is_ok() {
+                let change = MapChange::Bootstrap {
+                    map: bootstrap.clone(),
+                };
+                if let Err(err) = self.propose_map(&change).await {
+                    tracing::warn!(error = %err, "could not commit the bootstrap map");
+                }
+            }
         }
         // Propose the bootstrap map once this node leads (or until another node has).
         let this = self.clone();
@@ -244,6 +263,14 @@ impl Replication {
             }
             tracing::error!("the bootstrap map was not committed within a minute");
         });
+    }
+
+    /// Whether `db` holds this node's Raft state from an earlier run (then the node knows its
+    /// place even if its bootstrap file does not).
+    pub(crate) fn has_state(db: &sled::Db) -> bool {
+        db.tree_names()
+            .iter()
+            .any(|name| name.starts_with(b"raft/"))
     }
 
     /// Every group of this node, for the transport.
@@ -369,6 +396,10 @@ impl Replication {
         {
             if let Err(err) = raft.initialize(members(map, replicas)).await {
                 tracing::warn!(shard, error = %err, "could not initialize the shard group");
+            } else if replicas.len() == 1 {
+                // A group of one elects itself at once: take the map's slots before the node
+                // says it is listening, so its first request is served, not told to retry.
+                own_when_leader(&raft, shard, map).await;
             }
         }
         // Twice the longest election timeout: by then the others have elected a new leader.
@@ -385,7 +416,9 @@ impl Replication {
     /// Keep every led shard's ownership in step with the committed map (see the module docs),
     /// until `shutdown`.
     pub(crate) async fn reconcile(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        // Often enough that a shard whose leader just changed takes its slots within one
+        // client retry; each tick only compares two slot sets per led shard.
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -444,6 +477,29 @@ impl Replication {
         let _ = self.meta.shutdown().await;
         let db = self.db.clone();
         let _ = tokio::task::spawn_blocking(move || db.flush()).await;
+    }
+}
+
+/// Wait (briefly) until this node leads `raft`, then propose `Own` for the slots `map` gives
+/// `shard`. Best effort: the reconcile loop retries whatever this misses.
+async fn own_when_leader(raft: &RaftGroup, shard: u32, map: &ClusterMap) {
+    let slots = map.ranges_of_shard(shard);
+    if slots.is_empty() {
+        return;
+    }
+    let leading = raft
+        .wait(Some(Duration::from_secs(5)))
+        .metrics(
+            |m| m.state == openraft::ServerState::Leader,
+            "leads its new group",
+        )
+        .await;
+    if leading.is_err() {
+        return;
+    }
+    let write = raft.client_write(Proposal::Own { slots });
+    if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(5), write).await {
+        tracing::debug!(shard, error = %err, "own proposal failed");
     }
 }
 

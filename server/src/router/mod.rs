@@ -183,7 +183,7 @@ impl Router {
                 payload,
             } if rpc >= crate::raft::forward::FORWARD_PROPOSE => {
                 // Forwarded proposals and export pages (slot moves, map changes).
-                let repl = self.cluster.replication().cloned();
+                let repl = self.cluster.replication();
                 Answer::Later(Box::pin(async move {
                     let raft = repl.as_ref().and_then(|r| r.registry().get(group));
                     let reader = repl
