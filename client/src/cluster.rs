@@ -960,6 +960,19 @@ impl Retry {
                 addr,
             } => {
                 self.answered = true;
+                if epoch < shared.epoch() {
+                    // That node has not applied the newest map yet (a node that just joined,
+                    // or one catching up): wait for it rather than follow it back to an old
+                    // owner, within the failover deadline.
+                    self.pause_or(|_| ClientError::Moved {
+                        slot,
+                        epoch,
+                        node: node.clone(),
+                        addr: addr.clone(),
+                    })
+                    .await?;
+                    return Ok(Next::Replicas);
+                }
                 if !self.remap() {
                     return Err(ClientError::Protocol(format!(
                         "redirect loop: slot {slot} was still redirected after \

@@ -75,21 +75,41 @@ impl Cluster {
             return Err(WireError::new(ErrorCode::Internal, "not a replicated node"));
         };
         let _one_at_a_time = self.change_lock.lock().await;
-        let outcome = match repl.propose_map(&change).await {
-            Ok(outcome) => outcome,
-            Err(ProposeError::NotLeader(Some(leader))) if leader.node != self.me => {
-                return self.forward(&leader, &change).await;
-            }
-            Err(ProposeError::NotLeader(_)) => {
-                return Err(WireError::new(
+        let mut state = repl.state();
+        // A fresh cluster commits its first map within a few election timeouts.
+        let committed = state.wait_for(|s| s.map.is_some());
+        if tokio::time::timeout(std::time::Duration::from_secs(10), committed)
+            .await
+            .is_err()
+        {
+            return Err(WireError::new(
+                ErrorCode::Unavailable,
+                "the cluster's first map is not committed yet: fewer than a quorum of the \
+                 metadata group's members have started",
+            ));
+        }
+        drop(state);
+        // Wait out an election (a fresh cluster, a metadata leader that just died), within a
+        // deadline an administrator would wait for.
+        let started = std::time::Instant::now();
+        let deadline = std::time::Duration::from_secs(10);
+        let outcome = loop {
+            let refusal = match repl.propose_map(&change).await {
+                Ok(outcome) => break outcome,
+                Err(ProposeError::NotLeader(Some(leader))) if leader.node != self.me => {
+                    return self.forward(&leader, &change).await;
+                }
+                Err(ProposeError::NotLeader(_)) => WireError::new(
                     ErrorCode::Unavailable,
                     "the metadata group has no leader now (an election is under way, or fewer \
                      than a quorum of its members are reachable); retry shortly",
-                ))
+                ),
+                Err(ProposeError::Unavailable(why)) => WireError::new(ErrorCode::Unavailable, why),
+            };
+            if started.elapsed() > deadline {
+                return Err(refusal);
             }
-            Err(ProposeError::Unavailable(why)) => {
-                return Err(WireError::new(ErrorCode::Unavailable, why))
-            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         };
         match outcome {
             MapOutcome::Applied { .. } => Ok(ControlResponse::Map {

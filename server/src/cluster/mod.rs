@@ -346,7 +346,7 @@ impl Cluster {
     }
 
     /// For a node started before it was added to the map: ask the other nodes for the map
-    /// every second, and start the Raft groups once it names this node.
+    /// five times a second, and start the Raft groups once it names this node.
     async fn join_when_added(self: Arc<Self>, shutdown: CancellationToken) {
         let Some((db, election)) = self
             .joining
@@ -359,7 +359,7 @@ impl Cluster {
         let map = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
             }
             let known = self.view().map.clone();
             if let Some(map) = fetch_map(self.dialer.as_ref(), &known, &self.me).await {

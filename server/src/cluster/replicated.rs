@@ -88,6 +88,9 @@ pub(crate) struct Replication {
     meta: RaftGroup,
     state: watch::Receiver<Arc<MapState>>,
     replicas: Mutex<BTreeMap<u32, Arc<Replica>>>,
+    /// A fresh cluster's first map (epoch 1), which whichever node first leads the metadata
+    /// group commits; `None` when this node joined later.
+    bootstrap: Option<ClusterMap>,
     /// Serializes opening groups.
     opening: tokio::sync::Mutex<()>,
 }
@@ -204,6 +207,7 @@ impl Replication {
             meta,
             state,
             replicas: Mutex::new(BTreeMap::new()),
+            bootstrap: (bootstrap.epoch == 1).then(|| bootstrap.clone()),
             opening: tokio::sync::Mutex::new(()),
         });
         // Only a fresh cluster's first map (epoch 1) bootstraps the metadata group; a node
@@ -245,24 +249,8 @@ impl Replication {
                 }
             }
         }
-        // Propose the bootstrap map once this node leads (or until another node has).
-        let this = self.clone();
-        let map = bootstrap.clone();
-        tokio::spawn(async move {
-            for _ in 0..600 {
-                if this.state.borrow().map.is_some() {
-                    return;
-                }
-                let change = MapChange::Bootstrap { map: map.clone() };
-                match this.propose_map(&change).await {
-                    Ok(_) => return,
-                    Err(ProposeError::NotLeader(_)) | Err(ProposeError::Unavailable(_)) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await
-                    }
-                }
-            }
-            tracing::error!("the bootstrap map was not committed within a minute");
-        });
+        // Otherwise whichever member first leads the group commits the map (the reconcile
+        // loop), since every member of a fresh cluster has the same bootstrap file.
     }
 
     /// Whether `db` holds this node's Raft state from an earlier run (then the node knows its
@@ -426,11 +414,23 @@ impl Replication {
             }
             let state = self.state.borrow().clone();
             let Some(map) = state.map.as_ref() else {
+                if let (true, Some(map)) = (self.leads_meta(), &self.bootstrap) {
+                    let change = MapChange::Bootstrap { map: map.clone() };
+                    if let Err(err) = self.propose_map(&change).await {
+                        tracing::debug!(error = %err, "bootstrap map not committed yet");
+                    }
+                }
                 continue;
             };
             if self.leads_meta() {
                 let voters = members(map, &meta_voters(map));
-                converge_membership(META_GROUP, &self.meta, voters).await;
+                // Nodes past the first five follow the map as learners.
+                let all: Vec<String> = map.nodes.iter().map(|n| n.id.clone()).collect();
+                let learners: BTreeMap<u64, Member> = members(map, &all)
+                    .into_iter()
+                    .filter(|(id, _)| !voters.contains_key(id))
+                    .collect();
+                converge_membership(META_GROUP, &self.meta, voters, learners).await;
             }
             for replica in self.replicas() {
                 if !replica.is_leader() {
@@ -438,7 +438,8 @@ impl Replication {
                 }
                 let id = replica.shard();
                 if let Some(entry) = map.shard(id) {
-                    converge_membership(id, replica.raft(), members(map, &entry.replicas)).await;
+                    let voters = members(map, &entry.replicas);
+                    converge_membership(id, replica.raft(), voters, BTreeMap::new()).await;
                 }
                 let busy = state
                     .moving
@@ -511,7 +512,12 @@ const CATCH_UP_LAG: u64 = 64;
 /// replicas). New members join as learners first and become voters, replacing the members the
 /// map no longer names, only once they have caught up: a wiped or new node never counts
 /// towards a quorum before it holds the log.
-async fn converge_membership(group: u32, raft: &RaftGroup, desired: BTreeMap<u64, Member>) {
+async fn converge_membership(
+    group: u32,
+    raft: &RaftGroup,
+    desired: BTreeMap<u64, Member>,
+    extra_learners: BTreeMap<u64, Member>,
+) {
     if desired.is_empty() {
         return;
     }
@@ -520,7 +526,8 @@ async fn converge_membership(group: u32, raft: &RaftGroup, desired: BTreeMap<u64
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let learners: BTreeSet<u64> = membership.learner_ids().collect();
     let want: BTreeSet<u64> = desired.keys().copied().collect();
-    if voters == want && learners.is_empty() {
+    let want_learners: BTreeSet<u64> = extra_learners.keys().copied().collect();
+    if voters == want && learners == want_learners {
         return;
     }
     // A joint configuration is still being committed: wait for it.
@@ -528,11 +535,12 @@ async fn converge_membership(group: u32, raft: &RaftGroup, desired: BTreeMap<u64
         return;
     }
     let timeout = Duration::from_secs(10);
-    for id in want.difference(&voters) {
-        if learners.contains(id) {
+    let missing = want.difference(&voters).chain(want_learners.iter());
+    for id in missing {
+        if learners.contains(id) || voters.contains(id) {
             continue;
         }
-        let Some(node) = desired.get(id).cloned() else {
+        let Some(node) = desired.get(id).or_else(|| extra_learners.get(id)).cloned() else {
             continue;
         };
         tracing::info!(group, member = %node, "adding a learner to the group");
@@ -549,7 +557,7 @@ async fn converge_membership(group: u32, raft: &RaftGroup, desired: BTreeMap<u64
             .and_then(|r| r.get(id).cloned().flatten())
             .is_some_and(|matched| last.saturating_sub(matched.index) <= CATCH_UP_LAG)
     });
-    if !caught_up {
+    if !caught_up || voters == want {
         return;
     }
     tracing::info!(group, voters = ?want, "changing the group's voters to the map's replicas");

@@ -240,7 +240,18 @@ impl Router {
         let slot = hash_slot(command.key());
         let view = self.cluster.view_now();
         if view.replicated() {
-            let Some(replica) = view.replica_for(slot) else {
+            // The view routes; the state machines decide ownership. A replica whose state
+            // machine owns the slot serves it even when this node's view of the map is a
+            // moment behind (a slot just moved here, before the metadata group's commit reached
+            // this node).
+            let owner = view.replica_for(slot).cloned().or_else(|| {
+                self.cluster.replication().and_then(|repl| {
+                    repl.replicas()
+                        .into_iter()
+                        .find(|r| r.reader().slots().owned.contains(slot))
+                })
+            });
+            let Some(replica) = owner else {
                 return Answer::Now(moved(&view, slot));
             };
             return match replica.execute(command, write_session, consistency) {

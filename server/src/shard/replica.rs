@@ -246,6 +246,14 @@ impl Replica {
         let shard = self.shard;
         ReplicaAnswer::Later(Box::pin(async move {
             match confirmed.await {
+                // A frozen slot is being copied to another shard, which may already own it:
+                // a linearizable read waits for the move rather than read the old copy.
+                Ok(Ok(())) if reader.slots().frozen.contains(skv_proto::hash_slot(&key)) => {
+                    error(
+                        ErrorCode::TryAgain,
+                        format!("the key's slot is moving away from shard {shard}; retry shortly"),
+                    )
+                }
                 Ok(Ok(())) => read_local(&reader, &key),
                 Ok(Err(GateRefusal::NotLeader(leader))) => not_leader(shard, leader),
                 Ok(Err(GateRefusal::Unavailable(why))) => error(ErrorCode::Unavailable, why),

@@ -168,6 +168,8 @@ fn to_json(map: &ClusterMap, map_from: Option<&str>, rows: &[Row]) -> Value {
                 "ranges": map.ranges_of_shard(s.id),
                 "replicas": s.replicas,
                 "leader": reported_leader(rows, s.id),
+                "keys": leader_keys(rows, s.id),
+                "replica_status": replica_reports(rows, s.id),
             })
         })
         .collect();
@@ -323,6 +325,38 @@ fn reported_leader(rows: &[Row], shard: u32) -> Option<&str> {
             .any(|g| g.shard == shard && g.role == "leader")
             .then_some(r.id.as_str())
     })
+}
+
+/// Keys in `shard`, as its leader counts them (`None` when no leader answered).
+fn leader_keys(rows: &[Row], shard: u32) -> Option<u64> {
+    rows.iter().find_map(|r| {
+        let status = r.report.as_ref().ok()?;
+        status
+            .replicas
+            .iter()
+            .find(|g| g.shard == shard && g.role == "leader")
+            .map(|g| g.keys)
+    })
+}
+
+/// Every answering node's view of its replica of `shard`: role, term, log and applied
+/// indexes, and (on the leader) each follower's lag.
+fn replica_reports(rows: &[Row], shard: u32) -> Vec<Value> {
+    rows.iter()
+        .filter_map(|r| {
+            let status = r.report.as_ref().ok()?;
+            let g = status.replicas.iter().find(|g| g.shard == shard)?;
+            Some(json!({
+                "node": r.id,
+                "role": g.role,
+                "term": g.term,
+                "last_log": g.last_log,
+                "applied": g.applied,
+                "lag": g.lag,
+                "keys": g.keys,
+            }))
+        })
+        .collect()
 }
 
 /// The map's shards in id order.
