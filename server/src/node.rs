@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::checkpoint::{Checkpoint, CheckpointError};
-use crate::cluster::{Cluster, ClusterSetupError, Placement};
+use crate::cluster::{Cluster, ClusterSetupError, Placement, RaftSetup};
 use crate::config::{Durability, Engine, NodeConfig, TransportConfig};
 use crate::net::identity;
 use crate::net::listener;
@@ -243,9 +243,11 @@ async fn open_cluster(
             &advertise,
             config.cluster_map.as_deref(),
             placement,
-            db,
             dialer,
-            config.election_timeout,
+            RaftSetup {
+                db,
+                election: config.election_timeout,
+            },
         )
         .await?);
     }

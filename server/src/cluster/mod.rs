@@ -177,6 +177,14 @@ pub(crate) struct Cluster {
     joining: Mutex<Option<(sled::Db, std::time::Duration)>>,
 }
 
+/// What a replicated node's Raft groups need: the sled database their logs and state machines
+/// live in, and the election timeout.
+#[derive(Debug)]
+pub(crate) struct RaftSetup {
+    pub(crate) db: sled::Db,
+    pub(crate) election: std::time::Duration,
+}
+
 /// Where a node keeps its data and how it makes writes durable.
 #[derive(Debug)]
 pub(crate) struct Placement {
@@ -272,10 +280,10 @@ impl Cluster {
         advertise: &str,
         bootstrap: Option<&Path>,
         placement: Placement,
-        db: sled::Db,
         dialer: Option<Dialer>,
-        election: std::time::Duration,
+        raft: RaftSetup,
     ) -> Result<Cluster, ClusterSetupError> {
+        let RaftSetup { db, election } = raft;
         let mut bootstrap_map = match bootstrap {
             Some(path) => read_map(path, name)?,
             None => ClusterMap::single(name, me, advertise),
@@ -316,7 +324,10 @@ impl Cluster {
                 "this node is not in the cluster map: it serves no slots and joins once it is \
                  added (`skv cluster add-node`)"
             );
-            *cluster.joining.lock().unwrap_or_else(PoisonError::into_inner) = Some((db, election));
+            *cluster
+                .joining
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some((db, election));
             return Ok(cluster);
         }
         let repl = Replication::start(me, db, &bootstrap_map, dialer, election, registry)

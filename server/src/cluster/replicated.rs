@@ -93,6 +93,8 @@ pub(crate) struct Replication {
     bootstrap: Option<ClusterMap>,
     /// Serializes opening groups.
     opening: tokio::sync::Mutex<()>,
+    /// Local replicas the committed map no longer lists on this node, since when.
+    unlisted: Mutex<BTreeMap<u32, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Replication {
@@ -209,6 +211,7 @@ impl Replication {
             replicas: Mutex::new(BTreeMap::new()),
             bootstrap: (bootstrap.epoch == 1).then(|| bootstrap.clone()),
             opening: tokio::sync::Mutex::new(()),
+            unlisted: Mutex::new(BTreeMap::new()),
         });
         // Only a fresh cluster's first map (epoch 1) bootstraps the metadata group; a node
         // that joins later is added to it by its leader.
@@ -432,6 +435,7 @@ impl Replication {
                     .collect();
                 converge_membership(META_GROUP, &self.meta, voters, learners).await;
             }
+            self.drop_unlisted(map).await;
             for replica in self.replicas() {
                 if !replica.is_leader() {
                     continue;
@@ -470,6 +474,54 @@ impl Replication {
         }
     }
 
+    /// Delete the local replicas the map has not listed on this node for [`UNLISTED_GRACE`]:
+    /// the node was replaced in (or removed from) their groups, and their leaders have had the
+    /// time to move membership to the map's replicas.
+    async fn drop_unlisted(&self, map: &ClusterMap) {
+        let mut gone = Vec::new();
+        {
+            let mut unlisted = self.unlisted.lock().unwrap_or_else(PoisonError::into_inner);
+            for replica in self.replicas() {
+                let id = replica.shard();
+                let listed = map.shard(id).is_some_and(|s| s.replicas.contains(&self.me));
+                if listed {
+                    unlisted.remove(&id);
+                    continue;
+                }
+                let since = *unlisted.entry(id).or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= UNLISTED_GRACE {
+                    unlisted.remove(&id);
+                    gone.push(replica);
+                }
+            }
+        }
+        for replica in gone {
+            let id = replica.shard();
+            tracing::info!(
+                shard = id,
+                "the map no longer lists this node as a replica: deleting it"
+            );
+            replica.shutdown().await;
+            self.registry.unregister(id);
+            self.replicas
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            drop(replica);
+            let db = self.db.clone();
+            let dropped = tokio::task::spawn_blocking(move || {
+                crate::raft::state::destroy_shard(&db, id).is_ok()
+            })
+            .await;
+            if !matches!(dropped, Ok(true)) {
+                tracing::warn!(
+                    shard = id,
+                    "could not delete the replica's data; it stays unused"
+                );
+            }
+        }
+    }
+
     /// Stop every group.
     pub(crate) async fn shutdown(&self) {
         for replica in self.replicas() {
@@ -503,6 +555,9 @@ async fn own_when_leader(raft: &RaftGroup, shard: u32, map: &ClusterMap) {
         tracing::debug!(shard, error = %err, "own proposal failed");
     }
 }
+
+/// How long a replica the map no longer lists on this node is kept before it is deleted.
+const UNLISTED_GRACE: Duration = Duration::from_secs(30);
 
 /// How far behind its leader a new member may be when it is made a voter: close enough that
 /// it does not hold back commits while it catches up the rest.

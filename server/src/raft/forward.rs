@@ -94,17 +94,19 @@ pub(crate) async fn export_local(
     let slots = SlotSet::from_ranges(&request.slots);
     let reader = reader.clone();
     let page = tokio::task::spawn_blocking(move || {
-        reader.export(
-            &slots,
-            request.after.as_deref(),
-            EXPORT_PAGE_KEYS,
-            EXPORT_PAGE_BYTES,
-        )
+        reader
+            .export(
+                &slots,
+                request.after.as_deref(),
+                EXPORT_PAGE_KEYS,
+                EXPORT_PAGE_BYTES,
+            )
+            .map_err(|err| format!("storage: {err}"))
     })
     .await;
     match page {
         Ok(Ok((entries, next))) => ExportReply::Page { entries, next },
-        Ok(Err(err)) => ExportReply::Failed(format!("storage: {err}")),
+        Ok(Err(err)) => ExportReply::Failed(err),
         Err(_) => ExportReply::Failed("export task failed".into()),
     }
 }
@@ -208,7 +210,7 @@ impl Forwarder {
         let mut attempt = 0usize;
         while started.elapsed() < deadline {
             let reply = match (&hint, local) {
-                (None, Some(raft)) if attempt % 2 == 0 => {
+                (None, Some(raft)) if attempt.is_multiple_of(2) => {
                     propose_local(raft, proposal.clone()).await
                 }
                 _ => {
@@ -259,7 +261,7 @@ impl Forwarder {
         let mut attempt = 0usize;
         while started.elapsed() < deadline {
             let reply = match (&hint, local) {
-                (None, Some((raft, reader))) if attempt % 2 == 0 => {
+                (None, Some((raft, reader))) if attempt.is_multiple_of(2) => {
                     export_local(raft, reader, request.clone()).await
                 }
                 _ => {

@@ -234,11 +234,6 @@ impl Flusher {
     pub(crate) fn flushes(&self) -> u64 {
         self.inner.lock().flushes
     }
-
-    /// The database flushed.
-    pub(crate) fn db(&self) -> &sled::Db {
-        &self.inner.db
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -338,11 +333,6 @@ impl LogStore {
                 .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Delete, e))?;
         }
         Ok(())
-    }
-
-    /// The group this log belongs to.
-    pub(crate) fn group(&self) -> u32 {
-        self.group
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(

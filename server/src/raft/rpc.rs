@@ -112,11 +112,6 @@ impl fmt::Debug for RaftRegistry {
 }
 
 impl RaftRegistry {
-    /// An empty registry.
-    pub(crate) fn new() -> RaftRegistry {
-        RaftRegistry::default()
-    }
-
     /// Serve `group` with `raft` from now on, replacing any earlier handle for it.
     pub(crate) fn register(&self, group: u32, raft: RaftGroup) {
         // A panic elsewhere while holding the lock leaves the map itself intact (every

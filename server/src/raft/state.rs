@@ -1306,6 +1306,7 @@ impl ShardReader {
         self.shared.slots.load().owned.clone()
     }
 
+    #[cfg(test)]
     /// The frozen slots.
     pub(crate) fn frozen(&self) -> SlotSet {
         self.shared.slots.load().frozen.clone()
@@ -1352,6 +1353,7 @@ impl ShardReader {
         Ok((out, None))
     }
 
+    #[cfg(test)]
     /// The index of the last applied entry (0 before any).
     pub(crate) fn last_applied_index(&self) -> u64 {
         self.shared.applied_index.load(Ordering::Acquire)

@@ -79,7 +79,11 @@ fn node() -> Node {
         .unwrap(),
     );
     Node {
-        router: Router::new(cluster.clone(), None, crate::raft::rpc::RaftRegistry::new()),
+        router: Router::new(
+            cluster.clone(),
+            None,
+            crate::raft::rpc::RaftRegistry::default(),
+        ),
         cluster,
         _dir: dir,
     }

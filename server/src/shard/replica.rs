@@ -224,7 +224,7 @@ impl Replica {
 
     fn get(&self, key: Bytes, consistency: Consistency) -> ReplicaAnswer {
         if consistency == Consistency::Stale {
-            return ReplicaAnswer::Now(read_local(&self.reader, &key));
+            return ReplicaAnswer::Now(read_owned(self.shard, &self.reader, &key));
         }
         if !self.is_leader() {
             return ReplicaAnswer::NotLeader(self.leader());
@@ -248,13 +248,11 @@ impl Replica {
             match confirmed.await {
                 // A frozen slot is being copied to another shard, which may already own it:
                 // a linearizable read waits for the move rather than read the old copy.
-                Ok(Ok(())) if reader.slots().frozen.contains(skv_proto::hash_slot(&key)) => {
-                    error(
-                        ErrorCode::TryAgain,
-                        format!("the key's slot is moving away from shard {shard}; retry shortly"),
-                    )
-                }
-                Ok(Ok(())) => read_local(&reader, &key),
+                Ok(Ok(())) if reader.slots().frozen.contains(skv_proto::hash_slot(&key)) => error(
+                    ErrorCode::TryAgain,
+                    format!("the key's slot is moving away from shard {shard}; retry shortly"),
+                ),
+                Ok(Ok(())) => read_owned(shard, &reader, &key),
                 Ok(Err(GateRefusal::NotLeader(leader))) => not_leader(shard, leader),
                 Ok(Err(GateRefusal::Unavailable(why))) => error(ErrorCode::Unavailable, why),
                 Err(_) => error(
@@ -284,6 +282,18 @@ pub(crate) fn not_leader(shard: u32, leader: Option<Member>) -> ResponseBody {
 fn leader_of(m: &RaftMetrics<u64, Member>) -> Option<Member> {
     let id = m.current_leader?;
     m.membership_config.membership().get_node(&id).cloned()
+}
+
+/// Read `key` if the state machine owns its slot: a slot it gave away (or has not taken yet)
+/// holds no keys here, and "not found" would be a lie.
+fn read_owned(shard: u32, reader: &ShardReader, key: &[u8]) -> ResponseBody {
+    if !reader.slots().owned.contains(skv_proto::hash_slot(key)) {
+        return error(
+            ErrorCode::TryAgain,
+            format!("shard {shard} does not own the key's slot at this point; refresh the map and retry"),
+        );
+    }
+    read_local(reader, key)
 }
 
 fn read_local(reader: &ShardReader, key: &[u8]) -> ResponseBody {

@@ -193,7 +193,7 @@ impl TestNode {
     /// Start member `id` (node `n<id>`) on `addr` (port 0: any) over `log` and `state`.
     async fn start(pki: &Pki, id: u64, addr: SocketAddr, log: MemLog, state: MemState) -> Self {
         let name = format!("n{id}");
-        let registry = RaftRegistry::new();
+        let registry = RaftRegistry::default();
         let listener = Listener::start(pki, &name, registry.clone(), addr).await;
         let network = Network::new(GROUP, Peers::new(Some(dialer(pki, &name))));
         let raft = Raft::new(id, raft_config(), network, log.clone(), state.clone())
@@ -589,7 +589,7 @@ async fn lone_group() -> (RaftRegistry, RaftGroup) {
         .metrics(|m| m.current_leader == Some(1), "lead itself")
         .await
         .unwrap();
-    let registry = RaftRegistry::new();
+    let registry = RaftRegistry::default();
     registry.register(GROUP, raft.clone());
     (registry, raft)
 }
