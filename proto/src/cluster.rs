@@ -779,6 +779,14 @@ pub enum ControlRequest {
         /// Where the new node listens.
         addr: String,
     },
+    /// Admin, replicated clusters: take node `id` out of the cluster. Each of its replicas is
+    /// first given to another node (the one holding the fewest replicas), whose copy is built
+    /// from the surviving replicas; then the node leaves the map. Refused when no other node
+    /// can take a replica, or when it is the only replica of a shard.
+    RemoveNode {
+        /// The node to remove.
+        id: String,
+    },
     /// Peer only, replicated clusters: propose this map change (JSON, decided by the metadata
     /// group's state machine) to the metadata group, which the receiving node leads.
     ProposeMap {
@@ -810,6 +818,7 @@ impl ControlRequest {
             ControlRequest::MoveSlots { .. } => "move_slots",
             ControlRequest::ProposeMap { .. } => "propose_map",
             ControlRequest::ReplaceNode { .. } => "replace_node",
+            ControlRequest::RemoveNode { .. } => "remove_node",
         }
     }
 

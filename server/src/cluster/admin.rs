@@ -45,6 +45,9 @@ impl Cluster {
                         .await
                 }
             }
+            ControlRequest::RemoveNode { id } => {
+                self.change_map(MapChange::RemoveNode { id }).await
+            }
             ControlRequest::ProposeMap { change } => {
                 match serde_json::from_str::<MapChange>(&change) {
                     Ok(change) => self.change_map(change).await,

@@ -7,6 +7,8 @@
 //! map has moved on. No node can push a map: a node's view is whatever this state machine has
 //! applied, and epochs only grow by one per change, so none can be forged or wrapped.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 use skv_proto::cluster::{format_ranges, ClusterMap, SlotRange, SlotSet};
 
@@ -95,6 +97,12 @@ pub(crate) enum MapChange {
         with: String,
         /// Its `HOST:PORT`.
         addr: String,
+    },
+    /// Remove node `id`: its replicas go to the nodes holding the fewest, then it leaves the
+    /// node list.
+    RemoveNode {
+        /// The node.
+        id: String,
     },
     /// Give shard `shard` a new replica set (replace or rebalance replicas).
     SetReplicas {
@@ -276,6 +284,63 @@ impl MapState {
                 }
                 (next, None)
             }
+            MapChange::RemoveNode { id } => {
+                if map.node(&id).is_none() {
+                    return Err(format!("node `{id}` is not in the map"));
+                }
+                if self.moving.is_some() {
+                    return Err("a slot move is running; remove the node once it ends".into());
+                }
+                let mut next = map.clone();
+                next.epoch += 1;
+                let others: Vec<String> = next
+                    .nodes
+                    .iter()
+                    .filter(|n| n.id != id)
+                    .map(|n| n.id.clone())
+                    .collect();
+                let mut load: BTreeMap<String, usize> =
+                    others.iter().map(|n| (n.clone(), 0)).collect();
+                for shard in &next.shards {
+                    for r in &shard.replicas {
+                        if let Some(count) = load.get_mut(r) {
+                            *count += 1;
+                        }
+                    }
+                }
+                let owning: BTreeSet<u32> = next.slots.iter().map(|a| a.shard).collect();
+                for shard in next.shards.iter_mut() {
+                    let Some(at) = shard.replicas.iter().position(|r| *r == id) else {
+                        continue;
+                    };
+                    let spare = others
+                        .iter()
+                        .filter(|n| !shard.replicas.contains(n))
+                        .min_by_key(|n| (load.get(*n).copied().unwrap_or(0), (*n).clone()))
+                        .cloned();
+                    match spare {
+                        Some(spare) => {
+                            *load.entry(spare.clone()).or_default() += 1;
+                            shard.replicas[at] = spare;
+                        }
+                        None if shard.replicas.len() > 1 => {
+                            shard.replicas.remove(at);
+                        }
+                        None if owning.contains(&shard.id) => {
+                            return Err(format!(
+                                "node `{id}` holds the only replica of shard {} and no other \
+                                 node can take it; move its slots away first",
+                                shard.id
+                            ))
+                        }
+                        None => shard.replicas.clear(),
+                    }
+                }
+                // Shards left without replicas own no slots: they go too.
+                next.shards.retain(|s| !s.replicas.is_empty());
+                next.nodes.retain(|n| n.id != id);
+                (next, None)
+            }
             MapChange::SetReplicas { shard, replicas } => {
                 let mut next = map.clone();
                 let Some(entry) = next.shards.iter_mut().find(|s| s.id == shard) else {
@@ -404,6 +469,43 @@ mod tests {
             to,
             expect_epoch: Some(stale),
         });
+        assert!(matches!(out, MapOutcome::Refused { .. }), "{out:?}");
+    }
+
+    #[test]
+    fn a_removed_node_hands_its_replicas_to_the_least_loaded() {
+        let mut state = MapState::default();
+        let nodes: Vec<(String, String)> = (1..=4)
+            .map(|i| (format!("n{i}"), format!("127.0.0.1:{}", 7400 + i)))
+            .collect();
+        let map = ClusterMap::even_replicated("skv", &nodes, 3).expect("map");
+        state.decide(MapChange::Bootstrap { map });
+        let before = epoch(&state);
+        let out = state.decide(MapChange::RemoveNode { id: "n2".into() });
+        assert!(matches!(out, MapOutcome::Applied { .. }), "{out:?}");
+        let map = state.map.clone().expect("map");
+        assert_eq!(map.epoch, before + 1);
+        assert!(map.node("n2").is_none());
+        for shard in &map.shards {
+            assert_eq!(shard.replicas.len(), 3, "{shard:?}");
+            assert!(!shard.replicas.contains(&"n2".to_owned()));
+            let distinct: BTreeSet<_> = shard.replicas.iter().collect();
+            assert_eq!(distinct.len(), 3);
+        }
+    }
+
+    #[test]
+    fn the_only_replica_of_a_shard_cannot_be_removed() {
+        let mut state = booted();
+        let out = state.decide(MapChange::RemoveNode { id: "n1".into() });
+        // One replica per shard and every node holds one: n1's shard has nowhere to go but
+        // another node, which takes it; only a single-node cluster refuses.
+        assert!(matches!(out, MapOutcome::Applied { .. }), "{out:?}");
+        let mut single = MapState::default();
+        single.decide(MapChange::Bootstrap {
+            map: ClusterMap::single("skv", "n1", "127.0.0.1:7401"),
+        });
+        let out = single.decide(MapChange::RemoveNode { id: "n1".into() });
         assert!(matches!(out, MapOutcome::Refused { .. }), "{out:?}");
     }
 

@@ -683,12 +683,12 @@ impl Cluster {
             }
             ControlRequest::Status => self.status().await,
             ControlRequest::AddNode { id, addr } => self.add_node(id, addr).await,
-            ControlRequest::ProposeMap { .. } | ControlRequest::ReplaceNode { .. } => {
-                Err(WireError::new(
-                    ErrorCode::ClusterState,
-                    "this node's map is fixed (memory or null engine): it has no metadata group",
-                ))
-            }
+            ControlRequest::ProposeMap { .. }
+            | ControlRequest::ReplaceNode { .. }
+            | ControlRequest::RemoveNode { .. } => Err(WireError::new(
+                ErrorCode::ClusterState,
+                "this node's map is fixed (memory or null engine): it has no metadata group",
+            )),
             ControlRequest::MoveSlots { ranges, to, .. } => {
                 migrate::move_slots(self.clone(), ranges, to).await
             }
