@@ -91,6 +91,29 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// A client's write session as the shard's session table keys it: the client id mixed
+    /// with this connection's certificate, so a client holding another certificate cannot
+    /// replay or pre-empt someone else's (client id, sequence) pair to read its outcome or have
+    /// its write skipped as a duplicate. The same certificate gives the same key on every
+    /// node, so a retry at a new leader still finds its first outcome. Plaintext connections
+    /// (benchmark baselines) keep the id as sent.
+    pub(crate) fn scope_write(&self, session: skv_proto::Session) -> skv_proto::Session {
+        let Some(thumbprint) = &self.thumbprint else {
+            return session;
+        };
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"skv write session v1\0");
+        ctx.update(thumbprint.as_bytes());
+        ctx.update(&session.client.to_be_bytes());
+        let digest = ctx.finish();
+        let mut client = [0u8; 8];
+        client.copy_from_slice(&digest.as_ref()[..8]);
+        skv_proto::Session {
+            client: u64::from_be_bytes(client),
+            seq: session.seq,
+        }
+    }
+
     /// A session for a peer with this certificate thumbprint (none on plaintext).
     pub(crate) fn new(thumbprint: Option<CertThumbprint>) -> Session {
         let fingerprint = thumbprint.map(|t| t.to_hex()).unwrap_or_default();

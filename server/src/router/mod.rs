@@ -82,7 +82,8 @@ impl Router {
         request: Request,
         max_frame: usize,
     ) -> Answer {
-        let (write_session, consistency) = (request.session, request.consistency);
+        let write_session = request.session.map(|s| session.scope_write(s));
+        let consistency = request.consistency;
         let body = request.body;
         match kind {
             PeerKind::Peer(node) => return self.peer(node, session, body),

@@ -553,3 +553,43 @@ fn a_wiped_node_is_replaced_and_its_replicas_rebuilt() -> anyhow::Result<()> {
         anyhow::Ok(())
     })
 }
+
+#[test]
+fn another_certificate_cannot_reuse_a_clients_session() -> anyhow::Result<()> {
+    let cluster = LocalCluster::start_replicated(3, 0, 3)?;
+    rt().block_on(async {
+        let client = client(&cluster, "n1").await?;
+        let map = client.map();
+        wait_writable(&client, &map).await?;
+        // Two keys of one shard, so both writes meet the same session table.
+        let first = map.ranges_of_shard(map.shards[0].id)[0];
+        let mine = key_in_slot_range(first.start, first.end, "alice");
+        let theirs = key_in_slot_range(first.start, first.end, "mallory");
+        client.put(mine.clone(), "warm").await?;
+        let shard = map.shard_of_slot(hash_slot(&mine)).expect("shard").id;
+        let leader = client.cached_leader(shard).expect("leader");
+        let addr = cluster.addr(&leader);
+        let session = Some(Session {
+            client: 0xa11ce,
+            seq: 7,
+        });
+        let alice = Connection::connect(&cluster.client("alice", &addr)).await?;
+        let put = |key: &Bytes, value: &'static str| RequestBody::Put {
+            key: key.clone(),
+            value: Bytes::from_static(value.as_bytes()),
+        };
+        alice
+            .call_with(put(&mine, "alice's"), session, Consistency::Linearizable)
+            .await?;
+        // Another certificate sends the very same (client, seq): it is a different session,
+        // so its write is applied, not answered with alice's outcome.
+        let other = Connection::connect(&cluster.client("admin", &addr)).await?;
+        let answer = other
+            .call_with(put(&theirs, "admin's"), session, Consistency::Linearizable)
+            .await?;
+        assert!(matches!(answer, ResponseBody::Written { .. }), "{answer:?}");
+        let got = client.get(theirs.clone()).await?.map(|(_, v)| v);
+        assert_eq!(got, Some(Bytes::from_static(b"admin's")));
+        anyhow::Ok(())
+    })
+}
