@@ -95,6 +95,9 @@ pub(crate) struct Replication {
     opening: tokio::sync::Mutex<()>,
     /// Local replicas the committed map no longer lists on this node, since when.
     unlisted: Mutex<BTreeMap<u32, std::time::Instant>>,
+    /// Shards whose preferred leader this node is (their first replica) but which another
+    /// node leads, since when this replica has been a caught-up follower.
+    preferred: Mutex<BTreeMap<u32, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Replication {
@@ -212,6 +215,7 @@ impl Replication {
             bootstrap: (bootstrap.epoch == 1).then(|| bootstrap.clone()),
             opening: tokio::sync::Mutex::new(()),
             unlisted: Mutex::new(BTreeMap::new()),
+            preferred: Mutex::new(BTreeMap::new()),
         });
         // Only a fresh cluster's first map (epoch 1) bootstraps the metadata group; a node
         // that joins later is added to it by its leader.
@@ -436,6 +440,7 @@ impl Replication {
                 converge_membership(META_GROUP, &self.meta, voters, learners).await;
             }
             self.drop_unlisted(map).await;
+            self.lead_where_preferred(map).await;
             for replica in self.replicas() {
                 if !replica.is_leader() {
                     continue;
@@ -522,6 +527,46 @@ impl Replication {
         }
     }
 
+    /// Spread leaders as the map does: a shard's first replica is its preferred leader (at
+    /// init each node leads one shard). After a failover the leadership stays where it went;
+    /// once the preferred replica has been a caught-up follower for [`PREFERRED_AFTER`], it
+    /// stands for election, which an up-to-date log wins.
+    async fn lead_where_preferred(&self, map: &ClusterMap) {
+        let mut due = Vec::new();
+        {
+            let mut preferred = self
+                .preferred
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for replica in self.replicas() {
+                let id = replica.shard();
+                let first = map.shard(id).and_then(|s| s.replicas.first());
+                let m = replica.raft().metrics().borrow().clone();
+                let caught_up = m.state == openraft::ServerState::Follower
+                    && m.current_leader.is_some_and(|l| l != self.raft_id)
+                    && m.last_applied.map(|l| l.index) == m.last_log_index;
+                if first != Some(&self.me) || !caught_up {
+                    preferred.remove(&id);
+                    continue;
+                }
+                let since = *preferred.entry(id).or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= PREFERRED_AFTER {
+                    preferred.remove(&id);
+                    due.push(replica);
+                }
+            }
+        }
+        for replica in due {
+            tracing::info!(
+                shard = replica.shard(),
+                "taking back the lead of a shard this node is the preferred leader of"
+            );
+            if let Err(err) = replica.raft().trigger().elect().await {
+                tracing::debug!(error = %err, "could not stand for election");
+            }
+        }
+    }
+
     /// Stop every group.
     pub(crate) async fn shutdown(&self) {
         for replica in self.replicas() {
@@ -555,6 +600,10 @@ async fn own_when_leader(raft: &RaftGroup, shard: u32, map: &ClusterMap) {
         tracing::debug!(shard, error = %err, "own proposal failed");
     }
 }
+
+/// How long a shard's preferred leader waits as a caught-up follower before it takes the lead
+/// back: long enough that a node that just restarted has settled.
+const PREFERRED_AFTER: Duration = Duration::from_secs(5);
 
 /// How long a replica the map no longer lists on this node is kept before it is deleted.
 const UNLISTED_GRACE: Duration = Duration::from_secs(30);

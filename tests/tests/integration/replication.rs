@@ -593,3 +593,49 @@ fn another_certificate_cannot_reuse_a_clients_session() -> anyhow::Result<()> {
         anyhow::Ok(())
     })
 }
+
+#[test]
+fn a_restarted_node_takes_back_the_lead_of_its_shard() -> anyhow::Result<()> {
+    let mut cluster = LocalCluster::start_replicated(3, 0, 3)?;
+    let rt = rt();
+    let client = rt.block_on(client(&cluster, "n2"))?;
+    let map = client.map();
+    rt.block_on(wait_writable(&client, &map))?;
+    let preferred = map.shards.iter().find(|s| s.replicas[0] == "n1").expect("n1's shard");
+    let range = map.ranges_of_shard(preferred.id)[0];
+    let key = key_in_slot_range(range.start, range.end, "lead");
+    let n1 = cluster.take("n1");
+    let (args, log) = (n1.args.clone(), n1.log.clone());
+    n1.kill9()?;
+    // The shard fails over: another replica leads and takes writes.
+    rt.block_on(client.put(key.clone(), "during"))?;
+    let leader_during = client.cached_leader(preferred.id).expect("a leader");
+    assert_ne!(leader_during, "n1");
+    cluster
+        .nodes
+        .iter_mut()
+        .find(|(n, _)| n == "n1")
+        .expect("n1")
+        .1 = Some(Node::start(&args, &log)?);
+    // Once caught up, n1 leads its shard again, and nothing written meanwhile is lost.
+    let started = std::time::Instant::now();
+    loop {
+        let leads = rt.block_on(status(&cluster, "n1")).ok().is_some_and(|s| {
+            s.replicas
+                .iter()
+                .any(|r| r.shard == preferred.id && r.role == "leader")
+        });
+        if leads {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "n1 did not take back the lead of shard {}",
+            preferred.id
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let got = rt.block_on(client.get(key))?.map(|(_, v)| v);
+    assert_eq!(got, Some(Bytes::from_static(b"during")));
+    Ok(())
+}
