@@ -172,7 +172,34 @@ impl MapState {
                 if map.node(&id).is_some() {
                     return Err(format!("node `{id}` is already in the map"));
                 }
-                (map.with_node(&id, &addr), None)
+                let mut next = map.with_node(&id, &addr);
+                // The node's new (empty) shard gets as many replicas as the cluster's shards
+                // have: the new node first, then the nodes holding the fewest replicas.
+                let factor = map
+                    .shards
+                    .iter()
+                    .map(|s| s.replicas.len())
+                    .max()
+                    .unwrap_or(1);
+                let mut load: BTreeMap<String, usize> =
+                    map.nodes.iter().map(|n| (n.id.clone(), 0)).collect();
+                for shard in &map.shards {
+                    for r in &shard.replicas {
+                        *load.entry(r.clone()).or_default() += 1;
+                    }
+                }
+                let mut others: Vec<(usize, String)> =
+                    load.into_iter().map(|(node, n)| (n, node)).collect();
+                others.sort();
+                if let Some(shard) = next.shards.iter_mut().find(|s| s.replicas == [id.clone()]) {
+                    shard.replicas.extend(
+                        others
+                            .into_iter()
+                            .map(|(_, node)| node)
+                            .take(factor.saturating_sub(1)),
+                    );
+                }
+                (next, None)
             }
             MapChange::BeginMove {
                 slots,

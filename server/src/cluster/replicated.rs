@@ -384,14 +384,23 @@ impl Replication {
         // The first replica creates the group, but only when the group is new: in a fresh
         // cluster's first map, or a shard created with this node as its only replica. A node
         // that replaces another in an existing group waits to be added by the group's leader.
-        let new_group = map.epoch == 1 || replicas.len() == 1;
+        // A shard created later (by add-node) owns no slots yet: its first replica starts it
+        // alone, and the group's membership then grows to the map's replicas (learners
+        // first), like any membership change.
+        let fresh_cluster = map.epoch == 1 || replicas.len() == 1;
+        let empty_shard = map.ranges_of_shard(shard).is_empty();
+        let initial: &[String] = if fresh_cluster {
+            replicas
+        } else {
+            &replicas[..replicas.len().min(1)]
+        };
         if replicas.first() == Some(&self.me)
-            && new_group
+            && (fresh_cluster || empty_shard)
             && !raft.is_initialized().await.unwrap_or(true)
         {
-            if let Err(err) = raft.initialize(members(map, replicas)).await {
+            if let Err(err) = raft.initialize(members(map, initial)).await {
                 tracing::warn!(shard, error = %err, "could not initialize the shard group");
-            } else if replicas.len() == 1 {
+            } else if initial.len() == 1 {
                 // A group of one elects itself at once: take the map's slots before the node
                 // says it is listening, so its first request is served, not told to retry.
                 own_when_leader(&raft, shard, map).await;

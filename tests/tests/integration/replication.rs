@@ -601,7 +601,11 @@ fn a_restarted_node_takes_back_the_lead_of_its_shard() -> anyhow::Result<()> {
     let client = rt.block_on(client(&cluster, "n2"))?;
     let map = client.map();
     rt.block_on(wait_writable(&client, &map))?;
-    let preferred = map.shards.iter().find(|s| s.replicas[0] == "n1").expect("n1's shard");
+    let preferred = map
+        .shards
+        .iter()
+        .find(|s| s.replicas[0] == "n1")
+        .expect("n1's shard");
     let range = map.ranges_of_shard(preferred.id)[0];
     let key = key_in_slot_range(range.start, range.end, "lead");
     let n1 = cluster.take("n1");
