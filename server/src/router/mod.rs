@@ -170,6 +170,21 @@ impl Router {
 
     /// The peer protocol: what a node of this cluster may ask.
     fn peer(&self, node: &str, session: &Session, body: RequestBody) -> Answer {
+        // On a replicated node, only nodes the map lists speak Raft or change anything: a node
+        // that was replaced or removed keeps a valid certificate until it expires, and must
+        // not keep a say in the groups it left. PING and CLUSTER_MAP stay open to every node
+        // of the cluster, so a node that is being added can learn the map.
+        let view = self.cluster.view_now();
+        let mutating = !matches!(body, RequestBody::Ping | RequestBody::ClusterMap);
+        if mutating && view.replicated() && view.map.node(node).is_none() {
+            let reason = format!(
+                "node {node} is not in the cluster map (epoch {}): it has no say in the cluster",
+                view.epoch()
+            );
+            drop(view);
+            return self.refuse_role(session, body.op().as_str(), &reason);
+        }
+        drop(view);
         match body {
             RequestBody::Ping => Answer::Now(ResponseBody::Pong),
             RequestBody::ClusterMap => Answer::Now(self.cluster.map_answer()),

@@ -537,6 +537,22 @@ fn a_wiped_node_is_replaced_and_its_replicas_rebuilt() -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // n3's certificate is still valid, but n3 is out of the map: it has no say any more.
+    rt.block_on(async {
+        let as_n3 = Connection::connect(&cluster.as_node("n3", &cluster.addr("n1"))).await?;
+        let vote = as_n3
+            .call(RequestBody::Raft {
+                group: 0,
+                rpc: 2,
+                payload: Bytes::new(),
+            })
+            .await;
+        match vote {
+            Err(ClientError::Refused(w)) => assert_eq!(w.code, ErrorCode::Forbidden, "{w}"),
+            other => panic!("a replaced node's Raft message was answered {other:?}"),
+        }
+        anyhow::Ok(())
+    })?;
     // The rebuilt copies count: with n1 gone too, n2 and n4 are a quorum of every shard.
     cluster.take("n1").kill9()?;
     rt.block_on(async {
