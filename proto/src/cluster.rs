@@ -921,6 +921,13 @@ pub struct ReplicaStatus {
     pub quorum_ack_ms: Option<u64>,
     /// Keys in the replica's state machine.
     pub keys: u64,
+    /// Index of the last entry the replica's latest snapshot covers (0: none). A replica that
+    /// was brought up by installing a snapshot has one from the start.
+    #[serde(default)]
+    pub snapshot: u64,
+    /// Index of the last entry purged from its log (0: none).
+    #[serde(default)]
+    pub purged: u64,
 }
 
 /// A move in progress on the giving node.

@@ -229,6 +229,10 @@ pub struct FileConfig {
     /// elections [default: 500].
     #[arg(long = "election-timeout-ms", value_name = "MS")]
     pub election_timeout_ms: Option<u64>,
+    /// Entries each Raft group appends between snapshots; the log keeps at most half of this
+    /// (and at most 1000) entries behind the last snapshot [default: 20000].
+    #[arg(long = "snapshot-every", value_name = "ENTRIES")]
+    pub snapshot_every: Option<u64>,
 }
 
 impl FileConfig {
@@ -342,6 +346,8 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Lower bound of the Raft election timeout (the upper bound is twice it).
     pub election_timeout: Duration,
+    /// Entries between snapshots of each Raft group.
+    pub snapshot_every: u64,
 }
 
 impl NodeConfig {
@@ -454,9 +460,13 @@ impl NodeConfig {
             handshake_timeout: Duration::from_secs(handshake_secs),
             shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs.unwrap_or(30)),
             election_timeout: Duration::from_millis(election_ms),
+            snapshot_every: cfg.snapshot_every.unwrap_or(DEFAULT_SNAPSHOT_EVERY).max(10),
         })
     }
 }
+
+/// Default number of entries between snapshots of a Raft group.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 20_000;
 
 /// Default lower bound of the election timeout: a leader's failure is noticed within 0.5–1 s,
 /// well inside the 2 s failover target, while 100 ms heartbeats leave room for a slow fsync.

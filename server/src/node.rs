@@ -247,6 +247,7 @@ async fn open_cluster(
             RaftSetup {
                 db,
                 election: config.election_timeout,
+                snapshot_every: config.snapshot_every,
             },
         )
         .await?);

@@ -43,6 +43,8 @@ pub struct LocalCluster {
     pub nodes: Vec<(String, Option<Node>)>,
     /// A token granting admin over every key, valid for an hour.
     pub admin_token: String,
+    /// Flags every node is started with, beside the ones the cluster needs.
+    pub extra_args: Vec<String>,
 }
 
 impl LocalCluster {
@@ -57,6 +59,16 @@ impl LocalCluster {
         n: usize,
         spare: usize,
         replicas: usize,
+    ) -> anyhow::Result<LocalCluster> {
+        LocalCluster::start_with(n, spare, replicas, &[])
+    }
+
+    /// [`LocalCluster::start_replicated`] with `extra` flags for every node.
+    pub fn start_with(
+        n: usize,
+        spare: usize,
+        replicas: usize,
+        extra: &[&str],
     ) -> anyhow::Result<LocalCluster> {
         let dir = tempfile::Builder::new().prefix("skv-cluster-").tempdir()?;
         let layout = Layout::new(dir.path().join("pki"));
@@ -99,6 +111,7 @@ impl LocalCluster {
             map_file,
             nodes: Vec::new(),
             admin_token,
+            extra_args: extra.iter().map(|a| a.to_string()).collect(),
         };
         for (id, addr) in &members {
             let node = cluster.start_node(id, addr)?;
@@ -115,7 +128,7 @@ impl LocalCluster {
     /// Start node `id` listening on `addr` with the bootstrap map, its own data dir and log.
     pub fn start_node(&self, id: &str, addr: &str) -> anyhow::Result<Node> {
         let p = |path: PathBuf| path.display().to_string();
-        let args = vec![
+        let mut args = vec![
             "--name".to_owned(),
             id.to_owned(),
             "--listen".to_owned(),
@@ -137,6 +150,7 @@ impl LocalCluster {
             "--audit-log".to_owned(),
             p(self.audit_log(id)),
         ];
+        args.extend(self.extra_args.iter().cloned());
         Node::start(&args, &self.dir().join(format!("{id}.log")))
             .with_context(|| format!("start node {id}"))
     }

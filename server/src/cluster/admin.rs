@@ -308,5 +308,7 @@ fn group_status(shard: u32, raft: &RaftGroup, keys: u64) -> ReplicaStatus {
         lag,
         quorum_ack_ms: m.millis_since_quorum_ack,
         keys,
+        snapshot: m.snapshot.map(|l| l.index).unwrap_or(0),
+        purged: m.purged.map(|l| l.index).unwrap_or(0),
     }
 }

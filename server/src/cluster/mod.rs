@@ -174,7 +174,7 @@ pub(crate) struct Cluster {
     /// Every Raft group this node runs, for the transport (shared with [`Replication`]).
     registry: RaftRegistry,
     /// For a replicated node still waiting to be added: its database and election timeout.
-    joining: Mutex<Option<(sled::Db, std::time::Duration)>>,
+    joining: Mutex<Option<(sled::Db, replicated::Timing)>>,
 }
 
 /// What a replicated node's Raft groups need: the sled database their logs and state machines
@@ -183,6 +183,7 @@ pub(crate) struct Cluster {
 pub(crate) struct RaftSetup {
     pub(crate) db: sled::Db,
     pub(crate) election: std::time::Duration,
+    pub(crate) snapshot_every: u64,
 }
 
 /// Where a node keeps its data and how it makes writes durable.
@@ -283,7 +284,15 @@ impl Cluster {
         dialer: Option<Dialer>,
         raft: RaftSetup,
     ) -> Result<Cluster, ClusterSetupError> {
-        let RaftSetup { db, election } = raft;
+        let RaftSetup {
+            db,
+            election,
+            snapshot_every,
+        } = raft;
+        let election = replicated::Timing {
+            election,
+            snapshot_every,
+        };
         let mut bootstrap_map = match bootstrap {
             Some(path) => read_map(path, name)?,
             None => ClusterMap::single(name, me, advertise),

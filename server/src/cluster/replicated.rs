@@ -109,19 +109,29 @@ impl std::fmt::Debug for Replication {
     }
 }
 
+/// The timing knobs of every group on a node.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// Lower bound of the election timeout.
+    pub(crate) election: Duration,
+    /// Entries between snapshots.
+    pub(crate) snapshot_every: u64,
+}
+
 /// openraft's settings from the election timeout: heartbeats at a fifth of it, so a leader
 /// survives a few lost heartbeats or a slow fsync before anyone stands for election.
-pub(crate) fn raft_config(election: Duration) -> Result<Arc<Config>, String> {
-    let min = (election.as_millis() as u64).max(50);
+pub(crate) fn raft_config(timing: Timing) -> Result<Arc<Config>, String> {
+    let min = (timing.election.as_millis() as u64).max(50);
     let config = Config {
         cluster_name: "skv".into(),
         heartbeat_interval: (min / 5).max(10),
         election_timeout_min: min,
         election_timeout_max: min * 2,
-        // Snapshot every 20k entries and keep 1000 behind it, so a follower that blinked
-        // catches up from the log and only a long-gone one needs a snapshot.
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        // Snapshot every 20k entries (by default) and keep up to 1000 behind it, so a
+        // follower that blinked catches up from the log and only a long-gone one needs a
+        // snapshot.
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
+        max_in_snapshot_log_to_keep: (timing.snapshot_every / 2).min(1_000),
         // Half the default peer frame (1 MiB), so a chunk and its envelope always fit.
         snapshot_max_chunk_size: 512 * 1024,
         // With batches of at most 64 KiB, 8 entries stay under the 1 MiB peer frame.
@@ -164,7 +174,7 @@ impl Replication {
         db: sled::Db,
         bootstrap: &ClusterMap,
         dialer: Option<Dialer>,
-        election: Duration,
+        election: Timing,
         registry: RaftRegistry,
     ) -> Result<Arc<Replication>, ReplicationError> {
         let config = raft_config(election).map_err(|reason| ReplicationError::Start {

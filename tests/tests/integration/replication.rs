@@ -659,3 +659,77 @@ fn a_restarted_node_takes_back_the_lead_of_its_shard() -> anyhow::Result<()> {
     assert_eq!(got, Some(Bytes::from_static(b"during")));
     Ok(())
 }
+
+#[test]
+fn a_replica_that_fell_far_behind_is_brought_up_by_a_snapshot() -> anyhow::Result<()> {
+    // Snapshots every 50 entries, so a few hundred writes purge the log past a stopped node.
+    let mut cluster = LocalCluster::start_with(3, 0, 3, &["--snapshot-every", "50"])?;
+    let rt = rt();
+    let client = rt.block_on(client(&cluster, "n1"))?;
+    let map = client.map();
+    rt.block_on(wait_writable(&client, &map))?;
+    let n3 = cluster.take("n3");
+    let (args, log) = (n3.args.clone(), n3.log.clone());
+    n3.kill9()?;
+    let keys: Vec<Bytes> = (0..400).map(|i| Bytes::from(format!("snap/{i}"))).collect();
+    rt.block_on(async {
+        for key in &keys {
+            client.put(key.clone(), key.clone()).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    cluster
+        .nodes
+        .iter_mut()
+        .find(|(n, _)| n == "n3")
+        .expect("n3")
+        .1 = Some(Node::start(&args, &log)?);
+    // n3's replicas catch up; those whose leader purged past n3's log get a snapshot.
+    let started = std::time::Instant::now();
+    let s3 = loop {
+        let s3 = rt.block_on(status(&cluster, "n3"))?;
+        let caught_up = s3
+            .replicas
+            .iter()
+            .filter(|r| r.shard != 0)
+            .all(|r| r.applied > 0 && r.snapshot > 0);
+        if caught_up {
+            break s3;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "n3 did not catch up by snapshot: {:?}",
+            s3.replicas
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(s3.replicas.iter().any(|r| r.purged > 0), "{:?}", s3.replicas);
+    // Every key is on n3 itself: read its own copy, stale, from n3 alone.
+    rt.block_on(async {
+        let n3 = Connection::connect(&cluster.client("alice", &cluster.addr("n3"))).await?;
+        let started = std::time::Instant::now();
+        for key in &keys {
+            loop {
+                let got = n3
+                    .call_with(
+                        RequestBody::Get { key: key.clone() },
+                        None,
+                        Consistency::Stale,
+                    )
+                    .await?;
+                match got {
+                    ResponseBody::Value { value, .. } => {
+                        assert_eq!(&value, key);
+                        break;
+                    }
+                    other if started.elapsed() < Duration::from_secs(20) => {
+                        eprintln!("{key:?} on n3: {other:?}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    other => panic!("{key:?} never reached n3: {other:?}"),
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
+}

@@ -483,6 +483,8 @@ mod tests {
                     lag: Vec::new(),
                     quorum_ack_ms: Some(3),
                     keys: 0,
+                    snapshot: 0,
+                    purged: 0,
                 }],
             }),
         }];

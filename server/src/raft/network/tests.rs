@@ -131,6 +131,7 @@ impl Listener {
             cluster_map: None,
             advertise: None,
             election_timeout: Duration::from_millis(500),
+            snapshot_every: 20_000,
         };
         let storage = Arc::new(MemoryStorage::new());
         let placement = Placement {
