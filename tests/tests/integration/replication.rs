@@ -733,3 +733,46 @@ fn a_replica_that_fell_far_behind_is_brought_up_by_a_snapshot() -> anyhow::Resul
         anyhow::Ok(())
     })
 }
+
+fn signal(node: &Node, sig: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([sig, &node.pid().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill {sig} failed");
+    Ok(())
+}
+
+#[test]
+fn a_frozen_leader_that_wakes_up_serves_no_stale_read() -> anyhow::Result<()> {
+    let cluster = LocalCluster::start_replicated(3, 0, 3)?;
+    let rt = rt();
+    let client = rt.block_on(client(&cluster, "n2"))?;
+    let map = client.map();
+    rt.block_on(wait_writable(&client, &map))?;
+    let shard = map.shards.iter().find(|s| s.replicas[0] == "n1").expect("n1's shard");
+    let range = map.ranges_of_shard(shard.id)[0];
+    let key = key_in_slot_range(range.start, range.end, "frozen");
+    rt.block_on(client.put(key.clone(), "before"))?;
+    let leader = client.cached_leader(shard.id).expect("leader");
+    // The leader freezes (SIGSTOP) with a connection open to it.
+    let stuck = rt.block_on(Connection::connect(
+        &cluster.client("alice", &cluster.addr(&leader)),
+    ))?;
+    signal(cluster.node(&leader), "-STOP")?;
+    // The others elect a new leader, and a write is acknowledged there.
+    rt.block_on(client.put(key.clone(), "after"))?;
+    assert_ne!(client.cached_leader(shard.id).as_deref(), Some(leader.as_str()));
+    // The old leader wakes up still believing it leads. A linearizable read through it must
+    // not return the old value: it either finds it lost the lead or serves the new value.
+    signal(cluster.node(&leader), "-CONT")?;
+    let answer = rt.block_on(stuck.call(RequestBody::Get { key: key.clone() }));
+    match answer {
+        Ok(ResponseBody::Value { value, .. }) => assert_eq!(value, Bytes::from_static(b"after")),
+        Err(ClientError::NotLeader { .. }) => {}
+        Err(ClientError::Server(w)) if w.code == ErrorCode::Unavailable => {}
+        other => panic!("the woken leader answered {other:?}"),
+    }
+    let got = rt.block_on(client.get(key))?.map(|(_, v)| v);
+    assert_eq!(got, Some(Bytes::from_static(b"after")));
+    Ok(())
+}
