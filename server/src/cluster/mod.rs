@@ -1,31 +1,30 @@
 //! The node's place in the cluster: the cluster map it routes by, the shards the map gives it,
-//! and the control plane that changes them (map distribution, slot moves, status).
+//! and the control plane that changes them.
 //!
 //! # Views
 //!
 //! A [`View`] is one map plus what this node derives from it for the request path: the local
-//! [`Shard`]s it serves and their slots. The current view is swapped whole ([`ArcSwap`]), so
-//! the router reads it without a lock. Installing a map swaps the view first and then tells
-//! each shard its new slots; the shard is the authority on what it owns (see
-//! [`crate::shard`]), so a request routed by a view that just went stale is refused by the
-//! shard instead of being applied to a slot it gave up.
+//! shard replicas it hosts and their slots. The current view is swapped whole ([`ArcSwap`]),
+//! so the router reads it without a lock. The view only routes: each shard's state machine
+//! decides what it owns, in its log's order ([`crate::raft`]), so a request routed by a view
+//! that just went stale is refused there rather than applied to a slot the shard gave up.
 //!
-//! A node serves the shards whose first replica it is (one replica per shard until
-//! replication exists) and opens each shard's keyspace the first time a map gives it that
-//! shard. Slots moved to this node land in its home shard ([`ClusterMap::home_shard`]).
+//! # Replicated nodes (sled)
 //!
-//! # Maps
+//! Every shard is a Raft group, and the map is the state of the metadata group
+//! ([`meta`]): a node's view is the map its metadata replica has applied ([`replicated`]),
+//! changes are commands of that group ([`admin`]), and slot moves run through the logs
+//! ([`moves`]). No map is ever pushed.
 //!
-//! A node keeps the map with the largest epoch it has seen: its bootstrap file, the copy it
-//! persisted in its data dir, maps pushed by peers, and maps it pulls from a peer every few
-//! seconds ([`sync`]), which heals a node that missed a push while it was down.
+//! # Fixed nodes (memory and null engines)
+//!
+//! A node with the memory or null engine serves unreplicated local [`Shard`]s under the map it
+//! started with, for tests and transport benchmarks; its map never changes.
 
 mod admin;
 mod meta;
-mod migrate;
 mod moves;
 mod replicated;
-mod sync;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,15 +33,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use skv_proto::cluster::{
-    format_ranges, ClusterMap, ControlRequest, ControlResponse, Migrating, NodeStatus, SlotRange,
-    SlotSet,
+    format_ranges, ClusterMap, ControlRequest, ControlResponse, NodeStatus, SlotSet,
 };
-use skv_proto::{ErrorCode, ResponseBody, ScanEntry, WireError};
+use skv_proto::{ErrorCode, ResponseBody, WireError};
 use tokio_util::sync::CancellationToken;
 
 use crate::net::peer::Dialer;
 use crate::shard::replica::Replica;
-use crate::shard::{ImportError, Shard};
+use crate::shard::Shard;
 
 pub(crate) use self::replicated::Replication;
 use crate::raft::rpc::RaftRegistry;
@@ -59,8 +57,6 @@ pub(crate) struct View {
     pub(crate) owned: SlotSet,
     /// The shards this node serves under `map`, with their slots, by shard id.
     local: Vec<(SlotSet, Arc<Shard>)>,
-    /// This node's home shard under `map`.
-    home: Option<u32>,
     /// Replicated clusters: the shard replicas this node hosts under `map`, with their slots.
     replicas: Vec<(SlotSet, Arc<Replica>)>,
     /// Whether the node's shards are Raft groups (sled engine) rather than local shards.
@@ -101,12 +97,6 @@ impl View {
     /// Every local replica.
     pub(crate) fn local_replicas(&self) -> impl Iterator<Item = &Arc<Replica>> {
         self.replicas.iter().map(|(_, r)| r)
-    }
-
-    /// The shard that receives slots moved to this node ([`ClusterMap::home_shard`]).
-    fn home(&self) -> Option<&Arc<Shard>> {
-        let home = self.home?;
-        self.local_shards().find(|s| s.id() == home)
     }
 }
 
@@ -165,9 +155,6 @@ pub(crate) struct Cluster {
     group_commit: Option<GroupCommit>,
     /// One move or membership change at a time on this node.
     change_lock: tokio::sync::Mutex<()>,
-    /// Held while deleting the keys of slots handed away, so an import into the same slots
-    /// waits for it.
-    cleanup_lock: tokio::sync::Mutex<()>,
     /// The Raft groups of a replicated node (sled engine); empty until the node is in the
     /// map (a node started before `skv cluster add-node` joins once it is added).
     repl: arc_swap::ArcSwapOption<Replication>,
@@ -243,7 +230,6 @@ impl Cluster {
                 map: map.clone(),
                 owned: SlotSet::default(),
                 local: Vec::new(),
-                home: None,
                 replicas: Vec::new(),
                 replicated: false,
             }),
@@ -254,7 +240,6 @@ impl Cluster {
             storage: placement.storage,
             group_commit: placement.group_commit,
             change_lock: tokio::sync::Mutex::new(()),
-            cleanup_lock: tokio::sync::Mutex::new(()),
             repl: arc_swap::ArcSwapOption::empty(),
             registry: RaftRegistry::default(),
             joining: Mutex::new(None),
@@ -311,7 +296,6 @@ impl Cluster {
                 map: bootstrap_map.clone(),
                 owned: SlotSet::default(),
                 local: Vec::new(),
-                home: None,
                 replicas: Vec::new(),
                 replicated: true,
             }),
@@ -322,7 +306,6 @@ impl Cluster {
             storage: placement.storage,
             group_commit: placement.group_commit,
             change_lock: tokio::sync::Mutex::new(()),
-            cleanup_lock: tokio::sync::Mutex::new(()),
             repl: arc_swap::ArcSwapOption::empty(),
             registry: registry.clone(),
             joining: Mutex::new(None),
@@ -451,7 +434,6 @@ impl Cluster {
             map,
             owned,
             local: Vec::new(),
-            home: None,
             replicas,
             replicated: true,
         }
@@ -500,19 +482,16 @@ impl Cluster {
         }
     }
 
-    /// Start the background map sync with peers (the metadata group's follower, for a
-    /// replicated node).
+    /// Start a replicated node's background work (or, for a node not in the map yet, the
+    /// wait to be added). A node with a fixed map (memory or null engine) has none.
     pub(crate) fn watch(self: &Arc<Self>, shutdown: CancellationToken) {
-        if self.view().replicated() {
-            if self.repl.load().is_some() {
-                self.start_replication_tasks(shutdown);
-            } else {
-                tokio::spawn(self.clone().join_when_added(shutdown));
-            }
+        if !self.view().replicated() {
             return;
         }
-        if self.dialer.is_some() {
-            tokio::spawn(sync::run(self.clone(), shutdown));
+        if self.repl.load().is_some() {
+            self.start_replication_tasks(shutdown);
+        } else {
+            tokio::spawn(self.clone().join_when_added(shutdown));
         }
     }
 
@@ -559,12 +538,10 @@ impl Cluster {
             }
             local.push((SlotSet::from_ranges(&ranges), shard));
         }
-        let home = map.home_shard(&self.me);
         Ok(View {
             map,
             owned,
             local,
-            home,
             replicas: Vec::new(),
             replicated: false,
         })
@@ -597,39 +574,6 @@ impl Cluster {
         }
     }
 
-    /// Install `map` if it is newer than ours and of our cluster; persist it. Returns whether
-    /// it was installed.
-    pub(crate) fn install(&self, map: ClusterMap) -> Result<bool, WireError> {
-        if map.cluster != self.name {
-            return Err(WireError::new(
-                ErrorCode::ClusterState,
-                format!(
-                    "map of cluster `{}` refused by a node of cluster `{}`",
-                    map.cluster, self.name
-                ),
-            ));
-        }
-        let _serial = self
-            .install_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let before = self.view();
-        if map.epoch <= before.epoch() {
-            return Ok(false);
-        }
-        let view = self.build_view(map).map_err(|e| storage_wire(&e))?;
-        let after = view.owned.ranges();
-        tracing::info!(
-            epoch = view.epoch(),
-            slots = %format_ranges(&after),
-            changed = before.owned.ranges() != after,
-            "installed a new cluster map"
-        );
-        self.swap_in(view);
-        self.persist();
-        Ok(true)
-    }
-
     /// Write the current map to the data dir (atomically: temp file, fsync, rename). Called
     /// with the install lock held, so the newest map is the one left on disk.
     fn persist(&self) {
@@ -648,29 +592,6 @@ impl Cluster {
         }
     }
 
-    /// Apply an IMPORT from a peer into this node's home shard: entries keep their versions.
-    /// Refused for slots this node serves, so a confused peer can never overwrite live data.
-    pub(crate) fn import(&self, entries: &[ScanEntry], deleted: &[Bytes]) -> ResponseBody {
-        let view = self.view();
-        let result = (|| {
-            let shard = view.home().ok_or_else(|| {
-                WireError::new(
-                    ErrorCode::ClusterState,
-                    "this node holds no shard to import into",
-                )
-            })?;
-            refuse_live(&view, entries, deleted)?;
-            shard.import(entries, deleted).map_err(|e| match e {
-                ImportError::Storage(err) => storage_wire(&err),
-                other => WireError::new(ErrorCode::ClusterState, other.to_string()),
-            })
-        })();
-        match result {
-            Ok((written, removed)) => control_body(&ControlResponse::Imported { written, removed }),
-            Err(err) => ResponseBody::Error(err),
-        }
-    }
-
     /// Handle a control request. The caller has already checked who may send it.
     pub(crate) async fn control(self: Arc<Self>, request: ControlRequest) -> ResponseBody {
         let name = request.name();
@@ -678,29 +599,22 @@ impl Cluster {
             return self.clone().control_replicated(request).await;
         }
         let result = match request {
-            ControlRequest::SetMap { map } => self.install(map).map(|_| ControlResponse::Map {
-                map: self.view().map.clone(),
-            }),
-            ControlRequest::ImportBegin { ranges } => self.import_begin(ranges).await,
-            ControlRequest::ImportFlush => {
-                let storage = self.storage.clone();
-                match tokio::task::spawn_blocking(move || storage.flush()).await {
-                    Ok(Ok(())) => Ok(ControlResponse::Ok),
-                    Ok(Err(err)) => Err(storage_wire(&err)),
-                    Err(_) => Err(internal("flush task failed")),
-                }
-            }
             ControlRequest::Status => self.status().await,
-            ControlRequest::AddNode { id, addr } => self.add_node(id, addr).await,
-            ControlRequest::ProposeMap { .. }
-            | ControlRequest::ReplaceNode { .. }
-            | ControlRequest::RemoveNode { .. } => Err(WireError::new(
-                ErrorCode::ClusterState,
-                "this node's map is fixed (memory or null engine): it has no metadata group",
+            // The memory and null engines run one unreplicated node with a fixed map: there is
+            // no metadata group to change it, and no node may push one.
+            ControlRequest::SetMap { .. } => Err(WireError::new(
+                ErrorCode::Forbidden,
+                "cluster maps are never pushed: they change only through the metadata group of \
+                 a replicated (sled) cluster",
             )),
-            ControlRequest::MoveSlots { ranges, to, .. } => {
-                migrate::move_slots(self.clone(), ranges, to).await
-            }
+            other => Err(WireError::new(
+                ErrorCode::ClusterState,
+                format!(
+                    "`{}` needs a replicated node (--engine sled); this node's map is fixed \
+                     (memory or null engine)",
+                    other.name()
+                ),
+            )),
         };
         match result {
             Ok(resp) => control_body(&resp),
@@ -711,54 +625,8 @@ impl Cluster {
         }
     }
 
-    /// Drop stale copies of slots about to be imported (left by an earlier, aborted move).
-    async fn import_begin(&self, ranges: Vec<SlotRange>) -> Result<ControlResponse, WireError> {
-        let slots = SlotSet::from_ranges(&ranges);
-        let view = self.view();
-        let overlap: Vec<SlotRange> = {
-            let mut both = SlotSet::default();
-            for r in slots.ranges() {
-                for s in r.start..=r.end {
-                    if view.owned.contains(s) {
-                        both.insert(s);
-                    }
-                }
-            }
-            both.ranges()
-        };
-        if !overlap.is_empty() {
-            return Err(WireError::new(
-                ErrorCode::ClusterState,
-                format!(
-                    "this node already serves slots {}; refusing to import them",
-                    format_ranges(&overlap)
-                ),
-            ));
-        }
-        let shard = view
-            .home()
-            .cloned()
-            .ok_or_else(|| WireError::new(ErrorCode::ClusterState, "this node holds no shard"))?;
-        let _cleanup = self.cleanup_lock.lock().await;
-        let removed = tokio::task::spawn_blocking(move || shard.delete_slots(&slots))
-            .await
-            .map_err(|_| internal("import preparation failed"))?
-            .map_err(|e| storage_wire(&e))?;
-        if removed > 0 {
-            tracing::info!(removed, "dropped stale keys before an import");
-        }
-        Ok(ControlResponse::Ok)
-    }
-
     async fn status(&self) -> Result<ControlResponse, WireError> {
         let view = self.view();
-        let migrating = view
-            .local_shards()
-            .find_map(|s| s.migration())
-            .map(|m| Migrating {
-                to: m.to,
-                ranges: m.ranges,
-            });
         let shards: Vec<Arc<Shard>> = view.local_shards().cloned().collect();
         let keys = tokio::task::spawn_blocking(move || {
             shards
@@ -774,67 +642,9 @@ impl Cluster {
             epoch: view.epoch(),
             keys,
             ranges: view.owned.ranges(),
-            migrating,
+            migrating: None,
             replicas: Vec::new(),
         }))
-    }
-
-    async fn add_node(&self, id: String, addr: String) -> Result<ControlResponse, WireError> {
-        let valid_id = !id.is_empty()
-            && id.len() <= 63
-            && id
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c));
-        if !valid_id || addr.is_empty() || addr.len() > 255 || !addr.contains(':') {
-            return Err(WireError::new(
-                ErrorCode::Malformed,
-                "add_node needs a node id (a-z, 0-9, '-', '.', '_') and a HOST:PORT address",
-            ));
-        }
-        let _change = self.change_lock.lock().await;
-        let next = self.view().map.with_node(&id, &addr);
-        next.validate()
-            .map_err(|e| WireError::new(ErrorCode::ClusterState, e.to_string()))?;
-        self.install(next.clone())?;
-        self.broadcast(&next).await;
-        Ok(ControlResponse::Map { map: next })
-    }
-
-    /// Push `map` to every other node in it. Best effort: a node that misses it pulls it
-    /// within a few seconds of coming back ([`sync`]).
-    async fn broadcast(&self, map: &ClusterMap) {
-        let Some(dialer) = &self.dialer else { return };
-        let request = ControlRequest::SetMap { map: map.clone() };
-        let pushes = map.nodes.iter().filter(|n| n.id != self.me).map(|node| {
-            let request = &request;
-            async move {
-                let result = match dialer.connect(node).await {
-                    Ok(conn) => conn.control(request).await.map(|_| ()),
-                    Err(err) => Err(err),
-                };
-                if let Err(err) = result {
-                    tracing::warn!(node = %node.id, error = %err, epoch = map.epoch, "could not push the new map; the node will pull it when it can");
-                }
-            }
-        });
-        futures_util::future::join_all(pushes).await;
-    }
-}
-
-/// Refuse an import that touches a slot this node serves.
-fn refuse_live(view: &View, entries: &[ScanEntry], deleted: &[Bytes]) -> Result<(), WireError> {
-    let live = entries
-        .iter()
-        .map(|e| &e.key)
-        .chain(deleted)
-        .map(|k| skv_proto::hash_slot(k))
-        .find(|slot| view.owned.contains(*slot));
-    match live {
-        Some(slot) => Err(WireError::new(
-            ErrorCode::ClusterState,
-            format!("slot {slot} is served by this node; refusing to import over it"),
-        )),
-        None => Ok(()),
     }
 }
 

@@ -13,7 +13,7 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use skv_client::{ClientError, ConnectOptions, Connection, Security};
 use skv_proto::cluster::{ClusterMap, ControlRequest, ControlResponse, NodeEntry};
-use skv_proto::{RequestBody, ResponseBody, ScanEntry};
+use skv_proto::{RequestBody, ResponseBody};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -224,24 +224,5 @@ impl PeerConnection {
     /// The peer's cluster map.
     pub(crate) async fn map(&self) -> Result<ClusterMap, PeerError> {
         self.conn.cluster_map().await.map_err(|e| self.failed(e))
-    }
-
-    /// Copy entries (with their versions) and deletions to the peer.
-    pub(crate) async fn import(
-        &self,
-        entries: Vec<ScanEntry>,
-        deleted: Vec<bytes::Bytes>,
-    ) -> Result<(), PeerError> {
-        match self
-            .conn
-            .call(RequestBody::Import { entries, deleted })
-            .await
-            .map_err(|e| self.failed(e))?
-        {
-            ResponseBody::Control { .. } => Ok(()),
-            _ => Err(self.failed(ClientError::Protocol(
-                "IMPORT was answered with something other than CONTROL".into(),
-            ))),
-        }
     }
 }

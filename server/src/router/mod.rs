@@ -188,9 +188,12 @@ impl Router {
         match body {
             RequestBody::Ping => Answer::Now(ResponseBody::Pong),
             RequestBody::ClusterMap => Answer::Now(self.cluster.map_answer()),
-            RequestBody::Import { entries, deleted } => {
-                Answer::Now(self.cluster.import(&entries, &deleted))
-            }
+            // Slot moves run through the shards' logs now; nothing sends IMPORT any more.
+            RequestBody::Import { .. } => refuse(
+                ErrorCode::ClusterState,
+                "IMPORT is no longer part of the peer protocol: slot moves run through the \
+                 shards' Raft logs",
+            ),
             // Raft waits on the group's core (and an append on its log's flush): answered
             // later, beside the connection's other requests.
             RequestBody::Raft {

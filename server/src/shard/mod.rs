@@ -1,5 +1,6 @@
 //! A shard: the slots it owns, the order of its writes, and the answer to each command once the
-//! write is durable.
+//! write is durable. [`replica`] is the replicated shard of a sled node (a Raft group); the
+//! [`Shard`] here is the unreplicated local shard of the memory and null engines.
 //!
 //! The router hands a [`Shard`] one [`Command`] at a time. The shard checks that it still owns
 //! the key's slot (ownership is the shard's own state, so a command that raced a change of map
@@ -21,22 +22,13 @@
 //! CAS is decided here, under the same lock, against the version in the keyspace: every copy
 //! that applies the same commands reaches the same outcome.
 //!
-//! # Slot moves
-//!
-//! While some of its slots move to another shard ([`Shard::begin_migration`]), the shard records
-//! which keys of those slots a write changed, so the mover can copy them again; once the move
-//! is fenced ([`Shard::fence`]), commands for those slots get TRYAGAIN until ownership flips
-//! ([`Shard::set_slots`], then [`Shard::end_migration`]). Ownership is taken for writing only
-//! to start, fence and flip, so a command that checked ownership runs to completion before any
-//! of those steps.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use skv_proto::cluster::{hash_slot, SlotRange, SlotSet};
+use skv_proto::cluster::{hash_slot, SlotSet};
 use skv_proto::{ErrorCode, ResponseBody, ScanEntry, WireError};
 
 use crate::storage::{Entry, GroupCommit, Keyspace, Storage, StorageError};
@@ -123,32 +115,9 @@ pub(crate) struct ShardPage {
     pub(crate) frontier: Option<Bytes>,
 }
 
-/// Slots on their way to another shard.
-#[derive(Debug)]
-struct Migration {
-    to: String,
-    ranges: Vec<SlotRange>,
-    slots: SlotSet,
-    /// Commands for the slots get TRYAGAIN: the last writes are being copied and ownership is
-    /// about to flip.
-    fenced: bool,
-    /// Keys a write changed since the move began (copied again at the fence).
-    dirty: Mutex<HashSet<Bytes>>,
-}
-
 #[derive(Debug, Default)]
 struct Ownership {
     slots: SlotSet,
-    migration: Option<Migration>,
-}
-
-/// A move in progress, as `status` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MigrationStatus {
-    /// The receiving node.
-    pub(crate) to: String,
-    /// The slots on the move.
-    pub(crate) ranges: Vec<SlotRange>,
 }
 
 /// One shard hosted on this node: its keyspace, the slots it owns, the order of its writes.
@@ -222,16 +191,6 @@ impl Shard {
         if !own.slots.contains(slot) {
             return Execution::NotServed;
         }
-        let migration = own.migration.as_ref().filter(|m| m.slots.contains(slot));
-        if let Some(m) = migration.filter(|m| m.fenced) {
-            return Execution::Ready(error(
-                ErrorCode::TryAgain,
-                format!(
-                    "slot {slot} is being handed to node {}; retry shortly",
-                    m.to
-                ),
-            ));
-        }
         let applied = match command {
             Command::Get { key } => {
                 return Execution::Ready(match self.keyspace.get(&key) {
@@ -246,23 +205,15 @@ impl Shard {
             write => self.apply(write),
         };
         match applied {
-            Ok(Applied::Changed { key, answer }) => {
-                if let Some(m) = migration {
-                    m.dirty
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(key);
+            Ok(Applied::Changed { answer }) => match &self.group_commit {
+                Some(group_commit) => {
+                    let group_commit = group_commit.clone();
+                    Execution::Durable(Box::pin(async move {
+                        durable_answer(&group_commit, answer).await
+                    }))
                 }
-                match &self.group_commit {
-                    Some(group_commit) => {
-                        let group_commit = group_commit.clone();
-                        Execution::Durable(Box::pin(async move {
-                            durable_answer(&group_commit, answer).await
-                        }))
-                    }
-                    None => Execution::Ready(answer),
-                }
-            }
+                None => Execution::Ready(answer),
+            },
             Ok(Applied::Unchanged(answer)) => Execution::Ready(answer),
             Err(ApplyError::Storage(err)) => Execution::Ready(storage_failed(&err)),
             Err(ApplyError::VersionsExhausted) => Execution::Ready(error(
@@ -292,7 +243,6 @@ impl Shard {
                 let version = self.next_version()?;
                 ks.put(&key, version, &value)?;
                 Applied::Changed {
-                    key,
                     answer: ResponseBody::Written { version },
                 }
             }
@@ -305,7 +255,6 @@ impl Shard {
                 let version = self.next_version()?;
                 let existed = ks.delete(&key, version)?;
                 Applied::Changed {
-                    key,
                     answer: ResponseBody::Deleted { existed },
                 }
             }
@@ -321,7 +270,6 @@ impl Shard {
                 let version = self.next_version()?;
                 ks.put(&key, version, &value)?;
                 Applied::Changed {
-                    key,
                     answer: ResponseBody::Written { version },
                 }
             }
@@ -366,100 +314,6 @@ impl Shard {
     /// Take ownership of exactly `slots` (a new map was installed).
     pub(crate) fn set_slots(&self, slots: SlotSet) {
         self.own_mut().slots = slots;
-    }
-
-    /// Start handing `ranges` to node `to`: from now on writes to them are recorded as dirty.
-    /// Returns once every command that checked ownership before has finished.
-    pub(crate) fn begin_migration(&self, to: &str, ranges: Vec<SlotRange>) {
-        let slots = SlotSet::from_ranges(&ranges);
-        self.own_mut().migration = Some(Migration {
-            to: to.to_owned(),
-            ranges,
-            slots,
-            fenced: false,
-            dirty: Mutex::default(),
-        });
-    }
-
-    /// Fence the slots on the move (their commands get TRYAGAIN from now on) and return the
-    /// keys written since [`Shard::begin_migration`]; `None` when no move is in progress.
-    pub(crate) fn fence(&self) -> Option<HashSet<Bytes>> {
-        let mut own = self.own_mut();
-        let migration = own.migration.as_mut()?;
-        migration.fenced = true;
-        let dirty = migration
-            .dirty
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        Some(std::mem::take(dirty))
-    }
-
-    /// End the move (after [`Shard::set_slots`] gave the slots away, or to abort it).
-    pub(crate) fn end_migration(&self) {
-        self.own_mut().migration = None;
-    }
-
-    /// The move in progress, if any.
-    pub(crate) fn migration(&self) -> Option<MigrationStatus> {
-        self.own().migration.as_ref().map(|m| MigrationStatus {
-            to: m.to.clone(),
-            ranges: m.ranges.clone(),
-        })
-    }
-
-    /// The current value of each of `keys`: an entry, or the key in the second list when it is
-    /// gone (what a slot move copies at the fence).
-    pub(crate) fn current(
-        &self,
-        keys: impl IntoIterator<Item = Bytes>,
-    ) -> Result<(Vec<ScanEntry>, Vec<Bytes>), StorageError> {
-        let mut entries = Vec::new();
-        let mut deleted = Vec::new();
-        for key in keys {
-            match self.keyspace.get(&key)? {
-                Some(v) => entries.push(ScanEntry {
-                    key,
-                    version: v.version,
-                    value: v.value,
-                }),
-                None => deleted.push(key),
-            }
-        }
-        Ok((entries, deleted))
-    }
-
-    /// Store keys copied from another shard, with their versions, and remove `deleted`.
-    /// Refused when any key is in a slot this shard owns: a confused peer must never overwrite
-    /// live data. Later writes here get versions above every imported one. Returns the number
-    /// of entries written and of keys removed.
-    pub(crate) fn import(
-        &self,
-        entries: &[ScanEntry],
-        deleted: &[Bytes],
-    ) -> Result<(u64, u64), ImportError> {
-        let own = self.own();
-        let live = entries
-            .iter()
-            .map(|e| &e.key)
-            .chain(deleted)
-            .map(|k| hash_slot(k))
-            .find(|slot| own.slots.contains(*slot));
-        if let Some(slot) = live {
-            return Err(ImportError::Owned(slot));
-        }
-        if entries.iter().any(|e| e.version == 0) {
-            return Err(ImportError::ZeroVersion);
-        }
-        let _order = self.order();
-        for entry in entries {
-            self.keyspace.put(&entry.key, entry.version, &entry.value)?;
-        }
-        let mut removed = 0;
-        for key in deleted {
-            // Housekeeping of slots this shard does not serve yet: no new version is spent.
-            removed += u64::from(self.keyspace.delete(key, self.keyspace.applied())?);
-        }
-        Ok((entries.len() as u64, removed))
     }
 
     /// One page of the stored entries whose slot is in `slots`, strictly after `after`, and
@@ -514,20 +368,6 @@ impl Shard {
         })?;
         Ok(n)
     }
-
-    /// Delete every key stored in `slots` (copies of slots handed away); returns how many.
-    pub(crate) fn delete_slots(&self, slots: &SlotSet) -> Result<u64, StorageError> {
-        let mut doomed = Vec::new();
-        self.walk(slots, |entry| {
-            doomed.push(entry.key);
-            Ok(())
-        })?;
-        let mut removed = 0;
-        for key in doomed {
-            removed += u64::from(self.keyspace.delete(&key, self.keyspace.applied())?);
-        }
-        Ok(removed)
-    }
 }
 
 /// Page size for whole-keyspace walks (moves, cleanup, counts).
@@ -538,7 +378,7 @@ enum Applied {
     /// Nothing changed; answer now.
     Unchanged(ResponseBody),
     /// `key` changed; answer once durable.
-    Changed { key: Bytes, answer: ResponseBody },
+    Changed { answer: ResponseBody },
 }
 
 #[derive(Debug)]
@@ -552,20 +392,6 @@ impl From<StorageError> for ApplyError {
     fn from(err: StorageError) -> Self {
         ApplyError::Storage(err)
     }
-}
-
-/// Why an import was refused.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ImportError {
-    /// A key lies in a slot this shard owns.
-    #[error("slot {0} is served by this node; refusing to import over it")]
-    Owned(u16),
-    /// An entry claims version 0, which means "absent".
-    #[error("an imported entry has version 0, which no stored key can have")]
-    ZeroVersion,
-    /// Storage failed.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
 }
 
 fn scan_entry(e: Entry) -> ScanEntry {

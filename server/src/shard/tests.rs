@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use skv_proto::cluster::{hash_slot, SlotRange, SlotSet, SLOT_COUNT};
-use skv_proto::{ErrorCode, ResponseBody, ScanEntry};
+use skv_proto::{ErrorCode, ResponseBody};
 
 use super::*;
 use crate::storage::{MemoryStorage, SledStorage};
@@ -239,98 +239,15 @@ fn a_slot_it_does_not_own_is_not_served_and_not_written() {
 }
 
 #[test]
-fn a_move_records_changed_keys_only_and_the_fence_refuses_everything() {
-    let storage = MemoryStorage::new();
-    let shard = shard_on(&storage, 1);
-    now(&shard, put("moving", "before"));
-    let slot = hash_slot(b"moving");
-    shard.begin_migration("n2", vec![SlotRange::new(slot, slot)]);
-    now(&shard, put("moving", "during"));
-    // A delete of an absent key and a failed CAS change nothing, so there is nothing to copy
-    // again (a tenant with delete rights cannot bloat the fence's copy this way).
-    let absent = "{moving}absent";
-    assert_eq!(hash_slot(absent.as_bytes()), slot);
-    now(&shard, del(absent));
-    now(&shard, cas("moving", 999, "no"));
-    // Writes to other slots are not the move's business.
-    now(&shard, put("elsewhere", "x"));
-    assert_eq!(
-        shard.migration(),
-        Some(MigrationStatus {
-            to: "n2".into(),
-            ranges: vec![SlotRange::new(slot, slot)]
-        })
-    );
-    let dirty = shard.fence().unwrap();
-    assert_eq!(dirty.into_iter().collect::<Vec<_>>(), vec![b("moving")]);
-    for command in [get("moving"), put("moving", "fenced")] {
-        match now(&shard, command) {
-            ResponseBody::Error(e) => assert_eq!(e.code, ErrorCode::TryAgain, "{e:?}"),
-            other => panic!("expected TRYAGAIN, got {other:?}"),
-        }
-    }
-    assert_eq!(written(now(&shard, put("elsewhere", "y"))), 4);
-    // Ownership flips, then the fence lifts: the slot is no longer served here.
-    shard.set_slots(all_but(slot));
-    shard.end_migration();
-    assert!(matches!(shard.execute(get("moving")), Execution::NotServed));
-    assert_eq!(shard.migration(), None);
-}
-
-#[test]
-fn imports_keep_versions_raise_the_sequence_and_never_touch_owned_slots() {
-    let storage = MemoryStorage::new();
-    let receiver = Shard::open(2, &storage, None).unwrap();
-    let slot = hash_slot(b"moved");
-    let mut owned = SlotSet::default();
-    owned.insert(hash_slot(b"live"));
-    receiver.set_slots(owned.clone());
-    let entry = |key: &str, version| ScanEntry {
-        key: b(key),
-        version,
-        value: b("copied"),
-    };
-    assert_eq!(receiver.import(&[entry("moved", 41)], &[]).unwrap(), (1, 0));
-    match receiver.import(&[entry("live", 7)], &[]) {
-        Err(ImportError::Owned(s)) => assert_eq!(s, hash_slot(b"live")),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-    assert!(matches!(
-        receiver.import(&[entry("zero", 0)], &[]),
-        Err(ImportError::ZeroVersion)
-    ));
-    // The slot arrives; the next write goes above the imported version, and CAS against the
-    // version read on the old shard still works.
-    owned.insert(slot);
-    receiver.set_slots(owned);
-    assert_eq!(
-        now(&receiver, get("moved")),
-        ResponseBody::Value {
-            version: 41,
-            value: b("copied")
-        }
-    );
-    assert_eq!(written(now(&receiver, cas("moved", 41, "after"))), 42);
-    // Deletions ride with imports, and spend no version.
-    let other = Shard::open(3, &storage, None).unwrap();
-    other.import(&[entry("gone", 5)], &[]).unwrap();
-    assert_eq!(other.import(&[], &[b("gone")]).unwrap(), (0, 1));
-}
-
-#[test]
 fn the_last_version_refuses_further_writes_instead_of_wrapping() {
     let storage = MemoryStorage::new();
-    let receiver = Shard::open(1, &storage, None).unwrap();
-    receiver
-        .import(
-            &[ScanEntry {
-                key: b("k"),
-                version: u64::MAX,
-                value: b("v"),
-            }],
-            &[],
-        )
+    // A key at the last version, as a long history (or a hostile import) would leave it.
+    storage
+        .keyspace(&keyspace_name(1))
+        .unwrap()
+        .put(b"k", u64::MAX, b"v")
         .unwrap();
+    let receiver = Shard::open(1, &storage, None).unwrap();
     receiver.set_slots(all_slots());
     match now(&receiver, put("k", "next")) {
         ResponseBody::Error(e) => {

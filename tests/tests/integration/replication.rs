@@ -703,7 +703,11 @@ fn a_replica_that_fell_far_behind_is_brought_up_by_a_snapshot() -> anyhow::Resul
         );
         std::thread::sleep(Duration::from_millis(250));
     };
-    assert!(s3.replicas.iter().any(|r| r.purged > 0), "{:?}", s3.replicas);
+    assert!(
+        s3.replicas.iter().any(|r| r.purged > 0),
+        "{:?}",
+        s3.replicas
+    );
     // Every key is on n3 itself: read its own copy, stale, from n3 alone.
     rt.block_on(async {
         let n3 = Connection::connect(&cluster.client("alice", &cluster.addr("n3"))).await?;
@@ -749,7 +753,11 @@ fn a_frozen_leader_that_wakes_up_serves_no_stale_read() -> anyhow::Result<()> {
     let client = rt.block_on(client(&cluster, "n2"))?;
     let map = client.map();
     rt.block_on(wait_writable(&client, &map))?;
-    let shard = map.shards.iter().find(|s| s.replicas[0] == "n1").expect("n1's shard");
+    let shard = map
+        .shards
+        .iter()
+        .find(|s| s.replicas[0] == "n1")
+        .expect("n1's shard");
     let range = map.ranges_of_shard(shard.id)[0];
     let key = key_in_slot_range(range.start, range.end, "frozen");
     rt.block_on(client.put(key.clone(), "before"))?;
@@ -761,7 +769,10 @@ fn a_frozen_leader_that_wakes_up_serves_no_stale_read() -> anyhow::Result<()> {
     signal(cluster.node(&leader), "-STOP")?;
     // The others elect a new leader, and a write is acknowledged there.
     rt.block_on(client.put(key.clone(), "after"))?;
-    assert_ne!(client.cached_leader(shard.id).as_deref(), Some(leader.as_str()));
+    assert_ne!(
+        client.cached_leader(shard.id).as_deref(),
+        Some(leader.as_str())
+    );
     // The old leader wakes up still believing it leads. A linearizable read through it must
     // not return the old value: it either finds it lost the lead or serves the new value.
     signal(cluster.node(&leader), "-CONT")?;
