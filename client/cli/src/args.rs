@@ -296,9 +296,56 @@ pub(crate) enum ClusterCommand {
     #[command(after_help = CLUSTER_EXIT_CODES)]
     AddNode(ClusterAddNodeArgs),
     /// Even out slot ownership: move slots (and their keys) from nodes above the fair share to
-    /// nodes below it, one move at a time.
+    /// nodes below it, one move at a time. Each move names the map epoch it was planned
+    /// against, so when another administrator changes the map meanwhile the move is refused
+    /// (and rebalance stops) instead of acting on a stale plan.
     #[command(after_help = CLUSTER_EXIT_CODES)]
     Rebalance(ClusterDirArg),
+    /// Put a new node in the place of one that is gone for good: a machine that will not come
+    /// back, or a node whose disk was wiped or lost.
+    ///
+    /// Issues the new node's certificate, writes its config on a free port, asks the cluster
+    /// to replace DEAD by it in the map and in every shard's replicas, starts it, and waits
+    /// until each of those shards has rebuilt its copy on the new node (from a snapshot and
+    /// the log of the surviving replicas). DEAD's config is removed (and its process stopped,
+    /// if it still runs).
+    ///
+    /// DEAD must never come back under its old name afterwards: the cluster has forgotten it,
+    /// and its old log and data would disagree with the shards it used to hold. To reuse the
+    /// machine, wipe it and add it as a new node (`add-node`). For a node that is merely
+    /// restarting, do nothing: it catches up by itself when it is back.
+    #[command(after_help = CLUSTER_EXIT_CODES)]
+    ReplaceNode(ClusterReplaceNodeArgs),
+    /// Take a node out of the cluster for good: each shard replica it holds moves to the
+    /// nodes holding the fewest, and once those copies are caught up the node leaves the map,
+    /// is stopped and its config is removed. Refused (by the cluster) when no other node can
+    /// take its replicas, or while a slot move runs.
+    #[command(after_help = CLUSTER_EXIT_CODES)]
+    RemoveNode(ClusterRemoveNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterReplaceNodeArgs {
+    /// The cluster directory written by `skv cluster init`.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// The node to replace (it is usually down).
+    #[arg(value_name = "DEAD")]
+    pub(crate) dead: String,
+    /// Id of the new node [default: the first free nI]. Naming the node an interrupted
+    /// replace-node already put in the map resumes the wait for it.
+    #[arg(long = "with", value_name = "NEW")]
+    pub(crate) with: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterRemoveNodeArgs {
+    /// The cluster directory written by `skv cluster init`.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// The node to remove.
+    #[arg(value_name = "ID")]
+    pub(crate) id: String,
 }
 
 #[derive(Debug, Args)]
@@ -373,5 +420,37 @@ mod tests {
             panic!("not init");
         };
         assert_eq!(init.replicas, None);
+    }
+
+    #[test]
+    fn replace_and_remove_take_the_node_as_a_positional_argument() {
+        let cli =
+            Cli::try_parse_from(["skv", "cluster", "replace-node", "--dir", "d", "n3"]).unwrap();
+        let Command::Cluster(ClusterCommand::ReplaceNode(args)) = cli.command else {
+            panic!("not replace-node");
+        };
+        assert_eq!((args.dead.as_str(), args.with), ("n3", None));
+        let cli = Cli::try_parse_from([
+            "skv",
+            "cluster",
+            "replace-node",
+            "--dir",
+            "d",
+            "n3",
+            "--with",
+            "n9",
+        ])
+        .unwrap();
+        let Command::Cluster(ClusterCommand::ReplaceNode(args)) = cli.command else {
+            panic!("not replace-node");
+        };
+        assert_eq!(args.with.as_deref(), Some("n9"));
+        let cli =
+            Cli::try_parse_from(["skv", "cluster", "remove-node", "--dir", "d", "n2"]).unwrap();
+        let Command::Cluster(ClusterCommand::RemoveNode(args)) = cli.command else {
+            panic!("not remove-node");
+        };
+        assert_eq!(args.id, "n2");
+        assert!(Cli::try_parse_from(["skv", "cluster", "remove-node", "--dir", "d"]).is_err());
     }
 }

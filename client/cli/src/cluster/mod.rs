@@ -38,6 +38,13 @@ pub(crate) fn run(cmd: ClusterCommand, json: bool) -> u8 {
         ClusterCommand::Down(args) => ("down", process::down(&args.dir)),
         ClusterCommand::AddNode(args) => ("add-node", admin::add_node(&args.dir, args.id)),
         ClusterCommand::Rebalance(args) => ("rebalance", admin::rebalance(&args.dir)),
+        ClusterCommand::ReplaceNode(args) => (
+            "replace-node",
+            admin::replace_node(&args.dir, &args.dead, args.with),
+        ),
+        ClusterCommand::RemoveNode(args) => {
+            ("remove-node", admin::remove_node(&args.dir, &args.id))
+        }
     };
     match result {
         Ok(code) => code,

@@ -130,6 +130,35 @@ pub(super) fn down(dir: &Path) -> Result<u8> {
     Ok(exit::OK)
 }
 
+/// Stop node `id` if it runs: SIGTERM, up to [`STOP_TIMEOUT`] to exit, then SIGKILL (a node
+/// being replaced or removed is leaving for good, so there is nothing to wait out). Removes
+/// its pid file. Returns the pid it stopped, if one was running.
+pub(super) fn stop_node(dir: &ClusterDir, id: &str) -> Result<Option<u32>> {
+    let Some(pid) = live_pid(dir, id) else {
+        let _ = fs::remove_file(dir.pid_file(id));
+        return Ok(None);
+    };
+    let target = i32::try_from(pid)
+        .map(Pid::from_raw)
+        .map_err(|_| Failure::server(format!("node {id} has pid {pid}, out of range")))?;
+    let _ = signal::kill(target, Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while live_pid(dir, id) == Some(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if live_pid(dir, id) == Some(pid) {
+        let _ = signal::kill(target, Signal::SIGKILL);
+        std::thread::sleep(Duration::from_millis(200));
+        if live_pid(dir, id) == Some(pid) {
+            return Err(Failure::server(format!(
+                "node {id} (pid {pid}) did not stop, even on SIGKILL"
+            )));
+        }
+    }
+    let _ = fs::remove_file(dir.pid_file(id));
+    Ok(Some(pid))
+}
+
 /// `(id, pid)` of every node of `dir` that is running, in id order.
 pub(super) fn running_nodes(dir: &ClusterDir) -> Vec<(String, u32)> {
     let mut ids = pid_file_ids(&dir.run_dir());

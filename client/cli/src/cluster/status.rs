@@ -1,4 +1,7 @@
-//! `skv cluster status`: every node's own report, beside what the map says about it.
+//! `skv cluster status`: every node's own report, beside what the map says about it, and
+//! each shard's replicas put together from those reports: its leader, how far each follower
+//! is behind, and a health word (healthy, degraded, unavailable). `replace-node`,
+//! `remove-node` and the demo wait on the same views.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -107,6 +110,26 @@ async fn node_status(
     status_of(&opts).await
 }
 
+/// The STATUS of every node of `map`, asked at once: what `replace-node` and `remove-node`
+/// poll while the shards rebuild their replicas.
+pub(super) async fn map_rows(dir: &ClusterDir, map: &ClusterMap, token: &str) -> Vec<Row> {
+    let reports =
+        futures_util::future::join_all(map.nodes.iter().map(|n| node_status(dir, &n.addr, token)))
+            .await;
+    map.nodes
+        .iter()
+        .zip(reports)
+        .map(|(n, report)| Row {
+            id: n.id.clone(),
+            addr: n.addr.clone(),
+            in_map: true,
+            configured: dir.node_config(&n.id).exists(),
+            pid: process::live_pid(dir, &n.id),
+            report,
+        })
+        .collect()
+}
+
 /// Ask the node at `opts.addr` for its STATUS (a control request: admin credentials).
 pub(crate) async fn status_of(
     opts: &ConnectOptions,
@@ -161,24 +184,38 @@ fn to_json(map: &ClusterMap, map_from: Option<&str>, rows: &[Row]) -> Value {
         })
         .collect();
     let up = rows.iter().filter(|r| r.report.is_ok()).count();
+    let views = shard_views(map, rows);
     let shards: Vec<Value> = shards_by_id(map)
-        .map(|s| {
+        .zip(&views)
+        .map(|(s, view)| {
             json!({
                 "id": s.id,
                 "ranges": map.ranges_of_shard(s.id),
                 "replicas": s.replicas,
-                "leader": reported_leader(rows, s.id),
+                "leader": view.leader,
+                "followers": followers_json(view),
+                "health": view.health.word(),
                 "keys": leader_keys(rows, s.id),
                 "replica_status": replica_reports(rows, s.id),
             })
         })
         .collect();
+    // The metadata group (the cluster map's own Raft group), when the nodes report one.
+    let metadata = views.iter().find(|v| v.shard == 0).map(|view| {
+        json!({
+            "leader": view.leader,
+            "followers": followers_json(view),
+            "health": view.health.word(),
+            "replica_status": replica_reports(rows, 0),
+        })
+    });
     json!({
         "cluster": map.cluster,
         "epoch": map.epoch,
         "map_from": map_from,
         "nodes": nodes,
         "shards": shards,
+        "metadata": metadata,
         "up": up,
         "down": rows.len() - up,
     })
@@ -275,56 +312,76 @@ pub(crate) fn render_table(
             );
         }
     }
-    // Which nodes hold each shard, from the map: the first replica is the one the map
-    // names to lead at first (the node's own report says who leads now).
-    let shards: Vec<[String; 4]> = shards_by_id(map)
-        .map(|s| {
+    // Each shard: its slots and replicas (from the map; the first is the one the map names
+    // to lead at first), who leads now and how far each follower is behind (from the nodes'
+    // own reports), and a health word. The metadata group, shard 0, comes last as `meta`.
+    let shards: Vec<[String; 6]> = shard_views(map, rows)
+        .into_iter()
+        .map(|view| {
+            let (name, slots, replicas) = match map.shard(view.shard) {
+                Some(s) if view.shard != 0 => (
+                    format!("shard {}", s.id),
+                    format_ranges(&map.ranges_of_shard(s.id)),
+                    s.replicas.join(", "),
+                ),
+                _ => ("meta".to_owned(), "-".to_owned(), "-".to_owned()),
+            };
+            let followers = view
+                .followers
+                .iter()
+                .map(Follower::describe)
+                .collect::<Vec<_>>()
+                .join(", ");
             [
-                format!("shard {}", s.id),
-                format_ranges(&map.ranges_of_shard(s.id)),
-                s.replicas.join(", "),
-                reported_leader(rows, s.id).unwrap_or("-").to_owned(),
+                name,
+                slots,
+                replicas,
+                view.leader.clone().unwrap_or_else(|| "-".to_owned()),
+                view.health.word().to_owned(),
+                if followers.is_empty() {
+                    "-".to_owned()
+                } else {
+                    followers
+                },
             ]
         })
         .collect();
     if !shards.is_empty() {
-        let width = |c: usize, head: &str| {
-            shards
+        let heads = [
+            "SHARD",
+            "SLOTS",
+            "REPLICAS",
+            "LEADER",
+            "HEALTH",
+            "FOLLOWERS",
+        ];
+        let widths: Vec<usize> = (0..heads.len())
+            .map(|c| {
+                shards
+                    .iter()
+                    .map(|r| r[c].len())
+                    .chain([heads[c].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[&str]| {
+            let padded: Vec<String> = cells
                 .iter()
-                .map(|r| r[c].len())
-                .chain([head.len()])
-                .max()
-                .unwrap_or(0)
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            padded.join("  ").trim_end().to_owned()
         };
-        let (shard_w, slots_w, replicas_w) =
-            (width(0, "SHARD"), width(1, "SLOTS"), width(2, "REPLICAS"));
-        let _ = writeln!(
-            out,
-            "{:<shard_w$}  {:<slots_w$}  {:<replicas_w$}  LEADER",
-            "SHARD", "SLOTS", "REPLICAS"
-        );
-        for [shard, slots, replicas, leader] in &shards {
-            let _ = writeln!(
-                out,
-                "{shard:<shard_w$}  {slots:<slots_w$}  {replicas:<replicas_w$}  {leader}"
-            );
+        let _ = writeln!(out, "{}", line(&heads));
+        for row in &shards {
+            let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+            let _ = writeln!(out, "{}", line(&cells));
         }
     }
     let up = rows.iter().filter(|r| r.report.is_ok()).count();
     let _ = writeln!(out, "{up} of {} node(s) up", rows.len());
     out
-}
-
-/// The node that reports leading `shard`, if one that answered does.
-fn reported_leader(rows: &[Row], shard: u32) -> Option<&str> {
-    rows.iter().find_map(|r| {
-        let status = r.report.as_ref().ok()?;
-        status
-            .replicas
-            .iter()
-            .any(|g| g.shard == shard && g.role == "leader")
-            .then_some(r.id.as_str())
-    })
 }
 
 /// Keys in `shard`, as its leader counts them (`None` when no leader answered).
@@ -357,6 +414,192 @@ fn replica_reports(rows: &[Row], shard: u32) -> Vec<Value> {
             }))
         })
         .collect()
+}
+
+/// A follower further behind its leader than this many log entries is lagging: the shard is
+/// degraded, not healthy.
+pub(crate) const LAG_HEALTHY: u64 = 100;
+/// A leader whose quorum last acknowledged it longer ago than this has lost its quorum (the
+/// nodes' default heartbeat is 100 ms, and a leader steps down after a few election timeouts).
+const QUORUM_ACK_RECENT_MS: u64 = 5_000;
+
+/// A shard's health word, as the status table and JSON print it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// A leader with a recent quorum ack, and every follower up within [`LAG_HEALTHY`].
+    Healthy,
+    /// A leader with a quorum, but some follower lagging, down or not yet a member.
+    Degraded,
+    /// No leader, or a leader without a quorum: writes and linearizable reads fail.
+    Unavailable,
+}
+
+impl Health {
+    pub(crate) fn word(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// One follower of a shard as its leader and its own node see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Follower {
+    pub(crate) node: String,
+    /// Entries behind the leader, from the leader's replication report (`None`: the leader
+    /// does not replicate to it, or no leader answered).
+    pub(crate) lag: Option<u64>,
+    /// Its own report: `follower`, `learner`, ...; `down` when its node did not answer,
+    /// `missing` when it answered without a replica of the shard, `unknown` when it is not a
+    /// node the status command asked.
+    pub(crate) state: String,
+}
+
+impl Follower {
+    /// Up, a voting member, and within [`LAG_HEALTHY`] of the leader.
+    pub(crate) fn in_sync(&self) -> bool {
+        let voter = matches!(self.state.as_str(), "follower" | "unknown");
+        voter && self.lag.is_some_and(|l| l <= LAG_HEALTHY)
+    }
+
+    /// Counts toward a quorum: its node is up and it holds the replica (or, for a member
+    /// the status command did not ask, the leader replicates to it).
+    fn up(&self) -> bool {
+        match self.state.as_str() {
+            "down" | "missing" | "stopped" => false,
+            "unknown" => self.lag.is_some_and(|l| l <= LAG_HEALTHY),
+            _ => true,
+        }
+    }
+
+    /// `n2 lag 0`, `n3 down`, `n4 learner lag 812`.
+    fn describe(&self) -> String {
+        let mut out = self.node.clone();
+        if !matches!(self.state.as_str(), "follower" | "unknown") {
+            out.push(' ');
+            out.push_str(&self.state);
+        }
+        if let Some(lag) = self.lag {
+            out.push_str(&format!(" lag {lag}"));
+        }
+        out
+    }
+}
+
+/// A shard's (or the metadata group's, shard 0) replicas put together from every node's
+/// report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ShardView {
+    pub(crate) shard: u32,
+    /// The node reporting that it leads (the highest term, if several do).
+    pub(crate) leader: Option<String>,
+    /// The leader's `applied` index.
+    pub(crate) leader_applied: Option<u64>,
+    /// Every other member: the map's replicas, then any the leader still replicates to.
+    pub(crate) followers: Vec<Follower>,
+    pub(crate) health: Health,
+}
+
+/// Put together shard `shard` from `rows`; `replicas` are the members the map names (for
+/// the metadata group, pass none: its members are the ones its leader replicates to).
+pub(crate) fn shard_view(rows: &[Row], shard: u32, replicas: &[String]) -> ShardView {
+    let reports: Vec<(&Row, &skv_proto::cluster::ReplicaStatus)> = rows
+        .iter()
+        .filter_map(|r| {
+            let status = r.report.as_ref().ok()?;
+            Some((r, status.replicas.iter().find(|g| g.shard == shard)?))
+        })
+        .collect();
+    let leader = reports
+        .iter()
+        .filter(|(_, g)| g.role == "leader")
+        .max_by_key(|(_, g)| g.term);
+    let mut members: Vec<String> = replicas.to_vec();
+    if let Some((_, g)) = leader {
+        for (node, _) in &g.lag {
+            if !members.contains(node) {
+                members.push(node.clone());
+            }
+        }
+    }
+    let leader_id = leader.map(|(r, _)| r.id.clone());
+    let followers: Vec<Follower> = members
+        .into_iter()
+        .filter(|m| Some(m) != leader_id.as_ref())
+        .map(|node| {
+            let lag = leader.and_then(|(_, g)| {
+                g.lag
+                    .iter()
+                    .find(|(n, _)| *n == node)
+                    .map(|(_, behind)| *behind)
+            });
+            let state = match rows.iter().find(|r| r.id == node) {
+                None => "unknown".to_owned(),
+                Some(row) => match &row.report {
+                    Err(_) => "down".to_owned(),
+                    Ok(status) => status
+                        .replicas
+                        .iter()
+                        .find(|g| g.shard == shard)
+                        .map_or_else(|| "missing".to_owned(), |g| g.role.clone()),
+                },
+            };
+            Follower { node, lag, state }
+        })
+        .collect();
+    let health = match leader {
+        None => Health::Unavailable,
+        Some((_, g)) => {
+            let members = followers.len() + 1;
+            let up = 1 + followers.iter().filter(|f| f.up()).count();
+            let acked =
+                members == 1 || g.quorum_ack_ms.is_some_and(|ms| ms <= QUORUM_ACK_RECENT_MS);
+            if !acked || up * 2 <= members {
+                Health::Unavailable
+            } else if followers.iter().all(Follower::in_sync) {
+                Health::Healthy
+            } else {
+                Health::Degraded
+            }
+        }
+    };
+    ShardView {
+        shard,
+        leader: leader_id,
+        leader_applied: leader.map(|(_, g)| g.applied),
+        followers,
+        health,
+    }
+}
+
+/// Every shard of `map` in id order, then the metadata group (shard 0) when any node reports
+/// one.
+pub(crate) fn shard_views(map: &ClusterMap, rows: &[Row]) -> Vec<ShardView> {
+    let mut views: Vec<ShardView> = shards_by_id(map)
+        .map(|s| shard_view(rows, s.id, &s.replicas))
+        .collect();
+    let has_meta = rows.iter().any(|r| {
+        r.report
+            .as_ref()
+            .is_ok_and(|s| s.replicas.iter().any(|g| g.shard == 0))
+    });
+    if has_meta {
+        views.push(shard_view(rows, 0, &[]));
+    }
+    views
+}
+
+fn followers_json(view: &ShardView) -> Value {
+    Value::Array(
+        view.followers
+            .iter()
+            .map(
+                |f| json!({"node": f.node, "lag": f.lag, "state": f.state, "in_sync": f.in_sync()}),
+            )
+            .collect(),
+    )
 }
 
 /// The map's shards in id order.
@@ -444,11 +687,11 @@ mod tests {
         assert!(text.contains("n2 down: cannot connect to 127.0.0.1:7402"));
         assert!(text.contains("skv cluster add-node --dir /c --id n3"));
         assert!(
-            text.contains("shard 1  0-8191      n1        -\n"),
+            text.contains("shard 1  0-8191      n1        -       unavailable  n1 missing\n"),
             "{text}"
         );
         assert!(
-            text.contains("shard 2  8192-16383  n2        -\n"),
+            text.contains("shard 2  8192-16383  n2        -       unavailable  n2 down\n"),
             "{text}"
         );
         assert_eq!(lines.last(), Some(&"2 of 3 node(s) up"));
@@ -494,10 +737,23 @@ mod tests {
             .iter()
             .position(|l| l.starts_with("SHARD"))
             .expect("a shard table");
-        assert_eq!(lines[at], "SHARD    SLOTS        REPLICAS    LEADER");
-        assert_eq!(lines[at + 1], "shard 1  0-5460       n1, n2, n3  -");
-        assert_eq!(lines[at + 2], "shard 2  5461-10921   n2, n3, n1  -");
-        assert_eq!(lines[at + 3], "shard 3  10922-16383  n3, n1, n2  n2");
+        assert_eq!(
+            lines[at],
+            "SHARD    SLOTS        REPLICAS    LEADER  HEALTH       FOLLOWERS"
+        );
+        // Nobody leads shards 1 and 2; n2 leads shard 3 but reports no follower in reach.
+        assert_eq!(
+            lines[at + 1],
+            "shard 1  0-5460       n1, n2, n3  -       unavailable  n1, n2 missing, n3"
+        );
+        assert_eq!(
+            lines[at + 2],
+            "shard 2  5461-10921   n2, n3, n1  -       unavailable  n2 missing, n3, n1"
+        );
+        assert_eq!(
+            lines[at + 3],
+            "shard 3  10922-16383  n3, n1, n2  n2      unavailable  n3, n1"
+        );
         let value = to_json(&map, None, &rows);
         assert_eq!(value["shards"][1]["replicas"], json!(["n2", "n3", "n1"]));
         assert_eq!(value["shards"][2]["leader"], "n2");
@@ -506,6 +762,133 @@ mod tests {
             value["shards"][2]["ranges"],
             json!([{"start": 10922, "end": 16383}])
         );
+    }
+
+    /// n1 leads shard 1 at term `term`; `lag` is what it reports for n2 and n3.
+    fn replicated_rows(lag: [u64; 2], n3_up: bool, quorum_ack_ms: Option<u64>) -> Vec<Row> {
+        let replica = |role: &str, lag: Vec<(String, u64)>, ack: Option<u64>| ReplicaStatus {
+            shard: 1,
+            role: role.into(),
+            leader: Some("n1".into()),
+            term: 4,
+            last_log: 500,
+            applied: 500,
+            lag,
+            quorum_ack_ms: ack,
+            keys: 10,
+        };
+        let status = |id: &str, g: ReplicaStatus| NodeStatus {
+            node: id.into(),
+            epoch: 1,
+            keys: 10,
+            ranges: Vec::new(),
+            migrating: None,
+            replicas: vec![g],
+        };
+        let row = |id: &str, report| Row {
+            id: id.into(),
+            addr: format!("{id}:1"),
+            in_map: true,
+            configured: true,
+            pid: None,
+            report,
+        };
+        let leader = replica(
+            "leader",
+            vec![("n2".into(), lag[0]), ("n3".into(), lag[1])],
+            quorum_ack_ms,
+        );
+        vec![
+            row("n1", Ok(status("n1", leader))),
+            row(
+                "n2",
+                Ok(status("n2", replica("follower", Vec::new(), None))),
+            ),
+            row(
+                "n3",
+                if n3_up {
+                    Ok(status("n3", replica("follower", Vec::new(), None)))
+                } else {
+                    Err(ClientError::Connect {
+                        addr: "n3:1".into(),
+                        reason: "refused".into(),
+                    })
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn shard_health_says_healthy_degraded_or_unavailable() {
+        let replicas: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+        let view = |rows: &[Row]| shard_view(rows, 1, &replicas);
+
+        let all = view(&replicated_rows([0, 3], true, Some(40)));
+        assert_eq!(all.health, Health::Healthy);
+        assert_eq!(all.leader.as_deref(), Some("n1"));
+        assert_eq!(all.leader_applied, Some(500));
+        assert_eq!(
+            all.followers
+                .iter()
+                .map(|f| (f.node.as_str(), f.lag, f.state.as_str()))
+                .collect::<Vec<_>>(),
+            [("n2", Some(0), "follower"), ("n3", Some(3), "follower")]
+        );
+        // A follower far behind, or one whose node is down: a quorum is still up.
+        let behind = view(&replicated_rows([0, LAG_HEALTHY + 1], true, Some(40)));
+        assert_eq!(behind.health, Health::Degraded);
+        let down = view(&replicated_rows([0, 0], false, Some(40)));
+        assert_eq!(down.health, Health::Degraded);
+        assert_eq!(down.followers[1].state, "down");
+        // A leader whose quorum has not answered for long, or no leader at all.
+        let stale = view(&replicated_rows(
+            [0, 0],
+            true,
+            Some(QUORUM_ACK_RECENT_MS + 1),
+        ));
+        assert_eq!(stale.health, Health::Unavailable);
+        let mut leaderless = replicated_rows([0, 0], true, Some(40));
+        leaderless.remove(0);
+        assert_eq!(view(&leaderless).health, Health::Unavailable);
+        // The leader still replicating to a node the map no longer lists (a replaced node
+        // not yet swapped out) shows it as a follower too.
+        let mut rows = replicated_rows([0, 0], true, Some(40));
+        if let Ok(s) = &mut rows[0].report {
+            s.replicas[0].lag.push(("n9".into(), 250));
+        }
+        let extra = view(&rows);
+        assert_eq!(extra.followers.len(), 3);
+        assert_eq!(extra.followers[2].state, "unknown");
+        assert_eq!(extra.health, Health::Degraded);
+
+        // The table and the JSON carry the same words.
+        let map = ClusterMap::even_replicated(
+            "skv",
+            &[
+                ("n1".into(), "n1:1".into()),
+                ("n2".into(), "n2:1".into()),
+                ("n3".into(), "n3:1".into()),
+            ],
+            3,
+        )
+        .unwrap();
+        let rows = replicated_rows([0, 120], false, Some(40));
+        let text = render_table(Path::new("/c"), &map, None, &rows);
+        assert!(
+            text.contains("shard 1  0-5460       n1, n2, n3  n1      degraded     n2 lag 0, n3 down lag 120\n"),
+            "{text}"
+        );
+        let value = to_json(&map, None, &rows);
+        assert_eq!(value["shards"][0]["health"], "degraded");
+        assert_eq!(value["shards"][0]["leader"], "n1");
+        assert_eq!(
+            value["shards"][0]["followers"],
+            json!([
+                {"node": "n2", "lag": 0, "state": "follower", "in_sync": true},
+                {"node": "n3", "lag": 120, "state": "down", "in_sync": false},
+            ])
+        );
+        assert_eq!(value["metadata"], Value::Null);
     }
 
     #[test]
