@@ -776,6 +776,8 @@ mod tests {
             lag,
             quorum_ack_ms: ack,
             keys: 10,
+            snapshot: 0,
+            purged: 0,
         };
         let status = |id: &str, g: ReplicaStatus| NodeStatus {
             node: id.into(),
