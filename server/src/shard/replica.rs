@@ -21,6 +21,7 @@
 //! one, which starts after they arrived, so one round serves every read queued behind it. A
 //! stale read skips the round and reads what this replica has applied.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +48,9 @@ pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// Writes queued per shard before new ones are refused with `try_again`.
 const QUEUE: usize = 16 * 1024;
+/// Key and value bytes queued per shard before new writes are refused with `try_again`: a
+/// client pipelining large values cannot make the node hold more than this per shard.
+const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
 /// What became of a command sent to a replica.
 pub(crate) enum ReplicaAnswer {
@@ -83,6 +87,8 @@ pub(crate) struct Replica {
     reader: ShardReader,
     metrics: watch::Receiver<RaftMetrics<u64, Member>>,
     writes: mpsc::Sender<QueuedWrite>,
+    /// Key and value bytes in `writes`, not yet taken into a batch.
+    queued_bytes: Arc<AtomicUsize>,
     reads: mpsc::Sender<ReadWaiter>,
 }
 
@@ -107,7 +113,13 @@ impl Replica {
     ) -> Replica {
         let (writes, queue) = mpsc::channel(QUEUE);
         let (reads, waiters) = mpsc::channel(QUEUE);
-        tokio::spawn(propose_loop(shard, raft.clone(), queue));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(propose_loop(
+            shard,
+            raft.clone(),
+            queue,
+            queued_bytes.clone(),
+        ));
         tokio::spawn(read_gate_loop(raft.clone(), waiters));
         Replica {
             shard,
@@ -117,6 +129,7 @@ impl Replica {
             raft,
             reader,
             writes,
+            queued_bytes,
             reads,
         }
     }
@@ -202,7 +215,10 @@ impl Replica {
             write: Write::new(session, op),
             reply,
         };
-        if self.writes.try_send(queued).is_err() {
+        let size = write_bytes(&queued.write);
+        let before = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if before + size > MAX_QUEUED_BYTES || self.writes.try_send(queued).is_err() {
+            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             return ReplicaAnswer::Now(error(
                 ErrorCode::TryAgain,
                 format!(
@@ -319,26 +335,46 @@ fn now_ms() -> u64 {
 }
 
 /// Take what is queued and propose it as one entry, keeping up to [`MAX_INFLIGHT_BATCHES`]
-/// entries in flight.
-async fn propose_loop(shard: u32, raft: RaftGroup, mut queue: mpsc::Receiver<QueuedWrite>) {
+/// entries in flight. A batch never grows past [`MAX_BATCH_BYTES`] unless its first write alone
+/// does (a write is bounded by the client's frame, and peer frames have room for one), so every
+/// entry fits an AppendEntries message.
+async fn propose_loop(
+    shard: u32,
+    raft: RaftGroup,
+    mut queue: mpsc::Receiver<QueuedWrite>,
+    queued_bytes: Arc<AtomicUsize>,
+) {
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_BATCHES));
+    // A write taken from the queue that did not fit the previous batch.
+    let mut carried: Option<QueuedWrite> = None;
     loop {
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = queue.recv().await else {
-            return;
+        let carried_now = carried.is_some();
+        let first = match carried.take() {
+            Some(write) => write,
+            None => match queue.recv().await {
+                Some(write) => write,
+                None => return,
+            },
         };
         let mut bytes = write_bytes(&first.write);
+        if !carried_now {
+            queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(next) => {
-                    bytes += write_bytes(&next.write);
-                    batch.push(next);
-                }
-                Err(_) => break,
+        while batch.len() < MAX_BATCH {
+            let Ok(next) = queue.try_recv() else { break };
+            let size = write_bytes(&next.write);
+            queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            if bytes + size > MAX_BATCH_BYTES {
+                // Its bytes are already counted out of the queue; it opens the next batch.
+                carried = Some(next);
+                break;
             }
+            bytes += size;
+            batch.push(next);
         }
         let raft = raft.clone();
         tokio::spawn(async move {

@@ -787,3 +787,51 @@ fn a_frozen_leader_that_wakes_up_serves_no_stale_read() -> anyhow::Result<()> {
     assert_eq!(got, Some(Bytes::from_static(b"after")));
     Ok(())
 }
+
+#[test]
+fn values_near_the_frame_limit_replicate_beside_small_ones() -> anyhow::Result<()> {
+    let cluster = LocalCluster::start_replicated(3, 0, 3)?;
+    rt().block_on(async {
+        let client = client(&cluster, "n1").await?;
+        wait_writable(&client, &client.map()).await?;
+        // One value just under the 1 MiB frame, written while small writes share its batches.
+        let big = Bytes::from(vec![7u8; 1_000_000]);
+        let mut small = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let client = client.clone();
+            small.spawn(async move { client.put(format!("small/{i}"), "x").await });
+        }
+        client.put("big", big.clone()).await?;
+        while let Some(done) = small.join_next().await {
+            done??;
+        }
+        // Every replica holds it: read each node's own copy.
+        for id in ["n1", "n2", "n3"] {
+            let conn = Connection::connect(&cluster.client("alice", &cluster.addr(id))).await?;
+            let started = std::time::Instant::now();
+            loop {
+                let got = conn
+                    .call_with(
+                        RequestBody::Get {
+                            key: Bytes::from_static(b"big"),
+                        },
+                        None,
+                        Consistency::Stale,
+                    )
+                    .await?;
+                match got {
+                    ResponseBody::Value { value, .. } => {
+                        assert_eq!(value.len(), big.len(), "{id}");
+                        break;
+                    }
+                    other if started.elapsed() < Duration::from_secs(10) => {
+                        eprintln!("{id}: {other:?}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    other => panic!("{id} never got the big value: {other:?}"),
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
+}
