@@ -29,6 +29,13 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .collect::<Result<Vec<_>, _>>()?)
 }
 
+/// How a stopped node was started, to start it again.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    args: Vec<String>,
+    log: PathBuf,
+}
+
 /// A running local cluster. Nodes are killed on drop.
 #[derive(Debug)]
 pub struct LocalCluster {
@@ -186,6 +193,28 @@ impl LocalCluster {
             .find(|(n, _)| n == id)
             .and_then(|(_, node)| node.take())
             .unwrap_or_else(|| panic!("node {id} is not running"))
+    }
+
+    /// SIGKILL node `id`; returns how it was started, for [`LocalCluster::restart`].
+    pub fn kill9(&mut self, id: &str) -> anyhow::Result<Stopped> {
+        let node = self.take(id);
+        let stopped = Stopped {
+            args: node.args.clone(),
+            log: node.log.clone(),
+        };
+        node.kill9()?;
+        Ok(stopped)
+    }
+
+    /// Start node `id` again the way it was started before it stopped (same data dir, port
+    /// and flags).
+    pub fn restart(&mut self, id: &str, stopped: &Stopped) -> anyhow::Result<()> {
+        let node = Node::start(&stopped.args, &stopped.log)?;
+        match self.nodes.iter_mut().find(|(n, _)| n == id) {
+            Some((_, slot)) => *slot = Some(node),
+            None => self.nodes.push((id.to_owned(), Some(node))),
+        }
+        Ok(())
     }
 
     /// Connection options for client `who` (alice or admin) at `addr`, with the admin token.

@@ -28,16 +28,23 @@ pub(crate) const EXPORT_PAGE_BYTES: usize = 256 * 1024;
 /// Keys in one export page.
 pub(crate) const EXPORT_PAGE_KEYS: usize = 1000;
 
-/// How a forwarded proposal ended.
+/// How a request made of a group's leader ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum ProposeReply {
-    /// Committed and applied; the state machine's answer.
-    Applied(Outcome),
+pub(crate) enum LeaderReply<T> {
+    /// Done; the answer.
+    Done(T),
     /// This replica does not lead; the leader it knows of.
     NotLeader(Option<Member>),
-    /// It could not be committed.
+    /// It could not be done.
     Failed(String),
 }
+
+/// How a forwarded proposal ended: the state machine's answer.
+pub(crate) type ProposeReply = LeaderReply<Outcome>;
+
+/// An export page: the keys with their versions, and where the next page starts (`None`:
+/// done).
+pub(crate) type ExportReply = LeaderReply<(Vec<Imported>, Option<Bytes>)>;
 
 /// A page of a shard's keys in some slots.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,31 +55,15 @@ pub(crate) struct ExportRequest {
     pub(crate) after: Option<Bytes>,
 }
 
-/// The answer to an [`ExportRequest`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum ExportReply {
-    /// The keys, and where the next page starts (`None`: done).
-    Page {
-        /// The keys with their versions.
-        entries: Vec<Imported>,
-        /// Resume after this key.
-        next: Option<Bytes>,
-    },
-    /// This replica does not lead; the leader it knows of.
-    NotLeader(Option<Member>),
-    /// It could not be read.
-    Failed(String),
-}
-
 /// Propose `proposal` to this node's replica of a group (it must lead).
 pub(crate) async fn propose_local(raft: &RaftGroup, proposal: Proposal) -> ProposeReply {
     match tokio::time::timeout(Duration::from_secs(10), raft.client_write(proposal)).await {
-        Ok(Ok(resp)) => ProposeReply::Applied(resp.data),
+        Ok(Ok(resp)) => LeaderReply::Done(resp.data),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            ProposeReply::NotLeader(f.leader_node)
+            LeaderReply::NotLeader(f.leader_node)
         }
-        Ok(Err(err)) => ProposeReply::Failed(err.to_string()),
-        Err(_) => ProposeReply::Failed("no quorum answered within 10s".into()),
+        Ok(Err(err)) => LeaderReply::Failed(err.to_string()),
+        Err(_) => LeaderReply::Failed("no quorum answered within 10s".into()),
     }
 }
 
@@ -86,10 +77,10 @@ pub(crate) async fn export_local(
     match tokio::time::timeout(Duration::from_secs(10), raft.ensure_linearizable()).await {
         Ok(Ok(_)) => {}
         Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)))) => {
-            return ExportReply::NotLeader(f.leader_node)
+            return LeaderReply::NotLeader(f.leader_node)
         }
-        Ok(Err(err)) => return ExportReply::Failed(err.to_string()),
-        Err(_) => return ExportReply::Failed("no quorum answered within 10s".into()),
+        Ok(Err(err)) => return LeaderReply::Failed(err.to_string()),
+        Err(_) => return LeaderReply::Failed("no quorum answered within 10s".into()),
     }
     let slots = SlotSet::from_ranges(&request.slots);
     let reader = reader.clone();
@@ -105,9 +96,9 @@ pub(crate) async fn export_local(
     })
     .await;
     match page {
-        Ok(Ok((entries, next))) => ExportReply::Page { entries, next },
-        Ok(Err(err)) => ExportReply::Failed(err),
-        Err(_) => ExportReply::Failed("export task failed".into()),
+        Ok(Ok(page)) => LeaderReply::Done(page),
+        Ok(Err(err)) => LeaderReply::Failed(err),
+        Err(_) => LeaderReply::Failed("export task failed".into()),
     }
 }
 
@@ -204,45 +195,9 @@ impl Forwarder {
         deadline: Duration,
     ) -> Result<Outcome, String> {
         let payload = Bytes::from(postcard::to_stdvec(&proposal).map_err(|e| e.to_string())?);
-        let started = tokio::time::Instant::now();
-        let mut hint: Option<Member> = None;
-        let mut last = String::from("no replica answered");
-        let mut attempt = 0usize;
-        while started.elapsed() < deadline {
-            let reply = match (&hint, local) {
-                (None, Some(raft)) if attempt.is_multiple_of(2) => {
-                    propose_local(raft, proposal.clone()).await
-                }
-                _ => {
-                    let replicas = Self::replicas(map, group);
-                    let target = hint
-                        .clone()
-                        .or_else(|| replicas.get(attempt % replicas.len().max(1)).cloned());
-                    let Some(target) = target else {
-                        return Err(format!("shard {group} has no replicas in the map"));
-                    };
-                    match self
-                        .call(&target, group, FORWARD_PROPOSE, payload.clone())
-                        .await
-                    {
-                        Ok(bytes) => postcard::from_bytes(&bytes)
-                            .unwrap_or_else(|e| ProposeReply::Failed(format!("bad answer: {e}"))),
-                        Err(e) => ProposeReply::Failed(e),
-                    }
-                }
-            };
-            attempt += 1;
-            match reply {
-                ProposeReply::Applied(outcome) => return Ok(outcome),
-                ProposeReply::NotLeader(next) => hint = next,
-                ProposeReply::Failed(why) => {
-                    hint = None;
-                    last = why;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(format!("shard {group}: {last}"))
+        let local = local.map(|raft| move || propose_local(raft, proposal.clone()));
+        self.at_leader(map, group, FORWARD_PROPOSE, payload, local, deadline)
+            .await
     }
 
     /// Read one export page of shard `group` at its leader, trying until `deadline`.
@@ -255,15 +210,35 @@ impl Forwarder {
         deadline: Duration,
     ) -> Result<(Vec<Imported>, Option<Bytes>), String> {
         let payload = Bytes::from(postcard::to_stdvec(&request).map_err(|e| e.to_string())?);
+        let local = local.map(|(raft, reader)| move || export_local(raft, reader, request.clone()));
+        self.at_leader(map, group, FORWARD_EXPORT, payload, local, deadline)
+            .await
+    }
+
+    /// Ask `group`'s leader to do `rpc`: through this node's replica when it has one (every
+    /// other attempt, since it may not lead), else at the leader a replica named, else at each
+    /// replica of the map in turn, until `deadline`.
+    async fn at_leader<T, F, Fut>(
+        &self,
+        map: &ClusterMap,
+        group: u32,
+        rpc: u8,
+        payload: Bytes,
+        local: Option<F>,
+        deadline: Duration,
+    ) -> Result<T, String>
+    where
+        T: serde::de::DeserializeOwned,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = LeaderReply<T>>,
+    {
         let started = tokio::time::Instant::now();
         let mut hint: Option<Member> = None;
         let mut last = String::from("no replica answered");
         let mut attempt = 0usize;
         while started.elapsed() < deadline {
-            let reply = match (&hint, local) {
-                (None, Some((raft, reader))) if attempt.is_multiple_of(2) => {
-                    export_local(raft, reader, request.clone()).await
-                }
+            let reply = match (&hint, &local) {
+                (None, Some(local)) if attempt.is_multiple_of(2) => local().await,
                 _ => {
                     let replicas = Self::replicas(map, group);
                     let target = hint
@@ -272,21 +247,18 @@ impl Forwarder {
                     let Some(target) = target else {
                         return Err(format!("shard {group} has no replicas in the map"));
                     };
-                    match self
-                        .call(&target, group, FORWARD_EXPORT, payload.clone())
-                        .await
-                    {
+                    match self.call(&target, group, rpc, payload.clone()).await {
                         Ok(bytes) => postcard::from_bytes(&bytes)
-                            .unwrap_or_else(|e| ExportReply::Failed(format!("bad answer: {e}"))),
-                        Err(e) => ExportReply::Failed(e),
+                            .unwrap_or_else(|e| LeaderReply::Failed(format!("bad answer: {e}"))),
+                        Err(e) => LeaderReply::Failed(e),
                     }
                 }
             };
             attempt += 1;
             match reply {
-                ExportReply::Page { entries, next } => return Ok((entries, next)),
-                ExportReply::NotLeader(next) => hint = next,
-                ExportReply::Failed(why) => {
+                LeaderReply::Done(answer) => return Ok(answer),
+                LeaderReply::NotLeader(next) => hint = next,
+                LeaderReply::Failed(why) => {
                     hint = None;
                     last = why;
                 }

@@ -67,6 +67,7 @@ use super::log::{io_err, msg_err, Flusher, LogStore, StoreError};
 use super::{
     Imported, Member, Outcome, Proposal, TypeConfig, Write, WriteOp, WriteOutcome, META_GROUP,
 };
+use crate::storage::prefix_end;
 
 /// How long a session entry answers retries: entries older than a batch's `at_ms` minus this
 /// are expired when the batch applies.
@@ -1229,18 +1230,6 @@ fn decode_item(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Imported,
         version,
         value: Bytes::copy_from_slice(value),
     })
-}
-
-/// The smallest key above every key starting with `prefix` (`None`: no bound).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 impl ShardReader {

@@ -183,7 +183,7 @@ pub enum StorageError {
 ///
 /// Dropping trailing `0xff` bytes before incrementing is what makes a prefix ending in `0xff`
 /// work: the successor of `[0x01, 0xff]` is `[0x02]`, not `[0x01, 0x00]` with a carry.
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < u8::MAX {

@@ -171,9 +171,7 @@ fn every_node_killed_in_turn_under_load_loses_no_acknowledged_write() -> anyhow:
     for id in ["n1", "n2", "n3"] {
         std::thread::sleep(Duration::from_secs(2));
         let before = acked.lock().expect("acked").len();
-        let node = cluster.take(id);
-        let (args, log) = (node.args.clone(), node.log.clone());
-        node.kill9()?;
+        let stopped = cluster.kill9(id)?;
         // The others keep serving: writes are acknowledged while the node is down.
         std::thread::sleep(Duration::from_secs(4));
         let during = acked.lock().expect("acked").len();
@@ -181,13 +179,7 @@ fn every_node_killed_in_turn_under_load_loses_no_acknowledged_write() -> anyhow:
             during > before,
             "no write was acknowledged in the 4 s {id} was down ({before} → {during})"
         );
-        let old = Node::start(&args, &log)?;
-        cluster
-            .nodes
-            .iter_mut()
-            .find(|(n, _)| n == id)
-            .expect("node")
-            .1 = Some(old);
+        cluster.restart(id, &stopped)?;
     }
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
@@ -252,23 +244,12 @@ fn the_whole_cluster_losing_power_keeps_every_acknowledged_write() -> anyhow::Re
         "every write is acknowledged with all nodes up"
     );
     // Power off: every node at once, no chance to flush.
-    let nodes: Vec<(String, Node)> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|id| (id.to_string(), cluster.take(id)))
-        .collect();
-    let mut restarts = Vec::new();
-    for (id, node) in nodes {
-        restarts.push((id, node.args.clone(), node.log.clone()));
-        node.kill9()?;
+    let mut stopped = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        stopped.push((id, cluster.kill9(id)?));
     }
-    for (id, args, log) in restarts {
-        let node = Node::start(&args, &log)?;
-        cluster
-            .nodes
-            .iter_mut()
-            .find(|(n, _)| *n == id)
-            .expect("node")
-            .1 = Some(node);
+    for (id, how) in &stopped {
+        cluster.restart(id, how)?;
     }
     rt.block_on(async {
         let client = client(&cluster, "n3").await?;
@@ -624,19 +605,12 @@ fn a_restarted_node_takes_back_the_lead_of_its_shard() -> anyhow::Result<()> {
         .expect("n1's shard");
     let range = map.ranges_of_shard(preferred.id)[0];
     let key = key_in_slot_range(range.start, range.end, "lead");
-    let n1 = cluster.take("n1");
-    let (args, log) = (n1.args.clone(), n1.log.clone());
-    n1.kill9()?;
+    let stopped = cluster.kill9("n1")?;
     // The shard fails over: another replica leads and takes writes.
     rt.block_on(client.put(key.clone(), "during"))?;
     let leader_during = client.cached_leader(preferred.id).expect("a leader");
     assert_ne!(leader_during, "n1");
-    cluster
-        .nodes
-        .iter_mut()
-        .find(|(n, _)| n == "n1")
-        .expect("n1")
-        .1 = Some(Node::start(&args, &log)?);
+    cluster.restart("n1", &stopped)?;
     // Once caught up, n1 leads its shard again, and nothing written meanwhile is lost.
     let started = std::time::Instant::now();
     loop {
@@ -668,9 +642,7 @@ fn a_replica_that_fell_far_behind_is_brought_up_by_a_snapshot() -> anyhow::Resul
     let client = rt.block_on(client(&cluster, "n1"))?;
     let map = client.map();
     rt.block_on(wait_writable(&client, &map))?;
-    let n3 = cluster.take("n3");
-    let (args, log) = (n3.args.clone(), n3.log.clone());
-    n3.kill9()?;
+    let stopped = cluster.kill9("n3")?;
     let keys: Vec<Bytes> = (0..400).map(|i| Bytes::from(format!("snap/{i}"))).collect();
     rt.block_on(async {
         for key in &keys {
@@ -678,12 +650,7 @@ fn a_replica_that_fell_far_behind_is_brought_up_by_a_snapshot() -> anyhow::Resul
         }
         anyhow::Ok(())
     })?;
-    cluster
-        .nodes
-        .iter_mut()
-        .find(|(n, _)| n == "n3")
-        .expect("n3")
-        .1 = Some(Node::start(&args, &log)?);
+    cluster.restart("n3", &stopped)?;
     // n3's replicas catch up; those whose leader purged past n3's log get a snapshot.
     let started = std::time::Instant::now();
     let s3 = loop {
