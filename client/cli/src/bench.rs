@@ -144,6 +144,9 @@ struct FailoverArgs {
     /// Longest wait for a write after a kill before the try fails.
     #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "D")]
     give_up: Duration,
+    /// Copy the nodes' logs (elections, restarts) into DIR at the end.
+    #[arg(long, value_name = "DIR")]
+    keep_logs: Option<PathBuf>,
 }
 
 /// Flags of `skv bench ladder`.
@@ -480,6 +483,7 @@ fn run_failover(json: bool, args: FailoverArgs) -> u8 {
     opts.probe_timeout = args.probe_timeout;
     opts.settle = args.settle;
     opts.give_up = args.give_up;
+    opts.keep_logs = args.keep_logs;
     opts.command = command_line();
     let outcome = match failover::run(&opts, &mut |line| eprintln!("{line}")) {
         Ok(outcome) => outcome,

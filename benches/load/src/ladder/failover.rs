@@ -89,6 +89,9 @@ pub struct FailoverOptions {
     pub give_up: Duration,
     /// The command line, quoted into the report.
     pub command: String,
+    /// Copy the nodes' logs (info level: elections, restarts) here at the end, to see what
+    /// a slow try was waiting for.
+    pub keep_logs: Option<PathBuf>,
 }
 
 impl FailoverOptions {
@@ -108,6 +111,7 @@ impl FailoverOptions {
             settle: Duration::from_secs(2),
             give_up: Duration::from_secs(30),
             command: String::new(),
+            keep_logs: None,
         }
     }
 
@@ -386,6 +390,15 @@ pub fn run(
     for member in &mut members {
         if let Some(mut process) = member.process.take() {
             process.stop();
+        }
+    }
+    if let Some(dir) = &opts.keep_logs {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| config(&format!("cannot create {}", dir.display()), &e))?;
+        for member in &members {
+            let to = dir.join(format!("{}.log", member.id));
+            std::fs::copy(&member.log, &to)
+                .map_err(|e| config(&format!("cannot copy a node log to {}", to.display()), &e))?;
         }
     }
     let tries = tries?;
