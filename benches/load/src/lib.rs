@@ -218,7 +218,11 @@ async fn run_inner(
 /// but nothing else, each with its own TLS config and connections. The connections are
 /// counted by the tasks, from each client's statistics, with the ones they open later.
 async fn connect_all(opts: &BenchOptions) -> Result<Vec<ClusterClient>, ClientError> {
-    let first = ClusterClient::connect(opts.connect.clone(), opts.seeds.clone()).await?;
+    let mut first = ClusterClient::connect(opts.connect.clone(), opts.seeds.clone()).await?;
+    if let Some(failover) = opts.failover {
+        // Before the others are made: `fresh` copies it.
+        first = first.with_failover(failover);
+    }
     let mut clients = vec![first.clone()];
     for _ in 1..opts.conns {
         clients.push(first.fresh()?);

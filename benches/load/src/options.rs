@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::zipf::Zipf;
 use skv_client::config::ConnectOptions;
-use skv_client::ClientError;
+use skv_client::{ClientError, Failover};
 
 /// Most keys a run may address: key names carry the index in a fixed 10-digit field.
 pub const MAX_KEYS: u64 = 10_000_000_000;
@@ -213,6 +213,11 @@ pub struct BenchOptions {
     pub variant: String,
     /// Told when the measured window opens and closes (`None`: nobody asks).
     pub on_window: Option<WindowHook>,
+    /// How the clients ride out failed replicas and elections (`None`: the client library's
+    /// default). A saturated replicated shard can take longer than the default two-second
+    /// attempt timeout to answer a queued request; the ladder gives a longer one, so that
+    /// saturation is measured as latency rather than turned into retries on other replicas.
+    pub failover: Option<Failover>,
 }
 
 impl BenchOptions {
@@ -238,6 +243,7 @@ impl BenchOptions {
             rung: String::new(),
             variant: String::new(),
             on_window: None,
+            failover: None,
         }
     }
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use skv_client::{exit, ClientError};
-use skv_load::ladder::{self, LadderOptions, Verdict};
+use skv_load::ladder::failover::{self, FailoverOptions};
+use skv_load::ladder::{self, CaseSet, LadderOptions, Rung, Verdict};
 use skv_load::{parse_duration, BenchOptions, KeyDist, Phase, Progress, Stop, Workload};
 
 use crate::args::ConnArgs;
@@ -78,6 +79,74 @@ enum BenchCommand {
     /// against each, one after another, and write DIR/report.md, DIR/results.json and
     /// DIR/ladder.svg. The connection flags are not used: it starts its own nodes.
     Ladder(LadderArgs),
+    /// Failover time: start a local replicated cluster (mutual TLS, durable writes), keep a
+    /// steady write load on one shard, then TRIES times kill -9 that shard's leader, time
+    /// from the kill to the first acknowledged write sent after it, restart the node and wait
+    /// until it has rejoined. Writes DIR/failover.md and DIR/failover.json (p50, max and every
+    /// try). The connection flags are not used: it starts its own nodes.
+    Failover(FailoverArgs),
+}
+
+/// Which cases `skv bench ladder` runs.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CasesArg {
+    /// The security ladder: main ladder and variants.
+    All,
+    /// GET (linearizable) and durable PUT at L2 and L5, inflight 1 and 16, on the
+    /// --nodes/--replicas cluster and, interleaved, on one node (replication's cost).
+    Replication,
+}
+
+/// A rung `skv bench failover` can run at.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FailoverRung {
+    /// Mutual TLS.
+    L2,
+    /// Mutual TLS + a JWT per request (cached).
+    L5,
+}
+
+/// Flags of `skv bench failover`.
+#[derive(Debug, Args)]
+struct FailoverArgs {
+    /// Output directory (created if missing).
+    #[arg(long, default_value = "skv-failover", value_name = "DIR")]
+    out: PathBuf,
+    /// The skv-node executable [default: skv-node next to this skv].
+    #[arg(long, value_name = "PATH")]
+    node_bin: Option<PathBuf>,
+    /// Nodes of the local cluster.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    nodes: usize,
+    /// Replicas per shard (at least 3, so a quorum survives the kill).
+    #[arg(long, default_value_t = 3, value_name = "R")]
+    replicas: usize,
+    /// Kills, each of the shard's leader at the time.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    tries: usize,
+    /// Security level of the cluster: L2 checks no token, so the bench can ask the nodes'
+    /// STATUS who leads and when the restarted node has caught up; at L5 it relies on the
+    /// client's view and waits a fixed time for the rejoin.
+    #[arg(long, value_enum, default_value = "l2", value_name = "RUNG")]
+    rung: FailoverRung,
+    /// The nodes' --election-timeout-ms [default: the node's, 500].
+    #[arg(long, value_name = "MS")]
+    election_timeout_ms: Option<u64>,
+    /// Steady-load writers on the shard.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    writers: usize,
+    /// Attempt timeout of the two probe writers, e.g. 200ms.
+    #[arg(long, value_parser = parse_duration, default_value = "200ms", value_name = "D")]
+    probe_timeout: Duration,
+    /// Steady load before each kill.
+    #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "D")]
+    settle: Duration,
+    /// Longest wait for a write after a kill before the try fails.
+    #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "D")]
+    give_up: Duration,
+    /// Copy the nodes' logs (elections, restarts) into DIR at the end.
+    #[arg(long, value_name = "DIR")]
+    keep_logs: Option<PathBuf>,
 }
 
 /// Flags of `skv bench ladder`.
@@ -120,12 +189,21 @@ struct LadderArgs {
     /// cluster), instead of a fixed client concurrency spread over the nodes.
     #[arg(long)]
     inflight_per_node: bool,
+    /// Replicas per shard with --nodes N (1..=N; shard i on nodes i, i+1, …): every shard a
+    /// Raft group, writes acknowledged by a quorum, reads linearizable through the leader.
+    #[arg(long, default_value_t = 1, value_name = "R")]
+    replicas: usize,
+    /// Which cases: all (the security ladder) or replication (see the values).
+    #[arg(long, value_enum, default_value = "all", value_name = "SET")]
+    cases: CasesArg,
 }
 
 /// Run `skv bench`; returns the exit code.
 pub(crate) fn run(conn: &ConnArgs, json: bool, args: BenchArgs) -> u8 {
-    if let Some(BenchCommand::Ladder(ladder)) = args.command {
-        return run_ladder(json, ladder);
+    match args.command {
+        Some(BenchCommand::Ladder(ladder)) => return run_ladder(json, ladder),
+        Some(BenchCommand::Failover(failover)) => return run_failover(json, failover),
+        None => {}
     }
     let result = data::connect_settings(conn).and_then(|(connect, seeds)| {
         let mut opts = options(connect, &args);
@@ -293,15 +371,8 @@ async fn show_progress(progress: Arc<Progress>, opts: BenchOptions, bar: bool) {
 /// JSON with `--json`). Exit 0, or 5 if a main-ladder rung failed (the reports are written
 /// either way).
 fn run_ladder(json: bool, args: LadderArgs) -> u8 {
-    let node_bin = match args.node_bin {
-        Some(path) => path,
-        None => match std::env::current_exe() {
-            Ok(exe) => ladder::default_node_bin(&exe),
-            Err(e) => {
-                eprintln!("skv bench ladder: cannot find this executable ({e}); give --node-bin");
-                return exit::USAGE;
-            }
-        },
+    let Some(node_bin) = node_bin(args.node_bin, "ladder") else {
+        return exit::USAGE;
     };
     let mut opts = LadderOptions::new(args.out, node_bin);
     opts.quick = args.quick;
@@ -312,10 +383,12 @@ fn run_ladder(json: bool, args: LadderArgs) -> u8 {
     opts.repeat = args.repeat;
     opts.nodes = args.nodes;
     opts.inflight_per_node = args.inflight_per_node;
-    opts.command = std::env::args()
-        .map(|a| shell_quote(&a))
-        .collect::<Vec<_>>()
-        .join(" ");
+    opts.replicas = args.replicas;
+    opts.cases = match args.cases {
+        CasesArg::All => CaseSet::All,
+        CasesArg::Replication => CaseSet::Replication,
+    };
+    opts.command = command_line();
     let outcome = match ladder::run(&opts, &mut |line| eprintln!("{line}")) {
         Ok(outcome) => outcome,
         Err(err) => {
@@ -364,6 +437,89 @@ fn run_ladder(json: bool, args: LadderArgs) -> u8 {
             "skv bench ladder: main-ladder rungs failed: {} (see report.md)",
             outcome.failed_main.join(", ")
         );
+        exit::SERVER
+    }
+}
+
+/// The skv-node to start: `given`, or the one next to this executable.
+fn node_bin(given: Option<PathBuf>, what: &str) -> Option<PathBuf> {
+    match given {
+        Some(path) => Some(path),
+        None => match std::env::current_exe() {
+            Ok(exe) => Some(ladder::default_node_bin(&exe)),
+            Err(e) => {
+                eprintln!("skv bench {what}: cannot find this executable ({e}); give --node-bin");
+                None
+            }
+        },
+    }
+}
+
+/// This process's command line, quoted for a shell.
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| shell_quote(&a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Run `skv bench failover`: progress on stderr, the result on stdout (failover.json's
+/// content with `--json`). Exit 0 when every try measured a failover, else 5 (the reports
+/// are written either way).
+fn run_failover(json: bool, args: FailoverArgs) -> u8 {
+    let Some(node_bin) = node_bin(args.node_bin, "failover") else {
+        return exit::USAGE;
+    };
+    let mut opts = FailoverOptions::new(args.out, node_bin);
+    opts.nodes = args.nodes;
+    opts.replicas = args.replicas;
+    opts.tries = args.tries;
+    opts.rung = match args.rung {
+        FailoverRung::L2 => Rung::L2,
+        FailoverRung::L5 => Rung::L5,
+    };
+    opts.election_timeout_ms = args.election_timeout_ms;
+    opts.writers = args.writers;
+    opts.probe_timeout = args.probe_timeout;
+    opts.settle = args.settle;
+    opts.give_up = args.give_up;
+    opts.keep_logs = args.keep_logs;
+    opts.command = command_line();
+    let outcome = match failover::run(&opts, &mut |line| eprintln!("{line}")) {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            eprintln!("skv bench failover: {err}");
+            return err.exit_code();
+        }
+    };
+    if json {
+        match serde_json::to_string(&outcome.report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("skv bench failover: cannot encode the report as JSON: {e}");
+                return exit::SERVER;
+            }
+        }
+    } else {
+        let body = outcome
+            .report_md
+            .split_once("## Result")
+            .map_or(outcome.report_md.as_str(), |(_, rest)| rest);
+        println!("{}", body.trim());
+    }
+    for path in &outcome.written {
+        eprintln!("wrote {}", path.display());
+    }
+    let failed = outcome
+        .report
+        .tries
+        .iter()
+        .filter(|t| t.failover_ms.is_none())
+        .count();
+    if failed == 0 {
+        exit::OK
+    } else {
+        eprintln!("skv bench failover: {failed} tries measured no failover (see failover.md)");
         exit::SERVER
     }
 }

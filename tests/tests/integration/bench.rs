@@ -169,3 +169,48 @@ fn bench_usage_and_connection_errors() -> anyhow::Result<()> {
     assert!(out.stdout.is_empty());
     Ok(())
 }
+
+#[test]
+fn bench_failover_kills_the_leader_and_times_every_try() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("skv-it-failover-")
+        .tempdir()?;
+    let out_dir = dir.path().join("reports");
+    let out_arg = out_dir.display().to_string();
+    let out = skv(
+        &[
+            "bench",
+            "failover",
+            "--tries",
+            "2",
+            "--settle",
+            "300ms",
+            "--writers",
+            "2",
+            "--out",
+            &out_arg,
+        ]
+        .map(String::from),
+        None,
+    )?;
+    assert_eq!(code(&out), 0, "{}", err_text(&out));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("failover.json"))?)?;
+    let tries = report["tries"].as_array().expect("tries");
+    assert_eq!(tries.len(), 2, "{report}");
+    for t in tries {
+        assert!(t["failover_ms"].as_f64().unwrap() > 0.0, "{t}");
+        // The leader was confirmed by its STATUS, killed, and the shard moved on.
+        assert_eq!(t["leader_confirmed"], true, "{t}");
+        assert_ne!(t["killed"], t["new_leader"], "{t}");
+        assert!(t["rejoin_ms"].as_f64().is_some(), "{t}");
+    }
+    assert!(report["p50_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["max_ms"].as_f64().unwrap() >= report["p50_ms"].as_f64().unwrap(),
+        "{report}"
+    );
+    let md = std::fs::read_to_string(out_dir.join("failover.md"))?;
+    assert!(md.contains("## Every try"), "{md}");
+    Ok(())
+}

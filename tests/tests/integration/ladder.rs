@@ -267,3 +267,42 @@ fn the_ladder_targets_a_local_cluster() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_replication_set_pairs_a_replicated_cluster_with_one_node() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("skv-it-ladder-repl-")
+        .tempdir()?;
+    let out_dir = dir.path().join("reports");
+    let out = ladder(
+        &out_dir,
+        &["--nodes", "3", "--replicas", "3", "--cases", "replication"],
+    )?;
+    assert_eq!(code(&out), 0, "ladder failed:\n{}", err_text(&out));
+    let rows = rows(&out_dir)?;
+    // GET and PUT × L2 and L5 × inflight 1 and 16, each replicated and on one node.
+    assert_eq!(rows.len(), 16, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["status"], "ok", "{row}");
+        assert!(row["ops_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+        let replicated = row["nodes"] == 3;
+        assert_eq!(row["replicas"], if replicated { 3 } else { 1 }, "{row}");
+        // Every replicated row is compared with its single-node twin.
+        assert_eq!(row["vs_single_node"].is_f64(), replicated, "{row}");
+    }
+    let report = std::fs::read_to_string(out_dir.join("report.md"))?;
+    assert!(report.contains("3 nodes × 3 replicas"), "{report:.2000}");
+    assert!(report.contains("replicated durable PUT"), "{report:.2000}");
+    Ok(())
+}
+
+#[test]
+fn replicas_beyond_the_node_count_are_a_usage_error() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("skv-it-ladder-repl-")
+        .tempdir()?;
+    let out = ladder(&dir.path().join("r"), &["--nodes", "2", "--replicas", "3"])?;
+    assert_eq!(code(&out), 2, "{}", err_text(&out));
+    assert!(err_text(&out).contains("--replicas"), "{}", err_text(&out));
+    Ok(())
+}

@@ -108,12 +108,19 @@ pub(crate) struct Case {
     pub(crate) alg: Alg,
     /// Replace each connection after this many requests.
     pub(crate) reconnect_every: Option<u64>,
+    /// Nodes serving the case: 1 is a single node, more a local cluster.
+    pub(crate) nodes: usize,
+    /// Replicas per shard (1 unless the cluster replicates).
+    pub(crate) replicas: usize,
+    /// Run `repeat` times, in rounds, keeping the fastest run (the main ladder, and every
+    /// case of the replication set); otherwise once.
+    pub(crate) repeated: bool,
 }
 
 const KIB: usize = 1024;
 
 impl Case {
-    fn new(rung: Rung, variant: &str, inflight: usize) -> Case {
+    pub(crate) fn new(rung: Rung, variant: &str, inflight: usize) -> Case {
         Case {
             rung,
             variant: variant.to_owned(),
@@ -123,6 +130,9 @@ impl Case {
             key_type: KeyType::P256,
             alg: Alg::EdDSA,
             reconnect_every: None,
+            nodes: 1,
+            replicas: 1,
+            repeated: variant.is_empty(),
         }
     }
 
@@ -240,6 +250,67 @@ impl Case {
     }
 }
 
+/// "1 node", "3 nodes" (one replica per shard) or "3 nodes × 3 replicas".
+pub(crate) fn topology(nodes: usize, replicas: usize) -> String {
+    match (nodes, replicas) {
+        (1, _) => "1 node".into(),
+        (n, 1) => format!("{n} nodes"),
+        (n, r) => format!("{n} nodes × {r} replicas"),
+    }
+}
+
+/// Which cases a ladder run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CaseSet {
+    /// The security ladder: the main ladder and every variant, all on the run's topology.
+    #[default]
+    All,
+    /// Replication's cost: GET (linearizable) and durable PUT at L2 and L5, inflight 1 and
+    /// 16, each on the run's topology and, interleaved with it, on a single node, so the
+    /// ratio compares runs made minutes apart on the same build and machine.
+    Replication,
+}
+
+/// The cases of `set` on `nodes` nodes with `replicas` replicas per shard, in run order.
+pub(crate) fn cases(set: CaseSet, nodes: usize, replicas: usize) -> Vec<Case> {
+    match set {
+        CaseSet::All => all()
+            .into_iter()
+            .map(|mut case| {
+                case.nodes = nodes;
+                case.replicas = replicas;
+                case
+            })
+            .collect(),
+        CaseSet::Replication => replication(nodes, replicas),
+    }
+}
+
+/// The replication set: see [`CaseSet::Replication`]. The variant names the topology, so
+/// a replicated row and its single-node twin differ in it.
+fn replication(nodes: usize, replicas: usize) -> Vec<Case> {
+    let mut topologies = vec![(nodes, replicas)];
+    if (nodes, replicas) != (1, 1) {
+        topologies.push((1, 1));
+    }
+    let mut cases = Vec::new();
+    for workload in [Workload::Get, Workload::Put] {
+        for rung in [Rung::L2, Rung::L5] {
+            for inflight in [1, 16] {
+                for &(nodes, replicas) in &topologies {
+                    let mut case = Case::new(rung, &topology(nodes, replicas), inflight);
+                    case.workload = workload;
+                    case.nodes = nodes;
+                    case.replicas = replicas;
+                    case.repeated = true;
+                    cases.push(case);
+                }
+            }
+        }
+    }
+    cases
+}
+
 /// Every case of a ladder run, main ladder first, in the order they run.
 pub(crate) fn all() -> Vec<Case> {
     let mut cases = Vec::new();
@@ -314,6 +385,40 @@ mod tests {
                 c.title()
             );
         }
+    }
+
+    #[test]
+    fn the_replication_set_pairs_every_replicated_case_with_a_single_node_twin() {
+        let cases = cases(CaseSet::Replication, 3, 3);
+        assert_eq!(cases.len(), 2 * 2 * 2 * 2);
+        let mut seen = std::collections::HashSet::new();
+        for c in &cases {
+            assert!(c.repeated);
+            assert!(matches!(c.rung, Rung::L2 | Rung::L5));
+            assert!(
+                seen.insert((
+                    c.rung,
+                    c.variant.clone(),
+                    c.workload.to_string(),
+                    c.inflight
+                )),
+                "{}",
+                c.title()
+            );
+            if c.nodes == 3 {
+                assert_eq!(c.replicas, 3);
+                assert!(cases.iter().any(|t| t.nodes == 1
+                    && t.rung == c.rung
+                    && t.workload == c.workload
+                    && t.inflight == c.inflight));
+            }
+        }
+        // A single-node run of the set has no twins.
+        assert_eq!(super::cases(CaseSet::Replication, 1, 1).len(), 8);
+        // The full ladder keeps every case on the run's topology.
+        assert!(super::cases(CaseSet::All, 3, 3)
+            .iter()
+            .all(|c| c.nodes == 3 && c.replicas == 3));
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub(crate) struct RunInfo<'a> {
     /// /proc/loadavg's 1, 5 and 15-minute averages when the ladder started: something else
     /// busy on the machine shows here.
     pub(crate) load_before: String,
+    /// The same when it ended.
+    pub(crate) load_after: String,
 }
 
 fn find<'a>(
@@ -196,6 +198,245 @@ pub fn targets(rows: &[LadderRow]) -> Vec<Target> {
     out
 }
 
+/// The replicated row (more than one replica) of `rung`, `workload` and `inflight`.
+fn replicated<'a>(
+    rows: &'a [LadderRow],
+    rung: Rung,
+    workload: &str,
+    inflight: usize,
+) -> Option<&'a LadderRow> {
+    rows.iter().find(|r| {
+        r.rung == rung.label()
+            && r.workload == workload
+            && r.inflight == inflight
+            && r.replicas > 1
+            && r.status == RowStatus::Ok
+    })
+}
+
+/// Issue 10's throughput targets, on the replicated rows at 50 connections × inflight 1
+/// (etcd's benchmark shape: 50 clients, one request each). Failover is in its own report.
+pub fn replication_targets(rows: &[LadderRow]) -> Vec<Target> {
+    let mut out = Vec::new();
+    let ops_text = |v: f64| format!("{} ops/s", group(v));
+    for (workload, what, bar, anchor) in [
+        (
+            "put",
+            "replicated durable PUT",
+            12_000.0,
+            "etcd 3 members, mTLS + JWT: 2.4k",
+        ),
+        ("get", "linearizable GET", 40_000.0, "etcd: 3.8k"),
+    ] {
+        for rung in [Rung::L2, Rung::L5] {
+            let (measured, verdict) = at_least(
+                replicated(rows, rung, workload, 1).and_then(|r| r.ops_per_sec),
+                bar,
+                ops_text,
+            );
+            out.push(Target {
+                goal: format!(
+                    "{what} ≥ {} ops/s at {rung}, 50 conns × inflight 1 ({anchor})",
+                    group(bar)
+                ),
+                measured,
+                verdict,
+            });
+        }
+    }
+    out
+}
+
+/// report.md of the replication set.
+pub(crate) fn render_replication(
+    info: &RunInfo<'_>,
+    rows: &[LadderRow],
+    targets: &[Target],
+    warnings: &[String],
+) -> String {
+    let mut md = String::new();
+    let o = info.opts;
+    let _ = writeln!(md, "# skv replication cost\n");
+    let _ = writeln!(md, "- **Date:** {}", info.date);
+    let _ = writeln!(md, "- **Machine:** {}", info.machine.describe());
+    let _ = writeln!(md, "- **Command:** `{}`", info.command);
+    let _ = writeln!(
+        md,
+        "- **Load:** closed loop, {} connections{}, {:?} warmup then {:?} measured per case, \
+         every case {} times in rounds (the replicated case and its single-node twin back to \
+         back, each against fresh nodes), keeping the fastest run; uniform keys ({} keys, \
+         preloaded before GETs), 100-byte values, on 127.0.0.1. The load generator (`skv` \
+         itself) runs on the same {} CPUs as the nodes.",
+        o.conns,
+        if o.nodes > 1 {
+            format!(
+                " per node (each connection task holds one connection to every node and sends \
+                 each request to its shard's leader; {})",
+                if o.inflight_per_node {
+                    format!("it keeps {}× the row's inflight outstanding", o.nodes)
+                } else {
+                    "it keeps the row's inflight outstanding in all".to_owned()
+                }
+            )
+        } else {
+            String::new()
+        },
+        o.warm(),
+        o.measure(),
+        o.repeats(),
+        group(o.keys as f64),
+        info.machine.cpus,
+    );
+    let _ = writeln!(
+        md,
+        "- **Cluster:** {} (`ClusterMap::even_replicated`: shard i on nodes i, i+1, …, every \
+         node the first replica, so the initial leader, of one shard), every shard an openraft \
+         group; node flags the defaults (election timeout 500 ms). Server CPU is summed over \
+         the nodes.",
+        super::cases::topology(o.nodes, o.replicas)
+    );
+    let _ = writeln!(
+        md,
+        "- **Requests:** PUT with `--durability sync` (acknowledged once a quorum has it in \
+         its fsynced log; on one node, once sled flushed it); GET linearizable (the client's \
+         default: ReadIndex through the leader). The client fails over with a 10 s attempt \
+         timeout (the library's default is 2 s), so a saturated shard's queueing shows as \
+         latency, not as retries."
+    );
+    let _ = writeln!(
+        md,
+        "- **Node data:** sled in a temporary directory{}.",
+        info.data_fs
+            .as_deref()
+            .map_or(String::new(), |fs| format!(" on {fs}"))
+    );
+    let _ = writeln!(
+        md,
+        "- **Took:** {:.0} s; load average before the run: {}; after it: {}",
+        info.elapsed.as_secs_f64(),
+        info.load_before,
+        info.load_after
+    );
+    if info.debug_build {
+        let _ = writeln!(
+            md,
+            "\n> **Debug build of `skv`:** the load generator was not optimised; numbers are \
+             far below a release build's. Use `cargo build --release --bins`."
+        );
+    }
+    if o.quick || o.duration.is_some() {
+        let _ = writeln!(
+            md,
+            "\n> **Short run** (`--quick` or `--duration`): good for a smoke test, noisy as a \
+             measurement."
+        );
+    }
+
+    let _ = writeln!(md, "\n## Results\n");
+    let _ = writeln!(
+        md,
+        "| rung | workload | topology | inflight | ops/s | p50 µs | p99 µs | server CPU µs/op \
+         | cores nodes / gen | ops/s vs 1 node | CPU/op vs 1 node | notes |"
+    );
+    let _ = writeln!(md, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+    for r in rows {
+        let num = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".to_owned(), f);
+        let ops = match r.status {
+            RowStatus::Ok => num(r.ops_per_sec, &group),
+            RowStatus::NotBuilt => "not built yet".into(),
+            RowStatus::Failed => "**failed**".into(),
+            RowStatus::Skipped => "skipped".into(),
+        };
+        let cores = match (r.server_cpu_cores, r.client_cpu_cores) {
+            (Some(s), Some(c)) => format!("{s:.2} / {c:.2}"),
+            _ => "–".into(),
+        };
+        let workload = if r.workload == "put" {
+            "PUT durable"
+        } else {
+            "GET linearizable"
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.rung,
+            workload,
+            r.variant,
+            r.inflight,
+            ops,
+            num(r.p50_us.map(|v| v as f64), &group),
+            num(r.p99_us.map(|v| v as f64), &group),
+            num(r.server_cpu_us_per_op, &|v| format!("{v:.1}")),
+            cores,
+            num(r.vs_single_node, &|v| format!("{v:.2}×")),
+            num(r.cpu_vs_single_node, &|v| format!("{v:.2}×")),
+            notes(r, o.keys).replace('|', "/"),
+        );
+    }
+    let busy: Vec<String> = rows
+        .iter()
+        .filter(|r| r.other_cpu_cores.is_some_and(|c| c > NOISY_CORES))
+        .map(|r| {
+            format!(
+                "{} {} {} inflight {}",
+                r.rung, r.workload, r.variant, r.inflight
+            )
+        })
+        .collect();
+    if !busy.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n> **The machine was not quiet** during {} case(s) (more than {NOISY_CORES} cores \
+             busy outside the nodes and the load generator; `other_cpu_cores` in \
+             results.json): {}.",
+            busy.len(),
+            busy.join(", ")
+        );
+    }
+
+    let _ = writeln!(md, "\n## Targets\n");
+    let _ = writeln!(md, "| target | measured | verdict |");
+    let _ = writeln!(md, "|---|---|---|");
+    for t in targets {
+        let _ = writeln!(
+            md,
+            "| {} | {} | **{}** |",
+            t.goal,
+            t.measured,
+            t.verdict.as_str()
+        );
+    }
+    let met = targets.iter().filter(|t| t.verdict == Verdict::Met).count();
+    let _ = writeln!(
+        md,
+        "\n{met} of {} targets met. Failover time is measured by `skv bench failover` \
+         (failover.md beside this report).",
+        targets.len()
+    );
+    let _ = writeln!(md, "\n## How to read this\n");
+    let _ = writeln!(
+        md,
+        "Every replicated row has a single-node twin measured in the same round, minutes \
+         apart, with the same build: **ops/s vs 1 node** is the replicated row's throughput \
+         over its twin's, **CPU/op vs 1 node** the same for the server CPU per operation \
+         (all nodes together: a replicated write is applied by three state machines and \
+         fsynced by three logs). L2 is mutual TLS; L5 adds a JWT checked on every request \
+         with the verified-token cache (`--keyset`). ops/s and latencies are what the load \
+         generator saw; server CPU µs/op is the nodes' user + system CPU time over the \
+         measured window (from /proc) divided by the requests answered. With {} CPUs shared \
+         by three nodes and the load generator, the cluster is CPU-bound: the CPU columns \
+         say where the time goes.",
+        info.machine.cpus
+    );
+    if !warnings.is_empty() {
+        let _ = writeln!(md, "\n## Warnings\n");
+        for w in warnings {
+            let _ = writeln!(md, "- {w}");
+        }
+    }
+    md
+}
+
 /// The whole report.md.
 pub(crate) fn render(
     info: &RunInfo<'_>,
@@ -258,9 +499,10 @@ pub(crate) fn render(
     );
     let _ = writeln!(
         md,
-        "- **Took:** {:.0} s; load average before the run: {}",
+        "- **Took:** {:.0} s; load average before the run: {}; after it: {}",
         info.elapsed.as_secs_f64(),
-        info.load_before
+        info.load_before,
+        info.load_after
     );
     if info.debug_build {
         let _ = writeln!(
@@ -493,6 +735,76 @@ mod tests {
         assert_eq!(size(16384), "16 KiB");
         assert_eq!(micros(Some(1500)), "1.50 ms");
         assert_eq!(pct(-1.25), "-1.2");
+    }
+
+    #[test]
+    fn replication_targets_read_the_replicated_rows_only() {
+        let row = |variant: &str, nodes: usize, workload: &str, ops: f64| {
+            let mut r = blank(variant, nodes, workload);
+            r.ops_per_sec = Some(ops);
+            r
+        };
+        let rows = vec![
+            row("1 node", 1, "put", 90_000.0),
+            row("3 nodes × 3 replicas", 3, "put", 11_000.0),
+            row("3 nodes × 3 replicas", 3, "get", 41_000.0),
+        ];
+        let t = replication_targets(&rows);
+        let verdicts: Vec<Verdict> = t.iter().map(|t| t.verdict).collect();
+        // PUT at L2 missed (11k < 12k, the single node's 90k does not count), GET at L2
+        // met, the L5 rows missing.
+        assert_eq!(
+            verdicts,
+            vec![
+                Verdict::Missed,
+                Verdict::NotMeasured,
+                Verdict::Met,
+                Verdict::NotMeasured
+            ]
+        );
+    }
+
+    fn blank(variant: &str, nodes: usize, workload: &str) -> LadderRow {
+        LadderRow {
+            rung: "L2".into(),
+            variant: variant.into(),
+            workload: workload.into(),
+            value_size: 100,
+            inflight: 1,
+            conns: 50,
+            nodes,
+            replicas: nodes,
+            keys: 10,
+            status: RowStatus::Ok,
+            error: None,
+            note: None,
+            adds: String::new(),
+            engine: "sled".into(),
+            cert_key_type: None,
+            token_alg: None,
+            reconnect_every: None,
+            ops_per_sec: None,
+            ops_per_sec_runs: Vec::new(),
+            p50_us: None,
+            p90_us: None,
+            p99_us: None,
+            p999_us: None,
+            max_us: None,
+            server_cpu_us_per_op: None,
+            client_cpu_us_per_op: None,
+            server_cpu_cores: None,
+            client_cpu_cores: None,
+            other_cpu_cores: None,
+            cost_vs_l0_pct: None,
+            vs_single_node: None,
+            cpu_vs_single_node: None,
+            requests: None,
+            errors: Default::default(),
+            duration_secs: None,
+            handshakes: None,
+            handshakes_per_sec: None,
+            handshakes_per_server_cpu_sec: None,
+        }
     }
 
     #[test]

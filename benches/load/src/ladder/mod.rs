@@ -25,6 +25,7 @@
 
 mod cases;
 mod chart;
+pub mod failover;
 mod machine;
 mod markdown;
 mod node;
@@ -35,13 +36,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::Serialize;
 use skv_certs::issuer::Alg;
 use skv_certs::KeyType;
 
-pub use cases::Rung;
+pub use cases::{CaseSet, Rung};
 pub use machine::Machine;
-pub use markdown::{targets, Target, Verdict};
+pub use markdown::{replication_targets, targets, Target, Verdict};
 
 use crate::{error_kind, BenchOptions, BenchReport, Stop, WindowEdge, WindowHook};
 use cases::Case;
@@ -90,6 +92,12 @@ pub struct LadderOptions {
     /// with it). Without it the client's concurrency is fixed and spread over the nodes, so
     /// each connection batches fewer requests per read and write.
     pub inflight_per_node: bool,
+    /// Replicas per shard in cluster cases (`1..=nodes`): the map is
+    /// `ClusterMap::even_replicated`, shard i on nodes i, i+1, …; 1 keeps the unreplicated
+    /// ladder.
+    pub replicas: usize,
+    /// Which cases to run.
+    pub cases: CaseSet,
 }
 
 impl LadderOptions {
@@ -108,6 +116,8 @@ impl LadderOptions {
             command: String::new(),
             nodes: 1,
             inflight_per_node: false,
+            replicas: 1,
+            cases: CaseSet::All,
         }
     }
 
@@ -147,6 +157,12 @@ impl LadderOptions {
         }
         if !(1..=MAX_NODES).contains(&self.nodes) {
             return bad(format!("--nodes must be within 1..={MAX_NODES}"));
+        }
+        if !(1..=self.nodes).contains(&self.replicas) {
+            return bad(format!(
+                "--replicas must be within 1..={} (the number of nodes)",
+                self.nodes
+            ));
         }
         if self.measure().is_zero() {
             return bad("--duration must be longer than 0".into());
@@ -198,6 +214,8 @@ pub struct LadderRow {
     pub conns: usize,
     /// Nodes serving the case (a local cluster when more than 1).
     pub nodes: usize,
+    /// Replicas per shard (1: no replication).
+    pub replicas: usize,
     /// Key space (preloaded for GET).
     pub keys: u64,
     /// ok, failed, not built, skipped.
@@ -245,6 +263,11 @@ pub struct LadderRow {
     /// `100 × (1 − ops/s ÷ ops/s of the L0 row with the same workload, value size and
     /// inflight)`; positive means slower than plaintext.
     pub cost_vs_l0_pct: Option<f64>,
+    /// Replication set: this row's ops/s over its single-node twin's (same rung, workload
+    /// and inflight, same run); `None` for single-node rows and other sets.
+    pub vs_single_node: Option<f64>,
+    /// The same for server CPU µs/op: what replication costs the cluster per operation.
+    pub cpu_vs_single_node: Option<f64>,
     /// Measured requests, failed ones included.
     pub requests: Option<u64>,
     /// Failed measured requests by kind.
@@ -297,7 +320,7 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
         .prefix("skv-ladder-")
         .tempdir()
         .map_err(|e| config("cannot create a temporary directory", &e))?;
-    let all = cases::all();
+    let all = cases::cases(opts.cases, opts.nodes, opts.replicas);
     let started = Instant::now();
     let load_before = machine::load_average();
     let per_case = opts.warm() + opts.measure();
@@ -345,20 +368,20 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
     let mut schedule: Vec<(usize, usize)> = Vec::new();
     for round in 0..repeat {
         for (index, case) in all.iter().enumerate() {
-            if case.variant.is_empty() && case.rung.built() {
+            if case.repeated && case.rung.built() {
                 schedule.push((index, round));
             }
         }
     }
     for (index, case) in all.iter().enumerate() {
-        if !case.variant.is_empty() || !case.rung.built() {
+        if !case.repeated || !case.rung.built() {
             schedule.push((index, 0));
         }
     }
     let mut runs: Vec<Vec<LadderRow>> = vec![Vec::new(); all.len()];
     for (step, &(index, round)) in schedule.iter().enumerate() {
         let case = &all[index];
-        let of = if case.variant.is_empty() && case.rung.built() && repeat > 1 {
+        let of = if case.repeated && case.rung.built() && repeat > 1 {
             format!(" (run {} of {repeat})", round + 1)
         } else {
             String::new()
@@ -376,14 +399,26 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
     let mut rows: Vec<LadderRow> = runs.into_iter().filter_map(best_run).collect();
     drop(ctx);
     fill_costs(&mut rows);
+    fill_single_node_ratios(&mut rows);
 
-    // A main rung that failed in any of its runs fails the ladder.
+    // A main rung (any case of the replication set) that failed in any of its runs fails
+    // the ladder.
+    let replication = opts.cases == CaseSet::Replication;
     let failed_main: Vec<String> = rows
         .iter()
-        .filter(|r| r.variant.is_empty() && r.error.is_some())
-        .map(|r| format!("{} inflight {}", r.rung, r.inflight))
+        .filter(|r| (replication || r.variant.is_empty()) && r.error.is_some())
+        .map(|r| {
+            format!(
+                "{} {} {} inflight {}",
+                r.rung, r.variant, r.workload, r.inflight
+            )
+        })
         .collect();
-    let targets = markdown::targets(&rows);
+    let targets = if replication {
+        markdown::replication_targets(&rows)
+    } else {
+        markdown::targets(&rows)
+    };
     let mut warnings = Vec::new();
     let mut written = Vec::new();
     let info = markdown::RunInfo {
@@ -395,6 +430,7 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
         data_fs,
         debug_build: cfg!(debug_assertions),
         load_before,
+        load_after: machine::load_average(),
     };
 
     let json_path = opts.out.join("results.json");
@@ -404,18 +440,25 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
         .map_err(|e| config(&format!("cannot write {}", json_path.display()), &e))?;
     written.push(json_path);
 
-    let svg_path = opts.out.join("ladder.svg");
-    let rung_labels: Vec<&str> = Rung::MAIN.iter().map(|r| r.label()).collect();
-    let title = format!(
-        "skv security ladder: GET, 100-byte values, {} connections ({})",
-        opts.conns, info.date
-    );
-    match chart::draw(&svg_path, &rows, &rung_labels, &title) {
-        Ok(()) => written.push(svg_path),
-        Err(e) => warnings.push(e),
+    // The chart plots the main ladder's rungs; the replication set has none of its rows.
+    if !replication {
+        let svg_path = opts.out.join("ladder.svg");
+        let rung_labels: Vec<&str> = Rung::MAIN.iter().map(|r| r.label()).collect();
+        let title = format!(
+            "skv security ladder: GET, 100-byte values, {} connections ({})",
+            opts.conns, info.date
+        );
+        match chart::draw(&svg_path, &rows, &rung_labels, &title) {
+            Ok(()) => written.push(svg_path),
+            Err(e) => warnings.push(e),
+        }
     }
 
-    let report_md = markdown::render(&info, &rows, &targets, &warnings);
+    let report_md = if replication {
+        markdown::render_replication(&info, &rows, &targets, &warnings)
+    } else {
+        markdown::render(&info, &rows, &targets, &warnings)
+    };
     let md_path = opts.out.join("report.md");
     std::fs::write(&md_path, &report_md)
         .map_err(|e| config(&format!("cannot write {}", md_path.display()), &e))?;
@@ -468,7 +511,8 @@ fn blank_row(ctx: &Ctx<'_>, case: &Case) -> LadderRow {
         value_size: case.value_size,
         inflight: case.inflight,
         conns: ctx.opts.conns,
-        nodes: ctx.opts.nodes,
+        nodes: case.nodes,
+        replicas: case.replicas,
         keys,
         status: RowStatus::Ok,
         error: None,
@@ -491,6 +535,8 @@ fn blank_row(ctx: &Ctx<'_>, case: &Case) -> LadderRow {
         client_cpu_cores: None,
         other_cpu_cores: None,
         cost_vs_l0_pct: None,
+        vs_single_node: None,
+        cpu_vs_single_node: None,
         requests: None,
         errors: BTreeMap::new(),
         duration_secs: None,
@@ -516,13 +562,13 @@ fn run_case(ctx: &Ctx<'_>, index: usize, case: &Case) -> LadderRow {
         row.error = Some(error);
         row
     };
-    let ids: Vec<String> = (1..=ctx.opts.nodes).map(|i| format!("n{i}")).collect();
+    let ids: Vec<String> = (1..=case.nodes).map(|i| format!("n{i}")).collect();
     // One node listens where the OS puts it; a cluster needs its addresses up front, for
     // the map every node starts with.
     let (listen, map_args) = if ids.len() == 1 {
         (vec!["127.0.0.1:0".to_owned()], Vec::new())
     } else {
-        match write_cluster_map(ctx, index, &ids) {
+        match write_cluster_map(ctx, index, &ids, case.replicas) {
             Ok(planned) => planned,
             Err(e) => return failed(row, e),
         }
@@ -557,7 +603,7 @@ fn run_case(ctx: &Ctx<'_>, index: usize, case: &Case) -> LadderRow {
     opts.value_size = case.value_size;
     opts.conns = ctx.opts.conns;
     opts.inflight = if ctx.opts.inflight_per_node {
-        case.inflight * ctx.opts.nodes
+        case.inflight * case.nodes
     } else {
         case.inflight
     };
@@ -566,6 +612,18 @@ fn run_case(ctx: &Ctx<'_>, index: usize, case: &Case) -> LadderRow {
     opts.reconnect_every = case.reconnect_every;
     opts.rung = row.rung.clone();
     opts.variant = row.variant.clone();
+    opts.failover = Some(BENCH_FAILOVER);
+    if case.replicas > 1 {
+        // A fresh group elects its leader within an election timeout or two; the load (and
+        // the warmup's clock) starts once every shard takes writes, so the warmup is not
+        // spent waiting for elections.
+        if let Err(e) = ctx
+            .runtime
+            .block_on(wait_writable(&opts.connect, WRITABLE_WITHIN))
+        {
+            return failed(row, e);
+        }
+    }
     let window = Arc::new(Mutex::new(Window::default()));
     let pids: Vec<String> = nodes.iter().map(|n| n.pid().to_string()).collect();
     opts.on_window = Some(WindowHook::new({
@@ -637,6 +695,7 @@ fn write_cluster_map(
     ctx: &Ctx<'_>,
     index: usize,
     ids: &[String],
+    replicas: usize,
 ) -> Result<(Vec<String>, Vec<String>), String> {
     let listeners = ids
         .iter()
@@ -651,7 +710,8 @@ fn write_cluster_map(
     // Released here; the nodes bind them a moment later.
     drop(listeners);
     let members: Vec<(String, String)> = ids.iter().cloned().zip(addrs.iter().cloned()).collect();
-    let map = skv_proto::cluster::ClusterMap::even(setup::CLUSTER, &members);
+    let map = skv_proto::cluster::ClusterMap::even_replicated(setup::CLUSTER, &members, replicas)
+        .map_err(|e| format!("cannot build the cluster map: {e}"))?;
     let path = ctx.root.join(format!("map-{index:02}.json"));
     std::fs::write(&path, map.to_json())
         .map_err(|e| format!("cannot write the cluster map {}: {e}", path.display()))?;
@@ -659,6 +719,112 @@ fn write_cluster_map(
         addrs,
         vec!["--cluster-map".into(), path.display().to_string()],
     ))
+}
+
+/// How the ladder's clients fail over. A saturated replicated shard queues requests behind
+/// batched Raft writes and ReadIndex rounds; at 50 × 16 requests outstanding an answer can
+/// take longer than the client's default two-second attempt timeout, and an attempt that
+/// times out is resent to another replica (which answers NOT_LEADER), so saturation would
+/// turn into retries and inflated load. Ten seconds is far above any healthy answer here,
+/// and the deadline still ends a run whose cluster really failed.
+pub(crate) const BENCH_FAILOVER: skv_client::Failover = skv_client::Failover {
+    attempt_timeout: Duration::from_secs(10),
+    deadline: Duration::from_secs(30),
+    down_for: skv_client::cluster::DEFAULT_DOWN_FOR,
+};
+
+/// How long a fresh replicated cluster may take until every shard takes writes.
+const WRITABLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// A key under the bench prefix (the ladder's tokens grant nothing else) whose slot lies in
+/// one of `ranges`, named with `tag`.
+pub(crate) fn key_in_ranges(ranges: &[skv_proto::cluster::SlotRange], tag: &str) -> Option<Bytes> {
+    (0u64..100_000)
+        .map(|i| format!("bench/{tag}-{i}"))
+        .find(|k| {
+            let slot = skv_proto::cluster::hash_slot(k.as_bytes());
+            ranges.iter().any(|r| (r.start..=r.end).contains(&slot))
+        })
+        .map(Bytes::from)
+}
+
+/// Wait until every shard of the cluster behind `connect` acknowledges a write, or `within`
+/// has passed (the error names the shard and the last failure).
+pub(crate) async fn wait_writable(
+    connect: &skv_client::ConnectOptions,
+    within: Duration,
+) -> Result<(), String> {
+    let began = Instant::now();
+    let client = loop {
+        match skv_client::ClusterClient::connect(connect.clone(), Vec::new()).await {
+            Ok(client) => break client,
+            Err(_) if began.elapsed() < within => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("cannot reach the cluster: {e}")),
+        }
+    };
+    let map = client.map();
+    for shard in &map.shards {
+        let ranges = map.ranges_of_shard(shard.id);
+        if ranges.is_empty() {
+            continue;
+        }
+        let Some(key) = key_in_ranges(&ranges, "ready") else {
+            return Err(format!("no bench key hashes into shard {}", shard.id));
+        };
+        loop {
+            match client.put(key.clone(), Bytes::from_static(b"ready")).await {
+                Ok(_) => break,
+                Err(_) if began.elapsed() < within => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "shard {} took no write within {within:?}: {e}",
+                        shard.id
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fill `vs_single_node` and `cpu_vs_single_node` of every multi-node row that has a
+/// single-node twin (same rung, workload, value size and inflight).
+fn fill_single_node_ratios(rows: &mut [LadderRow]) {
+    let ratios: Vec<(Option<f64>, Option<f64>)> = rows
+        .iter()
+        .map(|row| {
+            if row.nodes == 1 || row.status != RowStatus::Ok {
+                return (None, None);
+            }
+            let twin = rows.iter().find(|t| {
+                t.nodes == 1
+                    && t.status == RowStatus::Ok
+                    && t.rung == row.rung
+                    && t.workload == row.workload
+                    && t.value_size == row.value_size
+                    && t.inflight == row.inflight
+            });
+            let Some(twin) = twin else {
+                return (None, None);
+            };
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            (
+                ratio(row.ops_per_sec, twin.ops_per_sec),
+                ratio(row.server_cpu_us_per_op, twin.server_cpu_us_per_op),
+            )
+        })
+        .collect();
+    for (row, (ops, cpu)) in rows.iter_mut().zip(ratios) {
+        row.vs_single_node = ops;
+        row.cpu_vs_single_node = cpu;
+    }
 }
 
 fn fill_measured(row: &mut LadderRow, report: &BenchReport, window: &Window) {
@@ -820,6 +986,7 @@ mod tests {
             inflight,
             conns: 50,
             nodes: 1,
+            replicas: 1,
             keys: 10,
             status: if ops.is_some() {
                 RowStatus::Ok
@@ -846,6 +1013,8 @@ mod tests {
             client_cpu_cores: None,
             other_cpu_cores: None,
             cost_vs_l0_pct: None,
+            vs_single_node: None,
+            cpu_vs_single_node: None,
             requests: None,
             errors: BTreeMap::new(),
             duration_secs: None,
