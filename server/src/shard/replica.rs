@@ -41,7 +41,7 @@ pub(crate) const MAX_BATCH: usize = 512;
 /// AppendEntries of a batch always fits.
 pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// Log entries of client writes in flight at once per shard.
-pub(crate) const MAX_INFLIGHT_BATCHES: usize = 8;
+pub(crate) const MAX_INFLIGHT_BATCHES: usize = 2;
 /// How long a write waits for its entry to commit before it is answered `unavailable`.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a linearizable read waits for its ReadIndex round.
