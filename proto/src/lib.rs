@@ -25,6 +25,11 @@ pub use message::{
     MAX_KEY_LEN, MAX_RAFT_PAYLOAD, MAX_SCAN_PAGE, MAX_TOKEN_LEN, SCAN_PAGE_OVERHEAD,
 };
 
+/// The default lower bound of a node's Raft election timeout, in milliseconds (the upper bound
+/// is twice it; heartbeats go out every fifth of it). Here so that tools that start nodes
+/// (the benches) and the node agree without linking the node.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 300;
+
 /// The address a node listens on, and a client dials, unless told otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
 

@@ -76,7 +76,7 @@ pub struct FailoverOptions {
     pub tries: usize,
     /// L2 (mutual TLS) or L5 (+ a JWT per request, cached).
     pub rung: Rung,
-    /// `--election-timeout-ms` for the nodes (`None`: the node's default, 500 ms).
+    /// `--election-timeout-ms` for the nodes (`None`: the node's default).
     pub election_timeout_ms: Option<u64>,
     /// Steady-load writers on the target shard.
     pub writers: usize,
@@ -313,7 +313,9 @@ pub fn run(
         .map_err(|e| config("cannot create a temporary directory", &e))?;
     let started = Instant::now();
     let load_before = machine::load_average();
-    let election_ms = opts.election_timeout_ms.unwrap_or(500);
+    let election_ms = opts
+        .election_timeout_ms
+        .unwrap_or(skv_proto::DEFAULT_ELECTION_TIMEOUT_MS);
     log(&format!(
         "skv bench failover: {}, {} tries at {}; nodes and credentials in {}",
         topology(opts.nodes, opts.replicas),
