@@ -263,15 +263,21 @@ impl Router {
             // machine owns the slot serves it even when this node's view of the map is a
             // moment behind (a slot just moved here, before the metadata group's commit reached
             // this node).
-            let owner = view.replica_for(slot).cloned().or_else(|| {
-                self.cluster.replication().and_then(|repl| {
-                    repl.replicas()
-                        .into_iter()
-                        .find(|r| r.reader().slots().owned.contains(slot))
-                })
-            });
-            let Some(replica) = owner else {
-                return Answer::Now(moved(&view, slot));
+            // The common case borrows the view's replica: no reference count is touched.
+            let fallback;
+            let replica = match view.replica_for(slot) {
+                Some(replica) => replica,
+                None => {
+                    fallback = self.cluster.replication().and_then(|repl| {
+                        repl.replicas()
+                            .into_iter()
+                            .find(|r| r.reader().slots().owned.contains(slot))
+                    });
+                    match &fallback {
+                        Some(replica) => replica,
+                        None => return Answer::Now(moved(&view, slot)),
+                    }
+                }
             };
             return match replica.execute(command, write_session, consistency) {
                 ReplicaAnswer::Now(body) => Answer::Now(body),

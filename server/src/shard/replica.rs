@@ -155,15 +155,21 @@ impl Replica {
         m.state == ServerState::Leader && m.current_leader == Some(self.raft_id)
     }
 
-    /// On a leader: whether a quorum acknowledged it recently. A leader cut off from the
-    /// others keeps its role until it hears of a newer term, but cannot commit anything.
-    fn has_quorum(&self) -> bool {
+    /// `None` when this replica leads and a quorum acknowledged it recently; otherwise the
+    /// answer to give. A leader cut off from the others keeps its role until it hears of a newer
+    /// term, but cannot commit anything. One look at the metrics per request.
+    fn refuse_unless_leading(&self) -> Option<ReplicaAnswer> {
         let m = self.metrics.borrow();
-        match m.millis_since_quorum_ack {
+        if m.state != ServerState::Leader || m.current_leader != Some(self.raft_id) {
+            return Some(ReplicaAnswer::NotLeader(leader_of(&m)));
+        }
+        let quorum = match m.millis_since_quorum_ack {
             Some(ms) => ms <= self.quorum_lost_after_ms,
             // A single-member group acknowledges itself.
             None => m.membership_config.membership().voter_ids().count() <= 1,
-        }
+        };
+        drop(m);
+        (!quorum).then(|| self.quorum_lost())
     }
 
     fn quorum_lost(&self) -> ReplicaAnswer {
@@ -176,11 +182,6 @@ impl Replica {
                 self.shard, self.quorum_lost_after_ms
             ),
         ))
-    }
-
-    /// The leader this replica knows of.
-    pub(crate) fn leader(&self) -> Option<Member> {
-        leader_of(&self.metrics.borrow())
     }
 
     /// Execute one command with the client's session and consistency.
@@ -204,11 +205,8 @@ impl Replica {
                 value,
             },
         };
-        if !self.is_leader() {
-            return ReplicaAnswer::NotLeader(self.leader());
-        }
-        if !self.has_quorum() {
-            return self.quorum_lost();
+        if let Some(refusal) = self.refuse_unless_leading() {
+            return refusal;
         }
         let (reply, answer) = oneshot::channel();
         let queued = QueuedWrite {
@@ -242,11 +240,8 @@ impl Replica {
         if consistency == Consistency::Stale {
             return ReplicaAnswer::Now(read_owned(self.shard, &self.reader, &key));
         }
-        if !self.is_leader() {
-            return ReplicaAnswer::NotLeader(self.leader());
-        }
-        if !self.has_quorum() {
-            return self.quorum_lost();
+        if let Some(refusal) = self.refuse_unless_leading() {
+            return refusal;
         }
         let (waiter, confirmed) = oneshot::channel();
         if self.reads.try_send(waiter).is_err() {

@@ -34,7 +34,7 @@ async fn wait_writable(client: &ClusterClient, map: &ClusterMap) -> anyhow::Resu
             match client.put(key.clone(), "ready").await {
                 Ok(_) => break,
                 Err(err) if started.elapsed() < Duration::from_secs(30) => {
-                    tracing_note(&format!("shard {} not writable yet: {err}", shard.id));
+                    eprintln!("shard {} not writable yet: {err}", shard.id);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(err) => anyhow::bail!("shard {} never became writable: {err}", shard.id),
@@ -42,10 +42,6 @@ async fn wait_writable(client: &ClusterClient, map: &ClusterMap) -> anyhow::Resu
         }
     }
     Ok(())
-}
-
-fn tracing_note(msg: &str) {
-    eprintln!("{msg}");
 }
 
 /// A key whose slot lies in `start..=end`.
@@ -678,31 +674,29 @@ fn a_replica_that_fell_far_behind_is_brought_up_by_a_snapshot() -> anyhow::Resul
     // Every key is on n3 itself: read its own copy, stale, from n3 alone.
     rt.block_on(async {
         let n3 = Connection::connect(&cluster.client("alice", &cluster.addr("n3"))).await?;
-        let started = std::time::Instant::now();
         for key in &keys {
-            loop {
-                let got = n3
-                    .call_with(
-                        RequestBody::Get { key: key.clone() },
-                        None,
-                        Consistency::Stale,
-                    )
-                    .await?;
-                match got {
-                    ResponseBody::Value { value, .. } => {
-                        assert_eq!(&value, key);
-                        break;
-                    }
-                    other if started.elapsed() < Duration::from_secs(20) => {
-                        eprintln!("{key:?} on n3: {other:?}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    other => panic!("{key:?} never reached n3: {other:?}"),
-                }
-            }
+            let value = own_copy(&n3, key, Duration::from_secs(20)).await?;
+            assert_eq!(&value, key);
         }
         anyhow::Ok(())
     })
+}
+
+/// `key` as the node behind `conn` has it in its own replica (a stale read, so that node
+/// answers itself), waiting up to `patience` for it to arrive there.
+async fn own_copy(conn: &Connection, key: &Bytes, patience: Duration) -> anyhow::Result<Bytes> {
+    let started = std::time::Instant::now();
+    loop {
+        let get = RequestBody::Get { key: key.clone() };
+        match conn.call_with(get, None, Consistency::Stale).await? {
+            ResponseBody::Value { value, .. } => return Ok(value),
+            other if started.elapsed() < patience => {
+                eprintln!("{key:?} not there yet: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => anyhow::bail!("{key:?} never reached the node: {other:?}"),
+        }
+    }
 }
 
 fn signal(node: &Node, sig: &str) -> anyhow::Result<()> {
@@ -775,29 +769,9 @@ fn values_near_the_frame_limit_replicate_beside_small_ones() -> anyhow::Result<(
         // Every replica holds it: read each node's own copy.
         for id in ["n1", "n2", "n3"] {
             let conn = Connection::connect(&cluster.client("alice", &cluster.addr(id))).await?;
-            let started = std::time::Instant::now();
-            loop {
-                let got = conn
-                    .call_with(
-                        RequestBody::Get {
-                            key: Bytes::from_static(b"big"),
-                        },
-                        None,
-                        Consistency::Stale,
-                    )
-                    .await?;
-                match got {
-                    ResponseBody::Value { value, .. } => {
-                        assert_eq!(value.len(), big.len(), "{id}");
-                        break;
-                    }
-                    other if started.elapsed() < Duration::from_secs(10) => {
-                        eprintln!("{id}: {other:?}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    other => panic!("{id} never got the big value: {other:?}"),
-                }
-            }
+            let value =
+                own_copy(&conn, &Bytes::from_static(b"big"), Duration::from_secs(10)).await?;
+            assert_eq!(value.len(), big.len(), "{id}");
         }
         anyhow::Ok(())
     })
