@@ -227,7 +227,9 @@ async fn open_cluster(
         .or(own_domain)
         .unwrap_or_else(|| skv_token::DEFAULT_TOKEN_AUDIENCE.to_owned());
     let dialer = match &config.transport {
-        TransportConfig::Tls { ca, cert, key, .. } => Some(Dialer::new(ca, cert, key, &name)?),
+        TransportConfig::Tls { ca, cert, key, .. } => {
+            Some(Dialer::new(ca, cert, key, &name)?.with_source(local_addr.ip()))
+        }
         TransportConfig::Plaintext => None,
     };
     let advertise = config

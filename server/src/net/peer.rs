@@ -6,6 +6,7 @@
 //! traffic is rare (map changes, slot moves, a map check every few seconds); Raft messages of
 //! every group to one peer share one pooled connection ([`crate::raft::network`]).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use rustls_pki_types::ServerName;
 use skv_client::{ClientError, ConnectOptions, Connection, Security};
 use skv_proto::cluster::{ClusterMap, ControlRequest, ControlResponse, NodeEntry};
 use skv_proto::{RequestBody, ResponseBody};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use crate::net::identity;
@@ -60,6 +61,9 @@ pub(crate) enum PeerError {
 pub(crate) struct Dialer {
     config: Arc<ClientConfig>,
     cluster: String,
+    /// The address peer connections leave from: the node's listen IP when it listens on one
+    /// address (see [`Dialer::with_source`]).
+    source: Option<IpAddr>,
 }
 
 impl Dialer {
@@ -82,7 +86,58 @@ impl Dialer {
         Ok(Dialer {
             config: Arc::new(config),
             cluster: cluster.to_owned(),
+            source: None,
         })
+    }
+
+    /// Make peer connections leave from `ip` (port chosen by the kernel). A node that listens
+    /// on one address then also reaches its peers from it, so a firewall rule, a packet
+    /// capture or a fault-injecting proxy (`skv cluster chaos`) sees one address per node
+    /// in both directions. An unspecified address (`0.0.0.0`, `::`) leaves the choice to the
+    /// kernel, and so does a loopback source for a peer that is not on loopback (the kernel
+    /// would refuse that route).
+    pub(crate) fn with_source(mut self, ip: IpAddr) -> Dialer {
+        self.source = (!ip.is_unspecified()).then_some(ip);
+        self
+    }
+
+    /// A TCP connection to `addr`, from [`Dialer::source`] when one applies. Tries every
+    /// address the name resolves to, like `TcpStream::connect`.
+    async fn dial(&self, addr: &str) -> std::io::Result<TcpStream> {
+        let Some(source) = self.source else {
+            return TcpStream::connect(addr).await;
+        };
+        let mut last = None;
+        for target in tokio::net::lookup_host(addr).await? {
+            let bind = match source_for(source, target) {
+                Some(bind) => bind,
+                None => match TcpStream::connect(target).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                },
+            };
+            let socket = if target.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            match socket.bind(bind).and(Ok(socket)) {
+                Ok(socket) => match socket.connect(target).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last = Some(e),
+                },
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                "the address resolves to nothing",
+            )
+        }))
     }
 
     /// Connect to `node`, verify it is that node, and say HELLO.
@@ -108,7 +163,8 @@ impl Dialer {
         };
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| unreachable(format!("`{host}` is not a host name or IP")))?;
-        let socket = TcpStream::connect(&node.addr)
+        let socket = self
+            .dial(&node.addr)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         socket
@@ -224,5 +280,64 @@ impl PeerConnection {
     /// The peer's cluster map.
     pub(crate) async fn map(&self) -> Result<ClusterMap, PeerError> {
         self.conn.cluster_map().await.map_err(|e| self.failed(e))
+    }
+}
+
+/// The local address to bind for a connection from `source` to `target`: none when the
+/// families differ, or when a loopback source would have to reach a peer off this host.
+fn source_for(source: IpAddr, target: SocketAddr) -> Option<SocketAddr> {
+    let same_family = source.is_ipv4() == target.is_ipv4();
+    let routable = !source.is_loopback() || target.ip().is_loopback();
+    (same_family && routable).then_some(SocketAddr::new(source, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_connections_leave_from_the_listen_ip_only_where_the_kernel_can_route_it() {
+        let lo2: IpAddr = "127.0.0.2".parse().unwrap();
+        let lan: IpAddr = "10.1.2.3".parse().unwrap();
+        let to = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            source_for(lo2, to("127.0.0.1:7000")),
+            Some(to("127.0.0.2:0"))
+        );
+        assert_eq!(source_for(lan, to("10.1.2.4:7000")), Some(to("10.1.2.3:0")));
+        // Loopback cannot reach another host; IPv4 cannot bind for IPv6.
+        assert_eq!(source_for(lo2, to("10.1.2.4:7000")), None);
+        assert_eq!(source_for(lan, to("[::1]:7000")), None);
+    }
+
+    #[tokio::test]
+    async fn a_dialer_with_a_source_connects_from_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let pki = tempfile::tempdir().unwrap();
+        skv_certs::init(&skv_certs::InitOptions {
+            dir: pki.path().to_owned(),
+            cluster: "test".into(),
+            nodes: vec!["n1".into()],
+            clients: vec![],
+            key_type: skv_certs::KeyType::P256,
+            force: false,
+        })
+        .unwrap();
+        let layout = skv_certs::Layout::new(pki.path());
+        let dialer = Dialer::new(
+            &layout.ca_cert(),
+            &layout.node_cert("n1"),
+            &layout.node_key("n1"),
+            "test",
+        )
+        .unwrap()
+        .with_source("127.0.0.7".parse().unwrap());
+        let (dialed, accepted) = tokio::join!(dialer.dial(&addr), listener.accept());
+        dialed.unwrap();
+        assert_eq!(
+            accepted.unwrap().1.ip(),
+            "127.0.0.7".parse::<IpAddr>().unwrap()
+        );
     }
 }
