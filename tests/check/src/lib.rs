@@ -8,3 +8,4 @@
 //! operations that respects real time explains every result.
 
 pub mod history;
+pub mod check;
