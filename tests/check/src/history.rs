@@ -191,7 +191,11 @@ pub fn read_jsonl(mut input: impl std::io::BufRead) -> Result<Vec<Record>, Histo
         // `take` bounds what one line may allocate: read at most one byte past the limit,
         // which tells an over-long line from one that is exactly at it.
         let limit = MAX_LINE_BYTES as u64 + 1;
-        let n = std::io::BufRead::read_until(&mut std::io::Read::take(&mut input, limit), b'\n', &mut buf)?;
+        let n = std::io::BufRead::read_until(
+            &mut std::io::Read::take(&mut input, limit),
+            b'\n',
+            &mut buf,
+        )?;
         if n == 0 {
             return Ok(records);
         }
@@ -345,29 +349,64 @@ mod tests {
         let mut input = vec![b' '; MAX_LINE_BYTES + 10];
         input.push(b'\n');
         let err = read_jsonl(&input[..]).unwrap_err();
-        assert!(matches!(err, HistoryError::LineTooLong { line: 1 }), "{err}");
+        assert!(
+            matches!(err, HistoryError::LineTooLong { line: 1 }),
+            "{err}"
+        );
     }
 
     #[test]
     fn validation_rejects_impossible_histories() {
         let w = || Outcome::Written { version: 1 };
         let err = validate(&[put(1, 20, 10, w())]).unwrap_err();
-        assert!(matches!(err, HistoryError::ReturnBeforeCall { index: 1, .. }), "{err}");
+        assert!(
+            matches!(err, HistoryError::ReturnBeforeCall { index: 1, .. }),
+            "{err}"
+        );
 
         let err = validate(&[put(1, 10, 30, w()), put(1, 20, 40, w())]).unwrap_err();
-        assert!(matches!(err, HistoryError::Overlap { index: 2, previous: 1, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                HistoryError::Overlap {
+                    index: 2,
+                    previous: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
-        let unknown = Outcome::Unknown { error: "lost".into() };
+        let unknown = Outcome::Unknown {
+            error: "lost".into(),
+        };
         let err = validate(&[put(1, 50, 60, w()), put(1, 10, 20, unknown)]).unwrap_err();
         assert!(
-            matches!(err, HistoryError::AfterUnknown { index: 1, unknown: 2, .. }),
+            matches!(
+                err,
+                HistoryError::AfterUnknown {
+                    index: 1,
+                    unknown: 2,
+                    ..
+                }
+            ),
             "{err}"
         );
 
         let mut again = put(2, 100, 110, w());
         again.op = put(1, 10, 20, w()).op;
         let err = validate(&[put(1, 10, 20, w()), again]).unwrap_err();
-        assert!(matches!(err, HistoryError::DuplicateValue { index: 2, first: 1, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                HistoryError::DuplicateValue {
+                    index: 2,
+                    first: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         // Back to back (one answer, the next call at the same instant) is fine.
         validate(&[put(1, 10, 20, w()), put(1, 20, 30, w()), put(2, 0, 90, w())]).unwrap();
