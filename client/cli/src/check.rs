@@ -15,8 +15,8 @@ use skv_client::exit;
 const NOT_LINEARIZABLE: u8 = 1;
 
 pub(crate) const HELP: &str = "\
-The file has one JSON object per line, one per operation, as `skv cluster chaos` records
-them (times in nanoseconds since the history began, on one clock):
+The file has one JSON object per line, one per operation, as a recorder of concurrent
+clients writes them (times in nanoseconds since the history began, on one clock):
 
   {\"process\":3,\"key\":\"k1\",\"op\":{\"type\":\"cas\",\"expect_version\":41,\"value\":\"p3-7\"},
    \"call_ns\":12004000000,\"ret_ns\":12010000000,
