@@ -168,6 +168,9 @@ pub(crate) enum Command {
     Cluster(ClusterCommand),
     /// A narrated tour: makes a PKI, starts a three-node cluster in-process, and uses it.
     Demo(DemoArgs),
+    /// Check a recorded history (JSON lines) for linearizability, key by key; needs no node.
+    #[command(after_help = crate::check::HELP)]
+    CheckHistory(crate::check::CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]

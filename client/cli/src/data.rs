@@ -278,6 +278,7 @@ async fn execute(
         Command::Ping
         | Command::Bench(_)
         | Command::Certs(_)
+        | Command::CheckHistory(_)
         | Command::Cluster(_)
         | Command::Demo(_)
         | Command::Keys(_)

@@ -1,13 +1,15 @@
 //! `skv`: the skv command-line client (package skv-cli). It owns argument parsing, output
 //! and exit codes, and the commands built on the libraries: data commands on skv-client,
-//! `certs`/`keys`/`token` on skv-certs and skv-token, `bench` on skv-load, `cluster` (local
-//! clusters of skv-node processes) and `demo` (three nodes embedded in this process).
+//! `certs`/`keys`/`token` on skv-certs and skv-token, `bench` on skv-load, `check-history` on
+//! skv-check, `cluster` (local clusters of skv-node processes) and `demo` (three nodes
+//! embedded in this process).
 
 #![forbid(unsafe_code)]
 
 mod args;
 mod bench;
 mod certs;
+mod check;
 mod cluster;
 mod data;
 mod demo;
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Bench(args) => bench::run(&cli.conn, cli.json, args),
         Command::Certs(cmd) => certs::run(cmd),
+        Command::CheckHistory(args) => check::run(&args, cli.json),
         Command::Cluster(cmd) => cluster::run(cmd, cli.json),
         Command::Demo(cmd) => demo::run(cmd),
         Command::Keys(cmd) => keys::run(cmd),

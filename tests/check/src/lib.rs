@@ -7,4 +7,5 @@
 //! `skv check-history FILE`); [`check`] decides, key by key, whether some order of the
 //! operations that respects real time explains every result.
 
+pub mod check;
 pub mod history;
