@@ -45,15 +45,21 @@
 //! successful measured requests over that window; latencies cover successful requests only
 //! (failures are counted under `errors`).
 //!
+//! `per_second` counts the same requests by the second in which they completed (successes
+//! under `ops`, failures under `errors`), so a stall or a failover shows as a dip; see
+//! [`SecondSample`] and, to draw it, [`throughput_chart_svg`].
+//!
 //! A run needs a tokio runtime; the multi-threaded one lets the connections' tasks use every
 //! core.
 
 #![forbid(unsafe_code)]
 
+pub mod chart;
 pub mod ladder;
 mod options;
 mod progress;
 mod report;
+mod series;
 mod worker;
 pub mod zipf;
 
@@ -67,14 +73,17 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
 
+pub use chart::{throughput_chart_svg, ChartError, Marker, Span};
 pub use options::{
     parse_duration, BenchOptions, KeyDist, Stop, WindowEdge, WindowHook, Workload, MAX_KEYS,
     MAX_SCAN_LIMIT,
 };
 pub use progress::{Phase, Progress};
 pub use report::{error_kind, BenchReport};
+pub use series::{full_seconds, SecondSample};
 
 use report::TaskStats;
+use series::Seconds;
 use skv_client::{ClientError, ClusterClient};
 use zipf::Zipf;
 
@@ -107,6 +116,8 @@ pub(crate) struct Plan {
     pub(crate) measure_from: Instant,
     /// With [`Stop::Duration`]: no request is sent from here on.
     pub(crate) deadline: Option<Instant>,
+    /// Completions per second of the measured window, added to by every task.
+    pub(crate) seconds: Seconds,
 }
 
 /// Run a benchmark. See the module docs for what is measured and how.
@@ -167,6 +178,7 @@ async fn run_inner(
         start,
         measure_from,
         deadline,
+        seconds: Seconds::default(),
     });
     // The phase changes on a timer of its own, so no task has to check the clock for it.
     // The same timer opens the measured window for the hook.
@@ -350,6 +362,7 @@ fn report(
         preload_secs: preload_time.as_secs_f64(),
         server_cpu_us_per_op: None,
         cost_vs_l0_pct: None,
+        per_second: plan.seconds.take(),
     }
 }
 

@@ -9,6 +9,8 @@ use serde::Serialize;
 
 use skv_client::ClientError;
 
+use crate::series::{self, full_seconds, SecondSample};
+
 /// Lowest and highest latency the histograms hold, in microseconds (1 µs .. 60 s), and their
 /// precision: 3 significant digits, i.e. within 0.1 % at any magnitude.
 const LOWEST_US: u64 = 1;
@@ -180,9 +182,26 @@ pub struct BenchReport {
     /// of the L0 row with the same workload, value size and inflight)`. `None` for a plain run
     /// and for rows without such an L0 row.
     pub cost_vs_l0_pct: Option<f64>,
+    /// The measured requests by the second of the window in which they completed, from
+    /// second 0 without gaps: `ops` sums to `requests` minus the failed ones, `errors` to
+    /// the failed ones. The last entry usually covers less than a second (the window ends
+    /// with the last answer); [`BenchReport::full_seconds`] leaves it out.
+    pub per_second: Vec<SecondSample>,
 }
 
 impl BenchReport {
+    /// [`per_second`](Self::per_second) without a last, partial second: the samples to
+    /// compare with each other or to chart.
+    pub fn full_seconds(&self) -> &[SecondSample] {
+        full_seconds(&self.per_second, self.duration_secs)
+    }
+
+    /// Every second of [`per_second`](Self::per_second) as an aligned table (`skv bench
+    /// --per-second`), a partial last second marked as such.
+    pub fn per_second_table(&self) -> String {
+        series::table(&self.per_second, self.duration_secs)
+    }
+
     /// A short aligned table for people.
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -255,6 +274,9 @@ impl BenchReport {
                 ),
             ),
         ];
+        let rows = rows
+            .into_iter()
+            .chain(series::summary_rows(self.full_seconds()));
         for (name, value) in rows {
             let _ = writeln!(out, "  {name:<11} {value}");
         }

@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::options::{Stop, Workload};
 use crate::report::TaskStats;
+use crate::series::Tally;
 use crate::{key_name, Plan, KEY_PREFIX};
 use skv_client::ClientError;
 use skv_client::ClusterClient;
@@ -116,6 +117,8 @@ struct Worker {
     plan: Arc<Plan>,
     rng: SmallRng,
     stats: TaskStats,
+    /// This task's count for the current second of the run's per-second series.
+    tally: Tally,
     /// Open loop: seconds between sends on this connection, and this connection's offset
     /// into the period (so the connections' sends interleave instead of bunching).
     schedule: Option<(f64, f64)>,
@@ -172,6 +175,12 @@ impl Worker {
         if out.measured {
             self.stats.requests += 1;
             self.stats.last_completion = self.stats.last_completion.max(Some(out.finished));
+            self.tally.count(
+                &self.plan.seconds,
+                self.plan.measure_from,
+                out.finished,
+                out.result.is_ok(),
+            );
             match out.result {
                 Ok(found) => {
                     self.stats.ok += 1;
@@ -270,6 +279,7 @@ pub(crate) async fn drive(plan: Arc<Plan>, index: usize, client: ClusterClient) 
         rng: SmallRng::seed_from_u64(mix(opts.seed, index)),
         plan: plan.clone(),
         stats: TaskStats::new(),
+        tally: Tally::default(),
         schedule,
         window_base: None,
     };
@@ -371,5 +381,6 @@ pub(crate) async fn drive(plan: Arc<Plan>, index: usize, client: ClusterClient) 
     if let Some(client) = &client {
         worker.harvest(client);
     }
+    worker.tally.flush(&plan.seconds);
     worker.stats
 }

@@ -154,7 +154,7 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Certs(CertsCommand),
     /// Load generator: many connections with pipelined requests; reports ops/s, latency
-    /// percentiles and errors (`--json`: one object).
+    /// percentiles, errors and throughput per second (`--json`: one object).
     Bench(crate::bench::BenchArgs),
     /// Token issuer keys: create, rotate, retire.
     #[command(subcommand)]

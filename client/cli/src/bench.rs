@@ -67,6 +67,11 @@ pub(crate) struct BenchArgs {
     /// Seed for key choice and the read/write mix; runs with equal seeds send equal keys.
     #[arg(long, default_value_t = 1, value_name = "N")]
     seed: u64,
+    /// Print every second of the measured window (ops and errors completed in it) after
+    /// the summary, instead of only its lowest, median and highest second and a sparkline.
+    /// `--json` always holds them, as `per_second`.
+    #[arg(long)]
+    per_second: bool,
     /// No progress bar or phase notes on stderr.
     #[arg(long, short)]
     quiet: bool,
@@ -212,7 +217,7 @@ pub(crate) fn run(conn: &ConnArgs, json: bool, args: BenchArgs) -> u8 {
             .enable_all()
             .build()
             .map_err(|e| ClientError::Config(format!("cannot start the async runtime: {e}")))?;
-        runtime.block_on(execute(opts, json, args.quiet))
+        runtime.block_on(execute(opts, json, args.quiet, args.per_second))
     });
     match result {
         Ok(code) => code,
@@ -244,7 +249,12 @@ fn options(connect: skv_client::ConnectOptions, args: &BenchArgs) -> BenchOption
     opts
 }
 
-async fn execute(opts: BenchOptions, json: bool, quiet: bool) -> Result<u8, ClientError> {
+async fn execute(
+    opts: BenchOptions,
+    json: bool,
+    quiet: bool,
+    per_second: bool,
+) -> Result<u8, ClientError> {
     // Check before anything is shown, so a usage error is one line and nothing else.
     opts.validate()?;
     let progress = Arc::new(Progress::new());
@@ -267,6 +277,9 @@ async fn execute(opts: BenchOptions, json: bool, quiet: bool) -> Result<u8, Clie
         );
     } else {
         print!("{}", report.table());
+        if per_second {
+            print!("{}", report.per_second_table());
+        }
     }
     Ok(exit::OK)
 }

@@ -1,8 +1,14 @@
 //! `skv bench` against a real node: the JSON report is complete and sane, reconnects really
-//! happen, and bad options are usage errors.
+//! happen, the per-second series adds up and shows a stalled node, and bad options are usage
+//! errors.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde_json::Value;
-use skv_tests::{code, err_text, skv, with, Node, Pki};
+use skv_tests::{bin, code, err_text, skv, with, Node, Pki};
 
 /// Run `skv bench` with `args`, expect exit 0 and exactly one JSON object on stdout.
 fn bench_json(base: &[String], args: &[&str]) -> anyhow::Result<Value> {
@@ -81,6 +87,7 @@ fn bench_reports_mixed_and_reconnecting_runs() -> anyhow::Result<()> {
         ],
     )?;
     assert_sane(&mixed);
+    assert_adds_up(&mixed);
     assert_eq!(mixed["workload"], "mixed:0.9");
     assert_eq!(mixed["conns"], 4);
     assert_eq!(mixed["inflight"], 4);
@@ -123,6 +130,165 @@ fn bench_reports_mixed_and_reconnecting_runs() -> anyhow::Result<()> {
     // the 2 initial handshakes (the warmup adds more).
     let handshakes = put["handshakes"].as_u64().unwrap();
     assert!(handshakes >= 10, "reconnects happened: {put}");
+    assert_adds_up(&put);
+
+    // The people's output: the summary over 2 full seconds, and with --per-second every
+    // second as a row.
+    let out = skv(
+        &with(
+            alice,
+            &[
+                "bench",
+                "--workload",
+                "put",
+                "--conns",
+                "2",
+                "--duration",
+                "2s",
+                "--warmup",
+                "100ms",
+                "--per-second",
+                "--quiet",
+            ],
+        ),
+        None,
+    )?;
+    assert_eq!(code(&out), 0, "{}", err_text(&out));
+    let text = String::from_utf8(out.stdout)?;
+    assert!(text.contains("per second  min "), "{text}");
+    assert!(text.contains("one mark a second"), "{text}");
+    let rows: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("second"))
+        .skip(1)
+        .collect();
+    assert!(rows.len() >= 2, "a row per second: {text}");
+    assert!(rows[0].trim_start().starts_with("0 "), "{text}");
+    Ok(())
+}
+
+/// `per_second` runs from second 0 without gaps and sums to the report's totals.
+fn assert_adds_up(report: &Value) {
+    let seconds = report["per_second"].as_array().expect("per_second");
+    assert!(!seconds.is_empty(), "{report}");
+    for (i, s) in seconds.iter().enumerate() {
+        assert_eq!(s["second"].as_u64(), Some(i as u64), "{report}");
+    }
+    let sum = |field: &str| {
+        seconds
+            .iter()
+            .map(|s| s[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    let failed: u64 = report["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        sum("ops") + sum("errors"),
+        report["requests"].as_u64().unwrap(),
+        "{report}"
+    );
+    // Request errors only (a failed reconnect is counted under errors but is no request).
+    assert!(sum("errors") <= failed, "{report}");
+    // The window ends in the last second of the series.
+    let window = report["duration_secs"].as_f64().unwrap();
+    assert_eq!(window.floor() as usize, seconds.len() - 1, "{report}");
+}
+
+/// Run `kill -SIG pid`.
+fn signal(sig: &str, pid: u32) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill {sig} {pid}: {status}");
+    Ok(())
+}
+
+#[test]
+fn bench_per_second_shows_a_stalled_node_as_a_dip() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    let node = Node::start_tls(&pki, &pki.dir().join("data"), &[])?;
+    let args = with(
+        pki.alice_args(&node.addr),
+        &[
+            "bench",
+            "--workload",
+            "put",
+            "--conns",
+            "4",
+            "--inflight",
+            "2",
+            "--duration",
+            "4s",
+            "--warmup",
+            "200ms",
+            "--json",
+        ],
+    );
+    let mut child = Command::new(bin("skv"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Follow the phase notes on stderr, to stop the node inside the measured window.
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    let notes = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("measuring") {
+                let _ = tx.send(());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    let measuring = rx.recv_timeout(Duration::from_secs(30));
+    if measuring.is_ok() {
+        // Frozen, not dead: connections stay open and requests simply go unanswered.
+        std::thread::sleep(Duration::from_secs(1));
+        signal("-STOP", node.pid())?;
+        std::thread::sleep(Duration::from_millis(1500));
+        signal("-CONT", node.pid())?;
+    }
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stdout)?;
+    let status = child.wait()?;
+    let notes = notes.join().expect("stderr reader");
+    anyhow::ensure!(
+        measuring.is_ok(),
+        "the bench never started measuring: {notes}"
+    );
+    assert!(status.success(), "{status}: {notes}");
+
+    let report: Value = serde_json::from_str(stdout.trim())?;
+    assert_adds_up(&report);
+    let window = report["duration_secs"].as_f64().unwrap();
+    let full: Vec<u64> = report["per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| (s["second"].as_u64().unwrap() + 1) as f64 <= window)
+        .map(|s| s["ops"].as_u64().unwrap())
+        .collect();
+    assert!(full.len() >= 4, "{report}");
+    let best = *full.iter().max().unwrap();
+    let worst = *full.iter().min().unwrap();
+    // 1.5 s frozen covers at least 0.75 s of some second: that second completes at most a
+    // quarter of what a running one does, plus what the wake-up releases (a few requests).
+    assert!(
+        worst * 2 < best,
+        "no second shows the stall: {full:?} ({report})"
+    );
     Ok(())
 }
 
