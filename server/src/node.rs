@@ -201,6 +201,22 @@ impl RunningNode {
         }
     }
 
+    /// Resolves, with the reason, once the node can no longer serve safely: one of its Raft
+    /// groups stopped on a storage error (a full disk, an I/O error). Such a group never
+    /// recovers in-process, and a node that kept answering with it would only hold
+    /// requests until they time out, so `skv-node` shuts down and exits with the reason:
+    /// its peers carry on, and the node rejoins once restarted after the cause is fixed.
+    /// Never resolves for a healthy node.
+    pub async fn failed(&self) -> String {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            if let Some(reason) = self.shared.cluster.storage_failure() {
+                return reason;
+            }
+        }
+    }
+
     /// A token that, once cancelled, shuts the node down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()

@@ -173,6 +173,14 @@ pub(crate) enum Command {
     CheckHistory(crate::check::CheckArgs),
 }
 
+const CHAOS_EXIT_CODES: &str = "\
+Exit codes:
+  0  the history is linearizable and nothing acknowledged was lost
+  1  the checker found an anomaly (the report names it)
+  2  usage error: bad flags, DIR holds something else
+  4  the cluster did not start, or did not recover after the final heal
+  5  a fault could not be injected or healed";
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum KeysCommand {
     /// Create the issuer key and keyset in DIR; run again with a new --kid to rotate (the old
@@ -319,6 +327,16 @@ pub(crate) enum ClusterCommand {
     /// restarting, do nothing: it catches up by itself when it is back.
     #[command(after_help = CLUSTER_EXIT_CODES)]
     ReplaceNode(ClusterReplaceNodeArgs),
+    /// Build a cluster in DIR whose node-to-node traffic runs through a fault proxy, run a
+    /// recorded workload against it while injecting faults (kill -9, SIGSTOP, restarts,
+    /// partitions, slow links, a full disk), then heal everything, check the history for
+    /// linearizability and report: operations and errors by kind, each shard's
+    /// unavailability windows, failover times and the checker's verdict. The history
+    /// (DIR/chaos/history.jsonl, checkable again with `skv check-history`), the report
+    /// (report.json) and a chart of operations per second (throughput.svg) stay in DIR.
+    /// See docs/FAULTS.md.
+    #[command(after_help = CHAOS_EXIT_CODES)]
+    Chaos(ClusterChaosArgs),
     /// Take a node out of the cluster for good: each shard replica it holds moves to the
     /// nodes holding the fewest, and once those copies are caught up the node leaves the map,
     /// is stopped and its config is removed. Refused (by the cluster) when no other node can
@@ -349,6 +367,50 @@ pub(crate) struct ClusterRemoveNodeArgs {
     /// The node to remove.
     #[arg(value_name = "ID")]
     pub(crate) id: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterChaosArgs {
+    /// A directory for the chaos cluster, its logs, history and report: new or empty, or
+    /// one an earlier `skv cluster chaos` wrote (its cluster is replaced).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// Faults to inject, comma-separated, in turn: kill, kill-leader, kill-follower, pause,
+    /// restart, partition, bridge, one-way, slow, disk-full (needs root: the node's data
+    /// directory is put on a small tmpfs), or all.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "kill,kill-leader,kill-follower,pause,restart,partition,bridge,one-way,slow"
+    )]
+    pub(crate) faults: String,
+    /// Time from one fault to the next.
+    #[arg(long, value_parser = skv_load::parse_duration, default_value = "5s", value_name = "D")]
+    pub(crate) every: std::time::Duration,
+    /// How long each fault lasts before it is healed [default: half of --every].
+    #[arg(long, value_parser = skv_load::parse_duration, value_name = "D")]
+    pub(crate) hold: Option<std::time::Duration>,
+    /// How long the workload runs with faults (the final heal and reads come after).
+    #[arg(long, value_parser = skv_load::parse_duration, default_value = "60s", value_name = "D")]
+    pub(crate) duration: std::time::Duration,
+    /// Nodes of the chaos cluster.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub(crate) nodes: u16,
+    /// Replicas per shard [default: 3, or the node count if smaller].
+    #[arg(long, value_name = "R")]
+    pub(crate) replicas: Option<u16>,
+    /// Concurrent client processes, each with one operation in flight.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub(crate) clients: usize,
+    /// Keys the clients share (more keys: less contention, shorter histories per key).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub(crate) keys: usize,
+    /// Operations per second per client, at most (0: as fast as answers come).
+    #[arg(long, default_value_t = 25, value_name = "N")]
+    pub(crate) rate: u32,
+    /// Seed for the faults' targets and the operation mix [default: random, printed].
+    #[arg(long, value_name = "N")]
+    pub(crate) seed: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -92,10 +92,27 @@ fn run(args: Args, flags: &clap::ArgMatches) -> anyhow::Result<()> {
         writeln!(stdout, "listening on {addr}")?;
         stdout.flush()?;
         drop(stdout);
-        signals.wait_for_stop(&node).await;
-        tracing::info!("signal received; shutting down");
-        node.shutdown().await;
-        Ok(())
+        let failure = tokio::select! {
+            () = signals.wait_for_stop(&node) => None,
+            reason = node.failed() => Some(reason),
+        };
+        match failure {
+            None => {
+                tracing::info!("signal received; shutting down");
+                node.shutdown().await;
+                Ok(())
+            }
+            Some(reason) => {
+                // Fail-stop: what is on disk stays as the last successful write left it (a
+                // failed append was never acknowledged), and the peers carry on without us.
+                tracing::error!(%reason, "stopping: this node cannot write its data");
+                node.shutdown().await;
+                anyhow::bail!(
+                    "stopped because {reason}; nothing acknowledged was lost (the other \
+                     replicas have it). Free space or fix the disk, then start the node again"
+                )
+            }
+        }
     })
 }
 

@@ -495,6 +495,11 @@ impl Cluster {
         }
     }
 
+    /// See [`Replication::storage_failure`]; `None` for a node without Raft groups.
+    pub(crate) fn storage_failure(&self) -> Option<String> {
+        self.repl.load().as_ref()?.storage_failure()
+    }
+
     /// The cluster name.
     pub(crate) fn name(&self) -> &str {
         &self.name

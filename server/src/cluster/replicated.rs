@@ -300,6 +300,27 @@ impl Replication {
     }
 
     /// The shard replicas this node hosts.
+    /// Why this node can no longer take part in replication, if one of its Raft groups
+    /// stopped on a storage error (a full disk, an I/O error): openraft stops a group for
+    /// good when its log or state machine cannot be written, and only a restart (once the
+    /// cause is fixed) brings it back. The message names the group and the error, never a
+    /// key or a value.
+    pub(crate) fn storage_failure(&self) -> Option<String> {
+        let stopped = |group: u32, raft: &RaftGroup| match &raft.metrics().borrow().running_state {
+            Err(openraft::error::Fatal::StorageError(e)) => Some(if group == META_GROUP {
+                format!("the metadata group stopped on a storage error: {e}")
+            } else {
+                format!("the Raft group of shard {group} stopped on a storage error: {e}")
+            }),
+            _ => None,
+        };
+        stopped(META_GROUP, &self.meta).or_else(|| {
+            self.replicas()
+                .iter()
+                .find_map(|r| stopped(r.shard(), r.raft()))
+        })
+    }
+
     pub(crate) fn replicas(&self) -> Vec<Arc<Replica>> {
         self.replicas
             .lock()

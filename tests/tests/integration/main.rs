@@ -5,6 +5,7 @@
 mod auth;
 mod bad_input;
 mod bench;
+mod chaos;
 mod cluster;
 mod cluster_cli;
 mod demo;

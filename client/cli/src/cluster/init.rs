@@ -161,7 +161,7 @@ pub(super) fn run(args: ClusterInitArgs) -> Result<u8> {
 }
 
 /// Every file of a new cluster, into `stage`.
-fn write_everything(
+pub(super) fn write_everything(
     stage: &ClusterDir,
     cluster: &str,
     nodes: &[(String, String)],

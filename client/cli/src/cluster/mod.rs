@@ -6,6 +6,7 @@
 //! from `client.toml`, so they keep working if a person edits the profile.
 
 mod admin;
+mod chaos;
 mod files;
 mod init;
 mod process;
@@ -42,6 +43,7 @@ pub(crate) fn run(cmd: ClusterCommand, json: bool) -> u8 {
             "replace-node",
             admin::replace_node(&args.dir, &args.dead, args.with),
         ),
+        ClusterCommand::Chaos(args) => ("chaos", chaos::run(args, json)),
         ClusterCommand::RemoveNode(args) => {
             ("remove-node", admin::remove_node(&args.dir, &args.id))
         }

@@ -172,11 +172,29 @@ pub(super) fn running_nodes(dir: &ClusterDir) -> Vec<(String, u32)> {
 /// handles let the readiness wait notice a node that dies at once instead of waiting out
 /// the timeout.
 pub(super) fn start_missing(dir: &ClusterDir, nodes: &[NodeFile]) -> Result<Vec<(String, Child)>> {
+    start_nodes(dir, nodes, true)
+}
+
+/// [`start_missing`] without the progress lines (`skv cluster chaos` prints its own).
+pub(super) fn start_missing_quiet(
+    dir: &ClusterDir,
+    nodes: &[NodeFile],
+) -> Result<Vec<(String, Child)>> {
+    start_nodes(dir, nodes, false)
+}
+
+fn start_nodes(
+    dir: &ClusterDir,
+    nodes: &[NodeFile],
+    verbose: bool,
+) -> Result<Vec<(String, Child)>> {
     let mut started = Vec::new();
     let mut binary = None;
     for node in nodes {
         if let Some(pid) = live_pid(dir, &node.id) {
-            println!("{} already running (pid {pid}) at {}", node.id, node.addr);
+            if verbose {
+                println!("{} already running (pid {pid}) at {}", node.id, node.addr);
+            }
             continue;
         }
         let bin = match &binary {
@@ -184,13 +202,15 @@ pub(super) fn start_missing(dir: &ClusterDir, nodes: &[NodeFile]) -> Result<Vec<
             None => binary.insert(node_binary()?),
         };
         let child = spawn(dir, node, bin)?;
-        println!(
-            "started {} (pid {}) at {}, log {}",
-            node.id,
-            child.id(),
-            node.addr,
-            dir.node_log(&node.id).display()
-        );
+        if verbose {
+            println!(
+                "started {} (pid {}) at {}, log {}",
+                node.id,
+                child.id(),
+                node.addr,
+                dir.node_log(&node.id).display()
+            );
+        }
         started.push((node.id.clone(), child));
     }
     Ok(started)
@@ -258,7 +278,27 @@ pub(super) async fn wait_ready(
     dir: &ClusterDir,
     token: &str,
     nodes: &[NodeFile],
+    started: Vec<(String, Child)>,
+) -> Vec<String> {
+    wait_nodes(dir, token, nodes, started, true).await
+}
+
+/// [`wait_ready`] without the progress lines; failures are still reported on stderr.
+pub(super) async fn wait_ready_quiet(
+    dir: &ClusterDir,
+    token: &str,
+    nodes: &[NodeFile],
+    started: Vec<(String, Child)>,
+) -> Vec<String> {
+    wait_nodes(dir, token, nodes, started, false).await
+}
+
+async fn wait_nodes(
+    dir: &ClusterDir,
+    token: &str,
+    nodes: &[NodeFile],
     mut started: Vec<(String, Child)>,
+    verbose: bool,
 ) -> Vec<String> {
     let deadline = Instant::now() + START_TIMEOUT;
     let mut waiting: Vec<&NodeFile> = nodes.iter().collect();
@@ -286,7 +326,8 @@ pub(super) async fn wait_ready(
                 Err(e) => Err(e),
             };
             match answer {
-                Ok(()) => println!("{} ready at {}", node.id, node.addr),
+                Ok(()) if verbose => println!("{} ready at {}", node.id, node.addr),
+                Ok(()) => {}
                 Err(e) => {
                     last_error.insert(node.id.clone(), e.to_string());
                     still.push(node);
