@@ -169,6 +169,7 @@ pub(crate) enum Command {
     /// A narrated tour: makes a PKI, starts a three-node cluster in-process, and uses it.
     Demo(DemoArgs),
     /// Check a recorded history (JSON lines) for linearizability, key by key; needs no node.
+    /// `skv cluster chaos` writes one (DIR/chaos/history.jsonl).
     #[command(after_help = crate::check::HELP)]
     CheckHistory(crate::check::CheckArgs),
 }
