@@ -409,6 +409,12 @@ pub(crate) struct ClusterChaosArgs {
     /// Operations per second per client, at most (0: as fast as answers come).
     #[arg(long, default_value_t = 25, value_name = "N")]
     pub(crate) rate: u32,
+    /// How long one operation keeps trying (other replicas, elections) before the client
+    /// gives up on it. Shorter than the client library's 10 s on purpose: an operation that
+    /// gives up mid-failover is recorded as indeterminate, and the checker must then show
+    /// that it took effect or that it did not.
+    #[arg(long, value_parser = skv_load::parse_duration, default_value = "1500ms", value_name = "D")]
+    pub(crate) op_timeout: std::time::Duration,
     /// Seed for the faults' targets and the operation mix [default: random, printed].
     #[arg(long, value_name = "N")]
     pub(crate) seed: Option<u64>,

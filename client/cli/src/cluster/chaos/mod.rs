@@ -22,7 +22,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use skv_client::{exit, ClusterClient};
+use skv_client::{exit, ClusterClient, Failover};
 use skv_proto::cluster::ClusterMap;
 use tokio::time::Instant;
 
@@ -53,6 +53,7 @@ struct Settings {
     clients: usize,
     keys: usize,
     rate: u32,
+    op_timeout_s: f64,
     seed: u64,
 }
 
@@ -142,6 +143,9 @@ pub(super) fn run(args: ClusterChaosArgs, json: bool) -> Result<u8> {
     if args.clients == 0 || args.keys == 0 {
         return Err(Failure::usage("--clients and --keys must be at least 1"));
     }
+    if args.op_timeout < Duration::from_millis(100) {
+        return Err(Failure::usage("--op-timeout must be at least 100ms"));
+    }
     if args.every.is_zero() || args.duration.is_zero() {
         return Err(Failure::usage(
             "--every and --duration must be longer than 0",
@@ -171,6 +175,7 @@ pub(super) fn run(args: ClusterChaosArgs, json: bool) -> Result<u8> {
         clients: args.clients,
         keys: args.keys,
         rate: args.rate,
+        op_timeout_s: args.op_timeout.as_secs_f64(),
         seed,
     };
 
@@ -417,13 +422,14 @@ async fn run_cluster(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     say(format!(
-        "chaos: {} nodes, {} replicas per shard, {} clients on {} keys at {} ops/s each; \
-         faults {} every {:?} for {:?} (held {:?}); seed {}",
+        "chaos: {} nodes, {} replicas per shard, {} clients on {} keys at {} ops/s each \
+         (giving up after {:?}); faults {} every {:?} for {:?} (held {:?}); seed {}",
         settings.nodes,
         settings.replicas,
         settings.clients,
         settings.keys,
         settings.rate,
+        Duration::from_secs_f64(settings.op_timeout_s),
         settings.faults.join(","),
         Duration::from_secs_f64(settings.every_s),
         Duration::from_secs_f64(settings.duration_s),
@@ -431,7 +437,12 @@ async fn run_cluster(
         settings.seed
     ));
 
-    let client = connect(dir, &token, &nodes).await?;
+    let op_timeout = Duration::from_secs_f64(settings.op_timeout_s);
+    let client = connect(dir, &token, &nodes).await?.with_failover(Failover {
+        attempt_timeout: op_timeout.min(Failover::default().attempt_timeout),
+        deadline: op_timeout,
+        ..Failover::default()
+    });
     let map = client.map();
     let start = Instant::now();
     let recorder = workload::Recorder::new(start);
