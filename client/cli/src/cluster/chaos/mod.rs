@@ -203,6 +203,7 @@ pub(super) fn run(args: ClusterChaosArgs, json: bool) -> Result<u8> {
     for (id, _) in process::running_nodes(&dir) {
         let _ = process::stop_node(&dir, &id);
     }
+    reap_children();
     if let Some(node) = &small_disk {
         unmount_small_disk(&dir, node);
     }
@@ -322,6 +323,18 @@ fn prepare(root: &Path, settings: &Settings, disk: bool) -> Result<Prepared> {
     let marker = serde_json::to_vec_pretty(settings).unwrap_or_default();
     super::files::write_atomic(&root.join(MARKER), &marker, 0o644).map_err(Failure::usage)?;
     Ok((dir, routes, nodes))
+}
+
+/// Collect the exit status of every node process of ours that has ended (killed by a fault,
+/// or stopped), so none lingers as a zombie while the run goes on. Only node processes are
+/// children of this command while the schedule runs (mount and umount run before and after).
+fn reap_children() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
 }
 
 /// Whether this process runs as root: /proc/self belongs to the effective user.
@@ -491,6 +504,7 @@ async fn run_cluster(
                 active.push(fault.clone());
                 tokio::time::sleep(hold).await;
                 let healed_at = start.elapsed().as_secs_f64();
+                reap_children();
                 match injector.heal(&fault).await {
                     Ok(()) => {
                         say(format!("{healed_at:7.2} s  healed {kind}"));
