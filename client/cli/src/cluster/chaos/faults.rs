@@ -399,12 +399,17 @@ impl Injector {
         best.into_iter().map(|(s, (_, id))| (s, id)).collect()
     }
 
+    /// A data shard chosen at random, and its leader. Right after an earlier fault's heal a
+    /// shard may still be electing, so this asks again for a few seconds before giving up.
     async fn some_leader(&self, rng: &mut StdRng) -> Result<(u32, String)> {
-        let leaders: Vec<(u32, String)> = self.leaders().await.into_iter().collect();
-        leaders
-            .choose(rng)
-            .cloned()
-            .ok_or_else(|| Failure::connection("no shard reports a leader right now"))
+        for _ in 0..20 {
+            let leaders: Vec<(u32, String)> = self.leaders().await.into_iter().collect();
+            if let Some(found) = leaders.choose(rng) {
+                return Ok(found.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(Failure::connection("no shard reported a leader for 5 s"))
     }
 }
 
