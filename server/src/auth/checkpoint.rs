@@ -150,7 +150,14 @@ impl Checkpoint {
         warn_if_shared_secrets(&keyset);
         let verifier = Verifier::new(keyset, policy.clone())?;
         let audit = match &config.audit_log {
-            Some(path) => Some(AuditLog::open(path, config.audit_allows)?),
+            Some(path) => Some(AuditLog::open(
+                &audit::AuditFiles {
+                    path: path.clone(),
+                    max_files: config.audit_max_files,
+                    max_bytes: config.audit_max_bytes,
+                },
+                config.audit_allows,
+            )?),
             None => None,
         };
         let cache = match (config.mode, config.token_cache) {
@@ -242,6 +249,27 @@ impl Checkpoint {
             session.connection_token = Some((token.clone(), verified, generation));
         }
         Ok(())
+    }
+
+    /// Whether the HELLO's token verifies for this connection: what admits a connection past
+    /// its certificate's connection cap. Per-connection mode verified it in [`Self::hello`]
+    /// already; per-request mode verifies it here (only a HELLO over the cap pays for that,
+    /// through the cache when it is on). A refusal is audited like any other.
+    pub(crate) fn hello_proves(&self, session: &mut Session, token: Option<&Bytes>) -> bool {
+        match self.mode {
+            AuthMode::PerConnection => session.connection_token.is_some(),
+            AuthMode::Off => false,
+            AuthMode::PerRequest => {
+                let now = unix_now();
+                match self.request_verified(session, token, now) {
+                    Ok(_) => true,
+                    Err(err) => {
+                        self.deny(session, None, "hello", None, &err);
+                        false
+                    }
+                }
+            }
+        }
     }
 
     /// Decide one request. PING needs no token: it reveals nothing and serves health checks.

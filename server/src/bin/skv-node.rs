@@ -77,6 +77,12 @@ fn one_line(err: &anyhow::Error) -> String {
 
 fn run(args: Args, flags: &clap::ArgMatches) -> anyhow::Result<()> {
     let config = args.into_config(flags)?;
+    if config.auth.is_none() {
+        tracing::warn!(
+            "--auth off: no token checks; every client certificate the CA signed may read, \
+             write and administer everything"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

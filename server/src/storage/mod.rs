@@ -60,9 +60,46 @@ pub struct Entry {
 pub struct ScanPage {
     /// Matching entries in ascending byte order of their keys.
     pub entries: Vec<Entry>,
-    /// Whether further keys with the prefix exist after the last entry (or after `after` when
-    /// the page is empty): pass the last key as `after` to continue.
+    /// Whether further keys with the prefix exist after the last key looked at (or after
+    /// `after` when none was): pass [`ScanPage::last`] as `after` to continue.
     pub more: bool,
+    /// The last key looked at, returned or not (see [`ScanBounds::keep`]).
+    pub last: Option<Bytes>,
+}
+
+/// What one scan page may cost.
+pub struct ScanBounds<'a> {
+    /// Keys looked at, whether kept or not.
+    pub keys: usize,
+    /// Bytes of keys and values loaded (the first entry is always loaded).
+    pub bytes: usize,
+    /// Load only the keys (values empty).
+    pub keys_only: bool,
+    /// Which keys the caller may see: others are skipped before their value is decoded or
+    /// copied.
+    pub keep: &'a dyn Fn(&[u8]) -> bool,
+}
+
+impl ScanBounds<'static> {
+    /// Up to `limit` entries, no byte budget, every key kept.
+    pub fn entries(limit: usize) -> ScanBounds<'static> {
+        ScanBounds {
+            keys: limit,
+            bytes: usize::MAX,
+            keys_only: false,
+            keep: &|_| true,
+        }
+    }
+}
+
+impl std::fmt::Debug for ScanBounds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanBounds")
+            .field("keys", &self.keys)
+            .field("bytes", &self.bytes)
+            .field("keys_only", &self.keys_only)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A storage engine: named keyspaces that share one durability domain.
@@ -92,6 +129,19 @@ pub trait Keyspace: Send + Sync + std::fmt::Debug + 'static {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
+    ) -> Result<ScanPage, StorageError> {
+        self.scan_within(prefix, after, &ScanBounds::entries(limit))
+    }
+
+    /// A scan page under `bounds`: at most `bounds.keys` keys looked at, values loaded only
+    /// for keys `bounds.keep` accepts, and no more values once `bounds.bytes` of keys and
+    /// values are loaded (at least one entry always, or a page of one huge value could never
+    /// advance). What a request may cost is decided here, before anything is copied.
+    fn scan_within(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        bounds: &ScanBounds<'_>,
     ) -> Result<ScanPage, StorageError>;
 
     /// Store `value` under `key` with exactly `version`, replacing whatever is there, and raise
@@ -224,23 +274,45 @@ fn scan_range(prefix: &[u8], after: Option<&[u8]>) -> Option<KeyRange> {
     Some((start, end))
 }
 
-/// Builds a page from an ordered iterator of matching entries: take `limit` of them and peek
-/// one more to learn whether the page is the last.
-fn collect_page<I>(iter: I, limit: usize) -> Result<ScanPage, StorageError>
+/// Builds a page from an ordered iterator of `(key, raw record)` under `bounds`: `decode`
+/// runs only for keys the bounds keep and while the byte budget lasts, and one key past the
+/// page is peeked to learn whether it is the last.
+fn collect_page<K, R, I, D>(iter: I, bounds: &ScanBounds<'_>, decode: D) -> Result<ScanPage, StorageError>
 where
-    I: Iterator<Item = Result<Entry, StorageError>>,
+    K: AsRef<[u8]>,
+    I: Iterator<Item = Result<(K, R), StorageError>>,
+    D: Fn(&[u8], R, bool) -> Result<Versioned, StorageError>,
 {
     let mut entries = Vec::new();
     let mut more = false;
+    let mut last: Option<Bytes> = None;
+    let mut looked = 0usize;
+    let mut loaded = 0usize;
     for item in iter {
-        let entry = item?;
-        if entries.len() == limit {
+        let (key, raw) = item?;
+        let key = key.as_ref();
+        if looked == bounds.keys || (!entries.is_empty() && loaded >= bounds.bytes) {
             more = true;
             break;
         }
-        entries.push(entry);
+        looked += 1;
+        let key = Bytes::copy_from_slice(key);
+        if (bounds.keep)(&key) {
+            let Versioned { version, value } = decode(&key, raw, bounds.keys_only)?;
+            loaded = loaded.saturating_add(key.len() + value.len());
+            entries.push(Entry {
+                key: key.clone(),
+                version,
+                value,
+            });
+        }
+        last = Some(key);
     }
-    Ok(ScanPage { entries, more })
+    Ok(ScanPage {
+        entries,
+        more,
+        last,
+    })
 }
 
 /// The behaviour every engine must share, run against each engine by `engine_suite!`.
