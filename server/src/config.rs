@@ -187,7 +187,11 @@ pub struct FileConfig {
     pub max_connections_per_identity: Option<usize>,
     /// Seconds a client connection may stay idle (no request, no answer pending) after HELLO
     /// before it is closed; 0 never closes it [default: 300].
-    #[arg(long = "idle-timeout", visible_alias = "idle-timeout-secs", value_name = "SECS")]
+    #[arg(
+        long = "idle-timeout",
+        visible_alias = "idle-timeout-secs",
+        value_name = "SECS"
+    )]
     pub idle_timeout_secs: Option<u64>,
     /// Seconds a client has to complete the TLS handshake and HELLO [default: 10].
     #[arg(

@@ -139,7 +139,13 @@ fn file_settings_hold_unless_a_flag_overrides_them() -> anyhow::Result<()> {
 /// that silently. It refuses to start without --keyset, and `--auth off` must say so.
 #[test]
 fn a_node_without_a_keyset_starts_only_with_auth_off_and_warns() -> anyhow::Result<()> {
-    let plain = ["--listen", "127.0.0.1:0", "--engine", "memory", "--insecure-plaintext"];
+    let plain = [
+        "--listen",
+        "127.0.0.1:0",
+        "--engine",
+        "memory",
+        "--insecure-plaintext",
+    ];
     let err = refused(node().args(plain))?;
     assert!(
         err.contains("--keyset") && err.contains("--auth off"),

@@ -238,7 +238,10 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             // Drain what is queued before paying for a write syscall.
-            for q in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            for q in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+            {
                 self.take(q);
             }
             if window.elapsed() >= AGGREGATE_WINDOW {
@@ -344,7 +347,9 @@ impl Writer {
                 self.out = Some(BufWriter::new(file));
                 self.size = 0;
             }
-            Err(e) => tracing::error!(error = %e, "cannot rotate the audit log; lines are dropped (counted)"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot rotate the audit log; lines are dropped (counted)")
+            }
         }
     }
 

@@ -162,6 +162,11 @@ pub(crate) enum NotKept {
 }
 
 impl Ticket {
+    /// The address the connection came from.
+    pub(crate) fn source(&self) -> IpAddr {
+        self.source
+    }
+
     /// Time the connection has, from its accept, for the TLS handshake and HELLO.
     pub(crate) fn budget(&self) -> Duration {
         self.budget
@@ -261,7 +266,10 @@ mod tests {
         established.claim_identity(None, false).unwrap();
         let newer = admission.admit(A).unwrap();
         let newest = admission.admit(B).unwrap();
-        assert!(oldest.cancel.is_cancelled(), "the oldest half-open one goes");
+        assert!(
+            oldest.cancel.is_cancelled(),
+            "the oldest half-open one goes"
+        );
         assert!(!newer.cancel.is_cancelled() && !established.cancel.is_cancelled());
         drop(oldest);
         // Two half-open left (newer, newest) and one established: at the cap again.
@@ -298,7 +306,10 @@ mod tests {
         let mut first = admission.admit(A).unwrap();
         first.claim_identity(Some(id), false).unwrap();
         let mut second = admission.admit(A).unwrap();
-        assert_eq!(second.claim_identity(Some(id), false), Err(NotKept::IdentityFull));
+        assert_eq!(
+            second.claim_identity(Some(id), false),
+            Err(NotKept::IdentityFull)
+        );
         second.claim_identity(Some(id), true).unwrap();
         drop(first);
         drop(second);

@@ -84,7 +84,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let max_frame = shared.config.max_frame;
-    let mut session = Session::new(thumbprint);
+    let mut session = Session::new(thumbprint).from_source(ticket.source());
     // A peer's import batch is a client write plus its version; allow it that much more.
     let frame_limit = match kind {
         PeerKind::Peer(_) => max_frame + PEER_FRAME_SLACK,
@@ -146,8 +146,8 @@ where
             };
             let kept = match ticket.claim_identity(identity, false) {
                 Err(NotKept::IdentityFull) => {
-                    let proven = checkpoint
-                        .is_some_and(|c| c.hello_proves(&mut session, token.as_ref()));
+                    let proven =
+                        checkpoint.is_some_and(|c| c.hello_proves(&mut session, token.as_ref()));
                     ticket.claim_identity(identity, proven)
                 }
                 other => other,

@@ -132,7 +132,10 @@ async fn handle(
             let thumbprint = connection::thumbprint_of(chain);
             let leaf = chain.and_then(|c| c.first()).map(|c| c.as_ref());
             let kind = identity::classify(leaf, shared.cluster.name());
-            Ok(connection::serve(stream, thumbprint, kind, ticket, deadline, shared, shutdown).await?)
+            Ok(
+                connection::serve(stream, thumbprint, kind, ticket, deadline, shared, shutdown)
+                    .await?,
+            )
         }
     }
 }

@@ -512,7 +512,12 @@ async fn an_import_at_the_last_version_refuses_later_writes_instead_of_wrapping(
     assert_eq!(
         s.writes(
             2,
-            vec![put("next", "n"), del("before"), cas("top", u64::MAX, "c"), del("absent")]
+            vec![
+                put("next", "n"),
+                del("before"),
+                cas("top", u64::MAX, "c"),
+                del("absent")
+            ]
         )
         .await,
         vec![

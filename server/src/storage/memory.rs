@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use bytes::Bytes;
 
 use super::{
-    collect_page, scan_range, Keyspace, ScanBounds, ScanPage, Storage, StorageError,
-    Versioned,
+    collect_page, scan_range, Keyspace, ScanBounds, ScanPage, Storage, StorageError, Versioned,
 };
 
 /// A [`Storage`] that keeps everything in memory and loses it on drop.

@@ -277,7 +277,11 @@ fn scan_range(prefix: &[u8], after: Option<&[u8]>) -> Option<KeyRange> {
 /// Builds a page from an ordered iterator of `(key, raw record)` under `bounds`: `decode`
 /// runs only for keys the bounds keep and while the byte budget lasts, and one key past the
 /// page is peeked to learn whether it is the last.
-fn collect_page<K, R, I, D>(iter: I, bounds: &ScanBounds<'_>, decode: D) -> Result<ScanPage, StorageError>
+fn collect_page<K, R, I, D>(
+    iter: I,
+    bounds: &ScanBounds<'_>,
+    decode: D,
+) -> Result<ScanPage, StorageError>
 where
     K: AsRef<[u8]>,
     I: Iterator<Item = Result<(K, R), StorageError>>,
@@ -286,16 +290,14 @@ where
     let mut entries = Vec::new();
     let mut more = false;
     let mut last: Option<Bytes> = None;
-    let mut looked = 0usize;
     let mut loaded = 0usize;
-    for item in iter {
+    for (looked, item) in iter.enumerate() {
         let (key, raw) = item?;
         let key = key.as_ref();
         if looked == bounds.keys || (!entries.is_empty() && loaded >= bounds.bytes) {
             more = true;
             break;
         }
-        looked += 1;
         let key = Bytes::copy_from_slice(key);
         if (bounds.keep)(&key) {
             let Versioned { version, value } = decode(&key, raw, bounds.keys_only)?;

@@ -20,8 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    collect_page, scan_range, Keyspace, ScanBounds, ScanPage, Storage, StorageError,
-    Versioned,
+    collect_page, scan_range, Keyspace, ScanBounds, ScanPage, Storage, StorageError, Versioned,
 };
 
 /// Length of the version header in front of every stored value.

@@ -112,7 +112,10 @@ fn an_idle_socket_flood_from_one_source_does_not_lock_out_clients() -> anyhow::R
         (ok, failed, slowest)
     });
     stop.store(true, Ordering::Relaxed);
-    let (connects, dropped) = (connects.load(Ordering::Relaxed), dropped.load(Ordering::Relaxed));
+    let (connects, dropped) = (
+        connects.load(Ordering::Relaxed),
+        dropped.load(Ordering::Relaxed),
+    );
     println!(
         "idle flood from one source: 2000 sockets, {connects} connects, {dropped} dropped by \
          the node; client: {ok} rounds (connect + ping + put) ok, {} failed, slowest {slowest:?}",
@@ -121,7 +124,10 @@ fn an_idle_socket_flood_from_one_source_does_not_lock_out_clients() -> anyhow::R
     assert!(failed.is_empty(), "client rounds failed: {failed:?}");
     assert!(ok > 0);
     // The flood really ran and the node really turned it away.
-    assert!(connects >= 2000 && dropped > 0, "{connects} connects, {dropped} dropped");
+    assert!(
+        connects >= 2000 && dropped > 0,
+        "{connects} connects, {dropped} dropped"
+    );
     drop(rt);
     Ok(())
 }
@@ -240,7 +246,8 @@ fn token_less_connections_of_one_certificate_do_not_lock_out_another() -> anyhow
     rt.block_on(async {
         for i in 0..20 {
             let conn = Connection::connect(&bob).await?;
-            conn.put(format!("bob/{i}"), Bytes::from_static(b"v")).await?;
+            conn.put(format!("bob/{i}"), Bytes::from_static(b"v"))
+                .await?;
         }
         anyhow::Ok(())
     })?;
@@ -394,7 +401,11 @@ fn a_scan_of_large_values_loads_about_one_frame() -> anyhow::Result<()> {
 
 fn audit_bytes(audit: &Path) -> anyhow::Result<(u64, Vec<PathBuf>)> {
     let dir = audit.parent().expect("audit log in a dir");
-    let name = audit.file_name().expect("file name").to_string_lossy().into_owned();
+    let name = audit
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
     let mut total = 0;
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -465,7 +476,10 @@ fn the_audit_files_stay_under_their_cap_through_a_refusal_flood() -> anyhow::Res
         files.len()
     );
     assert!(sent > 1000, "the flood ran: {sent}");
-    assert!(total <= cap, "{total} bytes of audit files over the {cap} cap");
+    assert!(
+        total <= cap,
+        "{total} bytes of audit files over the {cap} cap"
+    );
     assert!(files.len() <= 3, "{files:?}");
     assert!(aggregated > 0, "repeated refusals are aggregated");
     Ok(())

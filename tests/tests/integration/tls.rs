@@ -171,7 +171,13 @@ fn plaintext_and_tls_mismatches_fail_cleanly() -> anyhow::Result<()> {
 
     let plain_dir = tempfile::tempdir()?;
     let plain = Node::start(
-        &strs(&["--insecure-plaintext", "--engine", "memory", "--auth", "off"]),
+        &strs(&[
+            "--insecure-plaintext",
+            "--engine",
+            "memory",
+            "--auth",
+            "off",
+        ]),
         &plain_dir.path().join("node.log"),
     )?;
     let out = skv(
