@@ -120,7 +120,7 @@ impl Session {
 
     /// The session of a connection from `source`: failed authentication is limited per
     /// address as well as per certificate.
-    pub(crate) fn from_source(mut self, source: std::net::IpAddr) -> Session {
+    pub(crate) fn with_source(mut self, source: std::net::IpAddr) -> Session {
         self.peers.push(PeerKey::Source(source));
         self
     }

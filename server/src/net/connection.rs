@@ -84,7 +84,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let max_frame = shared.config.max_frame;
-    let mut session = Session::new(thumbprint).from_source(ticket.source());
+    let mut session = Session::new(thumbprint).with_source(ticket.source());
     // A peer's import batch is a client write plus its version; allow it that much more.
     let frame_limit = match kind {
         PeerKind::Peer(_) => max_frame + PEER_FRAME_SLACK,
