@@ -314,7 +314,10 @@ impl Checkpoint {
             return Ok(());
         };
         let target = target_of(body);
-        if self.refusals.blocked(&session.peers) {
+        // A blocked peer still gets what costs nothing: a token this connection or the cache
+        // already verified. So a client sharing an address with an attacker keeps working
+        // with the token it has; only new verifications are refused.
+        if self.refusals.blocked(&session.peers) && !self.already_verified(session, token) {
             self.deny_role(
                 session,
                 op.as_str(),
@@ -360,6 +363,33 @@ impl Checkpoint {
                     refusal.message = scope_refusal(body);
                 }
                 Err(refusal)
+            }
+        }
+    }
+
+    /// Whether the request's token was verified before, so that admitting it costs no
+    /// verification: the connection's HELLO token, the connection's memo, or a cache entry.
+    fn already_verified(&self, session: &Session, token: Option<&Bytes>) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        match self.mode {
+            AuthMode::PerConnection => session
+                .connection_token
+                .as_ref()
+                .is_some_and(|(_, _, seen)| *seen == generation),
+            AuthMode::Off => true,
+            AuthMode::PerRequest => {
+                let Some(token) = token else {
+                    return false;
+                };
+                let memo = session
+                    .last
+                    .as_ref()
+                    .is_some_and(|(last, _, seen)| *seen == generation && last == token);
+                memo || self.cache.as_ref().is_some_and(|cache| {
+                    cache
+                        .get(&TokenCache::key_of(token), unix_now())
+                        .is_some_and(|hit| hit.verifier_id() == self.verifier.load().id())
+                })
             }
         }
     }

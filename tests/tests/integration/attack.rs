@@ -484,3 +484,69 @@ fn the_audit_files_stay_under_their_cap_through_a_refusal_flood() -> anyhow::Res
     assert!(aggregated > 0, "repeated refusals are aggregated");
     Ok(())
 }
+
+/// Finding 6: every forged token cost a full signature verification and an audit line. Now a
+/// refused token is remembered, and a peer that keeps failing is refused outright for a
+/// while; a client that already holds a verified token keeps being served meanwhile, even
+/// from the same address.
+#[test]
+fn failed_authentication_is_rate_limited_without_hurting_verified_clients() -> anyhow::Result<()> {
+    let s = Secured::start(&[])?;
+    let rt = runtime()?;
+    let mut bob = s.bob()?;
+    bob.token = Some(s.token("bob", "read,write:bob/")?);
+    let valid = s.token("alice", "read:alice/")?;
+    // The same claims, a signature that does not verify.
+    let forged = {
+        let (head, sig) = valid.rsplit_once('.').expect("a JWS");
+        let flipped = if sig.starts_with('A') { 'B' } else { 'A' };
+        format!("{head}.{flipped}{}", &sig[1..])
+    };
+    let mut attacker = s.pki.alice(&s.node.addr);
+    attacker.token = Some(forged);
+    let (invalid, limited, bob_ok) = rt.block_on(async {
+        let bob_conn = Connection::connect(&bob).await?;
+        bob_conn.put("bob/before", Bytes::from_static(b"v")).await?;
+        let conn = Connection::connect(&attacker).await?;
+        let (mut invalid, mut limited) = (0u32, 0u32);
+        for i in 0..300 {
+            let err = conn
+                .get(format!("alice/{i}"))
+                .await
+                .unwrap_err()
+                .to_string();
+            if err.contains("too many failed authentications") {
+                limited += 1;
+            } else {
+                assert!(
+                    err.contains("unauthenticated") || err.contains("token"),
+                    "{err}"
+                );
+                invalid += 1;
+            }
+        }
+        // Bob shares the address (127.0.0.1) and is not blocked: his token is verified.
+        let mut bob_ok = 0u32;
+        for i in 0..20 {
+            bob_conn
+                .put(format!("bob/{i}"), Bytes::from_static(b"v"))
+                .await?;
+            bob_ok += 1;
+        }
+        anyhow::Ok((invalid, limited, bob_ok))
+    })?;
+    println!(
+        "300 requests with a forged token: {invalid} refused as invalid (verified at most \
+         once, then from the negative cache), {limited} refused as rate limited; bob: {bob_ok} \
+         of 20 writes ok"
+    );
+    // 64 failures pass, the 65th starts a block; a slow machine may outlast the first 1 s
+    // block and see another burst, but most of the flood is refused without a verification.
+    assert!(
+        invalid >= 65 && limited > 0,
+        "{invalid} invalid, {limited} limited"
+    );
+    assert!(limited > invalid, "{invalid} invalid, {limited} limited");
+    assert_eq!(bob_ok, 20);
+    Ok(())
+}
