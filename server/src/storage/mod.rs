@@ -384,6 +384,74 @@ mod suite {
         assert_eq!(again.get(b"k").unwrap(), None);
     }
 
+    pub(super) fn scan_within_loads_under_its_bounds(s: &dyn Storage) {
+        let ks = s.keyspace("bounded").unwrap();
+        let big = vec![b'v'; 1000];
+        for (i, key) in [b"a", b"b", b"c", b"d", b"e"].iter().enumerate() {
+            ks.put(*key, i as u64 + 1, &big).unwrap();
+        }
+        // A budget below one value: one entry, and the page says more follow.
+        let one = ks
+            .scan_within(
+                b"",
+                None,
+                &ScanBounds {
+                    bytes: 10,
+                    ..ScanBounds::entries(100)
+                },
+            )
+            .unwrap();
+        assert_eq!(keys(&one), vec![b"a".to_vec()]);
+        assert!(one.more);
+        assert_eq!(one.last.as_deref(), Some(&b"a"[..]));
+        // Two values' worth: two entries.
+        let two = ks
+            .scan_within(
+                b"",
+                None,
+                &ScanBounds {
+                    bytes: 2002,
+                    ..ScanBounds::entries(100)
+                },
+            )
+            .unwrap();
+        assert_eq!(keys(&two), vec![b"a".to_vec(), b"b".to_vec()]);
+        // Keys not kept are looked at (and counted against `keys`) but never returned; the
+        // page's last key is the last one looked at.
+        let keep = |k: &[u8]| k != b"b" && k != b"c";
+        let kept = ks
+            .scan_within(
+                b"",
+                None,
+                &ScanBounds {
+                    keys: 3,
+                    bytes: usize::MAX,
+                    keys_only: false,
+                    keep: &keep,
+                },
+            )
+            .unwrap();
+        assert_eq!(keys(&kept), vec![b"a".to_vec()]);
+        assert!(kept.more);
+        assert_eq!(kept.last.as_deref(), Some(&b"c"[..]));
+        // Keys only: no values copied.
+        let bare = ks
+            .scan_within(
+                b"",
+                None,
+                &ScanBounds {
+                    keys_only: true,
+                    ..ScanBounds::entries(100)
+                },
+            )
+            .unwrap();
+        assert_eq!(bare.entries.len(), 5);
+        assert!(bare
+            .entries
+            .iter()
+            .all(|e| e.value.is_empty() && e.version > 0));
+    }
+
     pub(super) fn scan_prefix_order_limit_after(s: &dyn Storage) {
         let ks = s.keyspace("shard-1").unwrap();
         let s = &*ks;
@@ -563,6 +631,12 @@ macro_rules! engine_suite {
             fn keyspaces_are_independent() {
                 let (_guard, s) = $make;
                 suite::keyspaces_are_independent(&*s);
+            }
+
+            #[test]
+            fn scan_within_loads_under_its_bounds() {
+                let (_guard, s) = $make;
+                suite::scan_within_loads_under_its_bounds(&*s);
             }
 
             #[test]
