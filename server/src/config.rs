@@ -54,6 +54,12 @@ pub enum AuthMode {
     Off,
 }
 
+/// Default number of audit files kept (the live one included).
+pub const DEFAULT_AUDIT_MAX_FILES: usize = 4;
+
+/// Default size of one audit file before rotation, in MiB.
+pub const DEFAULT_AUDIT_MAX_MB: u64 = 64;
+
 /// Default number of verified tokens cached per node.
 pub const DEFAULT_TOKEN_CACHE: usize = 10_000;
 
@@ -78,6 +84,10 @@ pub struct AuthConfig {
     pub audit_log: Option<PathBuf>,
     /// Also log allowed requests.
     pub audit_allows: bool,
+    /// Audit files kept: the live one plus `audit_max_files - 1` rotated ones (`FILE.1`, ...).
+    pub audit_max_files: usize,
+    /// Size at which the live audit file is rotated, in bytes.
+    pub audit_max_bytes: u64,
 }
 
 /// A configuration problem, reported before the node binds anything.
@@ -163,10 +173,26 @@ pub struct FileConfig {
     /// Largest frame payload accepted, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub max_frame: Option<usize>,
-    /// Most connections served at once; further clients wait in the kernel's backlog
+    /// Most connections served at once; at the cap the oldest connection still in its TLS
+    /// handshake or HELLO is dropped to make room, and with none the newcomer is closed
     /// [default: 1024].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Most connections from one source IP address, in any state [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_source: Option<usize>,
+    /// Most established connections per client certificate; past it HELLO must carry a token
+    /// that verifies [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_identity: Option<usize>,
+    /// Seconds a client connection may stay idle (no request, no answer pending) after HELLO
+    /// before it is closed; 0 never closes it [default: 300].
+    #[arg(
+        long = "idle-timeout",
+        visible_alias = "idle-timeout-secs",
+        value_name = "SECS"
+    )]
+    pub idle_timeout_secs: Option<u64>,
     /// Seconds a client has to complete the TLS handshake and HELLO [default: 10].
     #[arg(
         long = "handshake-timeout",
@@ -211,6 +237,13 @@ pub struct FileConfig {
     #[arg(long, value_name = "BOOL", num_args = 0..=1)]
     #[arg(require_equals = true, default_missing_value = "true")]
     pub audit_allows: Option<bool>,
+    /// Audit files kept, the live one included: at --audit-max-mb the file is renamed to
+    /// FILE.1 (FILE.1 to FILE.2, ...) and the oldest is deleted [default: 4].
+    #[arg(long, value_name = "N")]
+    pub audit_max_files: Option<usize>,
+    /// Size of one audit file, in MiB, before it is rotated [default: 64].
+    #[arg(long, value_name = "MIB")]
+    pub audit_max_mb: Option<u64>,
     /// Cluster name: peers must present `spiffe://NAME/node/<id>` certificates [default: the
     /// trust domain of --cert's SPIFFE ID].
     #[arg(long, value_name = "NAME")]
@@ -332,6 +365,12 @@ pub struct NodeConfig {
     pub max_frame: usize,
     /// Connection cap.
     pub max_connections: usize,
+    /// Connection cap per source IP address.
+    pub max_connections_per_source: usize,
+    /// Established-connection cap per client certificate (past it, a verified token admits).
+    pub max_connections_per_identity: usize,
+    /// Idle client connections are closed after this; `None`: never.
+    pub idle_timeout: Option<Duration>,
     /// Deadline for TLS handshake plus HELLO.
     pub handshake_timeout: Duration,
     /// Deadline for draining in-flight requests at shutdown.
@@ -353,7 +392,7 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// Validate a file config (already merged with flags) into a runnable config.
     pub fn from_file_config(cfg: FileConfig) -> Result<NodeConfig, ConfigError> {
-        let auth = auth_config(&cfg)?;
+        let auth = auth_config(&cfg);
         let listen_text = cfg.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = listen_text.parse().map_err(|_| ConfigError::Invalid {
             setting: "listen",
@@ -378,6 +417,27 @@ impl NodeConfig {
                 message: "must be at least 1".into(),
             });
         }
+        let max_connections_per_source = cfg
+            .max_connections_per_source
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_SOURCE);
+        let max_connections_per_identity = cfg
+            .max_connections_per_identity
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IDENTITY);
+        for (setting, value) in [
+            ("max_connections_per_source", max_connections_per_source),
+            ("max_connections_per_identity", max_connections_per_identity),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        let idle_timeout = match cfg.idle_timeout_secs.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS) {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
         let transport = if cfg.insecure_plaintext.unwrap_or(false) {
             TransportConfig::Plaintext
         } else {
@@ -395,6 +455,8 @@ impl NodeConfig {
                 key: cfg.key.ok_or_else(|| missing("key"))?,
             }
         };
+        // After the transport, so a config missing everything is first told about TLS.
+        let auth = auth?;
         let name = cfg.name.unwrap_or_else(|| "skv-node".to_owned());
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
             return Err(ConfigError::Invalid {
@@ -457,6 +519,9 @@ impl NodeConfig {
             transport,
             max_frame,
             max_connections,
+            max_connections_per_source,
+            max_connections_per_identity,
+            idle_timeout,
             handshake_timeout: Duration::from_secs(handshake_secs),
             shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs.unwrap_or(30)),
             election_timeout: Duration::from_millis(election_ms),
@@ -464,6 +529,16 @@ impl NodeConfig {
         })
     }
 }
+
+/// Default cap of connections from one source address: room for a busy client host or a small
+/// NAT, a quarter of the node's default cap.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 256;
+
+/// Default cap of established connections per client certificate.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IDENTITY: usize = 256;
+
+/// Default idle timeout of a client connection after HELLO, in seconds.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
 
 /// Default number of entries between snapshots of a Raft group.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 20_000;
@@ -477,7 +552,17 @@ pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = skv_proto::DEFAULT_ELECTION_TIMEOUT
 
 fn auth_config(cfg: &FileConfig) -> Result<Option<AuthConfig>, ConfigError> {
     let mode = match (cfg.auth, &cfg.keyset) {
-        (Some(AuthMode::Off), _) | (None, None) => return Ok(None),
+        (Some(AuthMode::Off), _) => return Ok(None),
+        // Without token checks every client certificate the CA signed is an administrator:
+        // that must be asked for, never a default.
+        (None, None) => {
+            return Err(ConfigError::Invalid {
+                setting: "keyset",
+                message: "a node checks tokens: give --keyset FILE (create one with `skv keys \
+                          init`), or --auth off to let every client certificate do anything"
+                    .into(),
+            })
+        }
         (Some(mode), Some(_)) => mode,
         (None, Some(_)) => AuthMode::PerRequest,
         (Some(_), None) => {
@@ -506,7 +591,31 @@ fn auth_config(cfg: &FileConfig) -> Result<Option<AuthConfig>, ConfigError> {
         require_bound_tokens: cfg.require_bound_tokens.unwrap_or(false),
         audit_log: cfg.audit_log.clone(),
         audit_allows: cfg.audit_allows.unwrap_or(false),
+        audit_max_files: audit_max_files(cfg)?,
+        audit_max_bytes: audit_max_mb(cfg)? << 20,
     }))
+}
+
+fn audit_max_files(cfg: &FileConfig) -> Result<usize, ConfigError> {
+    let files = cfg.audit_max_files.unwrap_or(DEFAULT_AUDIT_MAX_FILES);
+    if !(1..=1000).contains(&files) {
+        return Err(ConfigError::Invalid {
+            setting: "audit_max_files",
+            message: format!("{files} is outside 1..=1000"),
+        });
+    }
+    Ok(files)
+}
+
+fn audit_max_mb(cfg: &FileConfig) -> Result<u64, ConfigError> {
+    let mb = cfg.audit_max_mb.unwrap_or(DEFAULT_AUDIT_MAX_MB);
+    if !(1..=1 << 20).contains(&mb) {
+        return Err(ConfigError::Invalid {
+            setting: "audit_max_mb",
+            message: format!("{mb} is outside 1..=1048576 MiB"),
+        });
+    }
+    Ok(mb)
 }
 
 #[cfg(test)]
@@ -537,7 +646,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = "listen = \"127.0.0.1:1\"\nhandshake_timeout_secs = 3\nleeway_secs = 9\n\
                     durability = \"async\"\ninsecure_plaintext = true\naudit_allows = true\n\
-                    max_connections = 8\n";
+                    max_connections = 8\nauth = \"off\"\n";
         let cfg = layered(
             dir.path(),
             file,
@@ -627,7 +736,7 @@ mod tests {
         let path = dir.path().join("node.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nca = \"ca.pem\"\ncert = \"/abs/n1.pem\"\nkey = \"k.pem\"\ndurability = \"async\"\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nca = \"ca.pem\"\ncert = \"/abs/n1.pem\"\nkey = \"k.pem\"\ndurability = \"async\"\nauth = \"off\"\n",
         )
         .unwrap();
         let cfg = NodeConfig::from_file_config(FileConfig::load(&path).unwrap()).unwrap();

@@ -17,7 +17,7 @@ fn config_file_flags_and_graceful_exit() -> anyhow::Result<()> {
     // The file asks for port 1 (privileged, would fail); the flag must win.
     std::fs::write(
         &config,
-        "name = \"cfg-node\"\nlisten = \"127.0.0.1:1\"\nengine = \"memory\"\ninsecure_plaintext = true\nmax_connections = 8\n",
+        "name = \"cfg-node\"\nlisten = \"127.0.0.1:1\"\nengine = \"memory\"\ninsecure_plaintext = true\nmax_connections = 8\nauth = \"off\"\n",
     )?;
     let (child, addr) = start(node().args([
         "--config",
@@ -53,6 +53,8 @@ fn startup_errors_are_one_clear_line() -> anyhow::Result<()> {
         "/x",
         "--key",
         "/y",
+        "--auth",
+        "off",
     ]))?;
     assert!(
         err.contains("/nonexistent/ca.pem") && err.contains("skv certs init"),
@@ -122,7 +124,7 @@ fn file_settings_hold_unless_a_flag_overrides_them() -> anyhow::Result<()> {
     let config_arg = config.display().to_string();
     std::fs::write(
         &config,
-        "listen = \"127.0.0.1:0\"\nengine = \"memory\"\ninsecure_plaintext = true\n",
+        "listen = \"127.0.0.1:0\"\nengine = \"memory\"\ninsecure_plaintext = true\nauth = \"off\"\n",
     )?;
     // The file alone: plaintext, so no certificates are needed.
     let (child, _) = start(node().args(["--config", &config_arg]))?;
@@ -133,6 +135,44 @@ fn file_settings_hold_unless_a_flag_overrides_them() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Without token checks every client certificate may do anything: a node never falls into
+/// that silently. It refuses to start without --keyset, and `--auth off` must say so.
+#[test]
+fn a_node_without_a_keyset_starts_only_with_auth_off_and_warns() -> anyhow::Result<()> {
+    let plain = [
+        "--listen",
+        "127.0.0.1:0",
+        "--engine",
+        "memory",
+        "--insecure-plaintext",
+    ];
+    let err = refused(node().args(plain))?;
+    assert!(
+        err.contains("--keyset") && err.contains("--auth off"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("node.log");
+    let mut child = node()
+        .args(plain)
+        .args(["--auth", "off"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut first)?;
+    stop(child)?;
+    assert!(first.starts_with("listening on "), "{first:?}");
+    let text = std::fs::read_to_string(&log)?;
+    assert!(
+        text.contains("--auth off: no token checks"),
+        "the node warns: {text}"
+    );
+    Ok(())
+}
+
 #[test]
 fn relative_paths_in_the_file_follow_the_file() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -140,7 +180,7 @@ fn relative_paths_in_the_file_follow_the_file() -> anyhow::Result<()> {
     let config = dir.path().join("node.toml");
     std::fs::write(
         &config,
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"data/n1\"\ninsecure_plaintext = true\n",
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data/n1\"\ninsecure_plaintext = true\nauth = \"off\"\n",
     )?;
     let (child, _) = start(
         node()

@@ -152,6 +152,7 @@ impl Model {
             });
         let entries: Vec<Entry> = matching.by_ref().take(limit).collect();
         ScanPage {
+            last: entries.last().map(|e| e.key.clone()),
             entries,
             more: matching.next().is_some(),
         }

@@ -171,6 +171,8 @@ impl Node {
     }
 
     /// Start a node with the PKI's `n1` credentials, sled in `data_dir`, plus `extra` flags.
+    /// Unless `extra` names a `--keyset` or an `--auth` mode, the node runs with `--auth off`
+    /// (mutual TLS alone): a node refuses to start without an explicit choice.
     pub fn start_tls(pki: &Pki, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Node> {
         let mut args: Vec<String> = vec![
             "--name".into(),
@@ -185,6 +187,9 @@ impl Node {
             pki.layout.node_key("n1").display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        if !extra.iter().any(|a| *a == "--keyset" || *a == "--auth") {
+            args.extend(["--auth".into(), "off".into()]);
+        }
         Node::start(&args, &pki.dir().join("node.log"))
     }
 

@@ -18,6 +18,7 @@ use skv_token::ScopeOp;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::audit::{self, AuditLog, AuditRecord, Decision};
+use crate::auth::refusals::{PeerKey, Refusals};
 use crate::auth::{
     unix_now, AuthCategory, AuthError, CertThumbprint, Keyset, KeysetError, Policy, TokenCache,
     Verified, Verifier,
@@ -81,6 +82,9 @@ pub(crate) struct Session {
     thumbprint: Option<CertThumbprint>,
     /// The same, hex, for audit lines ("" on plaintext).
     fingerprint: String,
+    /// Who failed authentication, for the failure limiter: the certificate and the source
+    /// address, when known.
+    peers: Vec<PeerKey>,
     /// Per-connection mode: the HELLO token and what it verified to, under which keyset
     /// generation.
     connection_token: Option<(Bytes, Arc<Verified>, u64)>,
@@ -114,12 +118,20 @@ impl Session {
         }
     }
 
+    /// The session of a connection from `source`: failed authentication is limited per
+    /// address as well as per certificate.
+    pub(crate) fn with_source(mut self, source: std::net::IpAddr) -> Session {
+        self.peers.push(PeerKey::Source(source));
+        self
+    }
+
     /// A session for a peer with this certificate thumbprint (none on plaintext).
     pub(crate) fn new(thumbprint: Option<CertThumbprint>) -> Session {
         let fingerprint = thumbprint.map(|t| t.to_hex()).unwrap_or_default();
         Session {
             thumbprint,
             fingerprint,
+            peers: thumbprint.map(PeerKey::Cert).into_iter().collect(),
             connection_token: None,
             last: None,
         }
@@ -138,7 +150,15 @@ pub(crate) struct Checkpoint {
     generation: AtomicU64,
     cache: Option<TokenCache>,
     audit: Option<AuditLog>,
+    /// Recently refused tokens and peers that keep failing.
+    refusals: Refusals,
 }
+
+/// What a peer blocked for repeated failed authentication is told.
+const RATE_LIMITED: Refusal = Refusal {
+    code: ErrorCode::Unauthenticated,
+    message: "too many failed authentications from this certificate or address; retry later",
+};
 
 impl Checkpoint {
     /// Load the keyset and open the audit log.
@@ -150,7 +170,14 @@ impl Checkpoint {
         warn_if_shared_secrets(&keyset);
         let verifier = Verifier::new(keyset, policy.clone())?;
         let audit = match &config.audit_log {
-            Some(path) => Some(AuditLog::open(path, config.audit_allows)?),
+            Some(path) => Some(AuditLog::open(
+                &audit::AuditFiles {
+                    path: path.clone(),
+                    max_files: config.audit_max_files,
+                    max_bytes: config.audit_max_bytes,
+                },
+                config.audit_allows,
+            )?),
             None => None,
         };
         let cache = match (config.mode, config.token_cache) {
@@ -166,6 +193,7 @@ impl Checkpoint {
             generation: AtomicU64::new(0),
             cache,
             audit,
+            refusals: Refusals::default(),
         })
     }
 
@@ -232,8 +260,17 @@ impl Checkpoint {
         if self.mode != AuthMode::PerConnection {
             return Ok(());
         }
+        if self.refusals.blocked(&session.peers) {
+            self.deny_role(
+                session,
+                "hello",
+                "rate limited after repeated failed authentication",
+            );
+            return Err(RATE_LIMITED);
+        }
         let now = unix_now();
         let verified = self.verify_fresh(session, token, now).map_err(|err| {
+            self.refusals.failed(&session.peers);
             self.deny(session, None, "hello", None, &err);
             Refusal::from(err.category())
         })?;
@@ -242,6 +279,27 @@ impl Checkpoint {
             session.connection_token = Some((token.clone(), verified, generation));
         }
         Ok(())
+    }
+
+    /// Whether the HELLO's token verifies for this connection: what admits a connection past
+    /// its certificate's connection cap. Per-connection mode verified it in [`Self::hello`]
+    /// already; per-request mode verifies it here (only a HELLO over the cap pays for that,
+    /// through the cache when it is on). A refusal is audited like any other.
+    pub(crate) fn hello_proves(&self, session: &mut Session, token: Option<&Bytes>) -> bool {
+        match self.mode {
+            AuthMode::PerConnection => session.connection_token.is_some(),
+            AuthMode::Off => false,
+            AuthMode::PerRequest => {
+                let now = unix_now();
+                match self.request_verified(session, token, now) {
+                    Ok(_) => true,
+                    Err(err) => {
+                        self.deny(session, None, "hello", None, &err);
+                        false
+                    }
+                }
+            }
+        }
     }
 
     /// Decide one request. PING needs no token: it reveals nothing and serves health checks.
@@ -255,15 +313,27 @@ impl Checkpoint {
         let Some(required) = ScopeOp::required_for(op) else {
             return Ok(());
         };
+        let target = target_of(body);
+        // A blocked peer still gets what costs nothing: a token this connection or the cache
+        // already verified. So a client sharing an address with an attacker keeps working
+        // with the token it has; only new verifications are refused.
+        if self.refusals.blocked(&session.peers) && !self.already_verified(session, token) {
+            self.deny_role(
+                session,
+                op.as_str(),
+                "rate limited after repeated failed authentication",
+            );
+            return Err(RATE_LIMITED);
+        }
         let now = unix_now();
         let verified = match self.mode {
             AuthMode::PerConnection => self.connection_verified(session, now),
             _ => self.request_verified(session, token, now),
         };
-        let target = target_of(body);
         let verified = match verified {
             Ok(v) => v,
             Err(err) => {
+                self.refusals.failed(&session.peers);
                 self.deny(session, None, op.as_str(), target, &err);
                 return Err(Refusal::from(err.category()));
             }
@@ -293,6 +363,33 @@ impl Checkpoint {
                     refusal.message = scope_refusal(body);
                 }
                 Err(refusal)
+            }
+        }
+    }
+
+    /// Whether the request's token was verified before, so that admitting it costs no
+    /// verification: the connection's HELLO token, the connection's memo, or a cache entry.
+    fn already_verified(&self, session: &Session, token: Option<&Bytes>) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        match self.mode {
+            AuthMode::PerConnection => session
+                .connection_token
+                .as_ref()
+                .is_some_and(|(_, _, seen)| *seen == generation),
+            AuthMode::Off => true,
+            AuthMode::PerRequest => {
+                let Some(token) = token else {
+                    return false;
+                };
+                let memo = session
+                    .last
+                    .as_ref()
+                    .is_some_and(|(last, _, seen)| *seen == generation && last == token);
+                memo || self.cache.as_ref().is_some_and(|cache| {
+                    cache
+                        .get(&TokenCache::key_of(token), unix_now())
+                        .is_some_and(|hit| hit.verifier_id() == self.verifier.load().id())
+                })
             }
         }
     }
@@ -340,10 +437,14 @@ impl Checkpoint {
                 return Ok(verified.clone());
             }
         }
-        let verified =
-            self.verifier
-                .load()
-                .verify_cached(cache, token, session.thumbprint.as_ref(), now)?;
+        if let Some(err) = self.refusals.cached(token, generation) {
+            return Err(err);
+        }
+        let verified = self
+            .verifier
+            .load()
+            .verify_cached(cache, token, session.thumbprint.as_ref(), now)
+            .inspect_err(|err| self.refusals.remember(token, err, generation))?;
         session.last = Some((token.clone(), verified.clone(), generation));
         Ok(verified)
     }
@@ -357,9 +458,16 @@ impl Checkpoint {
         let Some(token) = token else {
             return Err(AuthError::MissingToken);
         };
+        // Read before the verifier: a refusal remembered across a reload is filed under the
+        // older generation, which no lookup asks for any more.
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(err) = self.refusals.cached(token, generation) {
+            return Err(err);
+        }
         self.verifier
             .load()
             .verify_for_peer(token, session.thumbprint.as_ref(), now)
+            .inspect_err(|err| self.refusals.remember(token, err, generation))
             .map(Arc::new)
     }
 

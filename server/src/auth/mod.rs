@@ -23,6 +23,7 @@ pub mod cache;
 pub(crate) mod checkpoint;
 pub mod error;
 pub mod keyset;
+pub(crate) mod refusals;
 pub mod scopes;
 pub mod verifier;
 

@@ -323,6 +323,11 @@ impl Verifier {
         Ok(verified)
     }
 
+    /// This verifier's id: cache entries it made carry it.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// [`Verifier::verify_for_peer`] through a cache of verified tokens. A hit skips the
     /// signature and claim checks, but is still refused when the token has expired, when it
     /// was verified by another verifier (a keyset or policy reload), and when its certificate

@@ -81,12 +81,19 @@ fn run(args: Args, flags: &clap::ArgMatches) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let auth_off = config.auth.is_none();
     runtime.block_on(async {
         let name = config.name.clone();
         let mut signals = Signals::install()?;
         let node = RunningNode::start(config).await?;
         let addr = node.local_addr();
         tracing::info!(node = %name, %addr, "node started");
+        if auth_off {
+            tracing::warn!(
+                "--auth off: no token checks; every client certificate the CA signed may read, \
+                 write and administer everything"
+            );
+        }
         // Scripts and tests wait for exactly this line.
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on {addr}")?;

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::checkpoint::Session;
 use crate::auth::CertThumbprint;
+use crate::net::admission::{NotKept, Ticket};
 use crate::net::identity::PeerKind;
 use crate::net::peer::PEER_FRAME_SLACK;
 use crate::node::Shared;
@@ -53,6 +54,10 @@ pub(crate) fn thumbprint_of(
 pub(crate) enum ConnectionError {
     #[error("no HELLO within the handshake timeout")]
     HelloTimeout,
+    #[error("evicted while half-open to make room")]
+    Evicted,
+    #[error("idle for longer than the idle timeout")]
+    Idle,
     #[error("peer closed before HELLO")]
     ClosedBeforeHello,
     #[error("handshake refused: {0}")]
@@ -63,10 +68,15 @@ pub(crate) enum ConnectionError {
 
 /// Serve one connection until the peer closes, it breaks the protocol, or the node shuts
 /// down.
+///
+/// `ticket` is the connection's admission slot; HELLO must arrive before `deadline` (which
+/// the TLS handshake shared) and while the ticket is not evicted.
 pub(crate) async fn serve<S>(
     stream: S,
     thumbprint: Option<CertThumbprint>,
     kind: PeerKind,
+    mut ticket: Ticket,
+    deadline: tokio::time::Instant,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError>
@@ -74,7 +84,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let max_frame = shared.config.max_frame;
-    let mut session = Session::new(thumbprint);
+    let mut session = Session::new(thumbprint).with_source(ticket.source());
     // A peer's import batch is a client write plus its version; allow it that much more.
     let frame_limit = match kind {
         PeerKind::Peer(_) => max_frame + PEER_FRAME_SLACK,
@@ -84,8 +94,11 @@ where
     framed.set_backpressure_boundary(WRITE_BATCH_BYTES);
 
     // HELLO shares the deadline of the TLS handshake: a peer that connects and stays silent
-    // holds a connection slot for at most that long.
-    let hello = tokio::time::timeout(shared.config.handshake_timeout, framed.next()).await;
+    // holds a connection slot for at most that long, and less when the node is filling up.
+    let hello = tokio::select! {
+        () = ticket.evicted() => return Err(ConnectionError::Evicted),
+        hello = tokio::time::timeout_at(deadline, framed.next()) => hello,
+    };
     let first = match hello {
         Err(_) => return Err(ConnectionError::HelloTimeout),
         Ok(None) => return Err(ConnectionError::ClosedBeforeHello),
@@ -125,6 +138,34 @@ where
                     return Err(ConnectionError::Handshake(refusal.message.into()));
                 }
             }
+            // Clients count against their certificate's cap; nodes of the cluster dial a few
+            // connections each and are not capped here.
+            let identity = match kind {
+                PeerKind::Peer(_) => None,
+                _ => thumbprint,
+            };
+            let kept = match ticket.claim_identity(identity, false) {
+                Err(NotKept::IdentityFull) => {
+                    let proven =
+                        checkpoint.is_some_and(|c| c.hello_proves(&mut session, token.as_ref()));
+                    ticket.claim_identity(identity, proven)
+                }
+                other => other,
+            };
+            if let Err(not_kept) = kept {
+                let (code, msg) = match not_kept {
+                    // Past the cap a certificate alone is not enough: a token must vouch.
+                    NotKept::IdentityFull => (
+                        ErrorCode::Unauthenticated,
+                        "this client certificate holds its maximum of connections \
+                         (--max-connections-per-identity); past it, HELLO must carry a token \
+                         that verifies",
+                    ),
+                    NotKept::Evicted => (ErrorCode::TryAgain, "the node is full; retry"),
+                };
+                send_error(&mut framed, id, code, msg).await;
+                return Err(ConnectionError::Handshake(msg.into()));
+            }
             let ok = Response {
                 id,
                 body: ResponseBody::HelloOk {
@@ -155,14 +196,33 @@ where
         mpsc::channel::<(Response, OwnedSemaphorePermit)>(MAX_PENDING_DURABLE);
     let pending = Arc::new(Semaphore::new(MAX_PENDING_DURABLE));
     let mut result = Ok(());
+    // Clients that send nothing and wait for nothing for this long are closed, so a client
+    // that finished HELLO cannot hold its slot forever. Nodes of the cluster keep their links.
+    let idle_timeout = match kind {
+        PeerKind::Peer(_) => None,
+        _ => shared.config.idle_timeout,
+    };
+    let idle = tokio::time::sleep(idle_timeout.unwrap_or(std::time::Duration::MAX / 4));
+    tokio::pin!(idle);
     'conn: loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            () = &mut idle, if idle_timeout.is_some() => {
+                if pending.available_permits() == MAX_PENDING_DURABLE {
+                    result = Err(ConnectionError::Idle);
+                    break;
+                }
+                // Still waiting on its own answers: not idle.
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or_default());
+            }
             Some((done, _permit)) = durable_rx.recv() => framed.feed(&done).await?,
             frame = framed.next() => match frame {
                 None => break,
                 Some(Ok(payload)) => {
+                    if let Some(timeout) = idle_timeout {
+                        idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+                    }
                     let id = peek_request_id(&payload);
                     let answer = match Request::decode(payload) {
                         Ok(request) => shared.router.route(&kind, &mut session, request, max_frame),

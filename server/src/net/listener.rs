@@ -1,18 +1,22 @@
-//! The listener: accept, cap, hand each connection its own task.
+//! The listener: accept, admit, hand each connection its own task.
 //!
-//! It follows mini-redis: a semaphore caps live connections, and a permit is taken *before*
-//! `accept`, so at the cap new clients wait in the kernel backlog instead of costing the node
-//! memory. Each connection gets its own task, and its TLS handshake runs inside that task
-//! under a timeout, so a stalled peer never delays anyone else.
+//! Every connection is accepted, then [`admission`] decides whether it is kept: a cap per
+//! source address, the node's cap (at which the oldest half-open connection makes room), and
+//! a pre-handshake budget that shortens as the node fills. A permit taken *before* `accept`
+//! (the mini-redis habit this replaced) let silent sockets hold every slot while legitimate
+//! clients waited in the kernel backlog. Each connection gets its own task, and its TLS
+//! handshake and HELLO run inside that task under the budget, so a stalled peer never delays
+//! anyone else.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::net::admission::{Admission, Limits, Ticket};
 use crate::net::connection;
 use crate::net::identity::{self, PeerKind};
 use crate::node::Shared;
@@ -24,16 +28,17 @@ pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let config = &shared.config;
+    let admission = Admission::new(Limits {
+        max_connections: config.max_connections,
+        max_per_source: config.max_connections_per_source,
+        max_per_identity: config.max_connections_per_identity,
+        handshake_timeout: config.handshake_timeout,
+    });
     let tracker = TaskTracker::new();
+    let mut refused_since_log = 0u64;
+    let mut last_refusal_log = Instant::now();
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let (socket, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -46,14 +51,34 @@ pub(crate) async fn accept_loop(
                 }
             },
         };
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                // Closing at once costs the node one accept; the peer sees a reset and may
+                // retry. One warning per second at most, with the count, so a flood cannot
+                // flood the log.
+                drop(socket);
+                refused_since_log += 1;
+                if last_refusal_log.elapsed() >= std::time::Duration::from_secs(1) {
+                    tracing::warn!(
+                        source = %peer.ip(),
+                        reason = %refused,
+                        refused = refused_since_log,
+                        "connections refused at admission"
+                    );
+                    refused_since_log = 0;
+                    last_refusal_log = Instant::now();
+                }
+                continue;
+            }
+        };
         let shared = shared.clone();
         let acceptor = acceptor.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(err) = handle(socket, acceptor, shared, shutdown).await {
+            if let Err(err) = handle(socket, acceptor, ticket, shared, shutdown).await {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
-            drop(permit);
         });
     }
     drop(listener);
@@ -75,17 +100,30 @@ pub(crate) async fn accept_loop(
 async fn handle(
     socket: TcpStream,
     acceptor: Option<TlsAcceptor>,
+    ticket: Ticket,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // Requests and answers are small; Nagle would hold them back waiting for an ACK.
     socket.set_nodelay(true)?;
+    // One deadline from accept covers the TLS handshake and HELLO.
+    let deadline = tokio::time::Instant::now() + ticket.budget();
     match acceptor {
-        None => Ok(connection::serve(socket, None, PeerKind::Client, shared, shutdown).await?),
+        None => Ok(connection::serve(
+            socket,
+            None,
+            PeerKind::Client,
+            ticket,
+            deadline,
+            shared,
+            shutdown,
+        )
+        .await?),
         Some(acceptor) => {
             let tls = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                tls = tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(socket)) => tls,
+                () = ticket.evicted() => return Err("evicted while half-open to make room".into()),
+                tls = tokio::time::timeout_at(deadline, acceptor.accept(socket)) => tls,
             };
             let stream = tls
                 .map_err(|_| "TLS handshake timed out")?
@@ -94,7 +132,10 @@ async fn handle(
             let thumbprint = connection::thumbprint_of(chain);
             let leaf = chain.and_then(|c| c.first()).map(|c| c.as_ref());
             let kind = identity::classify(leaf, shared.cluster.name());
-            Ok(connection::serve(stream, thumbprint, kind, shared, shutdown).await?)
+            Ok(
+                connection::serve(stream, thumbprint, kind, ticket, deadline, shared, shutdown)
+                    .await?,
+            )
         }
     }
 }

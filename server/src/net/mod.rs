@@ -4,6 +4,7 @@
 //! [`connection`] frames and decodes requests for the router. [`peer`] is the other
 //! direction: this node dialing its peers over mutual TLS.
 
+pub(crate) mod admission;
 pub(crate) mod connection;
 pub(crate) mod identity;
 pub(crate) mod listener;

@@ -228,6 +228,10 @@ pub(crate) enum WriteOutcome {
     NotOwned,
     /// The key's slot is frozen for a move; retry shortly.
     Frozen,
+    /// The shard's version counter is at `u64::MAX` (an imported entry can carry any
+    /// version): nothing was written, rather than numbering the write with a wrapped,
+    /// smaller version. Last, so outcomes stored before it existed still decode.
+    VersionsExhausted,
 }
 
 /// What applying one entry answers.

@@ -978,10 +978,16 @@ fn writes_tx(
                 ),
                 WriteOp::Delete { .. } => (None, None),
             };
-            match (value, refused) {
-                (_, Some(refused)) => refused,
-                (Some(value), None) => {
-                    st.last_version += 1;
+            // An imported entry may carry any version, u64::MAX included: the next one is
+            // checked, and a write that would wrap is refused instead of numbered lower than
+            // the versions before it.
+            let next = st.last_version.checked_add(1);
+            match (value, refused, next) {
+                (_, Some(refused), _) => refused,
+                (Some(_), None, None) => WriteOutcome::VersionsExhausted,
+                (None, None, None) if current.is_some() => WriteOutcome::VersionsExhausted,
+                (Some(value), None, Some(next)) => {
+                    st.last_version = next;
                     ks.insert(&key[..], encode_record(st.last_version, value))?;
                     if current.is_none() {
                         st.key_count += 1;
@@ -992,17 +998,20 @@ fn writes_tx(
                 }
                 // A delete of an existing key consumes a version, so the counter keeps
                 // counting every change.
-                (None, None) if current.is_some() => {
-                    st.last_version += 1;
+                (None, None, Some(next)) if current.is_some() => {
+                    st.last_version = next;
                     ks.remove(&key[..])?;
                     st.key_count = st.key_count.saturating_sub(1);
                     WriteOutcome::Deleted { existed: true }
                 }
-                (None, None) => WriteOutcome::Deleted { existed: false },
+                (None, None, _) => WriteOutcome::Deleted { existed: false },
             }
         };
         // Refusals are not remembered: a retry after the move (or the thaw) must apply.
-        let remember = !matches!(outcome, WriteOutcome::NotOwned | WriteOutcome::Frozen);
+        let remember = !matches!(
+            outcome,
+            WriteOutcome::NotOwned | WriteOutcome::Frozen | WriteOutcome::VersionsExhausted
+        );
         if let (Some((c, s)), true) = (w.session, remember) {
             sess.insert(
                 &session_key(c, s)[..],
@@ -1251,11 +1260,26 @@ impl ShardReader {
 
     /// Keys of owned slots starting with `prefix`, in byte order, strictly after `after`, at
     /// most `limit`; and whether more follow.
+    #[cfg(test)]
     pub(crate) fn scan(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
+    ) -> Result<(Vec<Imported>, bool), StoreError> {
+        self.scan_within(prefix, after, limit, usize::MAX)
+    }
+
+    /// [`Self::scan`] that stops loading values once `budget` bytes of keys and values are
+    /// loaded (past it by one entry at most, and at least one entry): a client's SCAN costs
+    /// about one answer frame, not `limit` values. Keys of slots the shard does not own are
+    /// skipped before their value is copied.
+    pub(crate) fn scan_within(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        budget: usize,
     ) -> Result<(Vec<Imported>, bool), StoreError> {
         let start = match after {
             Some(after) if after >= prefix => Bound::Excluded(after.to_vec()),
@@ -1276,16 +1300,19 @@ impl ShardReader {
         let slots = self.shared.slots.load();
         let trees = self.shared.trees.load();
         let mut out = Vec::new();
+        let mut loaded = 0usize;
         for item in trees.ks.range::<Vec<u8>, _>((start, end)) {
             if let Ok((key, _)) = &item {
                 if !slots.owned.contains(hash_slot(key)) {
                     continue;
                 }
             }
-            if out.len() == limit {
+            if out.len() == limit || (!out.is_empty() && loaded >= budget) {
                 return Ok((out, true));
             }
-            out.push(decode_item(item)?);
+            let entry = decode_item(item)?;
+            loaded = loaded.saturating_add(entry.key.len() + entry.value.len());
+            out.push(entry);
         }
         Ok((out, false))
     }

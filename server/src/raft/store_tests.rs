@@ -494,6 +494,46 @@ async fn import_keeps_higher_versions_and_raises_the_counter() {
 }
 
 #[tokio::test]
+async fn an_import_at_the_last_version_refuses_later_writes_instead_of_wrapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Shard::open(dir.path());
+    s.own_all().await;
+    s.writes(1, vec![put("before", "b")]).await; // version 1
+    s.apply(Proposal::Import {
+        move_id: 9,
+        entries: vec![Imported {
+            key: b("top"),
+            version: u64::MAX,
+            value: b("t"),
+        }],
+    })
+    .await;
+    // Every write that would need a version is refused; a delete of an absent key needs none.
+    assert_eq!(
+        s.writes(
+            2,
+            vec![
+                put("next", "n"),
+                del("before"),
+                cas("top", u64::MAX, "c"),
+                del("absent")
+            ]
+        )
+        .await,
+        vec![
+            WriteOutcome::VersionsExhausted,
+            WriteOutcome::VersionsExhausted,
+            WriteOutcome::VersionsExhausted,
+            WriteOutcome::Deleted { existed: false },
+        ]
+    );
+    // Nothing was numbered below u64::MAX after it.
+    assert_eq!(s.get("next"), None);
+    assert_eq!(s.get("before"), Some((1, "b".into())));
+    assert_eq!(s.get("top"), Some((u64::MAX, "t".into())));
+}
+
+#[tokio::test]
 async fn release_deletes_only_the_released_slots_keys() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Shard::open(dir.path());

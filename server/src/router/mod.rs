@@ -59,7 +59,14 @@ pub(crate) struct Router {
     checkpoint: Option<Arc<Checkpoint>>,
     /// The Raft groups this node runs, for RAFT messages from peers.
     raft: RaftRegistry,
+    /// Scans running at once on the blocking pool: each holds up to about one frame per
+    /// local shard, so this bounds what scans together can hold.
+    scans: Arc<tokio::sync::Semaphore>,
 }
+
+/// Scans the node runs at once; further scans wait for a turn (their connections' other
+/// requests do not).
+const CONCURRENT_SCANS: usize = 8;
 
 impl Router {
     pub(crate) fn new(
@@ -71,6 +78,7 @@ impl Router {
             cluster,
             checkpoint,
             raft,
+            scans: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SCANS)),
         }
     }
 
@@ -134,13 +142,28 @@ impl Router {
                 limit,
                 cursor,
             } => {
-                return Answer::Now(scan::scan(
-                    &self.cluster,
-                    &prefix,
-                    limit,
-                    cursor.as_deref(),
-                    max_frame,
-                ))
+                // Off the async workers: a scan walks storage, and the connections sharing
+                // this worker must not wait for it.
+                let cluster = self.cluster.clone();
+                let scans = self.scans.clone();
+                return Answer::Later(Box::pin(async move {
+                    // The semaphore is never closed.
+                    let Ok(_turn) = scans.acquire_owned().await else {
+                        return ResponseBody::Error(WireError::new(
+                            ErrorCode::Internal,
+                            "the scan failed inside the node",
+                        ));
+                    };
+                    let scan = tokio::task::spawn_blocking(move || {
+                        scan::scan(&cluster, &prefix, limit, cursor.as_deref(), max_frame)
+                    });
+                    scan.await.unwrap_or_else(|_| {
+                        ResponseBody::Error(WireError::new(
+                            ErrorCode::Internal,
+                            "the scan failed inside the node",
+                        ))
+                    })
+                }));
             }
             RequestBody::Get { key } => Command::Get { key },
             RequestBody::Put { key, value } => Command::Put { key, value },

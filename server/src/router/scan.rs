@@ -1,5 +1,10 @@
 //! SCAN over every shard this node serves: one page, in key order, cut to fit a frame.
 //!
+//! A scan reads storage and may take a while, so the router runs it on tokio's blocking pool,
+//! never on the async workers that serve every other connection. Each shard loads values under
+//! a byte budget of one frame, so a page costs the node at most about one frame per local
+//! shard, whatever `limit` asked for.
+//!
 //! Each local shard returns a page of its own slots and how far it looked (its frontier).
 //! The node's page is the merge of those pages up to the smallest frontier: past it, a shard
 //! that stopped early may still hold smaller keys than what the others returned. The cursor
@@ -29,13 +34,17 @@ pub(crate) fn scan(
     } else {
         limit.min(MAX_SCAN_PAGE)
     } as usize;
+    // Each shard stops loading values at about one frame's worth: a page that can only return
+    // one large value no longer loads `limit` of them first (the SCAN amplification of issue
+    // 12: one 411-byte request, 1000 values read, 1 GB resident, one entry returned).
+    let budget = max_frame.saturating_sub(SCAN_PAGE_OVERHEAD);
     let view = cluster.view();
     let mut entries: Vec<ScanEntry> = Vec::new();
     let mut frontier: Option<Bytes> = None;
     // A replicated node reads every replica it hosts from its own state machine, leader or
     // not: the page may miss writes its followers have not applied yet (docs/CLUSTER.md).
     for replica in view.local_replicas() {
-        let (page, more) = match replica.reader().scan(prefix, cursor, limit) {
+        let (page, more) = match replica.reader().scan_within(prefix, cursor, limit, budget) {
             Ok(page) => page,
             Err(err) => {
                 tracing::error!(error = %err, "replica scan failed");
@@ -61,7 +70,7 @@ pub(crate) fn scan(
         }));
     }
     for shard in view.local_shards() {
-        let page = match shard.scan(prefix, cursor, limit) {
+        let page = match shard.scan(prefix, cursor, limit, budget) {
             Ok(page) => page,
             Err(err) => return storage_failed(&err),
         };
@@ -78,7 +87,6 @@ pub(crate) fn scan(
     if let Some(f) = &frontier {
         entries.retain(|e| e.key <= *f);
     }
-    let budget = max_frame.saturating_sub(SCAN_PAGE_OVERHEAD);
     let mut used = 0usize;
     let mut kept = 0usize;
     let mut cut_short = false;

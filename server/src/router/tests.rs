@@ -107,9 +107,19 @@ fn ask(node: &Node, kind: &PeerKind, body: RequestBody) -> ResponseBody {
         consistency: skv_proto::Consistency::Linearizable,
         body,
     };
-    match node.router.route(kind, &mut session, request, 1 << 20) {
+    settle(node.router.route(kind, &mut session, request, 1 << 20))
+}
+
+/// The answer, waiting for it when it comes later (a scan runs on the blocking pool; there is
+/// no group commit here, so nothing else does).
+fn settle(answer: Answer) -> ResponseBody {
+    match answer {
         Answer::Now(body) => body,
-        Answer::Later(_) => panic!("no group commit here: every answer is immediate"),
+        Answer::Later(work) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work),
     }
 }
 
@@ -246,11 +256,12 @@ fn a_scan_page_is_cut_to_fit_the_frame() {
     };
     // Room for the fixed overhead and about two entries.
     let max_frame = skv_proto::SCAN_PAGE_OVERHEAD + 2 * 3100;
-    let Answer::Now(ResponseBody::ScanPage {
+    let ResponseBody::ScanPage {
         entries, cursor, ..
-    }) = node
-        .router
-        .route(&PeerKind::Client, &mut session, request, max_frame)
+    } = settle(
+        node.router
+            .route(&PeerKind::Client, &mut session, request, max_frame),
+    )
     else {
         panic!("expected a page");
     };

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use skv_proto::cluster::{hash_slot, SlotSet};
 use skv_proto::{ErrorCode, ResponseBody, ScanEntry, WireError};
 
-use crate::storage::{Entry, GroupCommit, Keyspace, Storage, StorageError};
+use crate::storage::{Entry, GroupCommit, Keyspace, ScanBounds, Storage, StorageError};
 
 pub(crate) mod replica;
 #[cfg(test)]
@@ -284,25 +284,28 @@ impl Shard {
 
     /// Up to `limit` keys starting with `prefix`, strictly after `after`, of the slots this
     /// shard owns.
+    ///
+    /// At most `limit` keys are looked at; keys of other slots are skipped before their value
+    /// is loaded, and values stop loading once `budget` bytes are (past it by one entry at
+    /// most): a page never holds much more than one answer frame.
     pub(crate) fn scan(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
+        budget: usize,
     ) -> Result<ShardPage, StorageError> {
-        let own = self.own();
-        let page = self.keyspace.scan(prefix, after, limit)?;
-        let frontier = if page.more {
-            page.entries.last().map(|e| e.key.clone())
-        } else {
-            None
+        let slots = self.slots();
+        let keep = |key: &[u8]| slots.contains(hash_slot(key));
+        let bounds = ScanBounds {
+            keys: limit,
+            bytes: budget,
+            keys_only: false,
+            keep: &keep,
         };
-        let entries = page
-            .entries
-            .into_iter()
-            .filter(|e| own.slots.contains(hash_slot(&e.key)))
-            .map(scan_entry)
-            .collect();
+        let page = self.keyspace.scan_within(prefix, after, &bounds)?;
+        let frontier = if page.more { page.last } else { None };
+        let entries = page.entries.into_iter().map(scan_entry).collect();
         Ok(ShardPage { entries, frontier })
     }
 

@@ -449,6 +449,10 @@ fn write_answer(shard: u32, outcome: WriteOutcome) -> ResponseBody {
             ErrorCode::TryAgain,
             format!("the key's slot is moving away from shard {shard}; retry shortly"),
         ),
+        WriteOutcome::VersionsExhausted => error(
+            ErrorCode::Storage,
+            format!("shard {shard} has used every version number; nothing was written"),
+        ),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use bytes::Bytes;
 
 use super::{
-    collect_page, scan_range, Entry, Keyspace, ScanPage, Storage, StorageError, Versioned,
+    collect_page, scan_range, Keyspace, ScanBounds, ScanPage, Storage, StorageError, Versioned,
 };
 
 /// A [`Storage`] that keeps everything in memory and loses it on drop.
@@ -64,24 +64,27 @@ impl Keyspace for MemoryKeyspace {
         Ok(self.read().map.get(key).cloned())
     }
 
-    fn scan(
+    fn scan_within(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
-        limit: usize,
+        bounds: &ScanBounds<'_>,
     ) -> Result<ScanPage, StorageError> {
         let Some(range) = scan_range(prefix, after) else {
             return Ok(ScanPage::default());
         };
         let inner = self.read();
-        let iter = inner.map.range(range).map(|(key, v)| {
-            Ok(Entry {
-                key: Bytes::copy_from_slice(key),
+        let iter = inner.map.range(range).map(Ok);
+        collect_page(iter, bounds, |_, v: &Versioned, keys_only| {
+            Ok(Versioned {
                 version: v.version,
-                value: v.value.clone(),
+                value: if keys_only {
+                    Bytes::new()
+                } else {
+                    v.value.clone()
+                },
             })
-        });
-        collect_page(iter, limit)
+        })
     }
 
     fn put(&self, key: &[u8], version: u64, value: &[u8]) -> Result<(), StorageError> {

@@ -60,9 +60,46 @@ pub struct Entry {
 pub struct ScanPage {
     /// Matching entries in ascending byte order of their keys.
     pub entries: Vec<Entry>,
-    /// Whether further keys with the prefix exist after the last entry (or after `after` when
-    /// the page is empty): pass the last key as `after` to continue.
+    /// Whether further keys with the prefix exist after the last key looked at (or after
+    /// `after` when none was): pass [`ScanPage::last`] as `after` to continue.
     pub more: bool,
+    /// The last key looked at, returned or not (see [`ScanBounds::keep`]).
+    pub last: Option<Bytes>,
+}
+
+/// What one scan page may cost.
+pub struct ScanBounds<'a> {
+    /// Keys looked at, whether kept or not.
+    pub keys: usize,
+    /// Bytes of keys and values loaded (the first entry is always loaded).
+    pub bytes: usize,
+    /// Load only the keys (values empty).
+    pub keys_only: bool,
+    /// Which keys the caller may see: others are skipped before their value is decoded or
+    /// copied.
+    pub keep: &'a dyn Fn(&[u8]) -> bool,
+}
+
+impl ScanBounds<'static> {
+    /// Up to `limit` entries, no byte budget, every key kept.
+    pub fn entries(limit: usize) -> ScanBounds<'static> {
+        ScanBounds {
+            keys: limit,
+            bytes: usize::MAX,
+            keys_only: false,
+            keep: &|_| true,
+        }
+    }
+}
+
+impl std::fmt::Debug for ScanBounds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanBounds")
+            .field("keys", &self.keys)
+            .field("bytes", &self.bytes)
+            .field("keys_only", &self.keys_only)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A storage engine: named keyspaces that share one durability domain.
@@ -92,6 +129,19 @@ pub trait Keyspace: Send + Sync + std::fmt::Debug + 'static {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
+    ) -> Result<ScanPage, StorageError> {
+        self.scan_within(prefix, after, &ScanBounds::entries(limit))
+    }
+
+    /// A scan page under `bounds`: at most `bounds.keys` keys looked at, values loaded only
+    /// for keys `bounds.keep` accepts, and no more values once `bounds.bytes` of keys and
+    /// values are loaded (at least one entry always, or a page of one huge value could never
+    /// advance). What a request may cost is decided here, before anything is copied.
+    fn scan_within(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        bounds: &ScanBounds<'_>,
     ) -> Result<ScanPage, StorageError>;
 
     /// Store `value` under `key` with exactly `version`, replacing whatever is there, and raise
@@ -224,23 +274,47 @@ fn scan_range(prefix: &[u8], after: Option<&[u8]>) -> Option<KeyRange> {
     Some((start, end))
 }
 
-/// Builds a page from an ordered iterator of matching entries: take `limit` of them and peek
-/// one more to learn whether the page is the last.
-fn collect_page<I>(iter: I, limit: usize) -> Result<ScanPage, StorageError>
+/// Builds a page from an ordered iterator of `(key, raw record)` under `bounds`: `decode`
+/// runs only for keys the bounds keep and while the byte budget lasts, and one key past the
+/// page is peeked to learn whether it is the last.
+fn collect_page<K, R, I, D>(
+    iter: I,
+    bounds: &ScanBounds<'_>,
+    decode: D,
+) -> Result<ScanPage, StorageError>
 where
-    I: Iterator<Item = Result<Entry, StorageError>>,
+    K: AsRef<[u8]>,
+    I: Iterator<Item = Result<(K, R), StorageError>>,
+    D: Fn(&[u8], R, bool) -> Result<Versioned, StorageError>,
 {
     let mut entries = Vec::new();
     let mut more = false;
-    for item in iter {
-        let entry = item?;
-        if entries.len() == limit {
+    let mut last: Option<Bytes> = None;
+    let mut loaded = 0usize;
+    for (looked, item) in iter.enumerate() {
+        let (key, raw) = item?;
+        let key = key.as_ref();
+        if looked == bounds.keys || (!entries.is_empty() && loaded >= bounds.bytes) {
             more = true;
             break;
         }
-        entries.push(entry);
+        let key = Bytes::copy_from_slice(key);
+        if (bounds.keep)(&key) {
+            let Versioned { version, value } = decode(&key, raw, bounds.keys_only)?;
+            loaded = loaded.saturating_add(key.len() + value.len());
+            entries.push(Entry {
+                key: key.clone(),
+                version,
+                value,
+            });
+        }
+        last = Some(key);
     }
-    Ok(ScanPage { entries, more })
+    Ok(ScanPage {
+        entries,
+        more,
+        last,
+    })
 }
 
 /// The behaviour every engine must share, run against each engine by `engine_suite!`.
@@ -308,6 +382,74 @@ mod suite {
         assert_eq!(again.applied(), 1);
         assert!(one.delete(b"k", 2).unwrap());
         assert_eq!(again.get(b"k").unwrap(), None);
+    }
+
+    pub(super) fn scan_within_loads_under_its_bounds(s: &dyn Storage) {
+        let ks = s.keyspace("bounded").unwrap();
+        let big = vec![b'v'; 1000];
+        for (i, key) in [b"a", b"b", b"c", b"d", b"e"].iter().enumerate() {
+            ks.put(*key, i as u64 + 1, &big).unwrap();
+        }
+        // A budget below one value: one entry, and the page says more follow.
+        let one = ks
+            .scan_within(
+                b"",
+                None,
+                &ScanBounds {
+                    bytes: 10,
+                    ..ScanBounds::entries(100)
+                },
+            )
+            .unwrap();
+        assert_eq!(keys(&one), vec![b"a".to_vec()]);
+        assert!(one.more);
+        assert_eq!(one.last.as_deref(), Some(&b"a"[..]));
+        // Two values' worth: two entries.
+        let two = ks
+            .scan_within(
+                b"",
+                None,
+                &ScanBounds {
+                    bytes: 2002,
+                    ..ScanBounds::entries(100)
+                },
+            )
+            .unwrap();
+        assert_eq!(keys(&two), vec![b"a".to_vec(), b"b".to_vec()]);
+        // Keys not kept are looked at (and counted against `keys`) but never returned; the
+        // page's last key is the last one looked at.
+        let keep = |k: &[u8]| k != b"b" && k != b"c";
+        let kept = ks
+            .scan_within(
+                b"",
+                None,
+                &ScanBounds {
+                    keys: 3,
+                    bytes: usize::MAX,
+                    keys_only: false,
+                    keep: &keep,
+                },
+            )
+            .unwrap();
+        assert_eq!(keys(&kept), vec![b"a".to_vec()]);
+        assert!(kept.more);
+        assert_eq!(kept.last.as_deref(), Some(&b"c"[..]));
+        // Keys only: no values copied.
+        let bare = ks
+            .scan_within(
+                b"",
+                None,
+                &ScanBounds {
+                    keys_only: true,
+                    ..ScanBounds::entries(100)
+                },
+            )
+            .unwrap();
+        assert_eq!(bare.entries.len(), 5);
+        assert!(bare
+            .entries
+            .iter()
+            .all(|e| e.value.is_empty() && e.version > 0));
     }
 
     pub(super) fn scan_prefix_order_limit_after(s: &dyn Storage) {
@@ -489,6 +631,12 @@ macro_rules! engine_suite {
             fn keyspaces_are_independent() {
                 let (_guard, s) = $make;
                 suite::keyspaces_are_independent(&*s);
+            }
+
+            #[test]
+            fn scan_within_loads_under_its_bounds() {
+                let (_guard, s) = $make;
+                suite::scan_within_loads_under_its_bounds(&*s);
             }
 
             #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 
-use super::{Keyspace, ScanPage, Storage, StorageError, Versioned};
+use super::{Keyspace, ScanBounds, ScanPage, Storage, StorageError, Versioned};
 
 /// Writes are acknowledged and dropped; reads return the last value written.
 #[derive(Debug, Default)]
@@ -46,11 +46,11 @@ impl Keyspace for NullKeyspace {
         Ok(last.clone().map(|value| Versioned { version: 1, value }))
     }
 
-    fn scan(
+    fn scan_within(
         &self,
         _prefix: &[u8],
         _after: Option<&[u8]>,
-        _limit: usize,
+        _bounds: &ScanBounds<'_>,
     ) -> Result<ScanPage, StorageError> {
         Ok(ScanPage::default())
     }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    collect_page, scan_range, Entry, Keyspace, ScanPage, Storage, StorageError, Versioned,
+    collect_page, scan_range, Keyspace, ScanBounds, ScanPage, Storage, StorageError, Versioned,
 };
 
 /// Length of the version header in front of every stored value.
@@ -148,25 +148,24 @@ impl Keyspace for SledKeyspace {
         }
     }
 
-    fn scan(
+    fn scan_within(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
-        limit: usize,
+        bounds: &ScanBounds<'_>,
     ) -> Result<ScanPage, StorageError> {
         let Some(range) = scan_range(prefix, after) else {
             return Ok(ScanPage::default());
         };
-        let iter = self.tree.range(range).map(|item| {
-            let (key, record) = item.map_err(sled_error("scan"))?;
-            let Versioned { version, value } = decode(&key, &record)?;
-            Ok(Entry {
-                key: Bytes::copy_from_slice(&key),
-                version,
-                value,
-            })
-        });
-        collect_page(iter, limit)
+        let iter = self
+            .tree
+            .range(range)
+            .map(|item| item.map_err(sled_error("scan")));
+        collect_page(iter, bounds, |key, record, keys_only| {
+            let Versioned { version, value } = decode(key, &record)?;
+            let value = if keys_only { Bytes::new() } else { value };
+            Ok(Versioned { version, value })
+        })
     }
 
     fn put(&self, key: &[u8], version: u64, value: &[u8]) -> Result<(), StorageError> {

@@ -15,7 +15,13 @@ use skv_tests::{code, skv, strs, Node};
 
 fn plaintext_node(extra: &[&str]) -> anyhow::Result<(tempfile::TempDir, Node)> {
     let dir = tempfile::tempdir()?;
-    let mut args = strs(&["--insecure-plaintext", "--engine", "memory"]);
+    let mut args = strs(&[
+        "--insecure-plaintext",
+        "--engine",
+        "memory",
+        "--auth",
+        "off",
+    ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let node = Node::start(&args, &dir.path().join("node.log"))?;
     Ok((dir, node))

@@ -117,6 +117,8 @@ fn the_client_refuses_a_node_it_cannot_trust() -> anyhow::Result<()> {
         &cert.display().to_string(),
         "--key",
         &key.display().to_string(),
+        "--auth",
+        "off",
     ]);
     let node = Node::start(&args, &pki.dir().join("node.log"))?;
     let out = skv(&with(pki.alice_args(&node.addr), &["ping"]), None)?;
@@ -169,7 +171,13 @@ fn plaintext_and_tls_mismatches_fail_cleanly() -> anyhow::Result<()> {
 
     let plain_dir = tempfile::tempdir()?;
     let plain = Node::start(
-        &strs(&["--insecure-plaintext", "--engine", "memory"]),
+        &strs(&[
+            "--insecure-plaintext",
+            "--engine",
+            "memory",
+            "--auth",
+            "off",
+        ]),
         &plain_dir.path().join("node.log"),
     )?;
     let out = skv(

@@ -181,7 +181,8 @@ impl Case {
             args.extend(["--durability".into(), "sync".into()]);
         }
         if self.rung == Rung::L0 {
-            args.push("--insecure-plaintext".into());
+            // Rungs without tokens say so: a node refuses to start without a keyset otherwise.
+            args.extend(["--insecure-plaintext".into(), "--auth".into(), "off".into()]);
             return Ok(args);
         }
         let pki = creds.pki(self.key_type)?;
@@ -209,6 +210,8 @@ impl Case {
                 ]),
                 _ => args.extend(["--auth".into(), "per-request".into()]),
             }
+        } else {
+            args.extend(["--auth".into(), "off".into()]);
         }
         Ok(args)
     }
