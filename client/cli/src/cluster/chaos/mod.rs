@@ -659,13 +659,17 @@ fn chart_svg(
             errors,
         })
         .collect();
+    // A long run has too many events to label: its chart keeps the lines and the shading,
+    // and the report lists what each one was.
+    let labelled = events.len() <= 12;
+    let label = |text: String| if labelled { text } else { String::new() };
     let mut markers = Vec::new();
     for e in events {
         markers.push(skv_load::Marker {
             at_second: e.injected_s,
-            label: e.kind.clone(),
+            label: label(e.kind.clone()),
         });
-        if let Some(healed) = e.healed_s {
+        if let (Some(healed), true) = (e.healed_s, labelled) {
             markers.push(skv_load::Marker {
                 at_second: healed,
                 label: "heal".into(),
@@ -677,15 +681,18 @@ fn chart_svg(
         .map(|w| skv_load::Span {
             from_second: w.from_s,
             to_second: w.to_s,
-            label: format!("shard {}", w.shard),
+            label: label(format!("shard {}", w.shard)),
         })
         .collect();
-    skv_load::throughput_chart_svg(
-        "skv cluster chaos: operations per second",
-        &samples,
-        &markers,
-        &spans,
-    )
+    let title = if labelled {
+        "skv cluster chaos: operations per second".to_owned()
+    } else {
+        format!(
+            "skv cluster chaos: operations per second ({} faults, each a line; shaded: a shard unavailable)",
+            events.len()
+        )
+    };
+    skv_load::throughput_chart_svg(&title, &samples, &markers, &spans)
 }
 
 /// The human report.
