@@ -340,3 +340,55 @@ pub fn check_status_table(text: &str, nodes: usize) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A TLS node with a token keyset and an audit log, and the issuer directory beside it (in
+/// the PKI's temporary directory): the setup of every test of the token checkpoint.
+#[derive(Debug)]
+pub struct Secured {
+    /// The node's and the clients' PKI.
+    pub pki: Pki,
+    /// The issuer directory (`issuer-key.pem`, `keyset.json`).
+    pub keys: PathBuf,
+    /// The node's audit log.
+    pub audit: PathBuf,
+    /// The running node.
+    pub node: Node,
+}
+
+impl Secured {
+    /// `skv keys init`, then a node with `--keyset`, `--audit-log` and `extra` flags.
+    pub fn start(extra: &[&str]) -> anyhow::Result<Secured> {
+        let pki = Pki::new()?;
+        let keys = pki.dir().join("keys");
+        let out = skv(
+            &strs(&["keys", "init", "--dir", &keys.display().to_string()]),
+            None,
+        )?;
+        anyhow::ensure!(code(&out) == 0, "keys init: {}", err_text(&out));
+        let audit = pki.dir().join("audit.log");
+        let keyset = keys.join("keyset.json").display().to_string();
+        let audit_arg = audit.display().to_string();
+        let mut flags = vec!["--keyset", &keyset, "--audit-log", &audit_arg];
+        flags.extend(extra);
+        let node = Node::start_tls(&pki, &pki.dir().join("data"), &flags)?;
+        Ok(Secured {
+            pki,
+            keys,
+            audit,
+            node,
+        })
+    }
+
+    /// `skv token issue --key <the issuer key> EXTRA...`: the token alone.
+    pub fn issue(&self, extra: &[&str]) -> anyhow::Result<String> {
+        let key = self.keys.join("issuer-key.pem").display().to_string();
+        let out = skv(&with(strs(&["token", "issue", "--key", &key]), extra), None)?;
+        anyhow::ensure!(code(&out) == 0, "token issue: {}", err_text(&out));
+        let token = String::from_utf8(out.stdout)?.trim().to_owned();
+        anyhow::ensure!(
+            token.split('.').count() == 3,
+            "token issue printed more than a JWS compact token: {token:?}"
+        );
+        Ok(token)
+    }
+}

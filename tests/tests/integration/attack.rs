@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use skv_certs::{LeafKind, LeafSpec};
 use skv_client::{ConnectOptions, Connection, Security};
-use skv_tests::{code, err_text, skv, strs, Node, Pki};
+use skv_tests::{Node, Pki, Secured};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpSocket;
 
@@ -132,50 +132,19 @@ fn an_idle_socket_flood_from_one_source_does_not_lock_out_clients() -> anyhow::R
     Ok(())
 }
 
-/// A node with a keyset (per-request tokens) and an audit log, and the issuer beside it.
-struct Secured {
-    pki: Pki,
-    keys: PathBuf,
-    audit: PathBuf,
-    node: Node,
+/// What these tests do with a [`Secured`] node beyond starting it.
+trait AttackTests {
+    /// A token for `sub` granting `allow`, valid for 10 minutes.
+    fn token(&self, sub: &str, allow: &str) -> anyhow::Result<String>;
+    /// Connection options for a second client, `bob`, with his own certificate.
+    fn bob(&self) -> anyhow::Result<ConnectOptions>;
 }
 
-impl Secured {
-    fn start(extra: &[&str]) -> anyhow::Result<Secured> {
-        let pki = Pki::new()?;
-        let keys = pki.dir().join("keys");
-        let out = skv(
-            &strs(&["keys", "init", "--dir", &keys.display().to_string()]),
-            None,
-        )?;
-        assert_eq!(code(&out), 0, "keys init: {}", err_text(&out));
-        let audit = pki.dir().join("audit.log");
-        let keyset = keys.join("keyset.json").display().to_string();
-        let audit_arg = audit.display().to_string();
-        let mut flags = vec!["--keyset", &keyset, "--audit-log", &audit_arg];
-        flags.extend(extra);
-        let node = Node::start_tls(&pki, &pki.dir().join("data"), &flags)?;
-        Ok(Secured {
-            pki,
-            keys,
-            audit,
-            node,
-        })
-    }
-
+impl AttackTests for Secured {
     fn token(&self, sub: &str, allow: &str) -> anyhow::Result<String> {
-        let key = self.keys.join("issuer-key.pem").display().to_string();
-        let out = skv(
-            &strs(&[
-                "token", "issue", "--key", &key, "--sub", sub, "--allow", allow, "--ttl", "10m",
-            ]),
-            None,
-        )?;
-        assert_eq!(code(&out), 0, "token issue: {}", err_text(&out));
-        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+        self.issue(&["--sub", sub, "--allow", allow, "--ttl", "10m"])
     }
 
-    /// Connection options for a second client, `bob`, with his own certificate.
     fn bob(&self) -> anyhow::Result<ConnectOptions> {
         let (cert, key) = self
             .pki

@@ -2,7 +2,6 @@
 //! hostile token the issue lists, scopes, per-connection expiry, rotation with hot reload, and
 //! the audit log.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -10,58 +9,21 @@ use skv_certs::LeafSpec;
 use skv_client::{ClientError, Connection};
 use skv_proto::{ControlRequest, ErrorCode};
 use skv_tests::jwt;
-use skv_tests::{code, err_text, skv, strs, with, Node, Pki};
+use skv_tests::{code, err_text, skv, strs, with, Node, Secured};
 
-/// A node with a keyset and an audit log, and the issuer directory beside it.
-struct Secured {
-    pki: Pki,
-    keys: PathBuf,
-    audit: PathBuf,
-    node: Node,
+/// What these tests do with a [`Secured`] node beyond starting it.
+trait AuthTests {
+    /// Run `skv` as alice with `token`.
+    fn run(&self, token: &str, cmd: &[&str]) -> anyhow::Result<std::process::Output>;
+    /// The kid of the keyset's first key.
+    fn kid(&self) -> anyhow::Result<String>;
+    /// The issuer's private key, PEM.
+    fn issuer_pem(&self) -> anyhow::Result<String>;
+    /// The audit log's lines, once the (asynchronous) writer has written some.
+    fn audit_lines(&self) -> Vec<Value>;
 }
 
-impl Secured {
-    fn start(extra: &[&str]) -> anyhow::Result<Secured> {
-        let pki = Pki::new()?;
-        let keys = pki.dir().join("keys");
-        let out = skv(
-            &strs(&["keys", "init", "--dir", &keys.display().to_string()]),
-            None,
-        )?;
-        assert_eq!(code(&out), 0, "keys init: {}", err_text(&out));
-        let audit = pki.dir().join("audit.log");
-        let mut flags = vec![
-            "--keyset".to_owned(),
-            keys.join("keyset.json").display().to_string(),
-            "--audit-log".to_owned(),
-            audit.display().to_string(),
-        ];
-        flags.extend(extra.iter().map(|s| s.to_string()));
-        let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let node = Node::start_tls(&pki, &pki.dir().join("data"), &flag_refs)?;
-        Ok(Secured {
-            pki,
-            keys,
-            audit,
-            node,
-        })
-    }
-
-    /// `skv token issue` with the current issuer key.
-    fn issue(&self, extra: &[&str]) -> anyhow::Result<String> {
-        let key = self.keys.join("issuer-key.pem").display().to_string();
-        let out = skv(&with(strs(&["token", "issue", "--key", &key]), extra), None)?;
-        assert_eq!(code(&out), 0, "token issue: {}", err_text(&out));
-        let token = String::from_utf8(out.stdout)?.trim().to_owned();
-        assert_eq!(
-            token.split('.').count(),
-            3,
-            "a JWS compact token alone on stdout"
-        );
-        Ok(token)
-    }
-
-    /// Run `skv` as alice with `token`.
+impl AuthTests for Secured {
     fn run(&self, token: &str, cmd: &[&str]) -> anyhow::Result<std::process::Output> {
         skv(
             &with(
