@@ -38,6 +38,8 @@ const MARKER: &str = "chaos.json";
 /// How long the cluster has to recover (every node up, every key readable) after the
 /// final heal.
 const RECOVERY: Duration = Duration::from_secs(60);
+/// The most nodes a chaos cluster has (each gets its own loopback address, 127.0.0.11 on).
+const MAX_NODES: u16 = 32;
 /// How long to wait for every shard to elect its first leader.
 const FIRST_LEADERS: Duration = Duration::from_secs(30);
 
@@ -124,6 +126,12 @@ struct Percentiles {
 
 pub(super) fn run(args: ClusterChaosArgs, json: bool) -> Result<u8> {
     let kinds = faults::parse_list(&args.faults).map_err(Failure::usage)?;
+    if args.nodes > MAX_NODES {
+        return Err(Failure::usage(format!(
+            "--nodes {}: a chaos cluster runs on this machine, with at most {MAX_NODES} nodes",
+            args.nodes
+        )));
+    }
     if args.nodes < 3 {
         return Err(Failure::usage(
             "--nodes must be at least 3: with fewer, no shard survives the loss of a replica",
@@ -215,7 +223,7 @@ pub(super) fn run(args: ClusterChaosArgs, json: bool) -> Result<u8> {
 fn listen_ip(i: u16) -> Ipv4Addr {
     // 127.0.0.11, .12, …: every node its own loopback address, so the proxy can tell them
     // apart by source (Linux routes all of 127/8 to lo).
-    Ipv4Addr::new(127, 0, 0, 10 + i as u8)
+    Ipv4Addr::new(127, 0, 0, 10 + u8::try_from(i).unwrap_or(u8::MAX - 10))
 }
 
 /// A chaos cluster written and ready to start: its directory, the proxy's routes (ports
@@ -253,7 +261,7 @@ fn prepare(root: &Path, settings: &Settings, disk: bool) -> Result<Prepared> {
                 root.display()
             )));
         }
-        for n in 1..=settings.nodes.max(16) {
+        for n in 1..=MAX_NODES {
             unmount_small_disk(&dir, &format!("n{n}"));
         }
         for entry in entries {
