@@ -180,9 +180,12 @@ fn token_less_connections_of_one_certificate_do_not_lock_out_another() -> anyhow
             match attempt.await {
                 Ok(Ok(conn)) => held.push(conn),
                 // Refused at HELLO: the node answers why and closes, and the client may see
-                // the close before the answer.
+                // the close before the answer. On a slow machine many of the 1100 are still
+                // half-open when the node-wide cap is reached, and the oldest of those are
+                // evicted ("the node is full"): the flood's own connections, which is the point.
                 Ok(Err(err))
                     if err.to_string().contains("maximum of connections")
+                        || err.to_string().contains("the node is full")
                         || err.to_string().contains(" lost: ") =>
                 {
                     refused += 1
@@ -200,7 +203,13 @@ fn token_less_connections_of_one_certificate_do_not_lock_out_another() -> anyhow
         other.len()
     );
     assert!(other.is_empty(), "{other:?}");
-    assert_eq!(held.len(), 256, "the default per-identity cap");
+    // At most the default per-identity cap; fewer when some of the flood's own half-open
+    // connections were evicted before their HELLO.
+    assert!(
+        (1..=256).contains(&held.len()),
+        "{} held past the per-identity cap of 256",
+        held.len()
+    );
     // Every held connection is alive: pings need no token.
     rt.block_on(async {
         for conn in held.iter().take(5) {
