@@ -108,7 +108,7 @@ struct Shard {
 impl Shard {
     fn open(path: &Path) -> Shard {
         let db = open_db(path);
-        let (log, sm, reader) = open_shard(&db, 1, Flusher::new(db.clone())).unwrap();
+        let (log, sm, reader) = open_shard(&db, 1, Flusher::new(db.clone()), None).unwrap();
         let next = reader.last_applied_index() + 1;
         Shard {
             db,
@@ -175,7 +175,7 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, (TempDir, sled::Db)> 
     ) -> Result<((TempDir, sled::Db), LogStore, ShardStateMachine), StoreError> {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path());
-        let (log, sm, _reader) = open_shard(&db, 7, Flusher::new(db.clone()))?;
+        let (log, sm, _reader) = open_shard(&db, 7, Flusher::new(db.clone()), None)?;
         Ok(((dir, db), log, sm))
     }
 }
@@ -846,8 +846,8 @@ async fn destroy_shard_drops_every_tree_of_the_group() {
     let db = open_db(dir.path());
     {
         let flusher = Flusher::new(db.clone());
-        let (mut log, mut sm, _r) = open_shard(&db, 4, flusher.clone()).unwrap();
-        let (_l2, _s2, _r2) = open_shard(&db, 44, flusher).unwrap();
+        let (mut log, mut sm, _r) = open_shard(&db, 4, flusher.clone(), None).unwrap();
+        let (_l2, _s2, _r2) = open_shard(&db, 44, flusher, None).unwrap();
         log.save_vote(&Vote::new(1, 1)).await.unwrap();
         sm.apply(vec![ent(1, Proposal::Own { slots: all() })])
             .await
@@ -867,7 +867,7 @@ async fn destroy_shard_drops_every_tree_of_the_group() {
     );
     // Shard 44's trees are untouched.
     assert!(names.iter().any(|n| n == "sm/44"), "{names:?}");
-    let (_l, mut sm, _r) = open_shard(&db, 4, Flusher::new(db.clone())).unwrap();
+    let (_l, mut sm, _r) = open_shard(&db, 4, Flusher::new(db.clone()), None).unwrap();
     assert_eq!(sm.applied_state().await.unwrap().0, None);
 }
 
