@@ -137,7 +137,9 @@ impl RunningNode {
                 // Before sled creates its files: a fresh dir is told apart from a plaintext one
                 // by whether sled's files exist yet.
                 crypt = match MasterKey::from_flag_or_env(config.master_key.as_deref())? {
-                    Some(master) => Some(Arc::new(Crypt::open_or_create(&config.data_dir, &master)?)),
+                    Some(master) => {
+                        Some(Arc::new(Crypt::open_or_create(&config.data_dir, &master)?))
+                    }
                     None => {
                         Crypt::check_plaintext(&config.data_dir)?;
                         None
@@ -157,8 +159,15 @@ impl RunningNode {
             group_commit: group_commit.clone(),
             data_dir: (config.engine == Engine::Sled).then(|| config.data_dir.clone()),
         };
-        let cluster =
-            Arc::new(open_cluster(&config, local_addr, placement, sled_db.map(|db| (db, crypt))).await?);
+        let cluster = Arc::new(
+            open_cluster(
+                &config,
+                local_addr,
+                placement,
+                sled_db.map(|db| (db, crypt)),
+            )
+            .await?,
+        );
         let shutdown = CancellationToken::new();
         if let Some(checkpoint) = &checkpoint {
             checkpoint.clone().watch(shutdown.clone());

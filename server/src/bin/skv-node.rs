@@ -59,9 +59,8 @@ fn rekey(
     keep_old: bool,
 ) -> anyhow::Result<()> {
     use skv_server::storage::atrest::MasterKey;
-    let new = MasterKey::from_flag_or_env(master_key)?.context(
-        "rekey needs the master key: --master-key FILE or SKV_MASTER_KEY",
-    )?;
+    let new = MasterKey::from_flag_or_env(master_key)?
+        .context("rekey needs the master key: --master-key FILE or SKV_MASTER_KEY")?;
     let old = match old_master_key {
         Some(path) => Some(MasterKey::from_file(path).context("old master key")?),
         None => None,

@@ -35,9 +35,9 @@ use crate::raft::log::Flusher;
 use crate::raft::network::{Network, Peers};
 use crate::raft::rpc::RaftRegistry;
 use crate::raft::state::{open_meta, open_shard};
-use crate::storage::atrest::Crypt;
 use crate::raft::{Member, Outcome, Proposal, RaftGroup, META_GROUP};
 use crate::shard::replica::Replica;
+use crate::storage::atrest::Crypt;
 
 /// Most voters of the metadata group: five survive two failures; more only slows it down.
 const META_VOTERS: usize = 5;
@@ -401,17 +401,13 @@ impl Replication {
         shard: u32,
         replicas: &[String],
     ) -> Result<Arc<Replica>, ReplicationError> {
-        let (log, sm, reader) = open_shard(
-            &self.db,
-            shard,
-            self.flusher.clone(),
-            self.crypt.clone(),
-        ).map_err(|e| {
-            ReplicationError::Open {
-                group: shard,
-                reason: e.to_string(),
-            }
-        })?;
+        let (log, sm, reader) =
+            open_shard(&self.db, shard, self.flusher.clone(), self.crypt.clone()).map_err(|e| {
+                ReplicationError::Open {
+                    group: shard,
+                    reason: e.to_string(),
+                }
+            })?;
         let raft = openraft::Raft::new(
             self.raft_id,
             self.config.clone(),

@@ -449,7 +449,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for item in self.log.range((bound_key(start), bound_key(end))) {
             let (key, value) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            out.push(decode_entry(self.crypt.as_deref(), self.group, &key, &value)?);
+            out.push(decode_entry(
+                self.crypt.as_deref(),
+                self.group,
+                &key,
+                &value,
+            )?);
         }
         Ok(out)
     }
@@ -465,7 +470,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .last()
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         let last_log_id = match last {
-            Some((key, value)) => Some(decode_entry(self.crypt.as_deref(), self.group, &key, &value)?.log_id),
+            Some((key, value)) => {
+                Some(decode_entry(self.crypt.as_deref(), self.group, &key, &value)?.log_id)
+            }
             None => last_purged_log_id,
         };
         Ok(LogState {

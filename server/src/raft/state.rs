@@ -120,17 +120,32 @@ impl Seal {
     }
 
     /// The sealed form of `plain` for `ctx` (the plain bytes when encryption is off).
-    fn seal(&self, ctx: impl FnOnce(u32) -> Context<'static>, plain: Vec<u8>, subject: ErrorSubject<u64>) -> Result<Vec<u8>, StoreError> {
+    fn seal(
+        &self,
+        ctx: impl FnOnce(u32) -> Context<'static>,
+        plain: Vec<u8>,
+        subject: ErrorSubject<u64>,
+    ) -> Result<Vec<u8>, StoreError> {
         match &self.crypt {
             None => Ok(plain),
-            Some(c) => c.seal(&ctx(self.group), &plain).map_err(|e| at_rest_err(subject, ErrorVerb::Write, e)),
+            Some(c) => c
+                .seal(&ctx(self.group), &plain)
+                .map_err(|e| at_rest_err(subject, ErrorVerb::Write, e)),
         }
     }
 
-    fn open<'a>(&self, ctx: impl FnOnce(u32) -> Context<'static>, raw: &'a [u8], subject: ErrorSubject<u64>) -> Result<std::borrow::Cow<'a, [u8]>, StoreError> {
+    fn open<'a>(
+        &self,
+        ctx: impl FnOnce(u32) -> Context<'static>,
+        raw: &'a [u8],
+        subject: ErrorSubject<u64>,
+    ) -> Result<std::borrow::Cow<'a, [u8]>, StoreError> {
         match &self.crypt {
             None => Ok(std::borrow::Cow::Borrowed(raw)),
-            Some(c) => c.open(&ctx(self.group), raw).map(std::borrow::Cow::Owned).map_err(|e| at_rest_err(subject, ErrorVerb::Read, e)),
+            Some(c) => c
+                .open(&ctx(self.group), raw)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| at_rest_err(subject, ErrorVerb::Read, e)),
         }
     }
 
@@ -144,7 +159,11 @@ impl Seal {
             None => record.extend_from_slice(value),
             Some(c) => c
                 .seal_into(
-                    &Context::Record { group: self.group, key, version },
+                    &Context::Record {
+                        group: self.group,
+                        key,
+                        version,
+                    },
                     value,
                     &mut record,
                 )
@@ -159,7 +178,14 @@ impl Seal {
         match &self.crypt {
             None => Ok((version, Bytes::copy_from_slice(value))),
             Some(c) => c
-                .open(&Context::Record { group: self.group, key, version }, value)
+                .open(
+                    &Context::Record {
+                        group: self.group,
+                        key,
+                        version,
+                    },
+                    value,
+                )
                 .map(|v| (version, Bytes::from(v)))
                 .map_err(|e| at_rest_err(ErrorSubject::StateMachine, ErrorVerb::Read, e)),
         }
@@ -298,7 +324,10 @@ fn store_snapshot_if_newer(
     tx_result(result, subject(), ErrorVerb::Write)
 }
 
-fn read_snapshot(tree: &sled::Tree, seal: &Seal) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+fn read_snapshot(
+    tree: &sled::Tree,
+    seal: &Seal,
+) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
     let Some(raw) = tree
         .get(SNAPSHOT_KEY)
         .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
@@ -1349,9 +1378,7 @@ impl ShardReader {
             .get(key)
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
         {
-            Some(record) => {
-                Ok(Some(self.shared.seal.decode_record(key, &record)?))
-            }
+            Some(record) => Ok(Some(self.shared.seal.decode_record(key, &record)?)),
             None => Ok(None),
         }
     }

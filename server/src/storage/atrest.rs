@@ -207,7 +207,11 @@ impl MasterKey {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path).map_err(read_err)?.permissions().mode() & 0o777;
+            let mode = std::fs::metadata(path)
+                .map_err(read_err)?
+                .permissions()
+                .mode()
+                & 0o777;
             if mode & 0o077 != 0 {
                 return Err(AtRestError::MasterKeyMode {
                     path: path.to_path_buf(),
@@ -389,7 +393,11 @@ impl Crypt {
     /// Adds a fresh data key and makes it current (new seals use it; old ones stay
     /// readable). Returns its id.
     pub fn rotate(&mut self) -> Result<u32, AtRestError> {
-        let id = self.keys.keys().next_back().map_or(1, |m| m.saturating_add(1));
+        let id = self
+            .keys
+            .keys()
+            .next_back()
+            .map_or(1, |m| m.saturating_add(1));
         self.add_key(id)?;
         self.current = id;
         Ok(id)
@@ -645,7 +653,11 @@ mod tests {
         assert_eq!(Crypt::key_id_of(&env).unwrap(), 1);
         assert!(!env.windows(6).any(|w| w == b"canary"));
         assert_eq!(c.open(&ctx(b"k"), &env).unwrap(), b"canary value");
-        assert_eq!(c.open(&ctx(b"k"), &c.seal(&ctx(b"k"), b"").unwrap()).unwrap(), b"");
+        assert_eq!(
+            c.open(&ctx(b"k"), &c.seal(&ctx(b"k"), b"").unwrap())
+                .unwrap(),
+            b""
+        );
         // Two seals of the same value differ (fresh nonces).
         assert_ne!(env, c.seal(&ctx(b"k"), b"canary value").unwrap());
     }
@@ -679,7 +691,10 @@ mod tests {
         c.rotate().unwrap();
         let mut bad = env.clone();
         bad[1..5].copy_from_slice(&2u32.to_be_bytes());
-        assert!(matches!(c.open(&ctx(b"k"), &bad), Err(AtRestError::Decrypt)));
+        assert!(matches!(
+            c.open(&ctx(b"k"), &bad),
+            Err(AtRestError::Decrypt)
+        ));
         assert_eq!(c.open(&ctx(b"k"), &env).unwrap(), b"v");
     }
 
@@ -778,7 +793,10 @@ mod tests {
         std::fs::write(&path, format!("{hex}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = MasterKey::from_file(&path).unwrap_err();
-        assert!(matches!(err, AtRestError::MasterKeyMode { mode: 0o644, .. }));
+        assert!(matches!(
+            err,
+            AtRestError::MasterKeyMode { mode: 0o644, .. }
+        ));
         assert!(err.to_string().contains("chmod 600"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let k = MasterKey::from_file(&path).unwrap();
@@ -788,7 +806,10 @@ mod tests {
         std::fs::write(&path, "abcd").unwrap();
         let err = MasterKey::from_file(&path).unwrap_err();
         assert!(matches!(err, AtRestError::MasterKeyFormat { .. }));
-        assert!(!format!("{k:?}").contains("ab"), "Debug never shows key bytes");
+        assert!(
+            !format!("{k:?}").contains("ab"),
+            "Debug never shows key bytes"
+        );
         assert!(MasterKey::from_hex(&"zz".repeat(32), "env".into()).is_err());
     }
 }
