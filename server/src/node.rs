@@ -126,6 +126,16 @@ impl RunningNode {
         let mut sled_db = None;
         let mut crypt = None;
         let storage: Arc<dyn Storage> = match config.engine {
+            Engine::Memory | Engine::Null if config.master_key.is_some() => {
+                tracing::warn!(
+                    "--master-key has no effect with the {:?} engine: it keeps nothing on disk",
+                    config.engine
+                );
+                match config.engine {
+                    Engine::Memory => Arc::new(MemoryStorage::new()),
+                    _ => Arc::new(NullStorage::new()),
+                }
+            }
             Engine::Memory => Arc::new(MemoryStorage::new()),
             Engine::Null => Arc::new(NullStorage::new()),
             Engine::Sled => {

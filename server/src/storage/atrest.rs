@@ -269,7 +269,7 @@ fn aead_key(bytes: &[u8; KEY_LEN]) -> LessSafeKey {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
