@@ -392,6 +392,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn l6_is_l5_plus_a_private_random_master_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let creds = Credentials::create(
+            dir.path(),
+            &[skv_certs::KeyType::P256],
+            &[skv_certs::issuer::Alg::EdDSA],
+            std::time::Duration::from_secs(600),
+            1,
+        )
+        .unwrap();
+        let l5 = Case::new(Rung::L5, "", 1)
+            .node_args(&creds, &dir.path().join("d5"), "n1")
+            .unwrap();
+        let args = |d: &str| {
+            Case::new(Rung::L6, "", 1)
+                .node_args(&creds, &dir.path().join(d), "n1")
+                .unwrap()
+        };
+        let l6 = args("d6");
+        let at = l6.iter().position(|a| a == "--master-key").expect("L6 has a key");
+        let mut rest = l6.clone();
+        rest.drain(at..at + 2);
+        assert_eq!(rest.len(), l5.len(), "L6 = L5 + --master-key");
+        let key = std::path::PathBuf::from(&l6[at + 1]);
+        let meta = std::fs::metadata(&key).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let hex = std::fs::read_to_string(&key).unwrap();
+        assert_eq!(hex.len(), 64);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        // A fresh key per node.
+        let other = args("d6b");
+        let other_key = &other[other.iter().position(|a| a == "--master-key").unwrap() + 1];
+        assert_ne!(std::fs::read_to_string(other_key).unwrap(), hex);
+    }
+
+    #[test]
     fn the_main_ladder_comes_first_and_is_complete() {
         let cases = all();
         let main: Vec<_> = cases.iter().take_while(|c| c.variant.is_empty()).collect();
