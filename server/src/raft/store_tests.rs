@@ -167,7 +167,10 @@ fn written(version: u64) -> WriteOutcome {
 // openraft's suite
 // ---------------------------------------------------------------------------------------------
 
-struct ShardBuilder;
+/// Builds shard stores, sealed with encryption at rest when `encrypted`.
+struct ShardBuilder {
+    encrypted: bool,
+}
 
 impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, (TempDir, sled::Db)> for ShardBuilder {
     async fn build(
@@ -175,14 +178,23 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, (TempDir, sled::Db)> 
     ) -> Result<((TempDir, sled::Db), LogStore, ShardStateMachine), StoreError> {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path());
-        let (log, sm, _reader) = open_shard(&db, 7, Flusher::new(db.clone()), None)?;
+        let crypt = self
+            .encrypted
+            .then(|| std::sync::Arc::new(crate::storage::atrest::Crypt::ephemeral()));
+        let (log, sm, _reader) = open_shard(&db, 7, Flusher::new(db.clone()), crypt)?;
         Ok(((dir, db), log, sm))
     }
 }
 
 #[test]
 fn openraft_suite_shard() {
-    Suite::test_all(ShardBuilder).unwrap();
+    Suite::test_all(ShardBuilder { encrypted: false }).unwrap();
+}
+
+/// The same suite with every log entry, record and snapshot sealed (encryption at rest).
+#[test]
+fn openraft_suite_shard_encrypted_at_rest() {
+    Suite::test_all(ShardBuilder { encrypted: true }).unwrap();
 }
 
 /// A trivial machine: counts the commands and remembers the last.

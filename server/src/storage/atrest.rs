@@ -372,6 +372,12 @@ impl Crypt {
         self.keys.keys().copied().collect()
     }
 
+    /// A keyring with one fresh key and no file (tests of the sealed stores).
+    #[cfg(test)]
+    pub(crate) fn ephemeral() -> Crypt {
+        Crypt::generate(1).expect("system random")
+    }
+
     /// A keyring with one fresh key, `id`.
     fn generate(id: u32) -> Result<Crypt, AtRestError> {
         let mut c = Crypt {

@@ -412,7 +412,10 @@ mod tests {
                 .unwrap()
         };
         let l6 = args("d6");
-        let at = l6.iter().position(|a| a == "--master-key").expect("L6 has a key");
+        let at = l6
+            .iter()
+            .position(|a| a == "--master-key")
+            .expect("L6 has a key");
         let mut rest = l6.clone();
         rest.drain(at..at + 2);
         assert_eq!(rest.len(), l5.len(), "L6 = L5 + --master-key");
