@@ -601,7 +601,10 @@ impl Crypt {
             current: self.current,
             keys,
         };
-        let text = serde_json::to_string_pretty(&file).unwrap_or_default();
+        let text = serde_json::to_string_pretty(&file).map_err(|e| AtRestError::Keyring {
+            path: path.clone(),
+            reason: format!("cannot encode: {e}"),
+        })?;
         let tmp = data_dir.join(format!("{KEYRING_FILE}.tmp"));
         let write_err = |source| AtRestError::WriteKeyring {
             path: path.clone(),
