@@ -266,6 +266,12 @@ pub struct FileConfig {
     /// (and at most 1000) entries behind the last snapshot [default: 20000].
     #[arg(long = "snapshot-every", value_name = "ENTRIES")]
     pub snapshot_every: Option<u64>,
+    /// Encrypt values at rest (AES-256-GCM) under the 32-byte master key in FILE: 64 hex
+    /// characters or 32 raw bytes, mode 0600 or stricter. Without it, `SKV_MASTER_KEY` (hex)
+    /// is used when set; with neither, data is stored in the clear. A data dir written
+    /// encrypted refuses to open without its key (docs/SECURITY.md, "Encryption at rest").
+    #[arg(long = "master-key", value_name = "FILE")]
+    pub master_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -288,6 +294,7 @@ impl FileConfig {
             &mut cfg.keyset,
             &mut cfg.audit_log,
             &mut cfg.cluster_map,
+            &mut cfg.master_key,
         ]
         .into_iter()
         .flatten()
@@ -387,6 +394,8 @@ pub struct NodeConfig {
     pub election_timeout: Duration,
     /// Entries between snapshots of each Raft group.
     pub snapshot_every: u64,
+    /// The master key file of encryption at rest (`None`: `SKV_MASTER_KEY`, else off).
+    pub master_key: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -526,6 +535,7 @@ impl NodeConfig {
             shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs.unwrap_or(30)),
             election_timeout: Duration::from_millis(election_ms),
             snapshot_every: cfg.snapshot_every.unwrap_or(DEFAULT_SNAPSHOT_EVERY).max(10),
+            master_key: cfg.master_key,
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod net;
 pub mod node;
 mod raft;
+pub mod rekey;
 mod router;
 mod shard;
 pub mod storage;

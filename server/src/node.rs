@@ -18,6 +18,7 @@ use crate::net::listener;
 use crate::net::peer::Dialer;
 use crate::net::tls::{self, TlsSetupError};
 use crate::router::Router;
+use crate::storage::atrest::{AtRestError, Crypt, MasterKey};
 use crate::storage::{GroupCommit, MemoryStorage, NullStorage, SledStorage, Storage, StorageError};
 
 /// A node that could not start.
@@ -29,6 +30,10 @@ pub enum StartError {
     /// The storage engine could not open its data directory.
     #[error("cannot open storage")]
     Storage(#[from] StorageError),
+    /// Encryption at rest could not be set up: the master key is unreadable, badly formed or
+    /// wrong, or the data dir and the key disagree (encrypted without a key, plaintext with one).
+    #[error("encryption at rest")]
+    AtRest(#[from] AtRestError),
     /// The token checkpoint could not be set up (keyset, policy or audit log).
     #[error("cannot set up token checks")]
     Auth(#[from] CheckpointError),
@@ -117,9 +122,20 @@ impl RunningNode {
             addr: config.listen,
             source,
         })?;
-        // The sled database, for the Raft groups of a replicated node.
+        // The sled database, for the Raft groups of a replicated node, and its data keys.
         let mut sled_db = None;
+        let mut crypt = None;
         let storage: Arc<dyn Storage> = match config.engine {
+            Engine::Memory | Engine::Null if config.master_key.is_some() => {
+                tracing::warn!(
+                    "--master-key has no effect with the {:?} engine: it keeps nothing on disk",
+                    config.engine
+                );
+                match config.engine {
+                    Engine::Memory => Arc::new(MemoryStorage::new()),
+                    _ => Arc::new(NullStorage::new()),
+                }
+            }
             Engine::Memory => Arc::new(MemoryStorage::new()),
             Engine::Null => Arc::new(NullStorage::new()),
             Engine::Sled => {
@@ -127,6 +143,17 @@ impl RunningNode {
                     // Sync mode flushes explicitly; sled's timer would only add fsyncs.
                     Durability::Sync => None,
                     Durability::Async => Some(config.flush_every.as_millis() as u64),
+                };
+                // Before sled creates its files: a fresh dir is told apart from a plaintext one
+                // by whether sled's files exist yet.
+                crypt = match MasterKey::from_flag_or_env(config.master_key.as_deref())? {
+                    Some(master) => {
+                        Some(Arc::new(Crypt::open_or_create(&config.data_dir, &master)?))
+                    }
+                    None => {
+                        Crypt::check_plaintext(&config.data_dir)?;
+                        None
+                    }
                 };
                 let sled = SledStorage::open(&config.data_dir, flush_every)?;
                 sled_db = Some(sled.db().clone());
@@ -142,7 +169,15 @@ impl RunningNode {
             group_commit: group_commit.clone(),
             data_dir: (config.engine == Engine::Sled).then(|| config.data_dir.clone()),
         };
-        let cluster = Arc::new(open_cluster(&config, local_addr, placement, sled_db).await?);
+        let cluster = Arc::new(
+            open_cluster(
+                &config,
+                local_addr,
+                placement,
+                sled_db.map(|db| (db, crypt)),
+            )
+            .await?,
+        );
         let shutdown = CancellationToken::new();
         if let Some(checkpoint) = &checkpoint {
             checkpoint.clone().watch(shutdown.clone());
@@ -229,7 +264,7 @@ async fn open_cluster(
     config: &NodeConfig,
     local_addr: SocketAddr,
     placement: Placement,
-    sled_db: Option<sled::Db>,
+    sled_db: Option<(sled::Db, Option<Arc<Crypt>>)>,
 ) -> Result<Cluster, StartError> {
     let own_domain = match &config.transport {
         TransportConfig::Tls { cert, .. } => tls::load_certs(cert, "node certificate")?
@@ -254,7 +289,7 @@ async fn open_cluster(
         .unwrap_or_else(|| local_addr.to_string());
     // Every sled node runs its shards as Raft groups (one replica on a single node); the
     // memory and null engines keep unreplicated local shards, for tests and benchmarks.
-    if let Some(db) = sled_db {
+    if let Some((db, crypt)) = sled_db {
         return Ok(Cluster::open_replicated(
             &config.name,
             &name,
@@ -266,6 +301,7 @@ async fn open_cluster(
                 db,
                 election: config.election_timeout,
                 snapshot_every: config.snapshot_every,
+                crypt,
             },
         )
         .await?);

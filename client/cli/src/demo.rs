@@ -415,6 +415,7 @@ fn node_config(
         shutdown_timeout: Duration::from_secs(10),
         election_timeout: Duration::from_millis(skv_server::config::DEFAULT_ELECTION_TIMEOUT_MS),
         snapshot_every: skv_server::config::DEFAULT_SNAPSHOT_EVERY,
+        master_key: None,
         auth: Some(AuthConfig {
             keyset: keys.join("keyset.json"),
             mode: AuthMode::PerRequest,

@@ -23,6 +23,54 @@ struct Args {
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: FileConfig,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Offline maintenance of a stopped node's data dir.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Rotate the data key of encryption at rest and re-encrypt every record under it (the
+    /// node must be stopped). New writes use the new key; afterwards only --master-key opens
+    /// the data dir. Prints the new key id and the number of records rewritten.
+    Rekey {
+        /// The node's data dir.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The master key the data dir is wrapped with from now on (same format as the node's
+        /// --master-key; `SKV_MASTER_KEY` when not given).
+        #[arg(long, value_name = "FILE")]
+        master_key: Option<PathBuf>,
+        /// The master key it is wrapped with now, when it changes [default: --master-key].
+        #[arg(long, value_name = "FILE")]
+        old_master_key: Option<PathBuf>,
+        /// Only rotate: keep the old data keys and leave old records as they are (they stay
+        /// readable; a later rekey without this flag rewrites them).
+        #[arg(long)]
+        keep_old: bool,
+    },
+}
+
+/// `skv-node rekey`.
+fn rekey(
+    data_dir: &std::path::Path,
+    master_key: Option<&std::path::Path>,
+    old_master_key: Option<&std::path::Path>,
+    keep_old: bool,
+) -> anyhow::Result<()> {
+    use skv_server::storage::atrest::MasterKey;
+    let new = MasterKey::from_flag_or_env(master_key)?
+        .context("rekey needs the master key: --master-key FILE or SKV_MASTER_KEY")?;
+    let old = match old_master_key {
+        Some(path) => Some(MasterKey::from_file(path).context("old master key")?),
+        None => None,
+    };
+    let report = skv_server::rekey::rekey(data_dir, old.as_ref().unwrap_or(&new), &new, keep_old)?;
+    println!(
+        "data key {} is current; {} records rewritten; keyring holds keys {:?}",
+        report.current_key_id, report.rewritten, report.key_ids
+    );
+    Ok(())
 }
 
 impl Args {
@@ -76,6 +124,20 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 fn run(args: Args, flags: &clap::ArgMatches) -> anyhow::Result<()> {
+    if let Some(Command::Rekey {
+        data_dir,
+        master_key,
+        old_master_key,
+        keep_old,
+    }) = &args.command
+    {
+        return rekey(
+            data_dir,
+            master_key.as_deref(),
+            old_master_key.as_deref(),
+            *keep_old,
+        );
+    }
     let config = args.into_config(flags)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

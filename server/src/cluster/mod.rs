@@ -171,6 +171,8 @@ pub(crate) struct RaftSetup {
     pub(crate) db: sled::Db,
     pub(crate) election: std::time::Duration,
     pub(crate) snapshot_every: u64,
+    /// The data keys of encryption at rest; `None` when off.
+    pub(crate) crypt: Option<Arc<crate::storage::atrest::Crypt>>,
 }
 
 /// Where a node keeps its data and how it makes writes durable.
@@ -273,10 +275,12 @@ impl Cluster {
             db,
             election,
             snapshot_every,
+            crypt,
         } = raft;
         let election = replicated::Timing {
             election,
             snapshot_every,
+            crypt,
         };
         let mut bootstrap_map = match bootstrap {
             Some(path) => read_map(path, name)?,

@@ -37,6 +37,7 @@ use crate::raft::rpc::RaftRegistry;
 use crate::raft::state::{open_meta, open_shard};
 use crate::raft::{Member, Outcome, Proposal, RaftGroup, META_GROUP};
 use crate::shard::replica::Replica;
+use crate::storage::atrest::Crypt;
 
 /// Most voters of the metadata group: five survive two failures; more only slows it down.
 const META_VOTERS: usize = 5;
@@ -82,6 +83,8 @@ pub(crate) struct Replication {
     raft_id: u64,
     db: sled::Db,
     flusher: Flusher,
+    /// Encryption at rest for the shards' groups (`None`: off).
+    crypt: Option<Arc<Crypt>>,
     config: Arc<Config>,
     peers: Peers,
     registry: RaftRegistry,
@@ -109,18 +112,21 @@ impl std::fmt::Debug for Replication {
     }
 }
 
-/// The timing knobs of every group on a node.
-#[derive(Debug, Clone, Copy)]
+/// The settings every group on a node shares: its timing knobs, and the data keys its shards
+/// seal their logs, records and snapshots with.
+#[derive(Debug, Clone)]
 pub(crate) struct Timing {
     /// Lower bound of the election timeout.
     pub(crate) election: Duration,
     /// Entries between snapshots.
     pub(crate) snapshot_every: u64,
+    /// Encryption at rest: `None` when off.
+    pub(crate) crypt: Option<Arc<Crypt>>,
 }
 
 /// openraft's settings from the election timeout: heartbeats at a fifth of it, so a leader
 /// survives a few lost heartbeats or a slow fsync before anyone stands for election.
-pub(crate) fn raft_config(timing: Timing) -> Result<Arc<Config>, String> {
+pub(crate) fn raft_config(timing: &Timing) -> Result<Arc<Config>, String> {
     let min = (timing.election.as_millis() as u64).max(50);
     let config = Config {
         cluster_name: "skv".into(),
@@ -177,7 +183,8 @@ impl Replication {
         election: Timing,
         registry: RaftRegistry,
     ) -> Result<Arc<Replication>, ReplicationError> {
-        let config = raft_config(election).map_err(|reason| ReplicationError::Start {
+        let crypt = election.crypt.clone();
+        let config = raft_config(&election).map_err(|reason| ReplicationError::Start {
             group: META_GROUP,
             reason,
         })?;
@@ -216,6 +223,7 @@ impl Replication {
             raft_id,
             db,
             flusher,
+            crypt,
             config,
             peers,
             registry,
@@ -393,12 +401,13 @@ impl Replication {
         shard: u32,
         replicas: &[String],
     ) -> Result<Arc<Replica>, ReplicationError> {
-        let (log, sm, reader) = open_shard(&self.db, shard, self.flusher.clone()).map_err(|e| {
-            ReplicationError::Open {
-                group: shard,
-                reason: e.to_string(),
-            }
-        })?;
+        let (log, sm, reader) =
+            open_shard(&self.db, shard, self.flusher.clone(), self.crypt.clone()).map_err(|e| {
+                ReplicationError::Open {
+                    group: shard,
+                    reason: e.to_string(),
+                }
+            })?;
         let raft = openraft::Raft::new(
             self.raft_id,
             self.config.clone(),

@@ -3,7 +3,8 @@
 //!
 //! One [`LogStore`] serves one group over the node's shared `sled::Db`:
 //! - tree `raft/<group>/log`: key = log index as 8 big-endian bytes (so sled's byte order is
-//!   log order), value = the postcard-encoded `openraft::Entry<TypeConfig>`;
+//!   log order), value = the postcard-encoded `openraft::Entry<TypeConfig>`, sealed for its
+//!   group and index when encryption at rest is on (`crate::storage::atrest`);
 //! - tree `raft/<group>/meta`: the vote, the committed log id and the last purged log id.
 //!
 //! # Durability
@@ -37,6 +38,7 @@ use openraft::{
 use tokio::sync::oneshot;
 
 use super::TypeConfig;
+use crate::storage::atrest::{Context, Crypt};
 
 /// The error every store and state machine operation reports: openraft's, so it carries what
 /// was being read or written, and openraft stops the group on it.
@@ -248,6 +250,9 @@ pub(crate) struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: Flusher,
+    /// With encryption at rest, every entry is sealed for its group and index (the entries
+    /// carry client values).
+    crypt: Option<Arc<Crypt>>,
 }
 
 impl Debug for LogStore {
@@ -272,7 +277,12 @@ fn bound_key(b: Bound<&u64>) -> Bound<[u8; 8]> {
 }
 
 /// Decodes the entry stored under `key`, checking that it is the entry of that index.
-fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry<TypeConfig>, StoreError> {
+fn decode_entry(
+    crypt: Option<&Crypt>,
+    group: u32,
+    key: &[u8],
+    value: &[u8],
+) -> Result<Entry<TypeConfig>, StoreError> {
     let index = match <[u8; 8]>::try_from(key) {
         Ok(k) => u64::from_be_bytes(k),
         Err(_) => {
@@ -281,6 +291,22 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry<TypeConfig>, StoreErro
                 ErrorVerb::Read,
                 format!("log key of {} bytes, not 8", key.len()),
             ))
+        }
+    };
+    let opened;
+    let value = match crypt {
+        None => value,
+        Some(c) => {
+            opened = c
+                .open(&Context::LogEntry { group, index }, value)
+                .map_err(|e| {
+                    msg_err(
+                        ErrorSubject::LogIndex(index),
+                        ErrorVerb::Read,
+                        format!("encryption at rest: {e}"),
+                    )
+                })?;
+            &opened[..]
         }
     };
     let entry: Entry<TypeConfig> = postcard::from_bytes(value)
@@ -307,6 +333,7 @@ impl LogStore {
         db: &sled::Db,
         group: u32,
         flusher: Flusher,
+        crypt: Option<Arc<Crypt>>,
     ) -> Result<LogStore, StoreError> {
         let (log_name, meta_name) = tree_names(group);
         let open = |name: &str| {
@@ -318,6 +345,7 @@ impl LogStore {
             log: open(&log_name)?,
             meta: open(&meta_name)?,
             flusher,
+            crypt,
         };
         if let Some(purged) = store.read_purged()? {
             store.remove_upto(purged.index)?;
@@ -421,7 +449,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for item in self.log.range((bound_key(start), bound_key(end))) {
             let (key, value) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            out.push(decode_entry(&key, &value)?);
+            out.push(decode_entry(
+                self.crypt.as_deref(),
+                self.group,
+                &key,
+                &value,
+            )?);
         }
         Ok(out)
     }
@@ -437,7 +470,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .last()
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         let last_log_id = match last {
-            Some((key, value)) => Some(decode_entry(&key, &value)?.log_id),
+            Some((key, value)) => {
+                Some(decode_entry(self.crypt.as_deref(), self.group, &key, &value)?.log_id)
+            }
             None => last_purged_log_id,
         };
         Ok(LogState {
@@ -480,8 +515,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let raw = postcard::to_allocvec(&entry)
+            let mut raw = postcard::to_allocvec(&entry)
                 .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+            if let Some(c) = &self.crypt {
+                let ctx = Context::LogEntry {
+                    group: self.group,
+                    index: entry.log_id.index,
+                };
+                raw = c.seal(&ctx, &raw).map_err(|e| {
+                    msg_err(
+                        ErrorSubject::Log(entry.log_id),
+                        ErrorVerb::Write,
+                        format!("encryption at rest: {e}"),
+                    )
+                })?;
+            }
             batch.insert(&index_key(entry.log_id.index), raw);
         }
         self.log

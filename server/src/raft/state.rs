@@ -5,12 +5,14 @@
 //! # A shard's trees
 //!
 //! - `ks/shard-<id>`: the keyspace, key → 8-byte big-endian version ‖ value (the record layout
-//!   of [`crate::storage`]'s sled engine);
+//!   of [`crate::storage`]'s sled engine); with encryption at rest the value is an envelope of
+//!   [`crate::storage::atrest`] sealed for the shard, the key and the version;
 //! - `sessions/<id>`: client sessions, client ‖ seq (16 big-endian bytes) → at_ms (8 bytes)
 //!   ‖ postcard [`WriteOutcome`];
 //! - `sm/<id>`: key `state`, one blob with the last applied log id, the last membership, the
 //!   `last_version` counter, the key count, the owned slots, the frozen slots per move and the
-//!   data generation; key `snapshot`, the last built or installed snapshot.
+//!   data generation; key `snapshot`, the last built or installed snapshot (sealed for the
+//!   shard with encryption at rest on; the `state` blob holds no client data and is not).
 //!
 //! Applying an entry is one sled transaction over the three trees, data and `state` together:
 //! openraft 0.9 does not reinstall a snapshot on restart but trusts the applied log id the
@@ -67,6 +69,7 @@ use super::log::{io_err, msg_err, Flusher, LogStore, StoreError};
 use super::{
     Imported, Member, Outcome, Proposal, TypeConfig, Write, WriteOp, WriteOutcome, META_GROUP,
 };
+use crate::storage::atrest::{self, AtRestError, Context, Crypt};
 use crate::storage::prefix_end;
 
 /// How long a session entry answers retries: entries older than a batch's `at_ms` minus this
@@ -104,14 +107,98 @@ type TxError = ConflictableTransactionError<StoreError>;
 // Encodings
 // ---------------------------------------------------------------------------------------------
 
-fn encode_record(version: u64, value: &[u8]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(HEADER + value.len());
-    record.extend_from_slice(&version.to_be_bytes());
-    record.extend_from_slice(value);
-    record
+/// The data keys of a node with encryption at rest on, and the group whose records they seal.
+#[derive(Debug, Clone)]
+pub(crate) struct Seal {
+    crypt: Option<Arc<Crypt>>,
+    group: u32,
 }
 
-/// A stored record's version and value. The message never names the key.
+impl Seal {
+    pub(crate) fn new(crypt: Option<Arc<Crypt>>, group: u32) -> Seal {
+        Seal { crypt, group }
+    }
+
+    /// The sealed form of `plain` for `ctx` (the plain bytes when encryption is off).
+    fn seal(
+        &self,
+        ctx: impl FnOnce(u32) -> Context<'static>,
+        plain: Vec<u8>,
+        subject: ErrorSubject<u64>,
+    ) -> Result<Vec<u8>, StoreError> {
+        match &self.crypt {
+            None => Ok(plain),
+            Some(c) => c
+                .seal(&ctx(self.group), &plain)
+                .map_err(|e| at_rest_err(subject, ErrorVerb::Write, e)),
+        }
+    }
+
+    fn open<'a>(
+        &self,
+        ctx: impl FnOnce(u32) -> Context<'static>,
+        raw: &'a [u8],
+        subject: ErrorSubject<u64>,
+    ) -> Result<std::borrow::Cow<'a, [u8]>, StoreError> {
+        match &self.crypt {
+            None => Ok(std::borrow::Cow::Borrowed(raw)),
+            Some(c) => c
+                .open(&ctx(self.group), raw)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| at_rest_err(subject, ErrorVerb::Read, e)),
+        }
+    }
+
+    /// A keyspace record: 8-byte big-endian version ‖ value, the value sealed for its key and
+    /// version when encryption is on (the version stays readable for CAS decisions; it is
+    /// bound by the associated data).
+    fn encode_record(&self, key: &[u8], version: u64, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut record = Vec::with_capacity(HEADER + value.len() + atrest::OVERHEAD);
+        record.extend_from_slice(&version.to_be_bytes());
+        match &self.crypt {
+            None => record.extend_from_slice(value),
+            Some(c) => c
+                .seal_into(
+                    &Context::Record {
+                        group: self.group,
+                        key,
+                        version,
+                    },
+                    value,
+                    &mut record,
+                )
+                .map_err(|e| at_rest_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?,
+        }
+        Ok(record)
+    }
+
+    /// A keyspace record's version and plaintext value. The message never names the key.
+    fn decode_record(&self, key: &[u8], record: &[u8]) -> Result<(u64, Bytes), StoreError> {
+        let (version, value) = decode_record(record)?;
+        match &self.crypt {
+            None => Ok((version, Bytes::copy_from_slice(value))),
+            Some(c) => c
+                .open(
+                    &Context::Record {
+                        group: self.group,
+                        key,
+                        version,
+                    },
+                    value,
+                )
+                .map(|v| (version, Bytes::from(v)))
+                .map_err(|e| at_rest_err(ErrorSubject::StateMachine, ErrorVerb::Read, e)),
+        }
+    }
+}
+
+/// An at-rest failure as openraft's error: the message says what failed (an AEAD failure
+/// names itself), never the key or the value.
+fn at_rest_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: AtRestError) -> StoreError {
+    msg_err(subject, verb, format!("encryption at rest: {e}"))
+}
+
+/// A stored record's version and (possibly sealed) value. The message never names the key.
 fn decode_record(record: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     match record.split_first_chunk::<HEADER>() {
         Some((header, value)) => Ok((u64::from_be_bytes(*header), value)),
@@ -209,11 +296,23 @@ fn snapshot_id(applied: &Option<LogId<u64>>) -> String {
 
 /// Stores `meta`/`data` as the current snapshot unless the stored one covers more of the log
 /// (a snapshot installed while this one was built).
-fn store_snapshot_if_newer(tree: &sled::Tree, meta: &Meta, data: &[u8]) -> Result<(), StoreError> {
-    let record = encode_snapshot_record(meta, data)?;
+fn store_snapshot_if_newer(
+    tree: &sled::Tree,
+    seal: &Seal,
+    meta: &Meta,
+    data: &[u8],
+) -> Result<(), StoreError> {
     let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+    let record = seal.seal(
+        |group| Context::Snapshot { group },
+        encode_snapshot_record(meta, data)?,
+        subject(),
+    )?;
     let result = tree.transaction(|tx| {
         if let Some(raw) = tx.get(SNAPSHOT_KEY)? {
+            let raw = seal
+                .open(|group| Context::Snapshot { group }, &raw, subject())
+                .map_err(TxError::Abort)?;
             let (stored, _) = decode_snapshot_record(&raw).map_err(TxError::Abort)?;
             if stored.last_log_id > meta.last_log_id {
                 return Ok(());
@@ -225,13 +324,21 @@ fn store_snapshot_if_newer(tree: &sled::Tree, meta: &Meta, data: &[u8]) -> Resul
     tx_result(result, subject(), ErrorVerb::Write)
 }
 
-fn read_snapshot(tree: &sled::Tree) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+fn read_snapshot(
+    tree: &sled::Tree,
+    seal: &Seal,
+) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
     let Some(raw) = tree
         .get(SNAPSHOT_KEY)
         .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
     else {
         return Ok(None);
     };
+    let raw = seal.open(
+        |group| Context::Snapshot { group },
+        &raw,
+        ErrorSubject::Snapshot(None),
+    )?;
     let (meta, data) = decode_snapshot_record(&raw)?;
     Ok(Some(Snapshot {
         meta,
@@ -423,6 +530,8 @@ struct Shared {
     slots: ArcSwap<Slots>,
     applied_index: AtomicU64,
     key_count: AtomicU64,
+    /// Seals and opens the keyspace records and the stored snapshot.
+    seal: Seal,
 }
 
 /// Session entries by age: (at_ms, client, seq).
@@ -483,8 +592,10 @@ pub(crate) fn open_shard(
     db: &sled::Db,
     id: u32,
     flusher: Flusher,
+    crypt: Option<Arc<Crypt>>,
 ) -> Result<(LogStore, ShardStateMachine, ShardReader), StoreError> {
-    let log = LogStore::open(db, id, flusher.clone())?;
+    let log = LogStore::open(db, id, flusher.clone(), crypt.clone())?;
+    let seal = Seal::new(crypt, id);
     let sm = open_tree(db, &sm_name(id))?;
     let st = match sm
         .get(STATE_KEY)
@@ -519,6 +630,7 @@ pub(crate) fn open_shard(
         slots: ArcSwap::from_pointee(slots.clone()),
         applied_index: AtomicU64::new(st.applied.map_or(0, |l| l.index)),
         key_count: AtomicU64::new(st.key_count),
+        seal,
     });
     let inner = Arc::new(ShardInner {
         id,
@@ -672,8 +784,10 @@ impl ShardInner {
         writes: &[Write],
     ) -> Result<Outcome, StoreError> {
         let core_ref: &Core = core;
-        let result = (&trees.ks, &self.sm, &trees.sessions)
-            .transaction(|(ks, sm, sess)| writes_tx(core_ref, ks, sm, sess, log_id, at_ms, writes));
+        let seal = &self.shared.seal;
+        let result = (&trees.ks, &self.sm, &trees.sessions).transaction(|(ks, sm, sess)| {
+            writes_tx(core_ref, seal, ks, sm, sess, log_id, at_ms, writes)
+        });
         let done = tx_result(result, ErrorSubject::Apply(log_id), ErrorVerb::Write)?;
         for e in &done.expired {
             core.sessions.remove(e);
@@ -695,6 +809,7 @@ impl ShardInner {
     ) -> Result<(), StoreError> {
         let log_id = st.applied;
         let base = st.clone();
+        let seal = &self.shared.seal;
         let result = (&trees.ks, &self.sm).transaction(|(ks, sm)| {
             let mut st = base.clone();
             for e in entries {
@@ -704,7 +819,10 @@ impl ShardInner {
                     None => false,
                 };
                 if !keep_current {
-                    ks.insert(&e.key[..], encode_record(e.version, &e.value))?;
+                    let record = seal
+                        .encode_record(&e.key, e.version, &e.value)
+                        .map_err(TxError::Abort)?;
+                    ks.insert(&e.key[..], record)?;
                     if current.is_none() {
                         st.key_count += 1;
                     }
@@ -805,13 +923,13 @@ impl ShardInner {
         };
         for item in trees.ks.iter() {
             let (key, record) = item.map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
-            let (version, value) = decode_record(&record)?;
+            let (version, value) = self.shared.seal.decode_record(&key, &record)?;
             data = push(
                 data,
                 &SnapItem::Key(Imported {
                     key: Bytes::copy_from_slice(&key),
                     version,
-                    value: Bytes::copy_from_slice(value),
+                    value,
                 }),
             )?;
         }
@@ -854,7 +972,8 @@ impl ShardInner {
                 ks: open_tree(&self.db, &ks_n)?,
                 sessions: open_tree(&self.db, &sess_n)?,
             };
-            let (st, sessions) = write_snapshot_data(&trees, &meta, &data, generation)?;
+            let (st, sessions) =
+                write_snapshot_data(&trees, &self.shared.seal, &meta, &data, generation)?;
             Ok::<_, StoreError>((trees, st, sessions))
         })();
         let (trees, st, sessions) = match staged {
@@ -871,7 +990,14 @@ impl ShardInner {
         // one atomic batch, then flushed before openraft purges the log behind it.
         let mut batch = sled::Batch::default();
         batch.insert(STATE_KEY, st.encode()?);
-        batch.insert(SNAPSHOT_KEY, encode_snapshot_record(&meta, &data)?);
+        batch.insert(
+            SNAPSHOT_KEY,
+            self.shared.seal.seal(
+                |group| Context::Snapshot { group },
+                encode_snapshot_record(&meta, &data)?,
+                subject(),
+            )?,
+        );
         self.sm
             .apply_batch(batch)
             .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
@@ -924,8 +1050,10 @@ impl ShardInner {
 
 /// Decides and applies one Writes batch inside its transaction (the closure may run more than
 /// once, so it changes nothing outside the transaction).
+#[allow(clippy::too_many_arguments)]
 fn writes_tx(
     core: &Core,
+    seal: &Seal,
     ks: &TransactionalTree,
     sm: &TransactionalTree,
     sess: &TransactionalTree,
@@ -988,7 +1116,10 @@ fn writes_tx(
                 (None, None, None) if current.is_some() => WriteOutcome::VersionsExhausted,
                 (Some(value), None, Some(next)) => {
                     st.last_version = next;
-                    ks.insert(&key[..], encode_record(st.last_version, value))?;
+                    let record = seal
+                        .encode_record(key, st.last_version, value)
+                        .map_err(abort)?;
+                    ks.insert(&key[..], record)?;
                     if current.is_none() {
                         st.key_count += 1;
                     }
@@ -1056,6 +1187,7 @@ fn writes_tx(
 /// session index. Fails on malformed data without touching anything but `trees`.
 fn write_snapshot_data(
     trees: &DataTrees,
+    seal: &Seal,
     meta: &Meta,
     data: &[u8],
     generation: u64,
@@ -1091,7 +1223,7 @@ fn write_snapshot_data(
                         "snapshot keys out of order".into(),
                     ));
                 }
-                ks_batch.insert(&e.key[..], encode_record(e.version, &e.value));
+                ks_batch.insert(&e.key[..], seal.encode_record(&e.key, e.version, &e.value)?);
                 key_count += 1;
                 last_key = Some(e.key);
             }
@@ -1139,6 +1271,7 @@ fn write_snapshot_data(
 pub(crate) struct SnapshotBuilder {
     prepared: Result<(Meta, Vec<u8>), StoreError>,
     sm: sled::Tree,
+    seal: Seal,
     flusher: Flusher,
 }
 
@@ -1146,8 +1279,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let (meta, data) = self.prepared.clone()?;
         let sm = self.sm.clone();
-        let (m, d) = (meta.clone(), data.clone());
-        blocking(move || store_snapshot_if_newer(&sm, &m, &d)).await?;
+        let (m, d, seal) = (meta.clone(), data.clone(), self.seal.clone());
+        blocking(move || store_snapshot_if_newer(&sm, &seal, &m, &d)).await?;
         // openraft purges the log up to the snapshot once this returns: the state it covers
         // (applied before it was prepared) and the record must be on disk first.
         self.flusher.flush().await.map_err(|e| {
@@ -1206,6 +1339,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         SnapshotBuilder {
             prepared,
             sm: self.inner.sm.clone(),
+            seal: self.inner.shared.seal.clone(),
             flusher: self.flusher.clone(),
         }
     }
@@ -1226,18 +1360,21 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
-        read_snapshot(&self.inner.sm)
+        read_snapshot(&self.inner.sm, &self.inner.shared.seal)
     }
 }
 
 /// A keyspace tree item as an [`Imported`] (key, version, value).
-fn decode_item(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Imported, StoreError> {
+fn decode_item(
+    seal: &Seal,
+    item: sled::Result<(sled::IVec, sled::IVec)>,
+) -> Result<Imported, StoreError> {
     let (key, record) = item.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-    let (version, value) = decode_record(&record)?;
+    let (version, value) = seal.decode_record(&key, &record)?;
     Ok(Imported {
         key: Bytes::copy_from_slice(&key),
         version,
-        value: Bytes::copy_from_slice(value),
+        value,
     })
 }
 
@@ -1250,10 +1387,7 @@ impl ShardReader {
             .get(key)
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
         {
-            Some(record) => {
-                let (version, value) = decode_record(&record)?;
-                Ok(Some((version, Bytes::copy_from_slice(value))))
-            }
+            Some(record) => Ok(Some(self.shared.seal.decode_record(key, &record)?)),
             None => Ok(None),
         }
     }
@@ -1310,7 +1444,7 @@ impl ShardReader {
             if out.len() == limit || (!out.is_empty() && loaded >= budget) {
                 return Ok((out, true));
             }
-            let entry = decode_item(item)?;
+            let entry = decode_item(&self.shared.seal, item)?;
             loaded = loaded.saturating_add(entry.key.len() + entry.value.len());
             out.push(entry);
         }
@@ -1358,7 +1492,7 @@ impl ShardReader {
                     continue;
                 }
             }
-            let e = decode_item(item)?;
+            let e = decode_item(&self.shared.seal, item)?;
             bytes = bytes.saturating_add(e.key.len() + e.value.len());
             out.push(e);
             if out.len() >= limit || bytes >= max_bytes {
@@ -1434,7 +1568,9 @@ pub(crate) fn open_meta<M: Machine>(
     db: &sled::Db,
     flusher: Flusher,
 ) -> Result<MetaParts<M>, StoreError> {
-    let log = LogStore::open(db, META_GROUP, flusher.clone())?;
+    // The metadata group holds the cluster map (node names, addresses, slot ranges), not
+    // client data: it stays in the clear (docs/SECURITY.md, "Encryption at rest").
+    let log = LogStore::open(db, META_GROUP, flusher.clone(), None)?;
     let tree = open_tree(db, "sm/meta")?;
     let (header, machine) = match tree
         .get(STATE_KEY)
@@ -1534,6 +1670,7 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for MetaStateMachine<M> {
         SnapshotBuilder {
             prepared,
             sm: self.tree.clone(),
+            seal: Seal::new(None, META_GROUP),
             flusher: self.flusher.clone(),
         }
     }
@@ -1576,7 +1713,7 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for MetaStateMachine<M> {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
-        read_snapshot(&self.tree)
+        read_snapshot(&self.tree, &Seal::new(None, META_GROUP))
     }
 }
 

@@ -108,7 +108,7 @@ struct Shard {
 impl Shard {
     fn open(path: &Path) -> Shard {
         let db = open_db(path);
-        let (log, sm, reader) = open_shard(&db, 1, Flusher::new(db.clone())).unwrap();
+        let (log, sm, reader) = open_shard(&db, 1, Flusher::new(db.clone()), None).unwrap();
         let next = reader.last_applied_index() + 1;
         Shard {
             db,
@@ -167,7 +167,10 @@ fn written(version: u64) -> WriteOutcome {
 // openraft's suite
 // ---------------------------------------------------------------------------------------------
 
-struct ShardBuilder;
+/// Builds shard stores, sealed with encryption at rest when `encrypted`.
+struct ShardBuilder {
+    encrypted: bool,
+}
 
 impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, (TempDir, sled::Db)> for ShardBuilder {
     async fn build(
@@ -175,14 +178,23 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, (TempDir, sled::Db)> 
     ) -> Result<((TempDir, sled::Db), LogStore, ShardStateMachine), StoreError> {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path());
-        let (log, sm, _reader) = open_shard(&db, 7, Flusher::new(db.clone()))?;
+        let crypt = self
+            .encrypted
+            .then(|| std::sync::Arc::new(crate::storage::atrest::Crypt::ephemeral()));
+        let (log, sm, _reader) = open_shard(&db, 7, Flusher::new(db.clone()), crypt)?;
         Ok(((dir, db), log, sm))
     }
 }
 
 #[test]
 fn openraft_suite_shard() {
-    Suite::test_all(ShardBuilder).unwrap();
+    Suite::test_all(ShardBuilder { encrypted: false }).unwrap();
+}
+
+/// The same suite with every log entry, record and snapshot sealed (encryption at rest).
+#[test]
+fn openraft_suite_shard_encrypted_at_rest() {
+    Suite::test_all(ShardBuilder { encrypted: true }).unwrap();
 }
 
 /// A trivial machine: counts the commands and remembers the last.
@@ -886,8 +898,8 @@ async fn destroy_shard_drops_every_tree_of_the_group() {
     let db = open_db(dir.path());
     {
         let flusher = Flusher::new(db.clone());
-        let (mut log, mut sm, _r) = open_shard(&db, 4, flusher.clone()).unwrap();
-        let (_l2, _s2, _r2) = open_shard(&db, 44, flusher).unwrap();
+        let (mut log, mut sm, _r) = open_shard(&db, 4, flusher.clone(), None).unwrap();
+        let (_l2, _s2, _r2) = open_shard(&db, 44, flusher, None).unwrap();
         log.save_vote(&Vote::new(1, 1)).await.unwrap();
         sm.apply(vec![ent(1, Proposal::Own { slots: all() })])
             .await
@@ -907,7 +919,7 @@ async fn destroy_shard_drops_every_tree_of_the_group() {
     );
     // Shard 44's trees are untouched.
     assert!(names.iter().any(|n| n == "sm/44"), "{names:?}");
-    let (_l, mut sm, _r) = open_shard(&db, 4, Flusher::new(db.clone())).unwrap();
+    let (_l, mut sm, _r) = open_shard(&db, 4, Flusher::new(db.clone()), None).unwrap();
     assert_eq!(sm.applied_state().await.unwrap().0, None);
 }
 

@@ -19,6 +19,7 @@
 //! protocol), and a fresh write uses a version above [`Keyspace::applied`]. A write below it is
 //! allowed and is how a key copied from another shard keeps its version (a slot move).
 
+pub mod atrest;
 mod group_commit;
 mod memory;
 mod null;

@@ -2,6 +2,7 @@
 //! the `skv` binary and the client library. One binary with modules (the openraft habit);
 //! every test starts its own node on its own port, so they run in parallel.
 
+mod atrest;
 mod attack;
 mod auth;
 mod bad_input;

@@ -29,7 +29,8 @@ pub enum Rung {
     L4,
     /// L4 with the verified-token cache (`--keyset` alone): the full request-path stack.
     L5,
-    /// L5 + values encrypted at rest. Not built yet.
+    /// L5 + values encrypted at rest (`--master-key`: AES-256-GCM on every record and log
+    /// entry).
     L6,
     /// Mutual TLS and framing in front of `--engine null`: the network stack's ceiling.
     Null,
@@ -76,14 +77,15 @@ impl Rung {
         }
     }
 
-    /// Whether skv has this rung yet.
+    /// Whether skv has this rung yet (every rung of the ladder is built now; the report keeps
+    /// the "not built" row kind for rungs to come).
     pub fn built(self) -> bool {
-        self != Rung::L6
+        true
     }
 
     /// Whether the client sends a token.
     fn uses_token(self) -> bool {
-        matches!(self, Rung::L3 | Rung::L4 | Rung::L5)
+        matches!(self, Rung::L3 | Rung::L4 | Rung::L5 | Rung::L6)
     }
 }
 
@@ -91,6 +93,28 @@ impl fmt::Display for Rung {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.label())
     }
+}
+
+/// A fresh random master key for an L6 node, in a 0600 file beside its data dir (the node's
+/// data dir is new for every case, so is its key).
+fn master_key_file(data_dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    use rand::Rng;
+    use std::io::Write;
+    let path = data_dir.with_extension("master-key");
+    let mut key = [0u8; 32];
+    rand::thread_rng().fill(&mut key);
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(&path)
+        .and_then(|mut f| f.write_all(hex.as_bytes()))
+        .map_err(|e| format!("cannot write the L6 master key {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// One measured configuration: a row of the report.
@@ -196,6 +220,10 @@ impl Case {
         ]);
         if self.rung == Rung::L1 {
             args.push("--insecure-no-client-auth".into());
+        }
+        if self.rung == Rung::L6 {
+            let key = master_key_file(data_dir)?;
+            args.extend(["--master-key".into(), key.display().to_string()]);
         }
         if self.rung.uses_token() {
             let issuer = creds.issuer(self.alg)?;
@@ -367,6 +395,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn l6_is_l5_plus_a_private_random_master_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let creds = Credentials::create(
+            dir.path(),
+            &[skv_certs::KeyType::P256],
+            &[skv_certs::issuer::Alg::EdDSA],
+            std::time::Duration::from_secs(600),
+            1,
+        )
+        .unwrap();
+        let l5 = Case::new(Rung::L5, "", 1)
+            .node_args(&creds, &dir.path().join("d5"), "n1")
+            .unwrap();
+        let args = |d: &str| {
+            Case::new(Rung::L6, "", 1)
+                .node_args(&creds, &dir.path().join(d), "n1")
+                .unwrap()
+        };
+        let l6 = args("d6");
+        let at = l6
+            .iter()
+            .position(|a| a == "--master-key")
+            .expect("L6 has a key");
+        let mut rest = l6.clone();
+        rest.drain(at..at + 2);
+        assert_eq!(rest.len(), l5.len(), "L6 = L5 + --master-key");
+        let key = std::path::PathBuf::from(&l6[at + 1]);
+        let meta = std::fs::metadata(&key).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let hex = std::fs::read_to_string(&key).unwrap();
+        assert_eq!(hex.len(), 64);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        // A fresh key per node.
+        let other = args("d6b");
+        let other_key = &other[other.iter().position(|a| a == "--master-key").unwrap() + 1];
+        assert_ne!(std::fs::read_to_string(other_key).unwrap(), hex);
+    }
+
+    #[test]
     fn the_main_ladder_comes_first_and_is_complete() {
         let cases = all();
         let main: Vec<_> = cases.iter().take_while(|c| c.variant.is_empty()).collect();
@@ -428,6 +496,7 @@ mod tests {
     fn labels() {
         assert_eq!(Rung::Null.label(), "null");
         assert_eq!(Rung::L6.to_string(), "L6");
-        assert!(!Rung::L6.built());
+        assert!(Rung::L6.built());
+        assert!(Rung::L6.uses_token(), "L6 is L5 plus encryption at rest");
     }
 }

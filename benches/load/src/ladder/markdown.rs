@@ -628,8 +628,8 @@ pub(crate) fn render(
          notes give the median and the slowest; results.json has every run). Variants run \
          once and may have landed in the slow cluster. The **null** rung serves GETs \
          over mutual TLS from no storage and checks no token: the ceiling of framing, TLS and \
-         the loopback network on this machine. L6 is not built yet and has no numbers, on \
-         purpose.",
+         the loopback network on this machine. L6 is L5 with values, Raft log entries and \
+         snapshots encrypted at rest (`--master-key`).",
         o.conns, info.machine.cpus
     );
     if !warnings.is_empty() {
@@ -652,7 +652,7 @@ fn flags_of(rung: Rung) -> &'static str {
         }
         Rung::L4 => "Node: `--keyset F --auth per-request --token-cache 0`.",
         Rung::L5 => "Node: `--keyset F` (per request, cache of 10,000 verified tokens).",
-        Rung::L6 => "Not built yet.",
+        Rung::L6 => "Node: L5 + `--master-key F` (values, Raft log entries and snapshots sealed with AES-256-GCM).",
         Rung::Null => "Node: `--engine null`, mutual TLS, no `--keyset`.",
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! - the main ladder, GET of 100-byte values at inflight 1 and 16: L0 plaintext, L1 TLS
 //!   (server auth only), L2 mutual TLS, L3 + JWT per connection, L4 + JWT per request
-//!   uncached (EdDSA), L5 + the verified-token cache, L6 + encryption at rest (not built yet:
-//!   a row with no numbers), and "null" (L2's transport in front of a node that stores
+//!   uncached (EdDSA), L5 + the verified-token cache, L6 + encryption at rest
+//!   (`--master-key`), and "null" (L2's transport in front of a node that stores
 //!   nothing: the network stack's ceiling);
 //! - variants: JWT algorithms at L4, connection churn and full handshakes at L2 per
 //!   certificate key type, larger values at L0 and L5, durable PUT at L0 and L5.

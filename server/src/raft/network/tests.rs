@@ -135,6 +135,7 @@ impl Listener {
             advertise: None,
             election_timeout: Duration::from_millis(500),
             snapshot_every: 20_000,
+            master_key: None,
         };
         let storage = Arc::new(MemoryStorage::new());
         let placement = Placement {
