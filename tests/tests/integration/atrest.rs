@@ -185,6 +185,9 @@ fn node_args(pki: &Pki, data: &Path) -> Vec<String> {
         &l.node_cert("n1").display().to_string(),
         "--key",
         &l.node_key("n1").display().to_string(),
+        // These tests are about the data directory, not tokens.
+        "--auth",
+        "off",
     ]
     .map(str::to_owned)
     .to_vec()
