@@ -392,3 +392,22 @@ impl Secured {
         Ok(token)
     }
 }
+
+/// Whether any file under `dir` (recursively) contains the bytes `needle`: how the
+/// encryption-at-rest tests look for a plaintext canary in a data directory.
+pub fn any_file_contains(dir: &Path, needle: &[u8]) -> anyhow::Result<bool> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            if any_file_contains(&path, needle)? {
+                return Ok(true);
+            }
+        } else if std::fs::read(&path)?
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use skv_client::Connection;
-use skv_tests::{bin, Node, Pki};
+use skv_tests::{any_file_contains, bin, Node, Pki};
 
 const CANARY: &str = "CANARY-7f3a9c-plaintext-must-not-reach-disk";
 
@@ -16,24 +16,6 @@ fn master_key(dir: &Path, name: &str, byte: u8) -> anyhow::Result<PathBuf> {
     std::fs::write(&path, format!("{}\n", format!("{byte:02x}").repeat(32)))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(path)
-}
-
-/// Whether any file under `dir` contains `needle`.
-fn any_file_contains(dir: &Path, needle: &[u8]) -> anyhow::Result<bool> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            if any_file_contains(&path, needle)? {
-                return Ok(true);
-            }
-        } else if std::fs::read(&path)?
-            .windows(needle.len())
-            .any(|w| w == needle)
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 fn start(pki: &Pki, data: &Path, key: Option<&Path>) -> anyhow::Result<Node> {

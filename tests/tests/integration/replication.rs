@@ -16,7 +16,7 @@ use skv_proto::cluster::{
 };
 use skv_proto::{Consistency, ErrorCode, RequestBody, ResponseBody, Session};
 use skv_tests::cluster::LocalCluster;
-use skv_tests::Node;
+use skv_tests::{any_file_contains, Node};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().expect("tokio runtime")
@@ -775,24 +775,6 @@ fn values_near_the_frame_limit_replicate_beside_small_ones() -> anyhow::Result<(
         }
         anyhow::Ok(())
     })
-}
-
-/// Whether any file under `dir` contains `needle`.
-fn any_file_contains(dir: &std::path::Path, needle: &[u8]) -> anyhow::Result<bool> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            if any_file_contains(&path, needle)? {
-                return Ok(true);
-            }
-        } else if std::fs::read(&path)?
-            .windows(needle.len())
-            .any(|w| w == needle)
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 #[test]
