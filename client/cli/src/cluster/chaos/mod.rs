@@ -40,6 +40,10 @@ const MARKER: &str = "chaos.json";
 const RECOVERY: Duration = Duration::from_secs(60);
 /// The most nodes a chaos cluster has (each gets its own loopback address, 127.0.0.11 on).
 const MAX_NODES: u16 = 32;
+/// The most concurrent clients of a run: each is a task with its own operations in flight.
+const MAX_CLIENTS: usize = 1000;
+/// The most keys a run spreads its operations over.
+const MAX_KEYS: usize = 10_000;
 /// How long to wait for every shard to elect its first leader.
 const FIRST_LEADERS: Duration = Duration::from_secs(30);
 
@@ -148,8 +152,10 @@ pub(super) fn run(args: ClusterChaosArgs, json: bool) -> Result<u8> {
             args.nodes
         )));
     }
-    if args.clients == 0 || args.keys == 0 {
-        return Err(Failure::usage("--clients and --keys must be at least 1"));
+    if !(1..=MAX_CLIENTS).contains(&args.clients) || !(1..=MAX_KEYS).contains(&args.keys) {
+        return Err(Failure::usage(format!(
+            "--clients must be 1 to {MAX_CLIENTS}, and --keys 1 to {MAX_KEYS}"
+        )));
     }
     if args.op_timeout < Duration::from_millis(100) {
         return Err(Failure::usage("--op-timeout must be at least 100ms"));
