@@ -15,7 +15,6 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::Rng;
 use skv_client::Connection;
 use skv_proto::cluster::{ControlRequest, ControlResponse};
 
@@ -279,7 +278,6 @@ impl Injector {
                 )
             }
         };
-        let _ = rng.gen::<u8>();
         Ok(Active {
             detail,
             shard,

@@ -146,7 +146,7 @@ async fn process_slot(
             }
             _ => Op::Delete,
         };
-        let (outcome, ret) = invoke(&client, &recorder, process, &key, &op).await;
+        let outcome = invoke(&client, &recorder, process, &key, &op).await;
         match &outcome {
             Outcome::Found { found } => seen[k] = found.as_ref().map_or(0, |v| v.version),
             Outcome::Written { version } => seen[k] = *version,
@@ -155,7 +155,6 @@ async fn process_slot(
             Outcome::Failed { .. } | Outcome::Unknown { .. } => {}
         }
         let unknown = matches!(outcome, Outcome::Unknown { .. });
-        let _ = ret;
         if unknown {
             // It may still take effect at any moment: this process can no longer order its
             // own operations, so a successor continues in its place.
@@ -165,14 +164,14 @@ async fn process_slot(
     }
 }
 
-/// Invoke `op` and record it. Returns the outcome and when it arrived.
+/// Invoke `op` and record it. Returns the outcome.
 pub(crate) async fn invoke(
     client: &ClusterClient,
     recorder: &Recorder,
     process: u64,
     key: &str,
     op: &Op,
-) -> (Outcome, Instant) {
+) -> Outcome {
     let call = Instant::now();
     let key_bytes = bytes::Bytes::copy_from_slice(key.as_bytes());
     let outcome = match op {
@@ -216,7 +215,7 @@ pub(crate) async fn invoke(
         ret_ns: recorder.ns(ret),
         outcome: outcome.clone(),
     });
-    (outcome, ret)
+    outcome
 }
 
 fn unknown(e: &ClientError) -> Outcome {
@@ -268,7 +267,7 @@ pub(crate) async fn final_reads(
     let process = recorder.process_id();
     for key in key_names(keys) {
         loop {
-            let (outcome, _) = invoke(client, recorder, process, &key, &Op::Get).await;
+            let outcome = invoke(client, recorder, process, &key, &Op::Get).await;
             match outcome {
                 Outcome::Found { .. } => break,
                 _ if Instant::now() < deadline => {
