@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod jwt;
+pub mod lab;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

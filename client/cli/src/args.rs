@@ -172,6 +172,9 @@ pub(crate) enum Command {
     /// `skv cluster chaos` writes one (DIR/chaos/history.jsonl).
     #[command(after_help = crate::check::HELP)]
     CheckHistory(crate::check::CheckArgs),
+    /// Security labs: break a defence on a weak world, fix it, check it (labs/README.md).
+    #[command(subcommand, after_help = crate::lab::HELP)]
+    Lab(crate::lab::LabCommand),
 }
 
 const CHAOS_EXIT_CODES: &str = "\

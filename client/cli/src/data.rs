@@ -282,6 +282,7 @@ async fn execute(
         | Command::Cluster(_)
         | Command::Demo(_)
         | Command::Keys(_)
+        | Command::Lab(_)
         | Command::Token(_) => unreachable_command(),
     }
 }

@@ -2,7 +2,7 @@
 //! and exit codes, and the commands built on the libraries: data commands on skv-client,
 //! `certs`/`keys`/`token` on skv-certs and skv-token, `bench` on skv-load, `check-history` on
 //! skv-check, `cluster` (local clusters of skv-node processes) and `demo` (three nodes
-//! embedded in this process).
+//! embedded in this process) and `lab` (security labs, labs/README.md).
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +14,7 @@ mod cluster;
 mod data;
 mod demo;
 mod keys;
+mod lab;
 mod output;
 mod token;
 
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Cluster(cmd) => cluster::run(cmd, cli.json),
         Command::Demo(cmd) => demo::run(cmd),
         Command::Keys(cmd) => keys::run(cmd),
+        Command::Lab(cmd) => lab::run(cmd, cli.json),
         Command::Token(cmd) => token::run(cmd),
         command => data::run(&cli.conn, cli.json, command),
     };

@@ -13,6 +13,7 @@ mod cluster_cli;
 mod demo;
 mod durability;
 mod first_hour;
+mod labs;
 mod ladder;
 mod ops;
 mod replication;

@@ -1,0 +1,80 @@
+//! The victim: a background "application" that reads one key over and over through the
+//! address the lab says (in lab 01, a port on the network path where the student can put
+//! `skv lab sniff`). Before each read it looks at the node's config, so once the student
+//! turns TLS on, the application speaks TLS too (as a real deployment would be configured
+//! to). It identifies with the lab's `app` certificate and token, and writes one log line
+//! per change of outcome to DIR/logs/victim.log, never the value or the token.
+
+use std::path::Path;
+use std::time::Duration;
+
+use skv_client::{exit, ClusterClient, ConnectOptions, Security};
+
+use super::state::State;
+use super::world;
+use super::{Failure, Result};
+
+pub(crate) fn run(dir: &Path) -> Result<u8> {
+    let state = State::load(dir)?;
+    let lab = super::registry::labs()
+        .iter()
+        .find(|l| l.number == state.lab)
+        .ok_or_else(|| Failure::usage(format!("no lab {}", state.lab)))?;
+    let Some(victim) = &lab.spec().world.victim else {
+        return Err(Failure::usage(format!(
+            "lab {:02} has no victim",
+            lab.number
+        )));
+    };
+    let addr = state.addr(&victim.dials)?.to_owned();
+    let token = match &victim.token {
+        Some(file) => Some(
+            std::fs::read_to_string(dir.join(file))
+                .map_err(|e| Failure::usage(format!("cannot read {file}: {e}")))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let every = Duration::from_millis(victim.every_ms.unwrap_or(300).max(50));
+    let rt = world::runtime()?;
+    let mut last = String::new();
+    loop {
+        // The lab was wiped or reset under us: nothing left to do.
+        if !State::path(dir).exists() {
+            return Ok(exit::OK);
+        }
+        let outcome = match world::node_view(dir, &victim.node) {
+            Ok(view) => {
+                let security = if view.plaintext {
+                    Security::Plaintext
+                } else {
+                    Security::Tls {
+                        ca: world::ca_cert(dir),
+                        identity: Some(world::own_identity(dir, world::APP)),
+                    }
+                };
+                let mut opts = ConnectOptions::new(addr.clone(), security);
+                opts.token.clone_from(&token);
+                opts.connect_timeout = Duration::from_secs(2);
+                opts.request_timeout = Duration::from_secs(2);
+                let key = victim.key.clone().into_bytes();
+                let tls = if view.plaintext { "plaintext" } else { "TLS" };
+                match rt.block_on(async {
+                    let client = ClusterClient::connect(opts, Vec::new()).await?;
+                    client.get(key).await
+                }) {
+                    Ok(Some(_)) => format!("read {} over {tls} via {addr}: ok", victim.key),
+                    Ok(None) => format!("read {} over {tls} via {addr}: no such key", victim.key),
+                    Err(e) => format!("read {} over {tls} via {addr} failed: {e}", victim.key),
+                }
+            }
+            Err(e) => format!("cannot read the node config: {}", e.message),
+        };
+        if outcome != last {
+            println!("{outcome}");
+            last = outcome;
+        }
+        std::thread::sleep(every);
+    }
+}
