@@ -54,3 +54,327 @@ fn lab01_sniff() -> anyhow::Result<()> {
     assert!(done.notes("break it").contains("crossed the wire in clear"));
     Ok(())
 }
+
+/// Lab 02. Near-miss: the config is fixed but the node was not restarted, and the answer is a
+/// flag of another world.
+#[test]
+fn lab02_no_client_auth() -> anyhow::Result<()> {
+    let lab = LabRun::start("no-client-auth")?;
+    let empty = lab.check()?;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty.missing("break it").contains("there is no answer.txt"),
+        "{:?}",
+        empty.json
+    );
+    assert!(
+        empty
+            .missing("fix it")
+            .contains("insecure_no_client_auth = true"),
+        "{:?}",
+        empty.json
+    );
+
+    lab.shell(
+        "echo 'SKV{00000000000000000000000000000000}' > answer.txt\n\
+         sed -i '/^insecure_no_client_auth/d' nodes/db.toml",
+    )?;
+    let near = lab.check()?;
+    assert_eq!(near.code, 1);
+    assert!(
+        near.missing("break it").contains("not this world's"),
+        "{:?}",
+        near.json
+    );
+    assert!(
+        near.missing("fix it")
+            .contains("still serves a client without a certificate"),
+        "{:?}",
+        near.json
+    );
+
+    lab.reset()?;
+    lab.run_solution()?;
+    let done = lab.check()?;
+    assert_eq!(done.code, 0, "{:?}", done.json);
+    assert!(done.notes("fix it").contains("fails at the handshake"));
+    Ok(())
+}
+
+/// Lab 03. Near-miss: a rogue certificate with the wrong SPIFFE name.
+#[test]
+fn lab03_rogue_ca() -> anyhow::Result<()> {
+    let lab = LabRun::start("3")?;
+    let empty = lab.check()?;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty
+            .missing("forge it")
+            .contains("there is no rogue/clients/alice.pem"),
+        "{:?}",
+        empty.json
+    );
+    assert!(empty
+        .missing("see it refused")
+        .contains("make the certificate first"));
+
+    lab.shell("skv certs init --dir rogue --cluster evil --nodes x --clients alice >/dev/null")?;
+    let near = lab.check()?;
+    assert_eq!(near.code, 1);
+    assert!(
+        near.missing("forge it")
+            .contains("carries spiffe://evil/client/alice"),
+        "{:?}",
+        near.json
+    );
+
+    lab.reset()?;
+    lab.run_solution()?;
+    let done = lab.check()?;
+    assert_eq!(done.code, 0, "{:?}", done.json);
+    assert!(done
+        .notes("see it refused")
+        .contains("failed at the handshake"));
+    Ok(())
+}
+
+/// Lab 04. Near-miss: the answer is the node's verification time, not the notAfter.
+#[test]
+fn lab04_expired_cert() -> anyhow::Result<()> {
+    let lab = LabRun::start("04")?;
+    let empty = lab.check()?;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty
+            .missing("try it")
+            .contains("no handshake refused for an expired certificate"),
+        "{:?}",
+        empty.json
+    );
+    assert!(empty
+        .missing("explain it")
+        .contains("there is no expired-at.txt"));
+
+    lab.shell(
+        "skv --addr $DB_ADDR --ca pki/ca.pem --cert pki/clients/alice-old.pem \
+             --key pki/clients/alice-old-key.pem get secret/flag && exit 1\n\
+         grep 'certificate expired' logs/db.log | tail -n 1 \
+             | sed -E 's/.*verification time ([0-9]+).*/\\1/' > expired-at.txt",
+    )?;
+    let near = lab.check()?;
+    assert_eq!(near.code, 1);
+    assert!(near.part_solved("try it"), "{:?}", near.json);
+    assert!(
+        near.missing("explain it").contains("when the node checked"),
+        "{:?}",
+        near.json
+    );
+
+    lab.reset()?;
+    lab.run_solution()?;
+    let done = lab.check()?;
+    assert_eq!(done.code, 0, "{:?}", done.json);
+    Ok(())
+}
+
+/// Lab 05. Near-miss: alg none, but the claims grant only mallory's own prefix.
+#[test]
+fn lab05_alg_none() -> anyhow::Result<()> {
+    let lab = LabRun::start("alg-none")?;
+    let empty = lab.check()?;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty
+            .missing("break it")
+            .contains("there is no forged.token"),
+        "{:?}",
+        empty.json
+    );
+    assert!(empty.missing("fix it").contains("write forged.token first"));
+
+    lab.shell(
+        "exp=$(( $(date +%s) + 600 ))\n\
+         skv lab forge-jwt --claims '{\"sub\":\"mallory\",\"exp\":'$exp',\"scopes\":[{\"prefix\":\"mallory/\",\"ops\":[\"read\"]}]}' > forged.token",
+    )?;
+    let near = lab.check()?;
+    assert_eq!(near.code, 1);
+    assert!(
+        near.missing("break it")
+            .contains("nothing that reads secret/flag"),
+        "{:?}",
+        near.json
+    );
+    assert!(near.missing("break it").contains("read:mallory/"));
+    assert!(
+        near.missing("fix it")
+            .contains("send forged.token to the node yourself"),
+        "{:?}",
+        near.json
+    );
+
+    lab.reset()?;
+    lab.run_solution()?;
+    let done = lab.check()?;
+    assert_eq!(done.code, 0, "{:?}", done.json);
+    assert!(
+        done.notes("fix it").contains("alg \"none\" is not allowed"),
+        "{:?}",
+        done.json
+    );
+    Ok(())
+}
+
+/// Lab 06. Near-misses: HS256 keyed with the keyset file instead of the PEM the service
+/// uses; and an alg none token (lab 05's attack) in this lab.
+#[test]
+fn lab06_hs256_confusion() -> anyhow::Result<()> {
+    let lab = LabRun::start("6")?;
+    let empty = lab.check()?;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty
+            .missing("break it")
+            .contains("there is no forged.token"),
+        "{:?}",
+        empty.json
+    );
+
+    let claims = "exp=$(( $(date +%s) + 600 ))\n\
+                  claims='{\"sub\":\"mallory\",\"exp\":'$exp',\"scopes\":[{\"prefix\":\"secret/\",\"ops\":[\"read\"]}]}'\n";
+    lab.shell(&format!(
+        "{claims}skv lab forge-jwt --header '{{\"alg\":\"HS256\"}}' --claims \"$claims\" \
+         --hs256-key public/keyset.json > forged.token"
+    ))?;
+    let near = lab.check()?;
+    assert_eq!(near.code, 1);
+    assert!(
+        near.missing("break it")
+            .contains("HS256 signature does not verify"),
+        "{:?}",
+        near.json
+    );
+
+    lab.shell(&format!(
+        "{claims}skv lab forge-jwt --claims \"$claims\" > forged.token"
+    ))?;
+    let other = lab.check()?;
+    assert!(
+        other
+            .missing("break it")
+            .contains("with alg none: this lab is about a token with alg hs256"),
+        "{:?}",
+        other.json
+    );
+
+    lab.reset()?;
+    lab.run_solution()?;
+    let done = lab.check()?;
+    assert_eq!(done.code, 0, "{:?}", done.json);
+    assert!(
+        done.notes("fix it").contains("does not match alg EdDSA"),
+        "{:?}",
+        done.json
+    );
+    Ok(())
+}
+
+/// Lab 07. Near-miss: binding required in the config but the node not restarted; the answer
+/// is not the flag.
+#[test]
+fn lab07_stolen_token() -> anyhow::Result<()> {
+    let lab = LabRun::start("7")?;
+    let empty = lab.check()?;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty.missing("break it").contains("there is no answer.txt"),
+        "{:?}",
+        empty.json
+    );
+    assert!(
+        empty
+            .missing("fix it")
+            .contains("require_bound_tokens = true"),
+        "{:?}",
+        empty.json
+    );
+
+    lab.shell(
+        "skv --addr $DB_ADDR --ca pki/ca.pem --cert pki/clients/mallory.pem \
+             --key pki/clients/mallory-key.pem --token-file mallory.token get mallory/notes > answer.txt\n\
+         echo 'require_bound_tokens = true' >> nodes/db.toml",
+    )?;
+    let near = lab.check()?;
+    assert_eq!(near.code, 1);
+    assert!(
+        near.missing("break it").contains("does not hold the flag"),
+        "{:?}",
+        near.json
+    );
+    assert!(
+        near.missing("fix it")
+            .contains("still accepts alice's token"),
+        "{:?}",
+        near.json
+    );
+
+    lab.reset()?;
+    lab.run_solution()?;
+    let done = lab.check()?;
+    assert_eq!(done.code, 0, "{:?}", done.json);
+    assert!(
+        done.notes("break it")
+            .contains("from mallory's certificate"),
+        "{:?}",
+        done.json
+    );
+    assert!(
+        done.notes("fix it").contains("requires binding"),
+        "{:?}",
+        done.json
+    );
+    Ok(())
+}
+
+/// Lab 08. Near-miss: the token signed with the right key but expired beyond the leeway.
+#[test]
+fn lab08_expired_token() -> anyhow::Result<()> {
+    let lab = LabRun::start("expired-token")?;
+    let empty = lab.check()?;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty.missing("break it").contains("there is no answer.txt"),
+        "{:?}",
+        empty.json
+    );
+    assert!(
+        empty.missing("fix it").contains("3600 s of leeway"),
+        "{:?}",
+        empty.json
+    );
+
+    lab.shell(
+        "skv --addr $DB_ADDR --ca pki/ca.pem --cert pki/clients/mallory.pem \
+             --key pki/clients/mallory-key.pem --token-file loot/mallory-ancient.token \
+             get secret/flag > answer.txt && exit 1\n\
+         true",
+    )?;
+    let near = lab.check()?;
+    assert_eq!(near.code, 1);
+    let why = near.missing("break it");
+    assert!(why.contains("answer.txt is empty"), "{why}");
+    assert!(
+        why.contains("expired beyond the node's leeway") && why.contains("(leeway 3600s)"),
+        "{why}"
+    );
+
+    lab.reset()?;
+    lab.run_solution()?;
+    let done = lab.check()?;
+    assert_eq!(done.code, 0, "{:?}", done.json);
+    assert!(
+        done.notes("fix it").contains("(leeway 5s)"),
+        "{:?}",
+        done.json
+    );
+    Ok(())
+}

@@ -345,6 +345,25 @@ impl Ctx {
         String::from_utf8_lossy(&text).into_owned()
     }
 
+    /// SHA-256 (lower-case hex) of the student's certificate `stem` in DIR/pki/clients: the
+    /// `peer` the audit log records for connections made with it.
+    pub(crate) fn fingerprint(&self, stem: &str) -> std::result::Result<String, String> {
+        let der =
+            world::cert_der(&world::student_identity(&self.dir, stem).0).map_err(|f| f.message)?;
+        Ok(ring::digest::digest(&ring::digest::SHA256, &der)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+
+    /// The `jti` of the token in DIR/`rel` (read without verifying: the world wrote it).
+    pub(crate) fn token_jti(&self, rel: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.path(rel)).ok()?;
+        let token = skv_certs::issuer::inspect(text.trim()).ok()?;
+        token.claims.get("jti")?.as_str().map(str::to_owned)
+    }
+
     /// A fact the world recorded at start (an expiry time, ...).
     pub(crate) fn fact(&self, name: &str) -> Option<&str> {
         self.state.facts.get(name).map(String::as_str)

@@ -86,7 +86,6 @@ impl LegacyKey {
 #[derive(Debug, Clone)]
 pub(crate) struct Accepted {
     pub(crate) alg: String,
-    pub(crate) header: serde_json::Value,
     pub(crate) claims: serde_json::Value,
 }
 
@@ -142,11 +141,7 @@ pub(crate) fn legacy_verify(
             return Err(format!("the token expired {} s ago", now - exp));
         }
     }
-    Ok(Accepted {
-        alg,
-        header,
-        claims,
-    })
+    Ok(Accepted { alg, claims })
 }
 
 fn decode_json(part: &str, what: &str) -> std::result::Result<serde_json::Value, String> {
@@ -337,5 +332,122 @@ mod tests {
         assert_eq!(grants(&claims, "read", "secret/flag"), ["read:secret/"]);
         assert!(grants(&claims, "read", "public/x").is_empty());
         assert!(grants(&claims, "write", "secret/flag").is_empty());
+    }
+}
+
+/// Labs 05 and 06 share their rule, with the algorithm and the audit reasons as parameters.
+pub(crate) mod forged {
+    use super::{all_grants, grants, legacy_verify, LegacyKey};
+    use crate::lab::check::{Attempt, Ctx, Part, Report};
+    use crate::lab::world;
+
+    /// The student's forged token, relative to DIR.
+    pub(crate) const FILE: &str = "forged.token";
+    const NODE: &str = "db";
+    const KEY: &str = "secret/flag";
+    /// The student's identity: the forged token is replayed from its certificate.
+    const STUDENT: &str = "mallory";
+
+    /// Break it: the legacy service accepts DIR/forged.token with `alg` (lower case) and it
+    /// grants read on secret/flag. Fix it: skv refuses the same token from the student's
+    /// certificate, and its audit log names a reason containing one of `reasons`, both for
+    /// the student's own attempt and for the checker's replay.
+    pub(crate) fn check(ctx: &Ctx, alg: &str, reasons: &[&str], lab: u32) -> Report {
+        let mut break_it = Part::new("break it");
+        let token = break_it.require(ctx.artifact_text(
+            FILE,
+            "your forged token, on one line (header.claims.signature)",
+        ));
+        if let Some(token) = &token {
+            match LegacyKey::load(&ctx.dir) {
+                Ok(key) => match legacy_verify(token, &key, skv_token::unix_now()) {
+                    Err(why) => break_it.miss(format!("the legacy service refuses {FILE}: {why}")),
+                    Ok(accepted) if accepted.alg.to_ascii_lowercase() != alg => {
+                        break_it.miss(format!(
+                            "the legacy service accepted {FILE}, but with alg {}: this lab is \
+                             about a token with alg {alg}",
+                            accepted.alg
+                        ))
+                    }
+                    Ok(accepted) => {
+                        let read = grants(&accepted.claims, "read", KEY);
+                        if read.is_empty() {
+                            break_it.miss(format!(
+                                "the legacy service accepted {FILE} (alg {}), but it grants {} \
+                                 and nothing that reads {KEY}: grant read on a prefix of {KEY}",
+                                accepted.alg,
+                                all_grants(&accepted.claims)
+                            ));
+                        } else {
+                            break_it.note(format!(
+                                "the legacy service accepted {FILE} (alg {}) and would serve \
+                                 {KEY} ({})",
+                                accepted.alg,
+                                read.join(", ")
+                            ));
+                        }
+                    }
+                },
+                Err(e) => break_it.miss(e),
+            }
+        }
+
+        let mut fix_it = Part::new("fix it");
+        let Some(token) = token else {
+            fix_it.miss(format!("write {FILE} first (see \"break it\")"));
+            return Report::of(vec![break_it, fix_it]);
+        };
+        if fix_it.require(ctx.require_running(NODE)).is_none() {
+            return Report::of(vec![break_it, fix_it]);
+        }
+        let named = |line: &serde_json::Value| {
+            line["decision"] == "deny"
+                && line["reason"]
+                    .as_str()
+                    .is_some_and(|r| reasons.iter().any(|want| r.contains(want)))
+        };
+        let before = ctx.audit(NODE);
+        let own = before.iter().filter(|l| named(l)).count();
+        let (cert, key) = world::student_identity(&ctx.dir, STUDENT);
+        let replay = ctx.attempt(
+            NODE,
+            &Attempt {
+                identity: Some((cert, key)),
+                token: Some(token),
+                ..Attempt::default()
+            },
+            KEY,
+        );
+        if replay.value().is_some() {
+            fix_it.miss(format!(
+                "the skv node SERVED {KEY} for {FILE}: that must never happen"
+            ));
+        } else if !replay.refused() {
+            fix_it.miss(format!(
+                "the checker could not replay {FILE} against the node: {}",
+                replay.describe()
+            ));
+        } else {
+            match ctx.wait_audit(NODE, before.len(), named) {
+                Some(line) => fix_it.note(format!(
+                    "skv refused it; its audit log says: {}",
+                    line["reason"].as_str().unwrap_or_default()
+                )),
+                None => fix_it.miss(format!(
+                    "skv refused {FILE}, but for another reason than a forged signature or \
+                     algorithm ({}); make the token the legacy service accepts",
+                    replay.describe()
+                )),
+            }
+            if own == 0 {
+                fix_it.miss(format!(
+                    "the node's audit log shows no forged token refused yet: send {FILE} to the \
+                     node yourself (skv --addr $DB_ADDR --ca pki/ca.pem --cert \
+                     pki/clients/{STUDENT}.pem --key pki/clients/{STUDENT}-key.pem --token-file \
+                     {FILE} get {KEY}), then `skv lab check {lab}`"
+                ));
+            }
+        }
+        Report::of(vec![break_it, fix_it])
     }
 }

@@ -55,9 +55,34 @@ macro_rules! lab {
 // Each lab's check.rs: `pub(crate) fn check(ctx: &Ctx) -> Report`.
 #[path = "../../../../labs/01-sniff/check.rs"]
 mod lab01;
+#[path = "../../../../labs/02-no-client-auth/check.rs"]
+mod lab02;
+#[path = "../../../../labs/03-rogue-ca/check.rs"]
+mod lab03;
+#[path = "../../../../labs/04-expired-cert/check.rs"]
+mod lab04;
+#[path = "../../../../labs/05-alg-none/check.rs"]
+mod lab05;
+#[path = "../../../../labs/06-hs256-confusion/check.rs"]
+mod lab06;
+#[path = "../../../../labs/07-stolen-token/check.rs"]
+mod lab07;
+#[path = "../../../../labs/08-expired-token/check.rs"]
+mod lab08;
 
 /// Every lab, in order.
 pub(crate) fn labs() -> &'static [Lab] {
     static LABS: OnceLock<Vec<Lab>> = OnceLock::new();
-    LABS.get_or_init(|| vec![lab!(1, "01-sniff", lab01)])
+    LABS.get_or_init(|| {
+        vec![
+            lab!(1, "01-sniff", lab01),
+            lab!(2, "02-no-client-auth", lab02),
+            lab!(3, "03-rogue-ca", lab03),
+            lab!(4, "04-expired-cert", lab04),
+            lab!(5, "05-alg-none", lab05),
+            lab!(6, "06-hs256-confusion", lab06),
+            lab!(7, "07-stolen-token", lab07),
+            lab!(8, "08-expired-token", lab08),
+        ]
+    })
 }

@@ -730,7 +730,11 @@ fn summary(lab: &Lab, dir: &Path, state: &State) {
     }
     let d = dir_suffix(lab, dir);
     println!();
-    println!("next: read {}/README.md", dir.display());
+    println!(
+        "next: read {}/README.md (background: {})",
+        dir.display(),
+        spec.docs
+    );
     println!(
         "      cd {} && . ./world.env   (sets the variables above)",
         dir.display()
