@@ -3,7 +3,9 @@
 //! every lab: an empty attempt fails with an explanation, a near-miss fails with one, and the
 //! worked solution (`skv lab solution`, executed) passes. Labs 09 to 16 are in labs_more.rs.
 
+use anyhow::Context;
 use skv_tests::lab::LabRun;
+use skv_tests::{code, err_text};
 
 /// Lab 01. Near-miss: a capture of the TLS node saved as the plaintext capture.
 #[test]
@@ -92,6 +94,52 @@ fn lab02_no_client_auth() -> anyhow::Result<()> {
         "{:?}",
         near.json
     );
+
+    // Editing the lab's state does not solve it: a state.json whose flag hash is that of the
+    // student's own flag still fails, because the checker compares with the node's data.
+    let state_path = lab.dir().join(".lab/state.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+    let salt = state["flag_salt"].as_str().unwrap_or_default().to_owned();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(salt.as_bytes());
+    ctx.update(b"SKV{00000000000000000000000000000000}");
+    let forged: String = ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    state["flag_hash"] = serde_json::Value::String(forged);
+    std::fs::write(&state_path, serde_json::to_vec(&state)?)?;
+    let edited = lab.check()?;
+    assert!(!edited.part_solved("break it"), "{:?}", edited.json);
+    assert!(
+        edited.missing("break it").contains("not this world's"),
+        "{:?}",
+        edited.json
+    );
+
+    // `stop` signals only processes whose command line is the one it recorded: a pid that
+    // now belongs to something else (here a sleep) is left alone.
+    let mut bystander = std::process::Command::new("sleep").arg("60").spawn()?;
+    state["procs"]
+        .as_array_mut()
+        .context("procs")?
+        .push(serde_json::json!({
+            "name": "recycled",
+            "pid": bystander.id(),
+            "cmdline": ["/usr/bin/skv-node", "--config", "nodes/db.toml"],
+        }));
+    std::fs::write(&state_path, serde_json::to_vec(&state)?)?;
+    let stopped = lab.lab_cmd("stop", &[])?;
+    assert_eq!(code(&stopped), 0, "{}", err_text(&stopped));
+    assert!(
+        bystander.try_wait()?.is_none(),
+        "stop killed a process that is not the lab's"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(String::from_utf8_lossy(&stopped.stdout).contains("stopped db"));
 
     lab.reset()?;
     lab.run_solution()?;

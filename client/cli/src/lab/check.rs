@@ -8,6 +8,7 @@
 //! salted hash) in what the student captured or read, and read the node's audit log and log.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -139,15 +140,20 @@ pub(crate) struct Ctx {
     /// The lab's directory (absolute).
     pub(crate) dir: PathBuf,
     pub(crate) state: State,
+    lab: &'static Lab,
     rt: tokio::runtime::Runtime,
+    /// The flag as the world's node holds it, read once (see [`Ctx::is_flag`]).
+    flag: OnceLock<Option<String>>,
 }
 
 impl Ctx {
-    pub(crate) fn new(dir: PathBuf, state: State) -> Result<Ctx> {
+    pub(crate) fn new(lab: &'static Lab, dir: PathBuf, state: State) -> Result<Ctx> {
         Ok(Ctx {
             dir,
             state,
+            lab,
             rt: world::runtime()?,
+            flag: OnceLock::new(),
         })
     }
 
@@ -183,9 +189,39 @@ impl Ctx {
             .map_err(|_| format!("{rel} is not text: it should hold {what}"))
     }
 
-    /// Whether `candidate` is this world's flag.
+    /// Whether `candidate` is this world's flag: it matches the salted hash recorded at
+    /// start AND, when the node holding the flag answers, the value it holds. The second
+    /// check is what makes an edited state.json (a hash of a flag of one's own) useless.
     pub(crate) fn is_flag(&self, candidate: &str) -> bool {
-        world::flag_hash(&self.state.flag_salt, candidate.trim()) == self.state.flag_hash
+        let candidate = candidate.trim();
+        world::flag_hash(&self.state.flag_salt, candidate) == self.state.flag_hash
+            && self.world_flag().is_none_or(|flag| flag == candidate)
+    }
+
+    /// The flag read from the node the world seeded it on, as the lab's admin identity; `None`
+    /// when that node does not answer.
+    fn world_flag(&self) -> Option<&str> {
+        self.flag
+            .get_or_init(|| {
+                let data = self
+                    .lab
+                    .spec()
+                    .world
+                    .data
+                    .iter()
+                    .find(|d| d.value.contains("{flag}"))?;
+                let node = data
+                    .node
+                    .clone()
+                    .or_else(|| self.lab.spec().world.nodes.first().map(|n| n.name.clone()))?;
+                if !self.node_running(&node) {
+                    return None;
+                }
+                let value = self.admin_get(&node, &data.key).value()?.clone();
+                let flag = flag_candidates(&value).next().map(str::to_owned);
+                flag
+            })
+            .as_deref()
     }
 
     /// Whether `bytes` contain this world's flag anywhere.
@@ -387,7 +423,7 @@ fn flag_candidates(bytes: &[u8]) -> impl Iterator<Item = &str> {
 pub(crate) fn run(lab: &'static Lab, dir: &Path, json: bool) -> Result<u8> {
     let dir = world::open(lab, dir)?;
     let state = State::load(&dir)?;
-    let ctx = Ctx::new(dir, state)?;
+    let ctx = Ctx::new(lab, dir, state)?;
     let report = (lab.check)(&ctx);
     let solved = report.solved();
     if json {
@@ -460,7 +496,7 @@ mod tests {
         assert_eq!(flag_candidates(&bytes).collect::<Vec<_>>(), [flag.as_str()]);
         assert_eq!(flag_candidates(b"SKV{not-hex}").count(), 0);
         assert_eq!(flag_candidates(b"SKV{0123}").count(), 0);
-        let upper = flag.to_uppercase().replace("SKV{", "SKV{");
+        let upper = flag.to_uppercase();
         assert_eq!(flag_candidates(upper.as_bytes()).count(), 0);
     }
 

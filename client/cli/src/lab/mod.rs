@@ -181,7 +181,7 @@ pub(crate) type Result<T> = std::result::Result<T, Failure>;
 pub(crate) fn run(cmd: LabCommand, json: bool) -> u8 {
     let (name, result) = match cmd {
         LabCommand::List => ("list", list(json)),
-        LabCommand::Start(a) => ("start", with_lab(&a, |lab, dir| world::start(lab, dir))),
+        LabCommand::Start(a) => ("start", with_lab(&a, world::start)),
         LabCommand::Hint(a) => ("hint", with_lab(&a, hint)),
         LabCommand::Check(a) => ("check", with_lab(&a, |lab, dir| check::run(lab, dir, json))),
         LabCommand::Solution(a) => ("solution", with_lab(&a, solution)),
