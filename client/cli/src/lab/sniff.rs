@@ -3,7 +3,7 @@
 //! it never decrypts anything) and writes what passes to a capture file:
 //!
 //! ```text
-//! "SKVCAP1\n", then records: direction (1 byte: '>' client to server, '<' server to client),
+//! "LABCAP1\n", then records: direction (1 byte: '>' client to server, '<' server to client),
 //! connection number (u32 big-endian), length (u32 big-endian), the bytes.
 //! ```
 //!
@@ -24,7 +24,7 @@ use super::{Failure, Result, SniffArgs};
 /// Default bound of a capture file.
 pub(crate) const DEFAULT_MAX_BYTES: u64 = 16 << 20;
 /// The capture file's first bytes.
-pub(crate) const MAGIC: &[u8] = b"SKVCAP1\n";
+pub(crate) const MAGIC: &[u8] = b"LABCAP1\n";
 const HEADER: usize = 9;
 
 /// One recorded chunk.
@@ -39,7 +39,7 @@ pub(crate) struct Record {
 /// Read a capture file's records; a truncated last record (a full file) is dropped.
 pub(crate) fn parse_capture(bytes: &[u8]) -> std::result::Result<Vec<Record>, String> {
     let Some(mut rest) = bytes.strip_prefix(MAGIC) else {
-        return Err("it is not a capture written by `skv lab sniff` (no SKVCAP1 header)".into());
+        return Err("it is not a capture written by `skv lab sniff` (no LABCAP1 header)".into());
     };
     let mut records = Vec::new();
     while rest.len() >= HEADER {
