@@ -439,7 +439,7 @@ pub(crate) fn run(lab: &'static Lab, dir: &Path, json: bool) -> Result<u8> {
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "lab": lab.number,
@@ -449,7 +449,7 @@ pub(crate) fn run(lab: &'static Lab, dir: &Path, json: bool) -> Result<u8> {
             })
         );
     } else {
-        println!(
+        outln!(
             "lab {:02} ({}): {}",
             lab.number,
             lab.slug(),
@@ -461,16 +461,16 @@ pub(crate) fn run(lab: &'static Lab, dir: &Path, json: bool) -> Result<u8> {
             } else {
                 "not solved"
             };
-            println!("  {}: {verdict}", part.name);
+            outln!("  {}: {verdict}", part.name);
             for why in &part.missing {
-                println!("    - {why}");
+                outln!("    - {why}");
             }
             for what in &part.notes {
-                println!("    · {what}");
+                outln!("    · {what}");
             }
         }
         if !solved {
-            println!(
+            outln!(
                 "\n`skv lab hint {}` reveals a hint; fix what is listed and check again.",
                 lab.number
             );

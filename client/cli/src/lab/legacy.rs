@@ -213,16 +213,16 @@ pub(crate) fn verify_command(lab: &Lab, dir: &Path, token_file: &Path) -> Result
                 .claims
                 .get("sub")
                 .and_then(serde_json::Value::as_str);
-            println!(
+            outln!(
                 "legacy service: ACCEPTED (alg {}), subject {}",
                 accepted.alg,
                 sub.map_or("(none)".into(), |s| format!("{s:?}"))
             );
-            println!("  grants: {}", all_grants(&accepted.claims));
+            outln!("  grants: {}", all_grants(&accepted.claims));
             Ok(exit::OK)
         }
         Err(why) => {
-            println!("legacy service: REFUSED: {why}");
+            outln!("legacy service: REFUSED: {why}");
             Ok(1)
         }
     }
@@ -268,7 +268,7 @@ pub(crate) fn forge(args: &ForgeArgs) -> Result<u8> {
         }
         None => String::new(),
     };
-    println!("{signed}.{signature}");
+    outln!("{signed}.{signature}");
     Ok(exit::OK)
 }
 

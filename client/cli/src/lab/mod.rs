@@ -16,6 +16,23 @@
 //! Weak worlds only ever use the node's documented insecure settings: nothing here adds a
 //! vulnerable code path to skv-node.
 
+/// `println!` that ignores a closed stdout (`skv lab list | head`): that is the reader's
+/// choice, not a failure, and must not panic as `println!` would.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` likewise.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub(crate) mod check;
 pub(crate) mod legacy;
 pub(crate) mod process;
@@ -257,21 +274,21 @@ fn list(json: bool) -> Result<u8> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        outln!("{}", serde_json::Value::Array(rows));
         return Ok(exit::OK);
     }
     for lab in labs {
         let spec = lab.spec();
-        println!(
+        outln!(
             "{:02}  {:<20} ~{:>2} min  {}",
             lab.number,
             lab.slug(),
             spec.minutes,
             spec.title
         );
-        println!("    {}", spec.summary);
+        outln!("    {}", spec.summary);
     }
-    println!("\nstart one: skv lab start N   (then read ./skv-lab/NN-slug/README.md)");
+    outln!("\nstart one: skv lab start N   (then read ./skv-lab/NN-slug/README.md)");
     Ok(exit::OK)
 }
 
@@ -279,12 +296,12 @@ fn hint(lab: &'static Lab, dir: &Path) -> Result<u8> {
     let spec = lab.spec();
     let mut state = state::State::load(dir)?;
     if spec.hints.is_empty() {
-        println!("lab {:02} has no hints", lab.number);
+        outln!("lab {:02} has no hints", lab.number);
         return Ok(exit::OK);
     }
     let shown = state.hints_shown.min(spec.hints.len());
     if shown == spec.hints.len() {
-        println!(
+        outln!(
             "no more hints ({} of {} shown); `skv lab solution {}` prints a worked solution",
             shown,
             spec.hints.len(),
@@ -295,7 +312,7 @@ fn hint(lab: &'static Lab, dir: &Path) -> Result<u8> {
         state.save(dir)?;
     }
     for (i, text) in spec.hints.iter().take(state.hints_shown).enumerate() {
-        println!("hint {}/{}: {}", i + 1, spec.hints.len(), text.trim());
+        outln!("hint {}/{}: {}", i + 1, spec.hints.len(), text.trim());
     }
     Ok(exit::OK)
 }
@@ -304,19 +321,19 @@ fn solution(lab: &'static Lab, dir: &Path) -> Result<u8> {
     let spec = lab.spec();
     // Absolute, so the script works from anywhere.
     let shown_dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
-    println!(
+    outln!(
         "# Lab {:02} ({}): a worked solution. Spoiler: try `skv lab hint {}` first.",
         lab.number,
         lab.slug(),
         lab.number
     );
-    println!("set -eu");
-    println!("cd {}", shell_quote(&shown_dir.display().to_string()));
-    println!("# The world's addresses as shell variables (written by `skv lab start`).");
-    println!(". ./world.env");
-    print!("{}", spec.solution.trim_start());
+    outln!("set -eu");
+    outln!("cd {}", shell_quote(&shown_dir.display().to_string()));
+    outln!("# The world's addresses as shell variables (written by `skv lab start`).");
+    outln!(". ./world.env");
+    out!("{}", spec.solution.trim_start());
     if !spec.solution.ends_with('\n') {
-        println!();
+        outln!();
     }
     Ok(exit::OK)
 }
@@ -337,7 +354,7 @@ fn stop(args: &StopArgs) -> Result<u8> {
                 .unwrap_or_default();
             dirs.sort();
             if dirs.is_empty() {
-                println!("no started lab under {}", root.display());
+                outln!("no started lab under {}", root.display());
             }
             dirs
         }

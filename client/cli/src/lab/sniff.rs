@@ -136,7 +136,7 @@ async fn relay(args: &SniffArgs) -> Result<u8> {
         max: args.max_bytes.max(MAGIC.len() as u64),
         full: false,
     }));
-    println!(
+    outln!(
         "relaying {} -> {}, recording both ways to {}{}",
         args.listen,
         args.to,
@@ -180,7 +180,7 @@ async fn relay(args: &SniffArgs) -> Result<u8> {
     }
     let capture = capture.lock().unwrap_or_else(PoisonError::into_inner);
     let _ = capture.file.sync_all();
-    println!(
+    outln!(
         "stopped: {} connection(s), {} bytes relayed, {} bytes in {}",
         conns.load(Ordering::Relaxed),
         bytes.load(Ordering::Relaxed),

@@ -54,6 +54,13 @@ pub(crate) struct WorldSpec {
     /// The nodes, each a real skv-node process.
     #[serde(default)]
     pub(crate) nodes: Vec<NodeSpec>,
+    /// Make the nodes one replicated cluster: a shared map in DIR/cluster.json (as `skv
+    /// cluster init` writes it) that every node config names. Without it each node is a
+    /// cluster of its own, owning every slot.
+    #[serde(default)]
+    pub(crate) cluster: bool,
+    /// Replicas per shard with `cluster` [default: 3, or the node count if smaller].
+    pub(crate) replicas: Option<usize>,
     /// A background client reading a key over and over, like an application would.
     pub(crate) victim: Option<VictimSpec>,
 }
@@ -190,6 +197,17 @@ impl WorldSpec {
                 }
             }
         }
+        if let Some(r) = self.replicas {
+            if !self.cluster || r == 0 || r > self.nodes.len() {
+                return Err(format!(
+                    "replicas = {r} needs cluster = true and 1 to {} (the node count)",
+                    self.nodes.len()
+                ));
+            }
+        }
+        if self.cluster && self.nodes.is_empty() {
+            return Err("cluster = true needs nodes".into());
+        }
         if !self.data.is_empty() && self.nodes.is_empty() {
             return Err("seed data needs a node".into());
         }
@@ -207,5 +225,43 @@ impl WorldSpec {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world(text: &str) -> WorldSpec {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn worlds_that_cannot_be_built_are_refused() {
+        let two = "cluster = true\nnodes = [{ name = \"a\" }, { name = \"b\" }]\n";
+        assert!(world(two).validate().is_ok());
+        assert!(world(&format!("replicas = 3\n{two}")).validate().is_err());
+        assert!(world("replicas = 1\nnodes = [{ name = \"a\" }]")
+            .validate()
+            .is_err());
+        assert!(world("nodes = [{ name = \"a\" }, { name = \"a\" }]")
+            .validate()
+            .is_err());
+        assert!(world("addresses = [\"Wire\"]").validate().is_err());
+        assert!(
+            world("tokens = [{ file = \"t\", sub = \"s\", allow = [\"read:\"] }]")
+                .validate()
+                .unwrap_err()
+                .contains("issuer")
+        );
+        assert!(world(
+            "issuer = true\ntokens = [{ file = \"t\", sub = \"s\", allow = [\"read:\"], expired_secs = [5, 1] }]"
+        )
+        .validate()
+        .is_err());
+        assert!(
+            toml::from_str::<WorldSpec>("nodez = []").is_err(),
+            "typos are refused"
+        );
     }
 }

@@ -72,7 +72,7 @@ pub(crate) fn run(dir: &Path) -> Result<u8> {
             Err(e) => format!("cannot read the node config: {}", e.message),
         };
         if outcome != last {
-            println!("{outcome}");
+            outln!("{outcome}");
             last = outcome;
         }
         std::thread::sleep(every);

@@ -9,6 +9,7 @@
 //! pki/ca.pem             the cluster CA certificate (its key is not kept anywhere)
 //! pki/clients/*.pem      the student's client certificates and keys
 //! public/keyset.json     the issuer's public keyset, and the same key as a PEM file
+//! cluster.json           the cluster map, when the world is one cluster (`cluster = true`)
 //! nodes/<name>.toml      each node's config: edit it and `skv lab restart N` for a fix-it part
 //! logs/<name>.log        each node's log; logs/<name>-audit.log its audit log
 //! data/<name>/           each node's sled data
@@ -28,7 +29,7 @@ use skv_certs::{Ca, KeyType, LeafSpec};
 use skv_client::{exit, ClusterClient, ConnectOptions, Security};
 
 use super::process::{self, ProcRecord};
-use super::spec::{LabSpec, NodeSpec};
+use super::spec::{LabSpec, NodeSpec, WorldSpec};
 use super::state::{write_file, State};
 use super::{Failure, Lab, Result};
 
@@ -122,7 +123,7 @@ pub(crate) fn restart(lab: &'static Lab, dir: &Path) -> Result<u8> {
     for node in &spec.world.nodes {
         if let Some(rec) = take_proc(&mut state, &node.name) {
             if process::stop(&rec)? {
-                println!("stopped {} (pid {})", rec.name, rec.pid);
+                outln!("stopped {} (pid {})", rec.name, rec.pid);
             }
         }
     }
@@ -130,7 +131,7 @@ pub(crate) fn restart(lab: &'static Lab, dir: &Path) -> Result<u8> {
     start_nodes(&dir, spec, &mut state)?;
     ensure_victim(&dir, spec, &mut state)?;
     state.save(&dir)?;
-    println!(
+    outln!(
         "lab {:02} restarted; `skv lab check {}{}` when you are ready",
         lab.number,
         lab.number,
@@ -147,7 +148,7 @@ pub(crate) fn reset(lab: &'static Lab, dir: &Path) -> Result<u8> {
         // Only a directory that holds a lab state is wiped: never someone's other files.
         std::fs::remove_dir_all(&dir)
             .map_err(|e| Failure::usage(format!("cannot remove {}: {e}", dir.display())))?;
-        println!("wiped {}", dir.display());
+        outln!("wiped {}", dir.display());
     }
     start(lab, dir)
 }
@@ -157,7 +158,7 @@ pub(crate) fn stop_all(dir: &Path) -> Result<()> {
     let mut state = match State::load(dir) {
         Ok(state) => state,
         Err(_) => {
-            println!("{}: no started lab, nothing to stop", dir.display());
+            outln!("{}: no started lab, nothing to stop", dir.display());
             return Ok(());
         }
     };
@@ -165,8 +166,8 @@ pub(crate) fn stop_all(dir: &Path) -> Result<()> {
     let mut stuck = Vec::new();
     for rec in procs {
         match process::stop(&rec) {
-            Ok(true) => println!("stopped {} (pid {})", rec.name, rec.pid),
-            Ok(false) => println!("{} already stopped", rec.name),
+            Ok(true) => outln!("stopped {} (pid {})", rec.name, rec.pid),
+            Ok(false) => outln!("{} already stopped", rec.name),
             Err(e) => {
                 eprintln!("{}", e.message);
                 stuck.push(rec);
@@ -179,7 +180,7 @@ pub(crate) fn stop_all(dir: &Path) -> Result<()> {
     if left > 0 {
         return Err(Failure::usage(format!("{left} process(es) would not stop")));
     }
-    println!("lab in {} is stopped", dir.display());
+    outln!("lab in {} is stopped", dir.display());
     Ok(())
 }
 
@@ -273,8 +274,11 @@ fn build(lab: &'static Lab, dir: &Path) -> Result<State> {
         make_tokens(dir, spec, &mut state)?;
     }
     reserve_ports(spec, &mut state)?;
+    if world.cluster {
+        write_cluster_map(dir, spec, &state)?;
+    }
     for node in &world.nodes {
-        let text = render_node_config(dir, world.issuer, node, state.addr(&node.name)?)?;
+        let text = render_node_config(world, node, state.addr(&node.name)?)?;
         write_file(&node_config(dir, &node.name), text.as_bytes(), 0o644)?;
     }
     write_env(dir, &state)?;
@@ -449,9 +453,25 @@ fn reserve_ports(spec: &LabSpec, state: &mut State) -> Result<()> {
     Ok(())
 }
 
+/// DIR/cluster.json: one map over every node, as `skv cluster init` makes it.
+fn write_cluster_map(dir: &Path, spec: &LabSpec, state: &State) -> Result<()> {
+    let nodes = spec
+        .world
+        .nodes
+        .iter()
+        .map(|n| Ok((n.name.clone(), state.addr(&n.name)?.to_owned())))
+        .collect::<Result<Vec<_>>>()?;
+    let replicas = spec
+        .world
+        .replicas
+        .unwrap_or_else(|| skv_proto::cluster::ClusterMap::default_replicas(nodes.len()));
+    let map = skv_proto::cluster::ClusterMap::even_replicated(CLUSTER, &nodes, replicas)
+        .map_err(usage("cannot make the cluster map"))?;
+    write_file(&dir.join("cluster.json"), &map.to_json(), 0o644)
+}
+
 /// DIR/nodes/<name>.toml: the lab's settings plus the world's paths and address.
-fn render_node_config(dir: &Path, issuer: bool, node: &NodeSpec, listen: &str) -> Result<String> {
-    let _ = dir;
+fn render_node_config(world: &WorldSpec, node: &NodeSpec, listen: &str) -> Result<String> {
     let mut table = node.config.clone();
     let name = &node.name;
     let mut default = |key: &str, value: String| {
@@ -466,8 +486,12 @@ fn render_node_config(dir: &Path, issuer: bool, node: &NodeSpec, listen: &str) -
     default("cert", format!("../.lab/pki/nodes/{name}.pem"));
     default("key", format!("../.lab/pki/nodes/{name}-key.pem"));
     default("audit_log", format!("../logs/{name}-audit.log"));
-    if issuer {
+    if world.issuer {
         default("keyset", "../.lab/issuer/keyset.json".into());
+    }
+    if world.cluster {
+        default("cluster", CLUSTER.into());
+        default("cluster_map", "../cluster.json".into());
     }
     let body = toml::to_string(&table).map_err(usage("cannot render a node config"))?;
     Ok(format!(
@@ -523,7 +547,7 @@ fn start_nodes(dir: &Path, spec: &LabSpec, state: &mut State) -> Result<()> {
             &log,
             &[("RUST_LOG", NODE_LOG_FILTER)],
         )?;
-        println!(
+        outln!(
             "started {} (pid {}) at {}",
             node.name,
             rec.pid,
@@ -594,7 +618,7 @@ fn ensure_victim(dir: &Path, spec: &LabSpec, state: &mut State) -> Result<()> {
         &dir.join("logs").join("victim.log"),
         &[],
     )?;
-    println!("started the victim application (pid {})", rec.pid);
+    outln!("started the victim application (pid {})", rec.pid);
     state.procs.push(rec);
     Ok(())
 }
@@ -713,8 +737,8 @@ fn seed(dir: &Path, spec: &LabSpec, state: &State, flag: &str) -> Result<()> {
 
 fn summary(lab: &Lab, dir: &Path, state: &State) {
     let spec = lab.spec();
-    println!();
-    println!(
+    outln!();
+    outln!(
         "lab {:02} ({}) is running in {}",
         lab.number,
         spec.title,
@@ -726,26 +750,52 @@ fn summary(lab: &Lab, dir: &Path, state: &State) {
         } else {
             "reserved address (nothing listens there yet)".to_owned()
         };
-        println!("  {:<8} {addr:<21} {what}   (${})", name, env_name(name));
+        outln!("  {:<8} {addr:<21} {what}   (${})", name, env_name(name));
     }
     let d = dir_suffix(lab, dir);
-    println!();
-    println!(
+    outln!();
+    outln!(
         "next: read {}/README.md (background: {})",
         dir.display(),
         spec.docs
     );
-    println!(
+    outln!(
         "      cd {} && . ./world.env   (sets the variables above)",
         dir.display()
     );
-    println!(
+    outln!(
         "      skv lab check {}{d}   when you think you are done",
         lab.number
     );
-    println!("      skv lab hint {}{d}    if you are stuck", lab.number);
-    println!(
+    outln!("      skv lab hint {}{d}    if you are stuck", lab.number);
+    outln!(
         "      skv lab stop {}{d}    when you are finished",
         lab.number
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_configs_keep_the_labs_settings_and_add_the_worlds_paths() {
+        let world: WorldSpec = toml::from_str(
+            "issuer = true\ncluster = true\n[[nodes]]\nname = \"db\"\nconfig = { auth = \"off\", \
+             data_dir = \"elsewhere\" }\n",
+        )
+        .unwrap();
+        let text = render_node_config(&world, &world.nodes[0], "127.0.0.1:7").unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(table["auth"].as_str(), Some("off"));
+        assert_eq!(
+            table["data_dir"].as_str(),
+            Some("elsewhere"),
+            "the lab's value wins"
+        );
+        assert_eq!(table["listen"].as_str(), Some("127.0.0.1:7"));
+        assert_eq!(table["keyset"].as_str(), Some("../.lab/issuer/keyset.json"));
+        assert_eq!(table["cluster_map"].as_str(), Some("../cluster.json"));
+        assert_eq!(env_name("wire-2"), "WIRE_2_ADDR");
+    }
 }
