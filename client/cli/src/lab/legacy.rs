@@ -429,10 +429,17 @@ pub(crate) mod forged {
             ));
         } else {
             match ctx.wait_audit(NODE, before.len(), named) {
-                Some(line) => fix_it.note(format!(
-                    "skv refused it; its audit log says: {}",
-                    line["reason"].as_str().unwrap_or_default()
-                )),
+                Some(line) => {
+                    let reason = line["reason"].as_str().unwrap_or_default();
+                    fix_it.note(format!("skv refused it; its audit log says: {reason}"));
+                    if reason.contains("header has no kid") {
+                        fix_it.note(
+                            "put the issuer's kid in the header (see `skv token inspect` of your \
+                             own token) to meet the check this lab is about: each kid verifies \
+                             one algorithm only",
+                        );
+                    }
+                }
                 None => fix_it.miss(format!(
                     "skv refused {FILE}, but for another reason than a forged signature or \
                      algorithm ({}); make the token the legacy service accepts",

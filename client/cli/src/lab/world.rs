@@ -558,12 +558,15 @@ fn start_nodes(dir: &Path, spec: &LabSpec, state: &mut State) -> Result<()> {
     }
     state.save(dir)?;
     for rec in started {
-        wait_accepting(dir, &rec, state.addr(&rec.name)?)?;
+        let offset = state.log_offsets.get(&rec.name).copied().unwrap_or(0);
+        wait_accepting(dir, &rec, state.addr(&rec.name)?, offset, state.lab)?;
     }
     Ok(())
 }
 
-fn wait_accepting(dir: &Path, rec: &ProcRecord, addr: &str) -> Result<()> {
+/// Wait until the node of `rec` accepts TCP on `addr`; if it dies or times out, say why with
+/// the lines its log got since `offset` (this start's, not an earlier run's).
+fn wait_accepting(dir: &Path, rec: &ProcRecord, addr: &str, offset: u64, lab: u32) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if std::net::TcpStream::connect_timeout(
@@ -576,12 +579,14 @@ fn wait_accepting(dir: &Path, rec: &ProcRecord, addr: &str) -> Result<()> {
         }
         if !process::is_alive(rec) || Instant::now() >= deadline {
             let log = node_log(dir, &rec.name);
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            let bytes = std::fs::read(&log).unwrap_or_default();
+            let from = usize::try_from(offset).unwrap_or(0).min(bytes.len());
+            let text = String::from_utf8_lossy(&bytes[from..]);
+            let tail: Vec<&str> = text.lines().rev().take(8).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             return Err(Failure::connection(format!(
-                "node {} did not start at {addr}; last lines of {}:\n{}\n(fix \
-                 {} and run `skv lab restart N`)",
+                "node {} did not start at {addr}; the end of its log ({}):\n{}\n(fix \
+                 {} and run `skv lab restart {lab}`)",
                 rec.name,
                 log.display(),
                 tail.join("\n"),
