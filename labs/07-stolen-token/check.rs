@@ -25,10 +25,9 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
             return Report::of(vec![break_it, fix_it]);
         }
     };
-    let audit = ctx.audit(NODE);
     if break_it.require(ctx.answer_is_flag("answer.txt")).is_some() {
         let jti = ctx.token_jti(STOLEN);
-        let theft = audit.iter().find(|l| {
+        let theft = ctx.wait_audit(NODE, 0, |l| {
             l["decision"] == "allow"
                 && l["sub"] == "alice"
                 && l["key"] == KEY
@@ -67,7 +66,9 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
             && l["peer"] == fingerprint.as_str()
             && l["reason"].as_str().is_some_and(|r| r.contains(BINDING))
     };
-    let own = audit.iter().filter(|l| refused_binding(l)).count();
+    // The student's own replay, looked for before the checker's adds a line of its own.
+    let own = ctx.wait_audit(NODE, 0, refused_binding).is_some();
+    let audit = ctx.audit(NODE);
     let Ok(stolen) = std::fs::read_to_string(ctx.path(STOLEN)) else {
         fix_it.miss(format!(
             "{STOLEN} is gone: `skv lab reset 7` hands it out again"
@@ -98,7 +99,7 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
             replay.describe()
         )),
     }
-    if own == 0 {
+    if !own {
         fix_it.miss(
             "the audit log shows no refusal of your own replay yet: replay alice's token \
              against the fixed node yourself",

@@ -20,7 +20,6 @@ const MAX_LEEWAY: i64 = 30;
 pub(crate) fn check(ctx: &Ctx) -> Report {
     let mut break_it = Part::new("break it");
     let mut fix_it = Part::new("fix it");
-    let audit = ctx.audit(NODE);
     let fingerprint = ctx.fingerprint(STUDENT).unwrap_or_default();
     let expired = |l: &serde_json::Value| {
         l["decision"] == "deny"
@@ -32,7 +31,7 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
     match ctx.answer_is_flag("answer.txt") {
         Ok(()) => {
             let jti = ctx.token_jti(RECENT);
-            let used = audit.iter().find(|l| {
+            let used = ctx.wait_audit(NODE, 0, |l| {
                 l["decision"] == "allow"
                     && l["key"] == KEY
                     && jti.as_deref().is_some_and(|j| l["jti"] == j)
@@ -52,7 +51,7 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
             }
         }
         Err(why) => {
-            let refused = audit.iter().rev().find(|l| expired(l));
+            let refused = ctx.wait_audit(NODE, 0, expired);
             match refused {
                 Some(line) => break_it.miss(format!(
                     "{why}; the node refused a token of yours: \"{}\": that one expired beyond \
@@ -82,13 +81,14 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
         }
         Err(e) => fix_it.miss(e),
     }
-    let before = ctx.audit(NODE);
     // Refusals under the fixed leeway only: the ancient token was refused by the weak node
-    // too, and that is not the fix at work.
-    let own = before
-        .iter()
-        .filter(|l| expired(l) && leeway_of(l).is_some_and(|s| s <= MAX_LEEWAY))
-        .count();
+    // too, and that is not the fix at work. Looked for before the checker's replay.
+    let own = ctx
+        .wait_audit(NODE, 0, |l| {
+            expired(l) && leeway_of(l).is_some_and(|s| s <= MAX_LEEWAY)
+        })
+        .is_some();
+    let before = ctx.audit(NODE);
     let token = std::fs::read_to_string(ctx.path(RECENT)).unwrap_or_default();
     let (cert, key) = world::student_identity(&ctx.dir, STUDENT);
     let replay = ctx.attempt(
@@ -116,7 +116,7 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
             replay.describe()
         )),
     }
-    if own == 0 {
+    if !own {
         fix_it.miss(format!(
             "the audit log shows no expired token of yours refused yet: replay {RECENT} against \
              the fixed node yourself"
