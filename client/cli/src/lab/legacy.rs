@@ -292,6 +292,39 @@ mod tests {
     }
 
     #[test]
+    fn garbage_is_refused_without_panicking() {
+        use rand::{Rng, SeedableRng};
+        let (key, _) = key();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let alphabet = b"ab.=-_{}\"\\:, \n\x00\xffeyJ";
+        for _ in 0..5000 {
+            let len = rng.gen_range(0..64);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(legacy_verify(&text, &key, 0).is_err(), "{text:?}");
+            let _ = crate::lab::sniff::parse_capture(&bytes);
+            let mut capture = crate::lab::sniff::MAGIC.to_vec();
+            capture.extend_from_slice(&bytes);
+            let _ = crate::lab::sniff::parse_capture(&capture);
+        }
+        // Valid JSON in the wrong places.
+        let part = |v: &str| URL_SAFE_NO_PAD.encode(v);
+        for (h, c) in [
+            ("[]", "{}"),
+            ("{\"alg\":7}", "{}"),
+            ("{\"alg\":\"none\"}", "[1]"),
+            ("{\"alg\":\"none\"}", "{\"exp\":\"x\"}"),
+        ] {
+            assert!(
+                legacy_verify(&format!("{}.{}.", part(h), part(c)), &key, 0).is_err(),
+                "{h} {c}"
+            );
+        }
+    }
+
+    #[test]
     fn the_legacy_verifier_has_both_classic_bugs_and_still_checks_real_signatures() {
         let (key, pair) = key();
         let claims = serde_json::json!({"sub": "x", "exp": 2000, "scopes": [{"prefix": "secret/", "ops": ["read"]}]});
@@ -330,6 +363,10 @@ mod tests {
         assert!(legacy_verify("a.b", &key, 1000).is_err());
 
         assert_eq!(grants(&claims, "read", "secret/flag"), ["read:secret/"]);
+        assert_eq!(
+            all_grants(&serde_json::json!({"scopes": "nope"})),
+            "no scopes claim"
+        );
         assert!(grants(&claims, "read", "public/x").is_empty());
         assert!(grants(&claims, "write", "secret/flag").is_empty());
     }

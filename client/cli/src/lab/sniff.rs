@@ -26,6 +26,8 @@ pub(crate) const DEFAULT_MAX_BYTES: u64 = 16 << 20;
 /// The capture file's first bytes.
 pub(crate) const MAGIC: &[u8] = b"LABCAP1\n";
 const HEADER: usize = 9;
+/// Connections relayed at once.
+const MAX_CONNECTIONS: usize = 256;
 
 /// One recorded chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,10 +150,16 @@ async fn relay(args: &SniffArgs) -> Result<u8> {
     );
     let conns = Arc::new(AtomicU32::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let accept = async {
         loop {
             let Ok((client, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            // Past the cap a newcomer is closed at once: the relay never holds more.
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(client);
                 continue;
             };
             let conn = conns.fetch_add(1, Ordering::Relaxed) + 1;
@@ -163,6 +171,7 @@ async fn relay(args: &SniffArgs) -> Result<u8> {
                     Ok(server) => pipe(client, server, conn, capture, bytes).await,
                     Err(e) => eprintln!("connection {conn}: cannot reach {to}: {e}"),
                 }
+                drop(slot);
             });
         }
     };
