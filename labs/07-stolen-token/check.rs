@@ -4,7 +4,7 @@
 //! by sub alice with the token from loot/ (its jti) over mallory's certificate.
 //! Fix it: the node's config requires bound tokens, the audit log shows the student's own
 //! replay refused for binding, the checker's replay of alice's token from mallory's
-//! certificate is refused and audited, and mallory's own bound token still works.
+//! certificate is refused as unbound, and mallory's own bound token still works.
 
 use crate::lab::check::{Attempt, Ctx, Part, Report};
 use crate::lab::world;
@@ -66,9 +66,10 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
             && l["peer"] == fingerprint.as_str()
             && l["reason"].as_str().is_some_and(|r| r.contains(BINDING))
     };
-    // The student's own replay, looked for before the checker's adds a line of its own.
-    let own = ctx.wait_audit(NODE, 0, refused_binding).is_some();
-    let audit = ctx.audit(NODE);
+    // The evidence is the student's own replay in the audit log. The checker's replay then
+    // confirms the node refuses this token; its own audit line is not waited for (a repeat
+    // of the same refusal within a second is only written, aggregated, after that second).
+    let own = ctx.wait_audit(NODE, 0, refused_binding);
     let Ok(stolen) = std::fs::read_to_string(ctx.path(STOLEN)) else {
         fix_it.miss(format!(
             "{STOLEN} is gone: `skv lab reset 7` hands it out again"
@@ -89,21 +90,23 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
         );
         return Report::of(vec![break_it, fix_it]);
     }
-    match ctx.wait_audit(NODE, audit.len(), refused_binding) {
-        Some(line) => fix_it.note(format!(
-            "the checker's replay was refused; audit: {}",
-            line["reason"].as_str().unwrap_or_default()
-        )),
-        None => fix_it.miss(format!(
+    if replay.refused() && replay.describe().contains("not bound") {
+        fix_it.note(format!("the checker's replay was {}", replay.describe()));
+    } else {
+        fix_it.miss(format!(
             "the replay of alice's token was refused, but not for its missing binding ({})",
             replay.describe()
-        )),
+        ));
     }
-    if !own {
-        fix_it.miss(
+    match own {
+        Some(line) => fix_it.note(format!(
+            "audit: your replay was refused: {}",
+            line["reason"].as_str().unwrap_or_default()
+        )),
+        None => fix_it.miss(
             "the audit log shows no refusal of your own replay yet: replay alice's token \
              against the fixed node yourself",
-        );
+        ),
     }
     let own_token = std::fs::read_to_string(ctx.path("mallory.token")).unwrap_or_default();
     match ctx

@@ -4,8 +4,8 @@
 //! secret/flag with the recently expired token (its jti), which only a long leeway allows.
 //! When the answer is missing and the audit log shows the ancient token refused, the
 //! explanation says so (the near-miss: a token expired beyond the leeway).
-//! Fix it: the node's leeway is back to at most 30 s, the student's own replay of the token
-//! was refused as expired, and the checker's replay is refused and audited as expired.
+//! Fix it: the node's leeway is back to at most 30 s, the audit log shows the student's own
+//! replay refused as expired under that leeway, and the checker's replay is refused as expired.
 
 use crate::lab::check::{Attempt, Ctx, Part, Report};
 use crate::lab::world;
@@ -81,14 +81,14 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
         }
         Err(e) => fix_it.miss(e),
     }
-    // Refusals under the fixed leeway only: the ancient token was refused by the weak node
-    // too, and that is not the fix at work. Looked for before the checker's replay.
-    let own = ctx
-        .wait_audit(NODE, 0, |l| {
-            expired(l) && leeway_of(l).is_some_and(|s| s <= MAX_LEEWAY)
-        })
-        .is_some();
-    let before = ctx.audit(NODE);
+    // The evidence is the student's own replay in the audit log, refused under the fixed
+    // leeway (the ancient token was refused by the weak node too, and that is not the fix at
+    // work). The checker's replay then confirms the node refuses this token; its own audit
+    // line is not waited for (a repeat of the same refusal within a second is only written,
+    // aggregated, after that second).
+    let own = ctx.wait_audit(NODE, 0, |l| {
+        expired(l) && leeway_of(l).is_some_and(|s| s <= MAX_LEEWAY)
+    });
     let token = std::fs::read_to_string(ctx.path(RECENT)).unwrap_or_default();
     let (cert, key) = world::student_identity(&ctx.dir, STUDENT);
     let replay = ctx.attempt(
@@ -106,21 +106,23 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
         ));
         return Report::of(vec![break_it, fix_it]);
     }
-    match ctx.wait_audit(NODE, before.len(), expired) {
+    if replay.refused() && replay.describe().contains("expired") {
+        fix_it.note(format!("the checker's replay was {}", replay.describe()));
+    } else {
+        fix_it.miss(format!(
+            "the replay of {RECENT} was refused, but not as expired ({})",
+            replay.describe()
+        ));
+    }
+    match own {
         Some(line) => fix_it.note(format!(
-            "the checker's replay was refused; audit: {}",
+            "audit: your replay was refused: {}",
             line["reason"].as_str().unwrap_or_default()
         )),
         None => fix_it.miss(format!(
-            "the replay of {RECENT} was refused, but not as expired ({})",
-            replay.describe()
+            "the audit log shows no expired token of yours refused under a short leeway yet: \
+             replay {RECENT} against the fixed node yourself"
         )),
-    }
-    if !own {
-        fix_it.miss(format!(
-            "the audit log shows no expired token of yours refused yet: replay {RECENT} against \
-             the fixed node yourself"
-        ));
     }
     Report::of(vec![break_it, fix_it])
 }

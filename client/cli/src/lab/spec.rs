@@ -41,6 +41,10 @@ pub(crate) struct WorldSpec {
     /// node gets `keyset` in its config.
     #[serde(default)]
     pub(crate) issuer: bool,
+    /// Where the issuer's directory (private key and keyset.json, as `skv keys init` writes
+    /// it) lives, relative to DIR [default: .lab/issuer]. A lab about rotating the issuer key
+    /// puts it where the student may use it, e.g. `issuer`.
+    pub(crate) issuer_dir: Option<String>,
     /// Tokens written into DIR (needs `issuer`).
     #[serde(default)]
     pub(crate) tokens: Vec<TokenSpecToml>,
@@ -146,6 +150,11 @@ pub(crate) struct VictimSpec {
 }
 
 impl WorldSpec {
+    /// [`WorldSpec::issuer_dir`] or its default.
+    pub(crate) fn issuer_rel(&self) -> &str {
+        self.issuer_dir.as_deref().unwrap_or(".lab/issuer")
+    }
+
     /// Consistency checks a parser cannot do: names unique and usable, references resolve.
     pub(crate) fn validate(&self) -> Result<(), String> {
         let mut names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -164,6 +173,19 @@ impl WorldSpec {
         sorted.dedup();
         if sorted.len() != names.len() {
             return Err("node and address names must be unique".into());
+        }
+        if let Some(d) = &self.issuer_dir {
+            let path = std::path::Path::new(d);
+            if !self.issuer
+                || path.is_absolute()
+                || path
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(format!(
+                    "issuer_dir {d:?} needs issuer = true and a plain relative path inside DIR"
+                ));
+            }
         }
         let clients: Vec<&str> = self.clients.iter().map(|c| c.name.as_str()).collect();
         for token in &self.tokens {

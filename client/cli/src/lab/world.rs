@@ -12,6 +12,7 @@
 //! cluster.json           the cluster map, when the world is one cluster (`cluster = true`)
 //! nodes/<name>.toml      each node's config: edit it and `skv lab restart N` for a fix-it part
 //! logs/<name>.log        each node's log; logs/<name>-audit.log its audit log
+//! run/<name>.pid         each node's pid, for the student (`kill` in a fault lab)
 //! data/<name>/           each node's sled data
 //! .lab/                  the lab's own files: state.json, node certificates, the issuer's
 //!                        private key, the lab-admin and app identities. Not part of the
@@ -72,8 +73,17 @@ pub(crate) fn student_identity(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
     )
 }
 
-pub(crate) fn issuer_dir(dir: &Path) -> PathBuf {
-    lab_private(dir).join("issuer")
+pub(crate) fn issuer_dir(dir: &Path, world: &WorldSpec) -> PathBuf {
+    dir.join(world.issuer_rel())
+}
+
+/// The world of the lab whose state is `state`.
+fn world_of(state: &State) -> Result<&'static WorldSpec> {
+    super::registry::labs()
+        .iter()
+        .find(|l| l.number == state.lab)
+        .map(|l| &l.spec().world)
+        .ok_or_else(|| Failure::usage(format!("no lab {}", state.lab)))
 }
 
 pub(crate) fn node_config(dir: &Path, node: &str) -> PathBuf {
@@ -270,7 +280,7 @@ fn build(lab: &'static Lab, dir: &Path) -> Result<State> {
     write_file(&dir.join("README.md"), lab.readme.as_bytes(), 0o644)?;
     make_pki(dir, spec, &mut state)?;
     if world.issuer {
-        make_issuer(dir)?;
+        make_issuer(dir, world)?;
         make_tokens(dir, spec, &mut state)?;
     }
     reserve_ports(spec, &mut state)?;
@@ -343,8 +353,8 @@ fn make_pki(dir: &Path, spec: &LabSpec, state: &mut State) -> Result<()> {
     Ok(())
 }
 
-fn make_issuer(dir: &Path) -> Result<()> {
-    let issuer = issuer_dir(dir);
+fn make_issuer(dir: &Path, world: &WorldSpec) -> Result<()> {
+    let issuer = issuer_dir(dir, world);
     let report = keys_init(&issuer, skv_token::Alg::EdDSA, None)
         .map_err(usage("cannot make the token issuer"))?;
     let keyset = std::fs::read(&report.keyset_file).map_err(usage("cannot read the keyset"))?;
@@ -364,8 +374,8 @@ fn make_issuer(dir: &Path) -> Result<()> {
 }
 
 fn make_tokens(dir: &Path, spec: &LabSpec, state: &mut State) -> Result<()> {
-    let issuer =
-        IssuerKey::load(&issuer_dir(dir)).map_err(usage("cannot load the token issuer"))?;
+    let issuer = IssuerKey::load(&issuer_dir(dir, &spec.world))
+        .map_err(usage("cannot load the token issuer"))?;
     let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
     for token in &spec.world.tokens {
         let scopes = token
@@ -487,7 +497,7 @@ fn render_node_config(world: &WorldSpec, node: &NodeSpec, listen: &str) -> Resul
     default("key", format!("../.lab/pki/nodes/{name}-key.pem"));
     default("audit_log", format!("../logs/{name}-audit.log"));
     if world.issuer {
-        default("keyset", "../.lab/issuer/keyset.json".into());
+        default("keyset", format!("../{}/keyset.json", world.issuer_rel()));
     }
     if world.cluster {
         default("cluster", CLUSTER.into());
@@ -546,6 +556,13 @@ fn start_nodes(dir: &Path, spec: &LabSpec, state: &mut State) -> Result<()> {
             dir,
             &log,
             &[("RUST_LOG", NODE_LOG_FILTER)],
+        )?;
+        // For the student (fault labs: `kill -9 $(cat run/db.pid)`); the lab itself goes by
+        // the state's record, which also checks the command line.
+        write_file(
+            &dir.join("run").join(format!("{}.pid", node.name)),
+            format!("{}\n", rec.pid).as_bytes(),
+            0o644,
         )?;
         outln!(
             "started {} (pid {}) at {}",
@@ -663,9 +680,9 @@ pub(crate) fn node_view(dir: &Path, node: &str) -> Result<NodeView> {
 /// A token for the lab's own admin identity: every operation on every key, valid an hour,
 /// bound to the lab-admin certificate unless the node is plaintext (there is no certificate
 /// to bind to then). Minted afresh each time, so nothing long-lived sits on disk.
-pub(crate) fn admin_token(dir: &Path, bound: bool) -> Result<String> {
+pub(crate) fn admin_token(dir: &Path, world: &WorldSpec, bound: bool) -> Result<String> {
     let issuer =
-        IssuerKey::load(&issuer_dir(dir)).map_err(usage("cannot load the token issuer"))?;
+        IssuerKey::load(&issuer_dir(dir, world)).map_err(usage("cannot load the token issuer"))?;
     let bind_cert_der = if bound {
         Some(cert_der(&own_identity(dir, ADMIN).0)?)
     } else {
@@ -696,7 +713,7 @@ pub(crate) fn admin_options(dir: &Path, state: &State, node: &str) -> Result<Con
     };
     let mut opts = ConnectOptions::new(state.addr(node)?, security);
     if view.tokens {
-        opts.token = Some(admin_token(dir, !view.plaintext)?);
+        opts.token = Some(admin_token(dir, world_of(state)?, !view.plaintext)?);
     }
     opts.connect_timeout = Duration::from_secs(5);
     opts.request_timeout = Duration::from_secs(5);
@@ -802,5 +819,15 @@ mod tests {
         assert_eq!(table["keyset"].as_str(), Some("../.lab/issuer/keyset.json"));
         assert_eq!(table["cluster_map"].as_str(), Some("../cluster.json"));
         assert_eq!(env_name("wire-2"), "WIRE_2_ADDR");
+        let visible: WorldSpec =
+            toml::from_str("issuer = true\nissuer_dir = \"issuer\"\n[[nodes]]\nname = \"db\"\n")
+                .unwrap();
+        let text = render_node_config(&visible, &visible.nodes[0], "127.0.0.1:7").unwrap();
+        assert!(
+            text.contains("keyset = \"../issuer/keyset.json\""),
+            "{text}"
+        );
+        let escape: WorldSpec = toml::from_str("issuer = true\nissuer_dir = \"../x\"").unwrap();
+        assert!(escape.validate().is_err());
     }
 }
