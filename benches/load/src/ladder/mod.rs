@@ -653,7 +653,6 @@ fn blank_row(ctx: &Ctx<'_>, case: &Case) -> LadderRow {
     let keys = (MAX_PRELOAD_BYTES / case.value_size.max(1) as u64).clamp(1, ctx.opts.keys);
     LadderRow {
         rung: case.rung.label().into(),
-        system: SKV.into(),
         variant: case.variant.clone(),
         workload: case.workload.to_string(),
         value_size: case.value_size,
@@ -662,14 +661,37 @@ fn blank_row(ctx: &Ctx<'_>, case: &Case) -> LadderRow {
         nodes: case.nodes,
         replicas: case.replicas,
         keys,
-        status: RowStatus::Ok,
-        error: None,
-        note: None,
         adds: case.rung.adds().into(),
         engine: case.engine().into(),
         cert_key_type: case.key_type_label().map(Into::into),
         token_alg: case.alg_label().map(Into::into),
         reconnect_every: case.reconnect_every,
+        ..empty_row()
+    }
+}
+
+/// A row of skv with no labels and no numbers: GET of 100-byte values on one node, status
+/// ok until a case says otherwise.
+pub(crate) fn empty_row() -> LadderRow {
+    LadderRow {
+        rung: String::new(),
+        system: SKV.into(),
+        variant: String::new(),
+        workload: crate::Workload::Get.to_string(),
+        value_size: 100,
+        inflight: 1,
+        conns: 0,
+        nodes: 1,
+        replicas: 1,
+        keys: 0,
+        status: RowStatus::Ok,
+        error: None,
+        note: None,
+        adds: String::new(),
+        engine: String::new(),
+        cert_key_type: None,
+        token_alg: None,
+        reconnect_every: None,
         ops_per_sec: None,
         ops_per_sec_runs: Vec::new(),
         p50_us: None,

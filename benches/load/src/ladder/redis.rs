@@ -897,4 +897,116 @@ mod tests {
             "redis mTLS"
         );
     }
+
+    /// A fresh P-256 dev PKI (node n1, client alice) under `dir`.
+    fn pki(dir: &Path) -> Layout {
+        let layout = Layout::new(dir.join("pki"));
+        skv_certs::init(&skv_certs::InitOptions {
+            dir: layout.dir().to_owned(),
+            cluster: "ladder".into(),
+            nodes: vec!["n1".into()],
+            clients: vec!["alice".into()],
+            key_type: skv_certs::KeyType::P256,
+            force: false,
+        })
+        .unwrap();
+        layout
+    }
+
+    fn measure_with(dir: &Path, bins: &RedisBins, case: RedisCase) -> LadderRow {
+        let own = tempfile::tempdir_in(dir).unwrap();
+        let dir = own.path();
+        let pki = pki(dir);
+        let run = RedisRun {
+            bins,
+            pki: &pki,
+            dir: dir.join("redis"),
+            conns: 4,
+            keys: 50,
+            value_size: 100,
+            warmup: Duration::ZERO,
+            measure: Duration::from_millis(100),
+        };
+        let mut row = super::super::empty_row();
+        row.rung = case.label().into();
+        measure(&run, case, row)
+    }
+
+    #[test]
+    fn a_server_that_does_not_start_is_a_failed_row_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let bins = RedisBins {
+            server: "/bin/false".into(),
+            benchmark: "/bin/false".into(),
+            system: "redis".into(),
+        };
+        let row = measure_with(
+            dir.path(),
+            &bins,
+            RedisCase {
+                tls: true,
+                pipeline: 1,
+            },
+        );
+        assert_eq!(row.status, super::super::RowStatus::Failed);
+        let error = row.error.unwrap();
+        assert!(error.contains("redis-server did not start"), "{error}");
+        assert!(row.ops_per_sec.is_none());
+    }
+
+    /// Only where redis-server is installed: a redis-benchmark that prints something else
+    /// than its CSV, or fails, makes a failed row that says so.
+    #[test]
+    fn a_benchmark_that_prints_garbage_or_fails_is_a_failed_row_with_the_reason() {
+        let Ok(real) = RedisBins::locate(None, None) else {
+            eprintln!("redis-server or redis-benchmark is not installed: nothing to check");
+            return;
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, body: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        };
+        for (benchmark, expected) in [
+            (
+                script("garbage", "echo 'All clients disconnected'; exit 0"),
+                "cannot read redis-benchmark's output (no GET line)",
+            ),
+            (
+                script("fails", "echo 'Could not connect' >&2; exit 1"),
+                "redis-benchmark failed",
+            ),
+        ] {
+            let bins = RedisBins {
+                benchmark,
+                ..real.clone()
+            };
+            let row = measure_with(
+                dir.path(),
+                &bins,
+                RedisCase {
+                    tls: false,
+                    pipeline: 1,
+                },
+            );
+            assert_eq!(row.status, super::super::RowStatus::Failed, "{row:?}");
+            let error = row.error.unwrap();
+            assert!(error.contains(expected), "{error}");
+        }
+        // The real one, for contrast, measures the same case.
+        let row = measure_with(
+            dir.path(),
+            &real,
+            RedisCase {
+                tls: true,
+                pipeline: 16,
+            },
+        );
+        assert_eq!(row.status, super::super::RowStatus::Ok, "{row:?}");
+        assert!(row.server_cpu_us_per_op.is_some_and(|c| c > 0.0), "{row:?}");
+        assert!(row.requests.is_some_and(|n| n >= MIN_REQUESTS), "{row:?}");
+    }
 }
