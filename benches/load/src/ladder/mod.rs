@@ -464,7 +464,7 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
         for (index, &case) in redis_cases.iter().enumerate() {
             let mut row = redis_row(&ctx, case);
             row.status = RowStatus::Skipped;
-            row.note = Some(format!("skipped: {why}"));
+            row.note = Some(why.clone());
             redis_runs[index].push(row);
         }
     }
@@ -588,12 +588,12 @@ fn run_redis_case(
         Some(Ok(bins)) => bins,
         Some(Err(why)) => {
             row.status = RowStatus::Skipped;
-            row.note = Some(format!("skipped: {why}"));
+            row.note = Some(why.clone());
             return row;
         }
         None => {
             row.status = RowStatus::Skipped;
-            row.note = Some("skipped: --compare redis was not given".into());
+            row.note = Some("--compare redis was not given".into());
             return row;
         }
     };
