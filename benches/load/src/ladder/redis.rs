@@ -190,6 +190,8 @@ pub(crate) struct RedisRun<'a> {
 struct BenchRun {
     result: CsvResult,
     requests: u64,
+    /// Connections redis-benchmark opened (each with a TLS handshake at mTLS).
+    connections: u64,
     wall: Duration,
     server_ticks: Option<u64>,
     bench_ticks: Option<u64>,
@@ -288,6 +290,8 @@ fn fill(row: &mut LadderRow, run: &BenchRun) {
     row.max_us = run.result.max_ms.map(ms_to_us);
     row.requests = Some(run.requests);
     row.duration_secs = Some(run.wall.as_secs_f64());
+    // redis-benchmark connects inside the window (skv's load generator before it).
+    row.handshakes = Some(run.connections);
     let ticks = node::clock_ticks_per_sec();
     let secs = |t: Option<u64>| t.map(|t| t as f64 / ticks);
     let wall = run.wall.as_secs_f64();
@@ -401,6 +405,7 @@ fn bench(
     Ok(BenchRun {
         result,
         requests,
+        connections: run.conns as u64,
         wall,
         server_ticks: delta(server_before, server_after),
         bench_ticks,
