@@ -97,9 +97,20 @@ enum BenchCommand {
 enum CasesArg {
     /// The security ladder: main ladder and variants.
     All,
+    /// The main ladder only: every rung at inflight 1 and 16, no variants.
+    Main,
     /// GET (linearizable) and durable PUT at L2 and L5, inflight 1 and 16, on the
     /// --nodes/--replicas cluster and, interleaved, on one node (replication's cost).
     Replication,
+}
+
+/// What `skv bench ladder --compare` measures beside the rungs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CompareArg {
+    /// Redis (redis-server and redis-benchmark from PATH, or --redis-server and
+    /// --redis-benchmark), plain and with mutual TLS, at pipeline 1 and 16; skipped rows,
+    /// not a failure, when they are missing.
+    Redis,
 }
 
 /// A rung `skv bench failover` can run at.
@@ -158,7 +169,8 @@ struct FailoverArgs {
 #[derive(Debug, Args)]
 struct LadderArgs {
     /// Short cases (300 ms warmup, 1 s measured, one run each; under 2 minutes in all)
-    /// instead of 1 s + 3 s with five runs of each main-ladder case (about 7 minutes).
+    /// instead of 1 s + 3 s with five runs of each main-ladder case (about 7 minutes, 9 with
+    /// --compare redis).
     #[arg(long)]
     quick: bool,
     /// Output directory (created if missing).
@@ -198,9 +210,21 @@ struct LadderArgs {
     /// Raft group, writes acknowledged by a quorum, reads linearizable through the leader.
     #[arg(long, default_value_t = 1, value_name = "R")]
     replicas: usize,
-    /// Which cases: all (the security ladder) or replication (see the values).
+    /// Which cases: all (the security ladder), main (its main ladder only) or replication
+    /// (see the values).
     #[arg(long, value_enum, default_value = "all", value_name = "SET")]
     cases: CasesArg,
+    /// Measure a competitor beside the rungs, in the same run and rounds, with the same
+    /// load shape (GET, 100-byte values, --conns connections, depth 1 and 16), and state
+    /// targets as ratios to it. One node only.
+    #[arg(long, value_enum, value_name = "SYSTEM")]
+    compare: Option<CompareArg>,
+    /// The redis-server for --compare redis [default: redis-server on PATH].
+    #[arg(long, value_name = "PATH", requires = "compare")]
+    redis_server: Option<PathBuf>,
+    /// The redis-benchmark for --compare redis [default: redis-benchmark on PATH].
+    #[arg(long, value_name = "PATH", requires = "compare")]
+    redis_benchmark: Option<PathBuf>,
 }
 
 /// Run `skv bench`; returns the exit code.
@@ -399,8 +423,12 @@ fn run_ladder(json: bool, args: LadderArgs) -> u8 {
     opts.replicas = args.replicas;
     opts.cases = match args.cases {
         CasesArg::All => CaseSet::All,
+        CasesArg::Main => CaseSet::Main,
         CasesArg::Replication => CaseSet::Replication,
     };
+    opts.compare_redis = args.compare == Some(CompareArg::Redis);
+    opts.redis_server = args.redis_server;
+    opts.redis_benchmark = args.redis_benchmark;
     opts.command = command_line();
     let outcome = match ladder::run(&opts, &mut |line| eprintln!("{line}")) {
         Ok(outcome) => outcome,

@@ -1,6 +1,7 @@
 //! `skv bench ladder`: the quick ladder with tiny durations measures every built rung and
 //! writes its three reports; a node that cannot start makes failed rows and a non-zero exit,
-//! not a crash; and a plain `skv bench --json` row carries the ladder's field names.
+//! not a crash; a plain `skv bench --json` row carries the ladder's field names; and
+//! `--compare redis` adds Redis rows beside the rungs, or skipped rows when Redis is absent.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -29,7 +30,16 @@ const MAIN_BUILT: [&str; 8] = ["L0", "L1", "L2", "L3", "L4", "L5", "L6", "null"]
 /// Run `skv bench ladder` with tiny cases. The ladder runs ~35 cases, each with its own node,
 /// so it gets a longer guard than the harness's 60 s.
 fn ladder(out: &Path, extra: &[&str]) -> anyhow::Result<Output> {
+    ladder_with_path(out, extra, None)
+}
+
+/// [`ladder`] with the child's PATH replaced by `path` (the ladder finds redis-server and
+/// redis-benchmark there; skv-node is found next to skv, whatever PATH says).
+fn ladder_with_path(out: &Path, extra: &[&str], path: Option<&Path>) -> anyhow::Result<Output> {
     let mut cmd = Command::new(bin("skv"));
+    if let Some(path) = path {
+        cmd.env("PATH", path);
+    }
     cmd.args(["bench", "ladder", "--quick", "--out"])
         .arg(out)
         .args([
@@ -291,5 +301,140 @@ fn replicas_beyond_the_node_count_are_a_usage_error() -> anyhow::Result<()> {
     let out = ladder(&dir.path().join("r"), &["--nodes", "2", "--replicas", "3"])?;
     assert_eq!(code(&out), 2, "{}", err_text(&out));
     assert!(err_text(&out).contains("--replicas"), "{}", err_text(&out));
+    Ok(())
+}
+
+/// The main ladder only, one run each: the skv rows the comparison with Redis needs, fast.
+const MAIN_ONLY: [&str; 6] = ["--cases", "main", "--repeat", "1", "--compare", "redis"];
+
+fn redis_rows(rows: &[Value]) -> Vec<&Value> {
+    rows.iter()
+        .filter(|r| r["rung"].as_str().is_some_and(|s| s.starts_with("redis")))
+        .collect()
+}
+
+/// Whether `name` is an executable on this machine's PATH.
+fn on_path(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(name))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// Always runs, Redis installed or not: with a PATH that holds no redis-server, the Redis
+/// rows are "skipped" with the reason and the ladder still succeeds.
+#[test]
+fn compare_redis_without_redis_makes_skipped_rows_and_succeeds() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("skv-it-ladder-redis-")
+        .tempdir()?;
+    let empty_path = dir.path().join("empty-bin");
+    std::fs::create_dir(&empty_path)?;
+    let out_dir = dir.path().join("reports");
+    let out = ladder_with_path(&out_dir, &MAIN_ONLY, Some(&empty_path))?;
+    let stderr = err_text(&out);
+    assert_eq!(code(&out), 0, "ladder failed:\n{stderr}");
+    assert!(
+        stderr.contains("skipped: redis-server not found on PATH"),
+        "{stderr}"
+    );
+    let rows = rows(&out_dir)?;
+    // The skv rows were measured as usual, and only the main ladder ran.
+    assert!(rows.iter().all(|r| r["variant"] == ""), "{rows:?}");
+    assert_eq!(main_row(&rows, "L6", 16)["status"], "ok");
+    let redis = redis_rows(&rows);
+    assert_eq!(redis.len(), 4, "{redis:?}");
+    for row in redis {
+        assert_eq!(row["status"], "skipped", "{row}");
+        assert!(row["ops_per_sec"].is_null(), "{row}");
+        assert!(
+            row["note"]
+                .as_str()
+                .unwrap()
+                .contains("redis-server not found on PATH"),
+            "{row}"
+        );
+    }
+    let report = std::fs::read_to_string(out_dir.join("report.md"))?;
+    assert!(report.contains("| redis mTLS |"), "{report:.3000}");
+    // The comparisons are listed, without a verdict, and say why.
+    let cpu_target = report
+        .lines()
+        .find(|l| l.contains("L5 server CPU µs/op at inflight 16 ≤ Redis mTLS"))
+        .unwrap_or_else(|| panic!("no Redis CPU target:\n{report}"));
+    assert!(
+        cpu_target.contains("NOT MEASURED") && cpu_target.contains("redis-server not found"),
+        "{cpu_target}"
+    );
+    Ok(())
+}
+
+/// Runs Redis for real only where redis-server and redis-benchmark are installed (the CI
+/// machine may not have them; there the test says so and passes, and the skip path above
+/// is what runs). Tiny durations: this checks that the rows are measured and wired into
+/// the report, not how fast anything is.
+#[test]
+fn compare_redis_measures_redis_plain_and_mtls_beside_the_rungs() -> anyhow::Result<()> {
+    if !(on_path("redis-server") && on_path("redis-benchmark")) {
+        eprintln!("redis-server or redis-benchmark is not installed: only the skip path ran");
+        return Ok(());
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("skv-it-ladder-redis-")
+        .tempdir()?;
+    let out_dir = dir.path().join("reports");
+    let out = ladder(&out_dir, &MAIN_ONLY)?;
+    let stderr = err_text(&out);
+    assert_eq!(code(&out), 0, "ladder failed:\n{stderr}");
+    let rows = rows(&out_dir)?;
+    let redis = redis_rows(&rows);
+    assert_eq!(redis.len(), 4, "{redis:?}");
+    for rung in ["redis plain", "redis mTLS"] {
+        for depth in [1, 16] {
+            let row = main_row(&rows, rung, depth);
+            assert_eq!(row["status"], "ok", "{row}");
+            assert!(
+                row["system"].as_str().unwrap().starts_with("redis"),
+                "{row}"
+            );
+            assert_eq!(row["workload"], "get", "{row}");
+            assert_eq!(row["value_size"], 100, "{row}");
+            assert!(row["ops_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["requests"].as_u64().unwrap() >= 1_000, "{row}");
+            // redis-server's CPU over the measured run, from /proc: the window was read.
+            assert!(row["server_cpu_us_per_op"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["client_cpu_us_per_op"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["p50_us"].as_u64().is_some(), "{row}");
+        }
+        // Redis's costs are against its own plaintext rows, never skv's L0.
+        assert_eq!(
+            main_row(&rows, "redis plain", 16)["cost_vs_l0_pct"].as_f64(),
+            Some(0.0)
+        );
+        assert!(main_row(&rows, "redis mTLS", 16)["cost_vs_l0_pct"].is_number());
+    }
+    // skv's rows keep their system, and Redis sits right after the main ladder.
+    assert_eq!(main_row(&rows, "L0", 1)["system"], "skv");
+    let first_redis = rows.iter().position(|r| r["system"] != "skv").unwrap();
+    assert_eq!(first_redis, MAIN_BUILT.len() * 2, "{rows:?}");
+    let report = std::fs::read_to_string(out_dir.join("report.md"))?;
+    let cpu_target = report
+        .lines()
+        .find(|l| l.contains("L5 server CPU µs/op at inflight 16 ≤ Redis mTLS"))
+        .unwrap_or_else(|| panic!("no Redis CPU target:\n{report}"));
+    assert!(
+        cpu_target.contains("**MET**") || cpu_target.contains("**MISSED**"),
+        "{cpu_target}"
+    );
+    assert!(report.contains("absolute: this machine, this day"));
+    assert!(
+        report.contains("## Encryption at rest (L6)"),
+        "{report:.4000}"
+    );
+    let svg = std::fs::read_to_string(out_dir.join("ladder.svg"))?;
+    assert!(svg.contains("redis mTLS"), "{svg:.300}");
     Ok(())
 }

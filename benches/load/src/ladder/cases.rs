@@ -296,6 +296,9 @@ pub enum CaseSet {
     /// The security ladder: the main ladder and every variant, all on the run's topology.
     #[default]
     All,
+    /// The main ladder only (every rung at inflight 1 and 16, no variants): the rows the
+    /// comparison with Redis and most targets read, in a fraction of the time.
+    Main,
     /// Replication's cost: GET (linearizable) and durable PUT at L2 and L5, inflight 1 and
     /// 16, each on the run's topology and, interleaved with it, on a single node, so the
     /// ratio compares runs made minutes apart on the same build and machine.
@@ -307,6 +310,15 @@ pub(crate) fn cases(set: CaseSet, nodes: usize, replicas: usize) -> Vec<Case> {
     match set {
         CaseSet::All => all()
             .into_iter()
+            .map(|mut case| {
+                case.nodes = nodes;
+                case.replicas = replicas;
+                case
+            })
+            .collect(),
+        CaseSet::Main => all()
+            .into_iter()
+            .filter(|case| case.variant.is_empty())
             .map(|mut case| {
                 case.nodes = nodes;
                 case.replicas = replicas;
@@ -486,6 +498,10 @@ mod tests {
         }
         // A single-node run of the set has no twins.
         assert_eq!(super::cases(CaseSet::Replication, 1, 1).len(), 8);
+        // The main set is the full ladder's first rows, nothing else.
+        let main = super::cases(CaseSet::Main, 1, 1);
+        assert_eq!(main.len(), Rung::MAIN.len() * 2);
+        assert!(main.iter().all(|c| c.variant.is_empty() && c.repeated));
         // The full ladder keeps every case on the run's topology.
         assert!(super::cases(CaseSet::All, 3, 3)
             .iter()

@@ -39,7 +39,7 @@ use skv_proto::cluster::{ClusterMap, ControlRequest, ControlResponse, NodeStatus
 
 use super::cases::{topology, Case};
 use super::machine::{self, Machine};
-use super::markdown::{group, Target, Verdict};
+use super::markdown::{group, Target, TargetKind, Verdict};
 use super::node::NodeProcess;
 use super::setup::{self, Credentials};
 use super::{key_in_ranges, wait_writable, Rung, MAX_NODES};
@@ -415,6 +415,7 @@ pub fn run(
         measured.last().copied()
     };
     let target = Target {
+        kind: TargetKind::Absolute,
         goal: format!(
             "failover p50 ≤ {} s (kill -9 of a leader → first acknowledged write on its shard)",
             TARGET_P50.as_secs()

@@ -8,7 +8,9 @@
 //!   (`--master-key`), and "null" (L2's transport in front of a node that stores
 //!   nothing: the network stack's ceiling);
 //! - variants: JWT algorithms at L4, connection churn and full handshakes at L2 per
-//!   certificate key type, larger values at L0 and L5, durable PUT at L0 and L5.
+//!   certificate key type, larger values at L0 and L5, durable PUT at L0 and L5;
+//! - with `--compare redis`, Redis in the same shape, plaintext and with mutual TLS, at
+//!   pipeline 1 and 16, in the main ladder's rounds (see [`redis`]).
 //!
 //! Besides what the load generator sees (ops/s, latency), each row has the node's CPU time
 //! per operation, read from `/proc/<pid>/stat` at the edges of the measured window (after
@@ -29,6 +31,7 @@ pub mod failover;
 mod machine;
 mod markdown;
 mod node;
+mod redis;
 mod setup;
 
 use std::collections::BTreeMap;
@@ -48,6 +51,7 @@ pub use markdown::{replication_targets, targets, Target, Verdict};
 use crate::{error_kind, BenchOptions, BenchReport, Stop, WindowEdge, WindowHook};
 use cases::Case;
 use node::NodeProcess;
+use redis::{RedisBins, RedisCase};
 use setup::Credentials;
 use skv_client::ClientError;
 
@@ -98,6 +102,13 @@ pub struct LadderOptions {
     pub replicas: usize,
     /// Which cases to run.
     pub cases: CaseSet,
+    /// Measure Redis beside the rungs (`--compare redis`): plain and mutual TLS, pipeline 1
+    /// and 16. Single-node ladders of the security set only.
+    pub compare_redis: bool,
+    /// The redis-server to start; `None`: `redis-server` on PATH.
+    pub redis_server: Option<PathBuf>,
+    /// The redis-benchmark to run; `None`: `redis-benchmark` on PATH.
+    pub redis_benchmark: Option<PathBuf>,
 }
 
 impl LadderOptions {
@@ -118,6 +129,9 @@ impl LadderOptions {
             inflight_per_node: false,
             replicas: 1,
             cases: CaseSet::All,
+            compare_redis: false,
+            redis_server: None,
+            redis_benchmark: None,
         }
     }
 
@@ -164,6 +178,13 @@ impl LadderOptions {
                 self.nodes
             ));
         }
+        if self.compare_redis && (self.nodes != 1 || self.cases == CaseSet::Replication) {
+            return bad(
+                "--compare redis compares with a single node: it needs --nodes 1 and the \
+                 security ladder's cases (all or main)"
+                    .into(),
+            );
+        }
         if self.measure().is_zero() {
             return bad("--duration must be longer than 0".into());
         }
@@ -199,8 +220,10 @@ pub enum RowStatus {
 /// case has none: not built, skipped, failed, or not applicable.
 #[derive(Debug, Clone, Serialize)]
 pub struct LadderRow {
-    /// "L0" .. "L6", or "null".
+    /// "L0" .. "L6", or "null"; for a competitor's rows, e.g. "redis plain", "redis mTLS".
     pub rung: String,
+    /// What served the row: "skv", or the competitor and its version, e.g. "redis 7.0.15".
+    pub system: String,
     /// "" for the main ladder; e.g. "alg=RS256", "churn/p256", "value=1KiB", "put/durable".
     pub variant: String,
     /// get or put.
@@ -261,7 +284,8 @@ pub struct LadderRow {
     /// a process): more than a few tenths means the machine was not quiet.
     pub other_cpu_cores: Option<f64>,
     /// `100 × (1 − ops/s ÷ ops/s of the L0 row with the same workload, value size and
-    /// inflight)`; positive means slower than plaintext.
+    /// inflight)`; positive means slower than plaintext. A competitor's rows compare with
+    /// its own plaintext row instead ("redis mTLS" with "redis plain" of the same depth).
     pub cost_vs_l0_pct: Option<f64>,
     /// Replication set: this row's ops/s over its single-node twin's (same rung, workload
     /// and inflight, same run); `None` for single-node rows and other sets.
@@ -362,51 +386,103 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
     };
     let data_fs = machine::filesystem_of(temp.path());
 
-    // The main ladder runs `repeat` rounds (every rung once per round, so a slow spell of
-    // the machine hits all rungs alike rather than one), then each variant once.
+    // The competitor: found once; missing binaries make skipped rows, never a failure.
+    let redis_cases = if opts.compare_redis {
+        RedisCase::all()
+    } else {
+        Vec::new()
+    };
+    let redis_bins = opts.compare_redis.then(|| {
+        RedisBins::locate(
+            opts.redis_server.as_deref(),
+            opts.redis_benchmark.as_deref(),
+        )
+    });
+    match &redis_bins {
+        Some(Ok(bins)) => log(&format!(
+            "--compare redis: {} ({}, {})",
+            bins.system,
+            bins.server.display(),
+            bins.benchmark.display()
+        )),
+        Some(Err(why)) => log(&format!("--compare redis: skipped: {why}")),
+        None => {}
+    }
+    let redis_runnable = matches!(redis_bins, Some(Ok(_)));
+
+    // The main ladder runs `repeat` rounds (every rung once per round, then every Redis row,
+    // so a slow spell of the machine hits all rows alike rather than one), then each variant
+    // once.
     let repeat = opts.repeats();
-    let mut schedule: Vec<(usize, usize)> = Vec::new();
+    let mut schedule: Vec<Job> = Vec::new();
     for round in 0..repeat {
         for (index, case) in all.iter().enumerate() {
             if case.repeated && case.rung.built() {
-                schedule.push((index, round));
+                schedule.push(Job::Skv { index, round });
             }
+        }
+        if redis_runnable {
+            schedule.extend((0..redis_cases.len()).map(|index| Job::Redis { index, round }));
         }
     }
     for (index, case) in all.iter().enumerate() {
         if !case.repeated || !case.rung.built() {
-            schedule.push((index, 0));
+            schedule.push(Job::Skv { index, round: 0 });
         }
     }
     let mut runs: Vec<Vec<LadderRow>> = vec![Vec::new(); all.len()];
-    for (step, &(index, round)) in schedule.iter().enumerate() {
-        let case = &all[index];
-        let of = if case.repeated && case.rung.built() && repeat > 1 {
+    let mut redis_runs: Vec<Vec<LadderRow>> = vec![Vec::new(); redis_cases.len()];
+    for (step, job) in schedule.iter().enumerate() {
+        let (title, repeated, round) = match *job {
+            Job::Skv { index, round } => {
+                let case = &all[index];
+                (case.title(), case.repeated && case.rung.built(), round)
+            }
+            Job::Redis { index, round } => (redis_cases[index].title(), true, round),
+        };
+        let of = if repeated && repeat > 1 {
             format!(" (run {} of {repeat})", round + 1)
         } else {
             String::new()
         };
-        log(&format!(
-            "[{:>2}/{}] {}{of}",
-            step + 1,
-            schedule.len(),
-            case.title()
-        ));
-        let row = run_case(&ctx, step, case);
+        log(&format!("[{:>2}/{}] {title}{of}", step + 1, schedule.len()));
+        let row = match *job {
+            Job::Skv { index, .. } => {
+                let row = run_case(&ctx, step, &all[index]);
+                runs[index].push(row.clone());
+                row
+            }
+            Job::Redis { index, .. } => {
+                let row = run_redis_case(&ctx, step, redis_cases[index], redis_bins.as_ref());
+                redis_runs[index].push(row.clone());
+                row
+            }
+        };
         log(&format!("        {}", summary(&row)));
-        runs[index].push(row);
+    }
+    if let Some(Err(why)) = &redis_bins {
+        for (index, &case) in redis_cases.iter().enumerate() {
+            let mut row = redis_row(&ctx, case);
+            row.status = RowStatus::Skipped;
+            row.note = Some(why.clone());
+            redis_runs[index].push(row);
+        }
     }
     let mut rows: Vec<LadderRow> = runs.into_iter().filter_map(best_run).collect();
+    // Redis beside the rungs: right after the main ladder, before the variants.
+    let after_main = rows.iter().take_while(|r| r.variant.is_empty()).count();
+    let redis_rows: Vec<LadderRow> = redis_runs.into_iter().filter_map(best_run).collect();
+    rows.splice(after_main..after_main, redis_rows);
     drop(ctx);
     fill_costs(&mut rows);
     fill_single_node_ratios(&mut rows);
 
     // A main rung (any case of the replication set) that failed in any of its runs fails
-    // the ladder.
+    // the ladder; a competitor's row never does (its reason is in the report).
     let replication = opts.cases == CaseSet::Replication;
     let failed_main: Vec<String> = rows
         .iter()
-        .filter(|r| (replication || r.variant.is_empty()) && r.error.is_some())
+        .filter(|r| r.system == SKV && (replication || r.variant.is_empty()) && r.error.is_some())
         .map(|r| {
             format!(
                 "{} {} {} inflight {}",
@@ -443,7 +519,10 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
     // The chart plots the main ladder's rungs; the replication set has none of its rows.
     if !replication {
         let svg_path = opts.out.join("ladder.svg");
-        let rung_labels: Vec<&str> = Rung::MAIN.iter().map(|r| r.label()).collect();
+        let mut rung_labels: Vec<&str> = Rung::MAIN.iter().map(|r| r.label()).collect();
+        if opts.compare_redis {
+            rung_labels.extend([redis::PLAIN, redis::MTLS]);
+        }
         let title = format!(
             "skv security ladder: GET, 100-byte values, {} connections ({})",
             opts.conns, info.date
@@ -472,6 +551,74 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
         warnings,
         report_md,
     })
+}
+
+/// `system` of skv's own rows.
+pub(crate) const SKV: &str = "skv";
+
+/// One step of a ladder run.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    /// A case of skv, by index into the run's cases; `round` of the main ladder's rounds.
+    Skv { index: usize, round: usize },
+    /// A Redis row, by index into [`RedisCase::all`].
+    Redis { index: usize, round: usize },
+}
+
+/// A blank Redis row (labels, no numbers).
+fn redis_row(ctx: &Ctx<'_>, case: RedisCase) -> LadderRow {
+    let mut row = blank_row(ctx, &Case::new(Rung::L0, "", case.pipeline));
+    row.rung = case.label().into();
+    row.system = "redis".into();
+    row.adds = case.adds().into();
+    row.engine = "memory".into();
+    row.cert_key_type = case.tls.then(|| KeyType::P256.as_str().into());
+    row
+}
+
+/// One Redis run: a fresh redis-server for it, in a directory of its own.
+fn run_redis_case(
+    ctx: &Ctx<'_>,
+    index: usize,
+    case: RedisCase,
+    bins: Option<&Result<RedisBins, String>>,
+) -> LadderRow {
+    let mut row = redis_row(ctx, case);
+    let bins = match bins {
+        Some(Ok(bins)) => bins,
+        Some(Err(why)) => {
+            row.status = RowStatus::Skipped;
+            row.note = Some(why.clone());
+            return row;
+        }
+        None => {
+            row.status = RowStatus::Skipped;
+            row.note = Some("--compare redis was not given".into());
+            return row;
+        }
+    };
+    let pki = match ctx.creds.pki(KeyType::P256) {
+        Ok(pki) => pki,
+        Err(why) => {
+            row.status = RowStatus::Failed;
+            row.error = Some(why);
+            return row;
+        }
+    };
+    let dir = ctx.root.join(format!("redis-{index:02}"));
+    let run = redis::RedisRun {
+        bins,
+        pki,
+        dir: dir.clone(),
+        conns: ctx.opts.conns,
+        keys: row.keys,
+        value_size: row.value_size,
+        warmup: ctx.opts.warm(),
+        measure: ctx.opts.measure(),
+    };
+    let row = redis::measure(&run, case, row);
+    let _ = std::fs::remove_dir_all(&dir);
+    row
 }
 
 /// CPU times at one edge of the measured window.
@@ -514,14 +661,37 @@ fn blank_row(ctx: &Ctx<'_>, case: &Case) -> LadderRow {
         nodes: case.nodes,
         replicas: case.replicas,
         keys,
-        status: RowStatus::Ok,
-        error: None,
-        note: None,
         adds: case.rung.adds().into(),
         engine: case.engine().into(),
         cert_key_type: case.key_type_label().map(Into::into),
         token_alg: case.alg_label().map(Into::into),
         reconnect_every: case.reconnect_every,
+        ..empty_row()
+    }
+}
+
+/// A row of skv with no labels and no numbers: GET of 100-byte values on one node, status
+/// ok until a case says otherwise.
+pub(crate) fn empty_row() -> LadderRow {
+    LadderRow {
+        rung: String::new(),
+        system: SKV.into(),
+        variant: String::new(),
+        workload: crate::Workload::Get.to_string(),
+        value_size: 100,
+        inflight: 1,
+        conns: 0,
+        nodes: 1,
+        replicas: 1,
+        keys: 0,
+        status: RowStatus::Ok,
+        error: None,
+        note: None,
+        adds: String::new(),
+        engine: String::new(),
+        cert_key_type: None,
+        token_alg: None,
+        reconnect_every: None,
         ops_per_sec: None,
         ops_per_sec_runs: Vec::new(),
         p50_us: None,
@@ -910,8 +1080,15 @@ fn best_run(mut runs: Vec<LadderRow>) -> Option<LadderRow> {
 /// preferring one of the same variant (value sizes, durable PUT), else the main ladder's.
 fn fill_costs(rows: &mut [LadderRow]) {
     let baseline = |rows: &[LadderRow], row: &LadderRow| -> Option<f64> {
+        // skv's rows against L0, a competitor's against its own plaintext row.
+        let base_rung = if row.system == SKV {
+            Rung::L0.label()
+        } else {
+            redis::PLAIN
+        };
         let matching = |r: &&LadderRow| {
-            r.rung == Rung::L0.label()
+            r.rung == base_rung
+                && (r.system == SKV) == (row.system == SKV)
                 && r.status == RowStatus::Ok
                 && r.workload == row.workload
                 && r.value_size == row.value_size
@@ -980,6 +1157,11 @@ mod tests {
     fn row(rung: &str, variant: &str, inflight: usize, ops: Option<f64>) -> LadderRow {
         LadderRow {
             rung: rung.into(),
+            system: if rung.starts_with("redis") {
+                "redis 7".into()
+            } else {
+                SKV.into()
+            },
             variant: variant.into(),
             workload: "get".into(),
             value_size: 100,
@@ -1048,6 +1230,28 @@ mod tests {
         assert_eq!(cost(4), None);
         assert_eq!(cost(5), Some(50.0));
         assert_eq!(cost(6), Some(50.0));
+    }
+
+    #[test]
+    fn redis_rows_cost_against_redis_plain_and_skv_rows_against_l0() {
+        let mut rows = vec![
+            row("L0", "", 16, Some(200.0)),
+            row("L2", "", 16, Some(150.0)),
+            row("redis plain", "", 16, Some(400.0)),
+            row("redis mTLS", "", 16, Some(300.0)),
+            row("redis mTLS", "", 1, Some(30.0)),
+        ];
+        fill_costs(&mut rows);
+        let cost = |i: usize| rows[i].cost_vs_l0_pct.map(|c| (c * 10.0).round() / 10.0);
+        assert_eq!(cost(1), Some(25.0), "L2 against L0");
+        assert_eq!(cost(2), Some(0.0), "redis plain is its own baseline");
+        assert_eq!(
+            cost(3),
+            Some(25.0),
+            "redis mTLS against redis plain, not skv's L0"
+        );
+        // No redis plain row at depth 1: no cost, never one against skv's L0.
+        assert_eq!(cost(4), None);
     }
 
     #[test]
