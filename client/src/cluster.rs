@@ -1703,6 +1703,7 @@ impl ClusterScan {
                             prefix,
                             limit: want,
                             cursor,
+                            keys_only,
                         };
                         scan_answer(conn.call_within(body, None, consistency, timeout).await?)
                     };
@@ -2463,6 +2464,7 @@ mod tests {
                         prefix,
                         limit,
                         cursor,
+                        ..
                     } => {
                         // The shards it holds (stale) or leads (linearizable).
                         let serves = consistency == Consistency::Stale || self.leads();

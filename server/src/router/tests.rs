@@ -208,6 +208,7 @@ fn a_scan_merges_both_shards_in_key_order_and_pages_cover_every_key_once() {
                 prefix: Bytes::from_static(b"key-"),
                 limit: 7,
                 cursor: cursor.clone(),
+                keys_only: false,
             },
         );
         let ResponseBody::ScanPage {
@@ -252,6 +253,7 @@ fn a_scan_page_is_cut_to_fit_the_frame() {
             prefix: Bytes::new(),
             limit: 0,
             cursor: None,
+            keys_only: false,
         },
     };
     // Room for the fixed overhead and about two entries.
