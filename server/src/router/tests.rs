@@ -107,7 +107,13 @@ fn ask(node: &Node, kind: &PeerKind, body: RequestBody) -> ResponseBody {
         consistency: skv_proto::Consistency::Linearizable,
         body,
     };
-    settle(node.router.route(kind, &mut session, request, 1 << 20))
+    settle(node.router.route(
+        kind,
+        &mut session,
+        request,
+        1 << 20,
+        &mut crate::limits::rate::Meter::default(),
+    ))
 }
 
 /// The answer, waiting for it when it comes later (a scan runs on the blocking pool; there is
@@ -262,7 +268,13 @@ fn a_scan_page_is_cut_to_fit_the_frame() {
         entries, cursor, ..
     } = settle(
         node.router
-            .route(&PeerKind::Client, &mut session, request, max_frame),
+            .route(
+                &PeerKind::Client,
+                &mut session,
+                request,
+                max_frame,
+                &mut crate::limits::rate::Meter::default(),
+            ),
     )
     else {
         panic!("expected a page");
@@ -360,7 +372,13 @@ async fn raft_messages_are_for_peers_only() {
     };
     match node
         .router
-        .route(&PeerKind::Peer("n2".into()), &mut session, request, 1 << 20)
+        .route(
+            &PeerKind::Peer("n2".into()),
+            &mut session,
+            request,
+            1 << 20,
+            &mut crate::limits::rate::Meter::default(),
+        )
     {
         Answer::Later(answer) => match answer.await {
             ResponseBody::Error(e) => {
