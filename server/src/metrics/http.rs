@@ -138,7 +138,16 @@ async fn answer(
         text.len()
     );
     stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    // Lingering close: closing with unread bytes would reset the connection and could destroy
+    // the answer in flight; read (a bounded amount, briefly) until the client closes.
+    let mut rest = (&mut stream).take(64 * 1024);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::io::copy(&mut rest, &mut tokio::io::sink()),
+    )
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]

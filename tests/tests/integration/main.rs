@@ -14,6 +14,7 @@ mod demo;
 mod durability;
 mod first_hour;
 mod ladder;
+mod limits;
 mod ops;
 mod replication;
 mod tls;
