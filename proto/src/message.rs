@@ -676,7 +676,13 @@ impl EncodeFrame for Request {
         if self.consistency == Consistency::Stale {
             flags |= FLAG_STALE;
         }
-        if matches!(self.body, RequestBody::Scan { keys_only: true, .. }) {
+        if matches!(
+            self.body,
+            RequestBody::Scan {
+                keys_only: true,
+                ..
+            }
+        ) {
             flags |= FLAG_KEYS_ONLY;
         }
         dst.put_u8(flags);

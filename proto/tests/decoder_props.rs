@@ -157,14 +157,18 @@ fn request_body() -> impl Strategy<Value = RequestBody> {
         key().prop_map(|key| RequestBody::Get { key }),
         (key(), bytes_up_to(256)).prop_map(|(key, value)| RequestBody::Put { key, value }),
         key().prop_map(|key| RequestBody::Delete { key }),
-        (key(), any::<u32>(), proptest::option::of(key()), any::<bool>()).prop_map(
-            |(prefix, limit, cursor, keys_only)| RequestBody::Scan {
+        (
+            key(),
+            any::<u32>(),
+            proptest::option::of(key()),
+            any::<bool>()
+        )
+            .prop_map(|(prefix, limit, cursor, keys_only)| RequestBody::Scan {
                 prefix,
                 limit,
                 cursor,
                 keys_only,
-            }
-        ),
+            }),
         (key(), any::<u64>(), bytes_up_to(256)).prop_map(|(key, expect_version, value)| {
             RequestBody::Cas {
                 key,

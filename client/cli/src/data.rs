@@ -347,9 +347,7 @@ async fn scan(client: &ClusterClient, json: bool, args: ScanArgs) -> Result<u8, 
     let mut entries = Vec::new();
     let mut out = std::io::stdout().lock();
     // One scanner for all pages: it keeps each node's unmerged entries between pages.
-    let mut scanner = client
-        .scanner(prefix, cursor.clone())
-        .keys_only(keys_only);
+    let mut scanner = client.scanner(prefix, cursor.clone()).keys_only(keys_only);
     while remaining > 0 {
         let page_limit = remaining.min(u64::from(skv_proto::MAX_SCAN_PAGE)) as u32;
         let page = scanner.next_page(page_limit).await?;

@@ -310,7 +310,7 @@ impl IdentityRef<'_> {
     fn to_owned(self) -> Identity {
         match self {
             IdentityRef::Subject(s) => Identity::Subject(s.into()),
-            IdentityRef::Certificate(c) => Identity::Certificate(c.clone()),
+            IdentityRef::Certificate(c) => Identity::Certificate(*c),
             IdentityRef::Source(ip) => Identity::Source(ip),
         }
     }

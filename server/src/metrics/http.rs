@@ -73,7 +73,9 @@ enum Route {
 /// Parse the request line of `head` (everything before the blank line).
 fn route(head: &[u8]) -> Route {
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = std::str::from_utf8(line).unwrap_or("").trim_end_matches('\r');
+    let line = std::str::from_utf8(line)
+        .unwrap_or("")
+        .trim_end_matches('\r');
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
@@ -90,10 +92,7 @@ fn route(head: &[u8]) -> Route {
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    body: impl FnOnce() -> String,
-) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, body: impl FnOnce() -> String) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     let complete = tokio::time::timeout(READ_DEADLINE, async {
@@ -103,8 +102,7 @@ async fn answer(
                 return Ok::<bool, std::io::Error>(false);
             }
             head.extend_from_slice(&buf[..n]);
-            if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n")
-            {
+            if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
                 return Ok(true);
             }
             if head.len() > MAX_REQUEST {

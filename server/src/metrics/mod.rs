@@ -180,10 +180,9 @@ impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("skv");
         let requests_family = Family::<Labels2, Counter>::default();
-        let latency_family =
-            Family::<Labels1, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
+        let latency_family = Family::<Labels1, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         let mut requests = Vec::with_capacity(OPS.len() * Outcome::ALL.len());
         let mut latency = Vec::with_capacity(OPS.len());
         for op in OPS {
@@ -263,9 +262,7 @@ impl Metrics {
             shed.clone(),
         );
         let flush_seconds =
-            Family::<Labels1, Histogram, fn() -> Histogram>::new_with_constructor(
-                flush_histogram,
-            );
+            Family::<Labels1, Histogram, fn() -> Histogram>::new_with_constructor(flush_histogram);
         registry.register(
             "storage_flush_seconds",
             "Duration of storage flushes (fsync), by what flushed",
@@ -313,10 +310,7 @@ impl Metrics {
     #[inline]
     pub(crate) fn request(&self, op: Op, outcome: Outcome, took: Duration) {
         let op = op_index(op);
-        let outcome = Outcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(0);
+        let outcome = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         if let Some(c) = self.requests.get(op * Outcome::ALL.len() + outcome) {
             c.inc();
         }

@@ -134,11 +134,12 @@ impl Router {
             );
         }
         let verified = match &self.checkpoint {
-            Some(checkpoint) => match checkpoint.authorize(session, request.token.as_ref(), &body)
-            {
-                Ok(verified) => verified,
-                Err(Refusal { code, message }) => return refuse(code, message),
-            },
+            Some(checkpoint) => {
+                match checkpoint.authorize(session, request.token.as_ref(), &body) {
+                    Ok(verified) => verified,
+                    Err(Refusal { code, message }) => return refuse(code, message),
+                }
+            }
             None => None,
         };
         // After the checkpoints, so the charge goes to who the token proves the caller is

@@ -61,7 +61,8 @@ pub(crate) fn scan(
     for replica in view.local_replicas() {
         let (page, more) = match replica
             .reader()
-            .scan_within(prefix, cursor, limit, budget, keys_only) {
+            .scan_within(prefix, cursor, limit, budget, keys_only)
+        {
             Ok(page) => page,
             Err(err) => {
                 tracing::error!(error = %err, "replica scan failed");

@@ -266,16 +266,13 @@ fn a_scan_page_is_cut_to_fit_the_frame() {
     let max_frame = skv_proto::SCAN_PAGE_OVERHEAD + 2 * 3100;
     let ResponseBody::ScanPage {
         entries, cursor, ..
-    } = settle(
-        node.router
-            .route(
-                &PeerKind::Client,
-                &mut session,
-                request,
-                max_frame,
-                &mut crate::limits::rate::Meter::default(),
-            ),
-    )
+    } = settle(node.router.route(
+        &PeerKind::Client,
+        &mut session,
+        request,
+        max_frame,
+        &mut crate::limits::rate::Meter::default(),
+    ))
     else {
         panic!("expected a page");
     };
@@ -370,16 +367,13 @@ async fn raft_messages_are_for_peers_only() {
         consistency: skv_proto::Consistency::Linearizable,
         body: raft(),
     };
-    match node
-        .router
-        .route(
-            &PeerKind::Peer("n2".into()),
-            &mut session,
-            request,
-            1 << 20,
-            &mut crate::limits::rate::Meter::default(),
-        )
-    {
+    match node.router.route(
+        &PeerKind::Peer("n2".into()),
+        &mut session,
+        request,
+        1 << 20,
+        &mut crate::limits::rate::Meter::default(),
+    ) {
         Answer::Later(answer) => match answer.await {
             ResponseBody::Error(e) => {
                 assert_eq!(e.code, ErrorCode::ClusterState, "{e:?}");

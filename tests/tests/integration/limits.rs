@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use skv_client::{ClientError, ClusterClient, ConnectOptions, Connection};
-use skv_proto::{
-    EncodeFrame, ErrorCode, Request, RequestBody, ResponseBody, PROTOCOL_VERSION,
-};
+use skv_proto::{EncodeFrame, ErrorCode, Request, RequestBody, ResponseBody, PROTOCOL_VERSION};
 use skv_tests::cluster::{free_ports, LocalCluster};
 use skv_tests::{code, err_text, skv, with, Secured};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -117,9 +115,8 @@ fn answer_bytes_count_against_the_byte_rate() -> anyhow::Result<()> {
         let first = alice.get("big").await;
         assert!(matches!(first, Ok(Some(_))), "{first:?}");
         let second = alice.get("big").await;
-        let (code, retry_after) = throttled(&second).ok_or_else(|| {
-            anyhow::anyhow!("a GET passed with its identity in debt: {second:?}")
-        })?;
+        let (code, retry_after) = throttled(&second)
+            .ok_or_else(|| anyhow::anyhow!("a GET passed with its identity in debt: {second:?}"))?;
         // Hundreds of KiB of debt at 100 KB/s: seconds, not milliseconds.
         assert_eq!(code, ErrorCode::RateLimited);
         assert!(retry_after >= 1000, "retry after {retry_after} ms");
@@ -131,7 +128,12 @@ fn answer_bytes_count_against_the_byte_rate() -> anyhow::Result<()> {
 }
 
 /// Keep `depth` PUTs in flight on `conn` until `stop`; counts failures.
-async fn keep_writing(conn: Connection, depth: usize, stop: Arc<AtomicBool>, failed: Arc<AtomicU64>) {
+async fn keep_writing(
+    conn: Connection,
+    depth: usize,
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicU64>,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     for lane in 0..depth {
         let (conn, stop, failed) = (conn.clone(), stop.clone(), failed.clone());
@@ -139,7 +141,11 @@ async fn keep_writing(conn: Connection, depth: usize, stop: Arc<AtomicBool>, fai
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                if conn.put(format!("load/{lane}/{}", i % 8), "x").await.is_err() {
+                if conn
+                    .put(format!("load/{lane}/{}", i % 8), "x")
+                    .await
+                    .is_err()
+                {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -155,8 +161,11 @@ async fn scrape(addr: &str) -> anyhow::Result<String> {
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: skv\r\n\r\n")
         .await?;
     let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response))
-        .await??;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await??;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or_else(|| anyhow::anyhow!("no HTTP head: {response:?}"))?;
@@ -169,16 +178,33 @@ async fn scrape(addr: &str) -> anyhow::Result<String> {
 /// comment or a sample, and on a label value outside the fixed sets.
 fn samples(text: &str) -> anyhow::Result<BTreeMap<String, f64>> {
     let ops = [
-        "hello", "ping", "get", "put", "delete", "scan", "cas", "cluster_map", "control",
-        "import", "raft",
+        "hello",
+        "ping",
+        "get",
+        "put",
+        "delete",
+        "scan",
+        "cas",
+        "cluster_map",
+        "control",
+        "import",
+        "raft",
     ];
     let fixed: [(&str, &[&str]); 8] = [
         ("op", &ops),
         (
             "outcome",
             &[
-                "ok", "not_found", "cas_conflict", "redirect", "refused", "rate_limited",
-                "overloaded", "unavailable", "bad_request", "error",
+                "ok",
+                "not_found",
+                "cas_conflict",
+                "redirect",
+                "refused",
+                "rate_limited",
+                "overloaded",
+                "unavailable",
+                "bad_request",
+                "error",
             ],
         ),
         ("checkpoint", &["admission", "token", "scope", "role"]),
@@ -283,9 +309,17 @@ fn an_overloaded_node_sheds_new_connections_and_keeps_serving_established_ones(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(admitted, "new connections still shed after the load stopped");
+        assert!(
+            admitted,
+            "new connections still shed after the load stopped"
+        );
         let m = samples(&scrape(&metrics).await?)?;
-        assert!(m.get("skv_shed_total{stage=\"hello\"}").copied().unwrap_or(0.0) >= 1.0);
+        assert!(
+            m.get("skv_shed_total{stage=\"hello\"}")
+                .copied()
+                .unwrap_or(0.0)
+                >= 1.0
+        );
         anyhow::Ok(())
     })
 }
@@ -310,8 +344,7 @@ fn get_frame(id: u64, key: &str, token: &Bytes) -> BytesMut {
 }
 
 #[test]
-fn a_client_that_pipelines_large_gets_and_never_reads_holds_bounded_memory(
-) -> anyhow::Result<()> {
+fn a_client_that_pipelines_large_gets_and_never_reads_holds_bounded_memory() -> anyhow::Result<()> {
     // Linearizable GETs on a Raft node wait for their leadership check beside the connection:
     // the answers that pile up are the ones a never-reading client leaves in the node.
     let cluster = LocalCluster::start_with(1, 0, 1, &["--max-pending-bytes", "4194304"])?;
@@ -319,8 +352,8 @@ fn a_client_that_pipelines_large_gets_and_never_reads_holds_bounded_memory(
     let rt = runtime()?;
     let value = vec![b'v'; 512 * 1024];
     let before = rt.block_on(async {
-        let client = ClusterClient::connect(cluster.client("alice", &addr), vec![addr.clone()])
-            .await?;
+        let client =
+            ClusterClient::connect(cluster.client("alice", &addr), vec![addr.clone()]).await?;
         client.put("big", value.clone()).await?;
         // Warm up: the node's caches and pools at their usual size.
         for _ in 0..8 {
@@ -363,7 +396,11 @@ fn a_client_that_pipelines_large_gets_and_never_reads_holds_bounded_memory(
         let (mut reader, mut writer) = tokio::io::split(stream);
         let pipeline = tokio::spawn(async move {
             for id in 1..=2000u64 {
-                if writer.write_all(&get_frame(id, "big", &token)).await.is_err() {
+                if writer
+                    .write_all(&get_frame(id, "big", &token))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -372,8 +409,8 @@ fn a_client_that_pipelines_large_gets_and_never_reads_holds_bounded_memory(
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = cluster.node("n1").rss_kib()?;
         // The node still serves others meanwhile.
-        let other = ClusterClient::connect(cluster.client("alice", &addr), vec![addr.clone()])
-            .await?;
+        let other =
+            ClusterClient::connect(cluster.client("alice", &addr), vec![addr.clone()]).await?;
         assert!(other.get("big").await?.is_some());
         pipeline.abort();
         drop(reader.read(&mut [0u8; 1]).await);
@@ -420,7 +457,10 @@ fn a_keys_only_scan_returns_keys_and_versions_and_keeps_the_scope_rules() -> any
     })?;
     let out = run(&reader, &["scan", "p/", "--keys-only"])?;
     assert_eq!(code(&out), 0, "{}", err_text(&out));
-    assert_eq!(String::from_utf8(out.stdout)?, format!("{}\n", keys.join("\n")));
+    assert_eq!(
+        String::from_utf8(out.stdout)?,
+        format!("{}\n", keys.join("\n"))
+    );
     let out = run(&reader, &["--json", "scan", "p/", "--keys-only"])?;
     assert_eq!(code(&out), 0, "{}", err_text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -433,7 +473,11 @@ fn a_keys_only_scan_returns_keys_and_versions_and_keeps_the_scope_rules() -> any
     // The same scope rules as a full scan: `read` on the whole prefix.
     let out = run(&reader, &["scan", "", "--keys-only"])?;
     assert_eq!(code(&out), 3, "{}", err_text(&out));
-    assert!(err_text(&out).contains("read on this prefix"), "{}", err_text(&out));
+    assert!(
+        err_text(&out).contains("read on this prefix"),
+        "{}",
+        err_text(&out)
+    );
     // The library: values empty, versions set, every key in one page whatever the values
     // weigh.
     rt.block_on(async {
@@ -442,7 +486,10 @@ fn a_keys_only_scan_returns_keys_and_versions_and_keeps_the_scope_rules() -> any
         let conn = Connection::connect(&opts).await?;
         let page = conn.scan_keys("p/", 0, None).await?;
         assert_eq!(page.entries.len(), keys.len());
-        assert!(page.entries.iter().all(|e| e.value.is_empty() && e.version > 0));
+        assert!(page
+            .entries
+            .iter()
+            .all(|e| e.value.is_empty() && e.version > 0));
         // A full page of 200 KB values holds what fits a frame (1 MiB); keys-only, them all.
         let full = conn.scan("p/", 0, None).await?;
         assert!(full.entries.len() < keys.len(), "{}", full.entries.len());
@@ -475,7 +522,8 @@ fn metrics_move_while_a_node_serves_and_carry_no_key_token_or_subject() -> anyho
             })
         };
         for i in 0..50 {
-            conn.put(format!("app/secret-key-{i}"), "secret-value").await?;
+            conn.put(format!("app/secret-key-{i}"), "secret-value")
+                .await?;
             conn.get(format!("app/secret-key-{i}")).await?;
         }
         assert!(conn.get("app/absent").await?.is_none());
@@ -487,7 +535,10 @@ fn metrics_move_while_a_node_serves_and_carry_no_key_token_or_subject() -> anyho
         let mut bad = opts.clone();
         bad.token = Some(format!("{token}x"));
         let bad = Connection::connect(&bad).await?;
-        assert!(matches!(bad.get("app/x").await, Err(ClientError::Refused(_))));
+        assert!(matches!(
+            bad.get("app/x").await,
+            Err(ClientError::Refused(_))
+        ));
         for text in scraper.await? {
             samples(&text?)?;
         }
@@ -496,7 +547,10 @@ fn metrics_move_while_a_node_serves_and_carry_no_key_token_or_subject() -> anyho
         let delta = |series: &str| {
             last.get(series).copied().unwrap_or(0.0) - first.get(series).copied().unwrap_or(0.0)
         };
-        assert!(delta("skv_requests_total{op=\"put\",outcome=\"ok\"}") >= 50.0, "{text}");
+        assert!(
+            delta("skv_requests_total{op=\"put\",outcome=\"ok\"}") >= 50.0,
+            "{text}"
+        );
         assert!(delta("skv_requests_total{op=\"get\",outcome=\"ok\"}") >= 50.0);
         assert!(delta("skv_requests_total{op=\"get\",outcome=\"not_found\"}") >= 1.0);
         assert!(delta("skv_requests_total{op=\"get\",outcome=\"refused\"}") >= 2.0);
@@ -506,13 +560,15 @@ fn metrics_move_while_a_node_serves_and_carry_no_key_token_or_subject() -> anyho
         assert!(delta("skv_handshakes_total{result=\"ok\"}") >= 2.0);
         assert!(delta("skv_connections_accepted_total") >= 2.0);
         assert!(
-            last.iter()
-                .any(|(k, v)| k.starts_with("skv_refusals_total{checkpoint=\"scope\"") && *v >= 1.0),
+            last.iter().any(
+                |(k, v)| k.starts_with("skv_refusals_total{checkpoint=\"scope\"") && *v >= 1.0
+            ),
             "{text}"
         );
         assert!(
-            last.iter()
-                .any(|(k, v)| k.starts_with("skv_refusals_total{checkpoint=\"token\"") && *v >= 1.0),
+            last.iter().any(
+                |(k, v)| k.starts_with("skv_refusals_total{checkpoint=\"token\"") && *v >= 1.0
+            ),
             "{text}"
         );
         // A sled node's writes are made durable by its Raft log's flushes.
@@ -522,7 +578,12 @@ fn metrics_move_while_a_node_serves_and_carry_no_key_token_or_subject() -> anyho
         );
         assert!(last.contains_key("skv_audit_dropped_total"));
         assert!(last.contains_key("skv_requests_in_flight"));
-        for secret in ["secret-key", "secret-value", "metrics-canary-sub", &token[..20]] {
+        for secret in [
+            "secret-key",
+            "secret-value",
+            "metrics-canary-sub",
+            &token[..20],
+        ] {
             assert!(!text.contains(secret), "the exposition contains `{secret}`");
         }
         // Nothing but GET /metrics is served, and an oversized request is refused.
