@@ -853,6 +853,29 @@ mod tests {
         let err = NodeConfig::from_file_config(FileConfig::default()).unwrap_err();
         assert!(err.to_string().contains("skv certs init"), "{err}");
 
+        // A pending-bytes bound a single read's reservation could not fit is refused.
+        let err = NodeConfig::from_file_config(FileConfig {
+            insecure_plaintext: Some(true),
+            auth: Some(AuthMode::Off),
+            max_pending_bytes: Some(1 << 20),
+            ..FileConfig::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("max_pending_bytes"), "{err}");
+        // The limits' defaults: rates off, shedding on, 16 MiB pending, no metrics.
+        let node = NodeConfig::from_file_config(FileConfig {
+            insecure_plaintext: Some(true),
+            auth: Some(AuthMode::Off),
+            rate_limit_rps: Some(0),
+            ..FileConfig::default()
+        })
+        .unwrap();
+        assert_eq!(node.rate_limit_rps, None);
+        assert_eq!(node.rate_limit_bytes_per_sec, None);
+        assert_eq!(node.overload_inflight, Some(DEFAULT_OVERLOAD_INFLIGHT));
+        assert_eq!(node.max_pending_bytes, DEFAULT_MAX_PENDING_BYTES);
+        assert_eq!(node.metrics_listen, None);
+
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:0\"\nlistne = \"x\"\n").unwrap();
