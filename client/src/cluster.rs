@@ -742,6 +742,20 @@ impl ClusterClient {
         self.scanner(prefix, cursor).next_page(limit).await
     }
 
+    /// [`ClusterClient::scan`] for keys and versions only: every value in the page is empty,
+    /// and the nodes never load them (the keys-only SCAN of docs/PROTOCOL.md).
+    pub async fn scan_keys(
+        &self,
+        prefix: impl Into<Bytes>,
+        limit: u32,
+        cursor: Option<Bytes>,
+    ) -> Result<ScanPage, ClientError> {
+        self.scanner(prefix, cursor)
+            .keys_only(true)
+            .next_page(limit)
+            .await
+    }
+
     /// A scan of `prefix` after `cursor` that keeps its per-node pages between calls of
     /// [`ClusterScan::next_page`], so paging through many keys asks each node only for what
     /// it has not sent yet.
@@ -754,6 +768,7 @@ impl ClusterClient {
             nodes: Vec::new(),
             epoch: 0,
             done: false,
+            keys_only: false,
         }
     }
 
@@ -878,6 +893,13 @@ struct ShardInfo {
     replicas: Vec<String>,
 }
 
+/// Longest wait for one retry-after of a throttling node: a node asking for more is
+/// overloaded enough that the caller should hear about it.
+const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(2);
+
+/// Retry-afters honoured per request before the throttling error is returned.
+const MAX_THROTTLED: u32 = 8;
+
 /// The one retry policy of the cluster client, shared by key requests
 /// ([`ClusterClient::route`]) and scan pages ([`ClusterScan::next_page`]): what a failed
 /// attempt allows next. It keeps the counts, the backoff and the deadline of one request,
@@ -891,6 +913,8 @@ struct ShardInfo {
 ///   row); without a hint, or with one naming a node that just failed, to the next replica
 ///   after a backoff step.
 /// - TRYAGAIN, unavailable: a backoff step, until the deadline.
+/// - rate limited, overloaded: the node's retry-after (at most [`MAX_THROTTLE_WAIT`], at most
+///   [`MAX_THROTTLED`] times, within the deadline), then the same node again.
 /// - A node that cannot be reached, or did not answer in time: it is marked down and the
 ///   next replica is tried, with a backoff step after each round of them, until the
 ///   deadline. The map is refreshed once per request first, since the slot may have moved.
@@ -904,6 +928,8 @@ struct Retry {
     lost: u32,
     /// Replicas tried since the last backoff step.
     misses: usize,
+    /// Waits a throttling node asked for (rate limited, overloaded).
+    throttled: u32,
     checked_down: bool,
     /// Whether a replica answered at all during this request (so the shard is not down, it
     /// lacks a quorum).
@@ -933,6 +959,7 @@ impl Retry {
             hops: 0,
             lost: 0,
             misses: 0,
+            throttled: 0,
             checked_down: false,
             answered: false,
             last_unreachable: None,
@@ -1016,6 +1043,24 @@ impl Retry {
                         Ok(Next::Replicas)
                     }
                 }
+            }
+            // The node throttles this client (its identity's rate limit) or sheds new
+            // connections (overloaded): wait what it asked, bounded, then the same node again.
+            ClientError::Server(wire)
+                if matches!(wire.code, ErrorCode::RateLimited | ErrorCode::Overloaded) =>
+            {
+                self.answered = true;
+                let asked = Duration::from_millis(u64::from(wire.retry_after_ms.unwrap_or(100)));
+                let wait = asked.clamp(RETRY_FIRST, MAX_THROTTLE_WAIT);
+                if self.throttled >= MAX_THROTTLED
+                    || self.began.elapsed() + wait > self.failover.deadline
+                {
+                    return Err(ClientError::Server(wire));
+                }
+                self.throttled += 1;
+                tracing::debug!("throttled by {at}; retrying after {wait:?}");
+                tokio::time::sleep(wait).await;
+                Ok(Next::Same)
             }
             ClientError::Server(wire) if wire.code == ErrorCode::TryAgain => {
                 self.answered = true;
@@ -1587,6 +1632,8 @@ pub struct ClusterScan {
     /// Epoch of the map the merge was started with; every page must carry it.
     epoch: u64,
     done: bool,
+    /// Ask for keys and versions only (values empty, not loaded by the nodes).
+    keys_only: bool,
 }
 
 /// One node a scan reads from, and the shards it is asked for.
@@ -1612,6 +1659,13 @@ enum Trouble {
 }
 
 impl ClusterScan {
+    /// Ask for keys and versions only: every page's values are empty, and the nodes never
+    /// load them. Set before the first page.
+    pub fn keys_only(mut self, keys_only: bool) -> ClusterScan {
+        self.keys_only = keys_only;
+        self
+    }
+
     /// The nodes to read the current map's shards from: per serving shard its target
     /// ([`Shared::target_of_shard`]), each node once.
     fn sources(&self, routing: &Routing) -> Vec<ScanSource> {
@@ -1682,6 +1736,7 @@ impl ClusterScan {
             let fetches = sources.iter().map(|&i| {
                 let source = self.nodes[i].clone();
                 let (client, prefix, cursor) = (&self.client, self.prefix.clone(), merge.cursor(i));
+                let keys_only = self.keys_only;
                 async move {
                     let timeout = client.attempt_timeout(source.replicated);
                     let node = &source.node;
@@ -1703,6 +1758,7 @@ impl ClusterScan {
                             prefix,
                             limit: want,
                             cursor,
+                            keys_only,
                         };
                         scan_answer(conn.call_within(body, None, consistency, timeout).await?)
                     };
@@ -2463,6 +2519,7 @@ mod tests {
                         prefix,
                         limit,
                         cursor,
+                        ..
                     } => {
                         // The shards it holds (stale) or leads (linearizable).
                         let serves = consistency == Consistency::Stale || self.leads();

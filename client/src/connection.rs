@@ -414,6 +414,24 @@ impl Connection {
             prefix: prefix.into(),
             limit,
             cursor,
+            keys_only: false,
+        };
+        scan_answer(self.call(body).await?)
+    }
+
+    /// [`Connection::scan`] for keys and versions only: every value in the page is empty,
+    /// and the node does not load them.
+    pub async fn scan_keys(
+        &self,
+        prefix: impl Into<Bytes>,
+        limit: u32,
+        cursor: Option<Bytes>,
+    ) -> Result<ScanPage, ClientError> {
+        let body = RequestBody::Scan {
+            prefix: prefix.into(),
+            limit,
+            cursor,
+            keys_only: true,
         };
         scan_answer(self.call(body).await?)
     }

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod raw;
 
 pub use cluster::{ClusterClient, ClusterScan, Failover};
 pub use config::{ConnectOptions, Profile, Security, DEFAULT_ADDR};

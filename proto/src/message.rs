@@ -33,8 +33,10 @@ const FLAG_TOKEN: u8 = 0x01;
 const FLAG_SESSION: u8 = 0x02;
 /// Request envelope flag: the read may be served by any replica and may be stale.
 const FLAG_STALE: u8 = 0x04;
+/// Request envelope flag, SCAN only: keys and versions, no values.
+const FLAG_KEYS_ONLY: u8 = 0x08;
 /// Every envelope flag this version knows.
-const KNOWN_FLAGS: u8 = FLAG_TOKEN | FLAG_SESSION | FLAG_STALE;
+const KNOWN_FLAGS: u8 = FLAG_TOKEN | FLAG_SESSION | FLAG_STALE | FLAG_KEYS_ONLY;
 
 /// Largest payload of one Raft message between nodes (AppendEntries, a vote, one snapshot
 /// chunk), in bytes. Senders cut batches and snapshot chunks below it; receivers refuse larger.
@@ -193,6 +195,9 @@ pub enum RequestBody {
         limit: u32,
         /// Resume after this key: the `cursor` of the previous page.
         cursor: Option<Bytes>,
+        /// Return keys and versions only: every value in the page is empty, and the node
+        /// does not load them.
+        keys_only: bool,
     },
     /// Write `value` under `key` only if the key's current version is `expect_version`
     /// (0: only if the key does not exist).
@@ -413,6 +418,9 @@ pub struct WireError {
     pub code: ErrorCode,
     /// Human-readable detail.
     pub message: String,
+    /// For [`ErrorCode::RateLimited`] and [`ErrorCode::Overloaded`] (on the wire only for
+    /// those): how long the client should wait before sending again, in milliseconds.
+    pub retry_after_ms: Option<u32>,
 }
 
 impl WireError {
@@ -421,6 +429,17 @@ impl WireError {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// A refusal the client may retry after `retry_after_ms` ([`ErrorCode::RateLimited`] or
+    /// [`ErrorCode::Overloaded`]).
+    pub fn retry_after(code: ErrorCode, message: impl Into<String>, retry_after_ms: u32) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after_ms: Some(retry_after_ms),
         }
     }
 }
@@ -461,11 +480,25 @@ pub enum ErrorCode {
     /// reachable. Nothing was written (or, after a timeout, the outcome is unknown; a retry
     /// with the same session is applied at most once). Stale reads are still served.
     Unavailable,
+    /// The caller (its token's `sub`, or its client certificate without a token) sent more
+    /// requests or bytes per second than the node's per-identity limit allows. Nothing was
+    /// done; the error carries how long to wait.
+    RateLimited,
+    /// The node has more work in flight than it takes on: it sheds new connections (HELLO)
+    /// while it serves the requests of those already established. Nothing was done; the
+    /// error carries how long to wait.
+    Overloaded,
     /// A code this build does not know.
     Other(u16),
 }
 
 impl ErrorCode {
+    /// Whether an ERROR with this code carries a retry-after (u32 milliseconds) after its
+    /// message on the wire.
+    pub fn carries_retry_after(self) -> bool {
+        matches!(self, ErrorCode::RateLimited | ErrorCode::Overloaded)
+    }
+
     /// The number on the wire.
     pub fn to_u16(self) -> u16 {
         match self {
@@ -483,6 +516,8 @@ impl ErrorCode {
             ErrorCode::TryAgain => 12,
             ErrorCode::ClusterState => 13,
             ErrorCode::Unavailable => 14,
+            ErrorCode::RateLimited => 15,
+            ErrorCode::Overloaded => 16,
             ErrorCode::Other(n) => n,
         }
     }
@@ -504,6 +539,8 @@ impl ErrorCode {
             12 => ErrorCode::TryAgain,
             13 => ErrorCode::ClusterState,
             14 => ErrorCode::Unavailable,
+            15 => ErrorCode::RateLimited,
+            16 => ErrorCode::Overloaded,
             n => ErrorCode::Other(n),
         }
     }
@@ -525,6 +562,8 @@ impl ErrorCode {
             ErrorCode::TryAgain => "try_again",
             ErrorCode::ClusterState => "cluster_state",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Overloaded => "overloaded",
             ErrorCode::Other(_) => "other",
         }
     }
@@ -637,6 +676,15 @@ impl EncodeFrame for Request {
         if self.consistency == Consistency::Stale {
             flags |= FLAG_STALE;
         }
+        if matches!(
+            self.body,
+            RequestBody::Scan {
+                keys_only: true,
+                ..
+            }
+        ) {
+            flags |= FLAG_KEYS_ONLY;
+        }
         dst.put_u8(flags);
         if let Some(token) = &self.token {
             put_short_bytes(dst, token);
@@ -664,10 +712,13 @@ impl EncodeFrame for Request {
                 prefix,
                 limit,
                 cursor,
+                keys_only,
             } => {
                 put_short_bytes(dst, prefix);
                 dst.put_u32(*limit);
                 put_optional_short(dst, cursor.as_ref());
+                // The keys-only flag travels in the envelope's flags byte.
+                let _ = keys_only;
             }
             RequestBody::Cas {
                 key,
@@ -818,6 +869,9 @@ impl EncodeFrame for Response {
                 dst.put_u8(kind::ERROR);
                 dst.put_u16(err.code.to_u16());
                 put_short_bytes(dst, err.message.as_bytes());
+                if err.code.carries_retry_after() {
+                    dst.put_u32(err.retry_after_ms.unwrap_or(0));
+                }
             }
         }
     }
@@ -961,6 +1015,10 @@ impl Request {
             Consistency::Linearizable
         };
         let op = Op::from_u8(opcode).ok_or(DecodeError::UnknownOp(opcode))?;
+        // Keys-only means something only to SCAN; elsewhere it is a client bug, not a no-op.
+        if flags & FLAG_KEYS_ONLY != 0 && op != Op::Scan {
+            return Err(DecodeError::UnknownFlags(flags));
+        }
         let body = match op {
             Op::Hello => {
                 let magic = r.bytes(HELLO_MAGIC.len(), "magic")?;
@@ -983,6 +1041,7 @@ impl Request {
                 prefix: r.key("prefix")?,
                 limit: r.u32("limit")?,
                 cursor: r.optional_key("cursor")?,
+                keys_only: flags & FLAG_KEYS_ONLY != 0,
             },
             Op::Cas => RequestBody::Cas {
                 key: r.key("key")?,
@@ -1093,7 +1152,16 @@ impl Response {
             kind::ERROR => {
                 let code = ErrorCode::from_u16(r.u16("error code")?);
                 let message = r.string("error message")?;
-                ResponseBody::Error(WireError { code, message })
+                let retry_after_ms = if code.carries_retry_after() {
+                    Some(r.u32("retry after")?)
+                } else {
+                    None
+                };
+                ResponseBody::Error(WireError {
+                    code,
+                    message,
+                    retry_after_ms,
+                })
             }
             other => return Err(DecodeError::UnknownKind(other)),
         };
@@ -1134,11 +1202,13 @@ mod tests {
                 prefix: b(b"users/"),
                 limit: 10,
                 cursor: Some(b(b"users/bob")),
+                keys_only: false,
             },
             RequestBody::Scan {
                 prefix: b(b""),
                 limit: 0,
                 cursor: None,
+                keys_only: true,
             },
             RequestBody::Cas {
                 key: b(b"k"),

@@ -22,7 +22,8 @@ const MAX: usize = 4096;
 const FLAG_TOKEN: u8 = 0x01;
 const FLAG_SESSION: u8 = 0x02;
 const FLAG_STALE: u8 = 0x04;
-const KNOWN_FLAGS: u8 = FLAG_TOKEN | FLAG_SESSION | FLAG_STALE;
+const FLAG_KEYS_ONLY: u8 = 0x08;
+const KNOWN_FLAGS: u8 = FLAG_TOKEN | FLAG_SESSION | FLAG_STALE | FLAG_KEYS_ONLY;
 
 /// Every opcode the protocol defines, in wire order.
 const ALL_OPS: [Op; 11] = [
@@ -156,13 +157,18 @@ fn request_body() -> impl Strategy<Value = RequestBody> {
         key().prop_map(|key| RequestBody::Get { key }),
         (key(), bytes_up_to(256)).prop_map(|(key, value)| RequestBody::Put { key, value }),
         key().prop_map(|key| RequestBody::Delete { key }),
-        (key(), any::<u32>(), proptest::option::of(key())).prop_map(|(prefix, limit, cursor)| {
-            RequestBody::Scan {
+        (
+            key(),
+            any::<u32>(),
+            proptest::option::of(key()),
+            any::<bool>()
+        )
+            .prop_map(|(prefix, limit, cursor, keys_only)| RequestBody::Scan {
                 prefix,
                 limit,
                 cursor,
-            }
-        }),
+                keys_only,
+            }),
         (key(), any::<u64>(), bytes_up_to(256)).prop_map(|(key, expect_version, value)| {
             RequestBody::Cas {
                 key,
@@ -269,8 +275,15 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                 leader
             }),
         bytes_up_to(256).prop_map(|payload| ResponseBody::Raft { payload }),
-        (error_code(), text())
-            .prop_map(|(code, message)| ResponseBody::Error(WireError { code, message })),
+        (error_code(), text(), any::<u32>()).prop_map(|(code, message, ms)| {
+            // Only the throttling codes carry a retry-after on the wire.
+            let retry_after_ms = code.carries_retry_after().then_some(ms);
+            ResponseBody::Error(WireError {
+                code,
+                message,
+                retry_after_ms,
+            })
+        }),
     ]
 }
 
@@ -355,10 +368,17 @@ proptest! {
                     req.consistency == Consistency::Stale,
                     flags & FLAG_STALE != 0
                 );
+                prop_assert_eq!(
+                    matches!(req.body, RequestBody::Scan { keys_only: true, .. }),
+                    flags & FLAG_KEYS_ONLY != 0
+                );
             }
             Err(DecodeError::UnknownFlags(f)) => {
                 prop_assert_eq!(f, flags);
-                prop_assert!(!known_flags);
+                // Unknown bits, or keys-only on another op than SCAN.
+                prop_assert!(
+                    !known_flags || (flags & FLAG_KEYS_ONLY != 0 && op != Op::Scan as u8)
+                );
             }
             // The envelope (token, then session) is read before the opcode is looked at.
             Err(DecodeError::Truncated("token")) => {

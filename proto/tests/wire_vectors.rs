@@ -70,6 +70,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                     prefix: b("u/"),
                     limit: 10,
                     cursor: Some(b("u/a")),
+                    keys_only: false,
                 },
             ),
         ),
@@ -81,6 +82,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                     prefix: b(""),
                     limit: 0,
                     cursor: None,
+                    keys_only: false,
                 },
             ),
         ),
@@ -159,6 +161,33 @@ fn requests() -> Vec<(&'static str, Request)> {
                     payload: b("vote"),
                 },
             ),
+        ),
+        (
+            "req-scan-keys-only",
+            req(
+                17,
+                RequestBody::Scan {
+                    prefix: b("u/"),
+                    limit: 10,
+                    cursor: None,
+                    keys_only: true,
+                },
+            ),
+        ),
+        (
+            "req-scan-all-flags",
+            Request {
+                id: 18,
+                token: Some(b("a.b.c")),
+                session: Some(Session { client: 42, seq: 3 }),
+                consistency: Consistency::Stale,
+                body: RequestBody::Scan {
+                    prefix: b("u/"),
+                    limit: 10,
+                    cursor: None,
+                    keys_only: true,
+                },
+            },
         ),
     ]
 }
@@ -291,6 +320,24 @@ fn responses() -> Vec<(&'static str, Response)> {
             resp(
                 13,
                 ResponseBody::Error(WireError::new(ErrorCode::Unavailable, "no quorum")),
+            ),
+        ),
+        (
+            "resp-error-rate-limited",
+            resp(
+                17,
+                ResponseBody::Error(WireError::retry_after(
+                    ErrorCode::RateLimited,
+                    "slow down",
+                    250,
+                )),
+            ),
+        ),
+        (
+            "resp-error-overloaded",
+            resp(
+                1,
+                ResponseBody::Error(WireError::retry_after(ErrorCode::Overloaded, "busy", 100)),
             ),
         ),
     ]
@@ -444,9 +491,10 @@ fn the_vectors_cover_every_opcode_and_response_kind() -> anyhow::Result<()> {
     let every_flag: u8 = (0..8)
         .map(|bit| 1u8 << bit)
         .filter(|flag| {
-            // A flag the decoder knows: anything but UnknownFlags for a bare PING header.
+            // A flag the decoder knows: anything but UnknownFlags for a bare SCAN header (SCAN
+            // takes every flag; keys-only is refused on other ops).
             let mut raw = vec![0u8; 8];
-            raw.extend([Op::Ping as u8, *flag]);
+            raw.extend([Op::Scan as u8, *flag]);
             !matches!(
                 Request::decode(Bytes::from(raw)),
                 Err(skv_proto::DecodeError::UnknownFlags(_))
@@ -454,7 +502,7 @@ fn the_vectors_cover_every_opcode_and_response_kind() -> anyhow::Result<()> {
         })
         .fold(0, |all, flag| all | flag);
     assert_eq!(
-        every_flag, 0x07,
+        every_flag, 0x0f,
         "the decoder knows flags the doc does not describe"
     );
     assert!(

@@ -272,6 +272,33 @@ pub struct FileConfig {
     /// encrypted refuses to open without its key (docs/SECURITY.md, "Encryption at rest").
     #[arg(long = "master-key", value_name = "FILE")]
     pub master_key: Option<PathBuf>,
+
+    // ---- limits per identity, load shedding, metrics (issue 12, docs/SECURITY.md "Limits")
+    /// Requests per second one identity may send (its token's `sub`, or its client
+    /// certificate when it sends no token), with a burst of one second's worth; past it a
+    /// request is answered `rate limited` with a retry-after. 0: no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    pub rate_limit_rps: Option<u64>,
+    /// Request and answer bytes per second one identity may move, with a burst of one
+    /// second's worth (at least one frame). 0: no limit [default: 0].
+    #[arg(long, value_name = "BYTES")]
+    pub rate_limit_bytes_per_sec: Option<u64>,
+    /// Requests in flight across the node (read, not yet answered) past which it is
+    /// overloaded: new connections are answered `overloaded` at HELLO (and, past twice this,
+    /// closed before their TLS handshake) while established ones keep being served.
+    /// 0: never shed [default: 8192].
+    #[arg(long, value_name = "N")]
+    pub overload_inflight: Option<usize>,
+    /// Bytes of requests and answers one client connection may hold in the node while they
+    /// wait (durable writes, linearizable reads, scans): a pipelining client that does not
+    /// read its answers gets backpressure, not memory; at least twice --max-frame
+    /// [default: 16 MiB, or four frames when larger].
+    #[arg(long, value_name = "BYTES")]
+    pub max_pending_bytes: Option<usize>,
+    /// Serve Prometheus metrics over HTTP on GET /metrics at ADDR (HOST:PORT); off unless
+    /// given. The endpoint has no TLS or authentication: bind it to a private address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 impl FileConfig {
@@ -396,6 +423,16 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// The master key file of encryption at rest (`None`: `SKV_MASTER_KEY`, else off).
     pub master_key: Option<PathBuf>,
+    /// Requests per second per identity; `None`: no limit.
+    pub rate_limit_rps: Option<u64>,
+    /// Request and answer bytes per second per identity; `None`: no limit.
+    pub rate_limit_bytes_per_sec: Option<u64>,
+    /// Node-wide requests in flight past which new connections are shed; `None`: never.
+    pub overload_inflight: Option<usize>,
+    /// Bytes of waiting requests and answers one client connection may hold.
+    pub max_pending_bytes: usize,
+    /// Where `/metrics` is served; `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -514,7 +551,39 @@ impl NodeConfig {
                 ),
             });
         }
+        let nonzero = |v: Option<u64>| v.filter(|n| *n > 0);
+        let rate_limit_rps = nonzero(cfg.rate_limit_rps);
+        let rate_limit_bytes_per_sec = nonzero(cfg.rate_limit_bytes_per_sec);
+        let overload_inflight = match cfg.overload_inflight.unwrap_or(DEFAULT_OVERLOAD_INFLIGHT) {
+            0 => None,
+            n => Some(n),
+        };
+        let max_pending_bytes = cfg
+            .max_pending_bytes
+            .unwrap_or_else(|| DEFAULT_MAX_PENDING_BYTES.max(4 * max_frame));
+        if max_pending_bytes < 2 * max_frame {
+            return Err(ConfigError::Invalid {
+                setting: "max_pending_bytes",
+                message: format!(
+                    "{max_pending_bytes} is below twice max_frame ({}): a read reserves a \
+                     frame for its answer",
+                    2 * max_frame
+                ),
+            });
+        }
+        let metrics_listen = match &cfg.metrics_listen {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| ConfigError::Invalid {
+                setting: "metrics_listen",
+                message: format!("`{text}` is not HOST:PORT with a numeric IP"),
+            })?),
+        };
         Ok(NodeConfig {
+            rate_limit_rps,
+            rate_limit_bytes_per_sec,
+            overload_inflight,
+            max_pending_bytes,
+            metrics_listen,
             cluster: cfg.cluster,
             cluster_map: cfg.cluster_map,
             advertise: cfg.advertise,
@@ -543,6 +612,14 @@ impl NodeConfig {
 /// Default cap of connections from one source address: room for a busy client host or a small
 /// NAT, a quarter of the node's default cap.
 pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 256;
+
+/// Default node-wide requests in flight past which new connections are shed. Far above what
+/// the ladder's heaviest rung keeps in flight (64), and below the point where the shards'
+/// own queues refuse writes (`try again`), so shedding new clients comes first.
+pub const DEFAULT_OVERLOAD_INFLIGHT: usize = 8192;
+
+/// Default bytes of waiting requests and answers per client connection.
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 16 << 20;
 
 /// Default cap of established connections per client certificate.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IDENTITY: usize = 256;
@@ -775,6 +852,29 @@ mod tests {
 
         let err = NodeConfig::from_file_config(FileConfig::default()).unwrap_err();
         assert!(err.to_string().contains("skv certs init"), "{err}");
+
+        // A pending-bytes bound a single read's reservation could not fit is refused.
+        let err = NodeConfig::from_file_config(FileConfig {
+            insecure_plaintext: Some(true),
+            auth: Some(AuthMode::Off),
+            max_pending_bytes: Some(1 << 20),
+            ..FileConfig::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("max_pending_bytes"), "{err}");
+        // The limits' defaults: rates off, shedding on, 16 MiB pending, no metrics.
+        let node = NodeConfig::from_file_config(FileConfig {
+            insecure_plaintext: Some(true),
+            auth: Some(AuthMode::Off),
+            rate_limit_rps: Some(0),
+            ..FileConfig::default()
+        })
+        .unwrap();
+        assert_eq!(node.rate_limit_rps, None);
+        assert_eq!(node.rate_limit_bytes_per_sec, None);
+        assert_eq!(node.overload_inflight, Some(DEFAULT_OVERLOAD_INFLIGHT));
+        assert_eq!(node.max_pending_bytes, DEFAULT_MAX_PENDING_BYTES);
+        assert_eq!(node.metrics_listen, None);
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");

@@ -13,6 +13,8 @@
 pub mod auth;
 mod cluster;
 pub mod config;
+mod limits;
+mod metrics;
 pub mod net;
 pub mod node;
 mod raft;

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::checkpoint::{Checkpoint, CheckpointError};
 use crate::cluster::{Cluster, ClusterSetupError, Placement, RaftSetup};
 use crate::config::{Durability, Engine, NodeConfig, TransportConfig};
+use crate::limits::load::Load;
+use crate::limits::rate::{RateLimiter, Rates};
 use crate::net::identity;
 use crate::net::listener;
 use crate::net::peer::Dialer;
@@ -63,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) cluster: Arc<Cluster>,
     /// Role policy, checkpoints 2 and 3, and dispatch of every request.
     pub(crate) router: Router,
+    /// Requests in flight across the node: the load-shedding signal.
+    pub(crate) load: Arc<Load>,
 }
 
 /// A node accepting connections. Dropping it does not stop it; call [`RunningNode::shutdown`].
@@ -70,6 +74,7 @@ pub(crate) struct Shared {
 pub struct RunningNode {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -183,11 +188,26 @@ impl RunningNode {
             checkpoint.clone().watch(shutdown.clone());
         }
         cluster.watch(shutdown.clone());
+        let rate = RateLimiter::new(Rates {
+            requests: config.rate_limit_rps,
+            bytes: config.rate_limit_bytes_per_sec,
+            max_frame: config.max_frame,
+        });
         let router = Router::new(
             cluster.clone(),
             checkpoint.clone(),
             cluster.registry().clone(),
-        );
+        )
+        .with_rate_limiter(rate);
+        let load = Load::new(config.overload_inflight);
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => Some(
+                crate::metrics::http::serve(addr, load.clone(), shutdown.clone())
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config,
             storage,
@@ -195,6 +215,7 @@ impl RunningNode {
             checkpoint,
             cluster,
             router,
+            load,
         });
         let task = tokio::spawn(listener::accept_loop(
             listener,
@@ -203,6 +224,7 @@ impl RunningNode {
             shutdown.clone(),
         ));
         Ok(RunningNode {
+            metrics_addr,
             local_addr,
             shutdown,
             task,
@@ -213,6 +235,11 @@ impl RunningNode {
     /// The address the node listens on (with the real port when started on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served (with the real port), when `--metrics-listen` was given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stop accepting, let connections finish their in-flight requests, flush storage, and

@@ -136,6 +136,10 @@ pub(crate) enum Command {
         /// Resume after this key (the cursor printed by a previous, limited scan).
         #[arg(long, value_name = "KEY")]
         cursor: Option<OsString>,
+        /// Print keys only (one per line; with --json, keys and versions): the nodes never
+        /// load the values, so a scan of large values costs what its keys cost.
+        #[arg(long)]
+        keys_only: bool,
     },
     /// Write a value only if the key is at the expected version (0: only if it does not
     /// exist); exit 6 on conflict.

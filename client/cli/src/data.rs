@@ -274,7 +274,16 @@ async fn execute(
             prefix,
             limit,
             cursor,
-        } => scan(&client, json, bytes_of(prefix), limit, cursor.map(bytes_of)).await,
+            keys_only,
+        } => {
+            let page = ScanArgs {
+                prefix: bytes_of(prefix),
+                limit,
+                cursor: cursor.map(bytes_of),
+                keys_only,
+            };
+            scan(&client, json, page).await
+        }
         Command::Ping
         | Command::Bench(_)
         | Command::Certs(_)
@@ -320,25 +329,40 @@ fn unreachable_command() -> Result<u8, ClientError> {
 
 /// Page through a scan of the whole cluster, printing entries as they arrive so a large scan
 /// streams.
-async fn scan(
-    client: &ClusterClient,
-    json: bool,
+/// What `skv scan` asks for.
+struct ScanArgs {
     prefix: Bytes,
     limit: Option<u64>,
-    mut cursor: Option<Bytes>,
-) -> Result<u8, ClientError> {
+    cursor: Option<Bytes>,
+    keys_only: bool,
+}
+
+async fn scan(client: &ClusterClient, json: bool, args: ScanArgs) -> Result<u8, ClientError> {
+    let ScanArgs {
+        prefix,
+        limit,
+        mut cursor,
+        keys_only,
+    } = args;
     let mut remaining = limit.unwrap_or(u64::MAX);
     let mut entries = Vec::new();
     let mut out = std::io::stdout().lock();
     // One scanner for all pages: it keeps each node's unmerged entries between pages.
-    let mut scanner = client.scanner(prefix, cursor.clone());
+    let mut scanner = client.scanner(prefix, cursor.clone()).keys_only(keys_only);
     while remaining > 0 {
         let page_limit = remaining.min(u64::from(skv_proto::MAX_SCAN_PAGE)) as u32;
         let page = scanner.next_page(page_limit).await?;
         remaining -= (page.entries.len() as u64).min(remaining);
         for entry in page.entries {
-            if json {
+            if json && keys_only {
+                entries.push(serde_json::json!({
+                    "key": output::text(&entry.key),
+                    "version": entry.version,
+                }));
+            } else if json {
                 entries.push(output::entry_json(&entry.key, entry.version, &entry.value));
+            } else if keys_only {
+                let _ = writeln!(out, "{}", output::escape(&entry.key));
             } else {
                 let _ = writeln!(
                     out,

@@ -416,6 +416,11 @@ fn node_config(
         election_timeout: Duration::from_millis(skv_server::config::DEFAULT_ELECTION_TIMEOUT_MS),
         snapshot_every: skv_server::config::DEFAULT_SNAPSHOT_EVERY,
         master_key: None,
+        rate_limit_rps: None,
+        rate_limit_bytes_per_sec: None,
+        overload_inflight: None,
+        max_pending_bytes: 16 << 20,
+        metrics_listen: None,
         auth: Some(AuthConfig {
             keyset: keys.join("keyset.json"),
             mode: AuthMode::PerRequest,

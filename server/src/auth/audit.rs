@@ -181,6 +181,9 @@ impl AuditLog {
         match self.tx.try_send(queued) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
+                if let Some(m) = crate::metrics::get() {
+                    m.audit_dropped(1);
+                }
                 let before = self
                     .dropped
                     .fetch_add(1 + record.dropped_before, Ordering::Relaxed);

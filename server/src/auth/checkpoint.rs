@@ -120,6 +120,12 @@ impl Session {
 
     /// The session of a connection from `source`: failed authentication is limited per
     /// address as well as per certificate.
+    /// The client certificate's thumbprint (none on plaintext): the identity the rate limit
+    /// charges when a request carries no token.
+    pub(crate) fn thumbprint(&self) -> Option<&CertThumbprint> {
+        self.thumbprint.as_ref()
+    }
+
     pub(crate) fn with_source(mut self, source: std::net::IpAddr) -> Session {
         self.peers.push(PeerKey::Source(source));
         self
@@ -308,10 +314,10 @@ impl Checkpoint {
         session: &mut Session,
         token: Option<&Bytes>,
         body: &RequestBody,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<Arc<Verified>>, Refusal> {
         let op = body.op();
         let Some(required) = ScopeOp::required_for(op) else {
-            return Ok(());
+            return Ok(None);
         };
         let target = target_of(body);
         // A blocked peer still gets what costs nothing: a token this connection or the cache
@@ -354,7 +360,8 @@ impl Checkpoint {
                         "allowed",
                     ));
                 }
-                Ok(())
+                // Handed back (not dropped here) for the per-identity rate limit's subject.
+                Ok(Some(verified))
             }
             Err(err) => {
                 self.deny(session, Some(&verified), op.as_str(), target, &err);
@@ -433,6 +440,9 @@ impl Checkpoint {
             if *seen == generation && last == token {
                 // Same bytes, same connection (so the binding was already checked against
                 // this certificate), same keyset: only the clock can have changed.
+                if let Some(m) = crate::metrics::get() {
+                    m.token_cache(true);
+                }
                 verified.check_live(now)?;
                 return Ok(verified.clone());
             }
@@ -486,6 +496,15 @@ impl Checkpoint {
     /// the peer protocol, a node certificate asking for client rights), before any token is
     /// looked at.
     pub(crate) fn deny_role(&self, session: &Session, op: &str, reason: &str) {
+        if let Some(m) = crate::metrics::get() {
+            // The backoff of repeated failures is refused through here too.
+            let code = if reason.starts_with("rate limited") {
+                "auth_backoff"
+            } else {
+                "wrong_role"
+            };
+            m.refusal("role", code);
+        }
         if let Some(audit) = &self.audit {
             audit.record(self.record(session, None, op, None, Decision::Deny, reason));
         }
@@ -499,6 +518,13 @@ impl Checkpoint {
         target: Option<&[u8]>,
         err: &AuthError,
     ) {
+        if let Some(m) = crate::metrics::get() {
+            let checkpoint = match err.category() {
+                AuthCategory::Forbidden => "scope",
+                _ => "token",
+            };
+            m.refusal(checkpoint, err.reason_code());
+        }
         if let Some(audit) = &self.audit {
             let reason = err.to_string();
             audit.record(self.record(session, verified, op, target, Decision::Deny, &reason));

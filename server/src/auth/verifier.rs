@@ -348,11 +348,18 @@ impl Verifier {
             });
         }
         let key = TokenCache::key_of(token);
+        let metrics = crate::metrics::get();
         if let Some(hit) = cache.get(&key, now) {
             if hit.verifier_id() == self.id {
+                if let Some(m) = metrics {
+                    m.token_cache(true);
+                }
                 self.check_binding(hit.cnf.as_ref(), peer)?;
                 return Ok(hit);
             }
+        }
+        if let Some(m) = metrics {
+            m.token_cache(false);
         }
         let verified = Arc::new(self.verify_token(token, now)?);
         // Cache before the binding check: the token itself is genuine, and the next request

@@ -158,6 +158,10 @@ fn run(args: Args, flags: &clap::ArgMatches) -> anyhow::Result<()> {
         }
         // Scripts and tests wait for exactly this line.
         let mut stdout = std::io::stdout().lock();
+        if let Some(metrics) = node.metrics_addr() {
+            // Before `listening on`: whoever waits for that line can scrape at once.
+            writeln!(stdout, "metrics on http://{metrics}/metrics")?;
+        }
         writeln!(stdout, "listening on {addr}")?;
         stdout.flush()?;
         drop(stdout);

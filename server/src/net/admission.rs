@@ -52,6 +52,16 @@ pub(crate) enum Refused {
     NodeFull,
 }
 
+impl Refused {
+    /// The fixed name the metrics use.
+    pub(crate) fn reason_code(self) -> &'static str {
+        match self {
+            Refused::SourceFull => "source_full",
+            Refused::NodeFull => "node_full",
+        }
+    }
+}
+
 /// The connection counts of one node.
 #[derive(Debug)]
 pub(crate) struct Admission {
@@ -112,6 +122,9 @@ impl Admission {
         inner.next_seq += 1;
         let cancel = CancellationToken::new();
         inner.half_open.insert(seq, cancel.clone());
+        if let Some(m) = crate::metrics::get() {
+            m.connection_opened();
+        }
         Ok(Ticket {
             admission: self.clone(),
             source,
@@ -208,6 +221,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        if let Some(m) = crate::metrics::get() {
+            m.connection_closed();
+        }
         let mut inner = self.admission.lock();
         inner.live -= 1;
         if self.half_open && inner.half_open.remove(&self.seq).is_none() {

@@ -9,14 +9,19 @@
 //! may do and where it goes. Writes reach their shard in arrival order from inside this task
 //! (so writes on one connection are ordered), then wait for durability in a small spawned task
 //! that sends the answer back through a bounded channel. Control requests (a slot move takes
-//! seconds) answer the same way. The number of such waits is capped per connection, so a
-//! client that streams writes gets backpressure, not unbounded memory.
+//! seconds) answer the same way. Such waits are capped per connection in number and in bytes:
+//! each reserves its request's size plus room for its answer (a frame for a read, whose value
+//! is loaded only once its leadership check is done), the reservation shrinks to the answer's
+//! size once known, and is released when the answer is written. A client that pipelines large
+//! GETs and never reads therefore holds at most `--max-pending-bytes` in the node, plus the
+//! write buffer that its socket stopped draining; a client that streams writes gets
+//! backpressure, not unbounded memory.
 
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use skv_proto::{
-    peek_request_id, DecodeError, ErrorCode, FrameCodec, FrameError, Request, RequestBody,
+    peek_request_id, DecodeError, ErrorCode, FrameCodec, FrameError, Op, Request, RequestBody,
     Response, ResponseBody, TokenPlacement, WireError, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -26,6 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::checkpoint::Session;
 use crate::auth::CertThumbprint;
+use crate::limits::load::{InFlight, Pressure, SHED_RETRY_AFTER_MS};
+use crate::limits::rate::Meter;
+use crate::metrics::{self, Outcome};
 use crate::net::admission::{NotKept, Ticket};
 use crate::net::identity::PeerKind;
 use crate::net::peer::PEER_FRAME_SLACK;
@@ -38,6 +46,52 @@ const MAX_PENDING_DURABLE: usize = 1024;
 
 /// Write out buffered answers once this many bytes are waiting, even mid-batch.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// What an answer that is not a read reserves of the connection's pending bytes: a WRITTEN,
+/// DELETED, CAS_CONFLICT or error is a few dozen bytes.
+const SMALL_ANSWER: usize = 128;
+
+/// An answer worked out beside the connection, with what it holds until it is written: its
+/// slot among the pending answers, its reservation of pending bytes, its place in the node's
+/// in-flight count.
+struct Done {
+    response: Response,
+    _slot: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+    _in_flight: InFlight,
+}
+
+/// About how many bytes `body` takes on the wire (and in memory until written): exact for the
+/// bulky parts, a small allowance for the fixed ones.
+fn answer_bytes(body: &ResponseBody) -> usize {
+    let bulk = match body {
+        ResponseBody::Value { value, .. } => value.len(),
+        ResponseBody::ScanPage {
+            entries, cursor, ..
+        } => {
+            entries
+                .iter()
+                .map(|e| skv_proto::scan_entry_wire_len(e.key.len(), e.value.len()))
+                .sum::<usize>()
+                + cursor.as_ref().map_or(0, |c| c.len())
+        }
+        ResponseBody::Map { json, .. } | ResponseBody::Control { json } => json.len(),
+        ResponseBody::Raft { payload } => payload.len(),
+        ResponseBody::Error(err) => err.message.len(),
+        _ => 0,
+    };
+    bulk + 32
+}
+
+/// What a request reserves of the pending bytes before its answer is known: itself, plus a
+/// whole frame for requests whose answer can carry one.
+fn reservation(op: Op, frame_len: usize, max_frame: usize) -> usize {
+    let answer = match op {
+        Op::Get | Op::Scan | Op::ClusterMap | Op::Control | Op::Raft => max_frame,
+        _ => SMALL_ANSWER,
+    };
+    frame_len.saturating_add(answer)
+}
 
 /// The client certificate's thumbprint from a TLS chain (the leaf comes first). Hashed once
 /// per connection, so per-request binding checks compare 32 bytes.
@@ -64,6 +118,20 @@ pub(crate) enum ConnectionError {
     Handshake(String),
     #[error(transparent)]
     Frame(#[from] FrameError),
+}
+
+impl ConnectionError {
+    /// Whether the connection ended before its HELLO succeeded (a failed handshake, for the
+    /// metrics).
+    pub(crate) fn before_hello(&self) -> bool {
+        matches!(
+            self,
+            ConnectionError::HelloTimeout
+                | ConnectionError::Evicted
+                | ConnectionError::ClosedBeforeHello
+                | ConnectionError::Handshake(_)
+        )
+    }
 }
 
 /// Serve one connection until the peer closes, it breaks the protocol, or the node shuts
@@ -119,6 +187,27 @@ where
             token,
             ..
         }) => {
+            // Shed first what nobody has invested in yet: a new client while the node is
+            // behind. Nodes of the cluster are never shed (Raft needs its links).
+            if !matches!(kind, PeerKind::Peer(_)) && shared.load.pressure() != Pressure::Normal {
+                shared.load.shed(true);
+                let msg = format!(
+                    "the node has more than {} requests in flight \
+                     (--overload-inflight) and takes no new connections; retry after \
+                     {SHED_RETRY_AFTER_MS} ms",
+                    shared.config.overload_inflight.unwrap_or_default()
+                );
+                let refusal = Response {
+                    id,
+                    body: ResponseBody::Error(WireError::retry_after(
+                        ErrorCode::Overloaded,
+                        msg.clone(),
+                        SHED_RETRY_AFTER_MS,
+                    )),
+                };
+                let _ = framed.send(&refusal).await;
+                return Err(ConnectionError::Handshake(msg));
+            }
             let version = max_version.min(PROTOCOL_VERSION);
             if version < min_version {
                 let msg = format!(
@@ -176,6 +265,9 @@ where
                 },
             };
             framed.send(&ok).await?;
+            if let Some(m) = metrics::get() {
+                m.handshake(true);
+            }
         }
         Ok(_) => {
             let msg = "the first request on a connection must be HELLO";
@@ -192,9 +284,17 @@ where
     // A permit travels with each durable answer until this task takes it off the channel, so
     // waiting tasks plus queued answers never exceed the channel's capacity and a waiting
     // task's send never blocks.
-    let (durable_tx, mut durable_rx) =
-        mpsc::channel::<(Response, OwnedSemaphorePermit)>(MAX_PENDING_DURABLE);
+    let (durable_tx, mut durable_rx) = mpsc::channel::<Done>(MAX_PENDING_DURABLE);
     let pending = Arc::new(Semaphore::new(MAX_PENDING_DURABLE));
+    // Node-to-node links carry Raft, whose peers are trusted and pipeline large batches:
+    // they keep the count cap only.
+    let max_pending_bytes = shared.config.max_pending_bytes;
+    let pending_bytes = match kind {
+        PeerKind::Peer(_) => None,
+        _ => Some(Arc::new(Semaphore::new(max_pending_bytes))),
+    };
+    let mut meter = Meter::new(ticket.source());
+    let rate = shared.router.rate_limiter();
     let mut result = Ok(());
     // Clients that send nothing and wait for nothing for this long are closed, so a client
     // that finished HELLO cannot hold its slot forever. Nodes of the cluster keep their links.
@@ -216,7 +316,12 @@ where
                 // Still waiting on its own answers: not idle.
                 idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or_default());
             }
-            Some((done, _permit)) = durable_rx.recv() => framed.feed(&done).await?,
+            Some(done) = durable_rx.recv() => {
+                if let Some(rate) = rate {
+                    meter.charge_answer(rate, answer_bytes(&done.response.body));
+                }
+                framed.feed(&done.response).await?
+            }
             frame = framed.next() => match frame {
                 None => break,
                 Some(Ok(payload)) => {
@@ -224,31 +329,88 @@ where
                         idle.as_mut().reset(tokio::time::Instant::now() + timeout);
                     }
                     let id = peek_request_id(&payload);
-                    let answer = match Request::decode(payload) {
-                        Ok(request) => shared.router.route(&kind, &mut session, request, max_frame),
+                    let frame_len = payload.len();
+                    let started = metrics::get().map(|m| (m, std::time::Instant::now()));
+                    let (op, answer) = match Request::decode(payload) {
+                        Ok(request) => {
+                            let op = request.body.op();
+                            meter.frame_len = frame_len;
+                            (
+                                Some(op),
+                                shared.router.route(
+                                    &kind,
+                                    &mut session,
+                                    request,
+                                    max_frame,
+                                    &mut meter,
+                                ),
+                            )
+                        }
                         // The frame boundary is intact, so a bad request costs only itself.
-                        Err(err) => Answer::Now(decode_refusal(&shared, &session, &err)),
+                        Err(err) => (None, Answer::Now(decode_refusal(&shared, &session, &err))),
                     };
                     match answer {
-                        Answer::Now(body) => reply(&mut framed, id, body).await?,
+                        Answer::Now(body) => {
+                            if let Some(rate) = rate {
+                                meter.charge_answer(rate, answer_bytes(&body));
+                            }
+                            if let Some((m, t0)) = started {
+                                m.request(op.unwrap_or(Op::Ping), Outcome::of(&body), t0.elapsed());
+                            }
+                            reply(&mut framed, id, body).await?
+                        }
                         Answer::Later(work) => {
-                            // At the cap, deliver finished answers until a permit frees up:
-                            // every permit is either with a waiting task or on the channel,
-                            // so this ends.
-                            let permit = loop {
-                                if let Ok(permit) = pending.clone().try_acquire_owned() {
-                                    break permit;
+                            // At the caps, deliver finished answers until a slot and enough
+                            // bytes free up: every slot and byte is either with a waiting
+                            // task or on the channel, so this ends.
+                            let slot = loop {
+                                if let Ok(slot) = pending.clone().try_acquire_owned() {
+                                    break slot;
                                 }
                                 match durable_rx.recv().await {
-                                    Some((done, _permit)) => framed.feed(&done).await?,
+                                    Some(done) => framed.feed(&done.response).await?,
                                     // Cannot happen while this task holds a sender.
                                     None => break 'conn,
                                 }
                             };
+                            let reserve = reservation(op.unwrap_or(Op::Ping), frame_len, max_frame)
+                                .min(max_pending_bytes)
+                                .min(u32::MAX as usize);
+                            let bytes = match &pending_bytes {
+                                None => None,
+                                Some(budget) => Some(loop {
+                                    if let Ok(bytes) =
+                                        budget.clone().try_acquire_many_owned(reserve as u32)
+                                    {
+                                        break bytes;
+                                    }
+                                    match durable_rx.recv().await {
+                                        Some(done) => framed.feed(&done.response).await?,
+                                        None => break 'conn,
+                                    }
+                                }),
+                            };
+                            let in_flight = shared.load.start();
                             let tx = durable_tx.clone();
                             tokio::spawn(async move {
                                 let body = work.await;
-                                let _ = tx.send((Response { id, body }, permit)).await;
+                                // Keep only what the answer takes: the rest of a read's frame
+                                // goes back to the connection's budget now.
+                                let mut bytes = bytes;
+                                if let Some(held) = bytes.as_mut() {
+                                    let excess = held.num_permits().saturating_sub(answer_bytes(&body));
+                                    drop(held.split(excess));
+                                }
+                                if let Some((m, t0)) = started {
+                                    m.request(op.unwrap_or(Op::Ping), Outcome::of(&body), t0.elapsed());
+                                }
+                                let done = Done {
+                                    response: Response { id, body },
+                                    _slot: slot,
+                                    _bytes: bytes,
+                                    _in_flight: in_flight,
+                                };
+                                let _ = tx.send(done).await;
                             });
                         }
                     }
@@ -270,8 +432,8 @@ where
     // Finish what was started: every applied durable write still gets its answer.
     drop(durable_tx);
     let drain = async {
-        while let Some((done, _permit)) = durable_rx.recv().await {
-            framed.feed(&done).await?;
+        while let Some(done) = durable_rx.recv().await {
+            framed.feed(&done.response).await?;
         }
         flush(&mut framed).await?;
         framed.get_mut().shutdown().await.map_err(FrameError::Io)

@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limits::load::Pressure;
 use crate::net::admission::{Admission, Limits, Ticket};
 use crate::net::connection;
 use crate::net::identity::{self, PeerKind};
@@ -58,6 +59,9 @@ pub(crate) async fn accept_loop(
                 // retry. One warning per second at most, with the count, so a flood cannot
                 // flood the log.
                 drop(socket);
+                if let Some(m) = crate::metrics::get() {
+                    m.connection_refused(refused.reason_code());
+                }
                 refused_since_log += 1;
                 if last_refusal_log.elapsed() >= std::time::Duration::from_secs(1) {
                     tracing::warn!(
@@ -109,33 +113,61 @@ async fn handle(
     // One deadline from accept covers the TLS handshake and HELLO.
     let deadline = tokio::time::Instant::now() + ticket.budget();
     match acceptor {
-        None => Ok(connection::serve(
-            socket,
-            None,
-            PeerKind::Client,
-            ticket,
-            deadline,
-            shared,
-            shutdown,
-        )
-        .await?),
+        None => Ok(counted(
+            connection::serve(
+                socket,
+                None,
+                PeerKind::Client,
+                ticket,
+                deadline,
+                shared,
+                shutdown,
+            )
+            .await,
+        )?),
         Some(acceptor) => {
+            // Far past the load threshold even the handshake is not started: it is the CPU
+            // the established clients need. (At HELLO a shed client is told why; here there
+            // is no TLS session yet to tell it in.)
+            if shared.load.pressure() == Pressure::Severe {
+                shared.load.shed(false);
+                return Err("shed before the TLS handshake: the node is overloaded".into());
+            }
             let tls = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 () = ticket.evicted() => return Err("evicted while half-open to make room".into()),
                 tls = tokio::time::timeout_at(deadline, acceptor.accept(socket)) => tls,
             };
+            let failed = || {
+                if let Some(m) = crate::metrics::get() {
+                    m.handshake(false);
+                }
+            };
             let stream = tls
+                .inspect_err(|_| failed())
                 .map_err(|_| "TLS handshake timed out")?
+                .inspect_err(|_| failed())
                 .map_err(|e| format!("TLS handshake failed: {e}"))?;
             let chain = stream.get_ref().1.peer_certificates();
             let thumbprint = connection::thumbprint_of(chain);
             let leaf = chain.and_then(|c| c.first()).map(|c| c.as_ref());
             let kind = identity::classify(leaf, shared.cluster.name());
-            Ok(
+            Ok(counted(
                 connection::serve(stream, thumbprint, kind, ticket, deadline, shared, shutdown)
-                    .await?,
-            )
+                    .await,
+            )?)
         }
     }
+}
+
+/// Count a connection that ended before its HELLO succeeded as a failed handshake.
+fn counted(
+    result: Result<(), connection::ConnectionError>,
+) -> Result<(), connection::ConnectionError> {
+    if let (Err(err), Some(m)) = (&result, crate::metrics::get()) {
+        if err.before_hello() {
+            m.handshake(false);
+        }
+    }
+    result
 }

@@ -187,7 +187,11 @@ impl FlushInner {
                 return;
             };
             guard.seq = Some(seq);
+            let started = std::time::Instant::now();
             let result = self.db.flush().map(drop);
+            if let Some(m) = crate::metrics::get() {
+                m.flush("raft_log", started.elapsed());
+            }
             let done = self.lock().complete(seq);
             for tx in done {
                 let _ = tx.send(result.clone());

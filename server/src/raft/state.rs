@@ -1378,6 +1378,18 @@ fn decode_item(
     })
 }
 
+/// A record's key and version without its value: the version is in the clear in front of the
+/// (possibly sealed) value, which stays where sled keeps it.
+fn key_of_item(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Imported, StoreError> {
+    let (key, record) = item.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+    let (version, _) = decode_record(&record)?;
+    Ok(Imported {
+        key: Bytes::copy_from_slice(&key),
+        version,
+        value: Bytes::new(),
+    })
+}
+
 impl ShardReader {
     /// A key's version and value, `None` when absent.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<(u64, Bytes)>, StoreError> {
@@ -1401,19 +1413,21 @@ impl ShardReader {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<Imported>, bool), StoreError> {
-        self.scan_within(prefix, after, limit, usize::MAX)
+        self.scan_within(prefix, after, limit, usize::MAX, false)
     }
 
     /// [`Self::scan`] that stops loading values once `budget` bytes of keys and values are
     /// loaded (past it by one entry at most, and at least one entry): a client's SCAN costs
     /// about one answer frame, not `limit` values. Keys of slots the shard does not own are
-    /// skipped before their value is copied.
+    /// skipped before their value is copied. With `keys_only`, values are neither copied nor
+    /// decrypted: each entry's value is empty and only its key counts against `budget`.
     pub(crate) fn scan_within(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
         budget: usize,
+        keys_only: bool,
     ) -> Result<(Vec<Imported>, bool), StoreError> {
         let start = match after {
             Some(after) if after >= prefix => Bound::Excluded(after.to_vec()),
@@ -1444,7 +1458,11 @@ impl ShardReader {
             if out.len() == limit || (!out.is_empty() && loaded >= budget) {
                 return Ok((out, true));
             }
-            let entry = decode_item(&self.shared.seal, item)?;
+            let entry = if keys_only {
+                key_of_item(item)?
+            } else {
+                decode_item(&self.shared.seal, item)?
+            };
             loaded = loaded.saturating_add(entry.key.len() + entry.value.len());
             out.push(entry);
         }

@@ -29,6 +29,7 @@ use skv_proto::{ErrorCode, Request, RequestBody, ResponseBody, WireError};
 
 use crate::auth::checkpoint::{Checkpoint, Refusal, Session};
 use crate::cluster::{Cluster, View};
+use crate::limits::rate::{IdentityRef, Meter, RateLimiter};
 use crate::net::identity::PeerKind;
 use crate::raft::rpc::{self, RaftRegistry};
 use crate::shard::replica::ReplicaAnswer;
@@ -62,6 +63,8 @@ pub(crate) struct Router {
     /// Scans running at once on the blocking pool: each holds up to about one frame per
     /// local shard, so this bounds what scans together can hold.
     scans: Arc<tokio::sync::Semaphore>,
+    /// Per-identity request and byte rates, when configured.
+    rate: Option<RateLimiter>,
 }
 
 /// Scans the node runs at once; further scans wait for a turn (their connections' other
@@ -79,16 +82,31 @@ impl Router {
             checkpoint,
             raft,
             scans: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SCANS)),
+            rate: None,
         }
     }
 
-    /// Steps 1 to 4 of the module docs for one request. `max_frame` bounds scan pages.
+    /// Charge every client request to its identity's buckets under `rate` (see
+    /// [`crate::limits::rate`]).
+    pub(crate) fn with_rate_limiter(mut self, rate: Option<RateLimiter>) -> Router {
+        self.rate = rate;
+        self
+    }
+
+    /// The per-identity limiter, for the connection to charge answers' bytes.
+    pub(crate) fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.rate.as_ref()
+    }
+
+    /// Steps 1 to 4 of the module docs for one request. `max_frame` bounds scan pages; `meter`
+    /// is the connection's link to the per-identity rate limit (the request's frame size set).
     pub(crate) fn route(
         &self,
         kind: &PeerKind,
         session: &mut Session,
         request: Request,
         max_frame: usize,
+        meter: &mut Meter,
     ) -> Answer {
         let write_session = request.session.map(|s| session.scope_write(s));
         let consistency = request.consistency;
@@ -115,13 +133,44 @@ impl Router {
                  send them",
             );
         }
-        if let Some(checkpoint) = &self.checkpoint {
-            if let Err(Refusal { code, message }) =
-                checkpoint.authorize(session, request.token.as_ref(), &body)
-            {
-                return refuse(code, message);
+        let verified = match &self.checkpoint {
+            Some(checkpoint) => {
+                match checkpoint.authorize(session, request.token.as_ref(), &body) {
+                    Ok(verified) => verified,
+                    Err(Refusal { code, message }) => return refuse(code, message),
+                }
+            }
+            None => None,
+        };
+        // After the checkpoints, so the charge goes to who the token proves the caller is
+        // (a refused request is the failure limiter's business, not this one's).
+        if let Some(rate) = &self.rate {
+            let identity = match (&verified, session.thumbprint()) {
+                (Some(v), _) => IdentityRef::Subject(v.sub()),
+                (None, Some(cert)) => IdentityRef::Certificate(cert),
+                (None, None) => IdentityRef::Source(meter.source),
+            };
+            if let Err(limited) = meter.admit(rate, identity, meter.frame_len) {
+                if let Some(m) = crate::metrics::get() {
+                    m.rate_limited(limited.which());
+                }
+                let ms = limited.retry_after_ms();
+                return Answer::Now(ResponseBody::Error(WireError::retry_after(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this identity (its token's subject, or its client certificate) is over \
+                         its limit of {} per second (--rate-limit-{}); retry after {ms} ms",
+                        limited.which(),
+                        match limited.which() {
+                            "bytes" => "bytes-per-sec",
+                            _ => "rps",
+                        }
+                    ),
+                    ms,
+                )));
             }
         }
+        drop(verified);
         let command = match body {
             RequestBody::Ping => return Answer::Now(ResponseBody::Pong),
             RequestBody::ClusterMap => return Answer::Now(self.cluster.map_answer()),
@@ -141,6 +190,7 @@ impl Router {
                 prefix,
                 limit,
                 cursor,
+                keys_only,
             } => {
                 // Off the async workers: a scan walks storage, and the connections sharing
                 // this worker must not wait for it.
@@ -155,7 +205,12 @@ impl Router {
                         ));
                     };
                     let scan = tokio::task::spawn_blocking(move || {
-                        scan::scan(&cluster, &prefix, limit, cursor.as_deref(), max_frame)
+                        let page = scan::Page {
+                            limit,
+                            max_frame,
+                            keys_only,
+                        };
+                        scan::scan(&cluster, &prefix, cursor.as_deref(), page)
                     });
                     scan.await.unwrap_or_else(|_| {
                         ResponseBody::Error(WireError::new(

@@ -17,6 +17,17 @@ use skv_proto::{scan_entry_wire_len, ResponseBody, ScanEntry, MAX_SCAN_PAGE, SCA
 use crate::cluster::Cluster;
 use crate::shard::storage_failed;
 
+/// What one page may hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Page {
+    /// Entries asked for (0: the most a page holds).
+    pub(crate) limit: u32,
+    /// The frame the page must fit.
+    pub(crate) max_frame: usize,
+    /// Keys and versions only: no value is loaded (or decrypted).
+    pub(crate) keys_only: bool,
+}
+
 /// One SCAN page of the keys of every local shard.
 ///
 /// The page carries the epoch of the map read *after* the shards answered: a slot that moved
@@ -25,10 +36,14 @@ use crate::shard::storage_failed;
 pub(crate) fn scan(
     cluster: &Cluster,
     prefix: &[u8],
-    limit: u32,
     cursor: Option<&[u8]>,
-    max_frame: usize,
+    page: Page,
 ) -> ResponseBody {
+    let Page {
+        limit,
+        max_frame,
+        keys_only,
+    } = page;
     let limit = if limit == 0 {
         MAX_SCAN_PAGE
     } else {
@@ -44,7 +59,10 @@ pub(crate) fn scan(
     // A replicated node reads every replica it hosts from its own state machine, leader or
     // not: the page may miss writes its followers have not applied yet (docs/CLUSTER.md).
     for replica in view.local_replicas() {
-        let (page, more) = match replica.reader().scan_within(prefix, cursor, limit, budget) {
+        let (page, more) = match replica
+            .reader()
+            .scan_within(prefix, cursor, limit, budget, keys_only)
+        {
             Ok(page) => page,
             Err(err) => {
                 tracing::error!(error = %err, "replica scan failed");
@@ -70,7 +88,7 @@ pub(crate) fn scan(
         }));
     }
     for shard in view.local_shards() {
-        let page = match shard.scan(prefix, cursor, limit, budget) {
+        let page = match shard.scan(prefix, cursor, limit, budget, keys_only) {
             Ok(page) => page,
             Err(err) => return storage_failed(&err),
         };

@@ -107,7 +107,13 @@ fn ask(node: &Node, kind: &PeerKind, body: RequestBody) -> ResponseBody {
         consistency: skv_proto::Consistency::Linearizable,
         body,
     };
-    settle(node.router.route(kind, &mut session, request, 1 << 20))
+    settle(node.router.route(
+        kind,
+        &mut session,
+        request,
+        1 << 20,
+        &mut crate::limits::rate::Meter::default(),
+    ))
 }
 
 /// The answer, waiting for it when it comes later (a scan runs on the blocking pool; there is
@@ -208,6 +214,7 @@ fn a_scan_merges_both_shards_in_key_order_and_pages_cover_every_key_once() {
                 prefix: Bytes::from_static(b"key-"),
                 limit: 7,
                 cursor: cursor.clone(),
+                keys_only: false,
             },
         );
         let ResponseBody::ScanPage {
@@ -252,16 +259,20 @@ fn a_scan_page_is_cut_to_fit_the_frame() {
             prefix: Bytes::new(),
             limit: 0,
             cursor: None,
+            keys_only: false,
         },
     };
     // Room for the fixed overhead and about two entries.
     let max_frame = skv_proto::SCAN_PAGE_OVERHEAD + 2 * 3100;
     let ResponseBody::ScanPage {
         entries, cursor, ..
-    } = settle(
-        node.router
-            .route(&PeerKind::Client, &mut session, request, max_frame),
-    )
+    } = settle(node.router.route(
+        &PeerKind::Client,
+        &mut session,
+        request,
+        max_frame,
+        &mut crate::limits::rate::Meter::default(),
+    ))
     else {
         panic!("expected a page");
     };
@@ -356,10 +367,13 @@ async fn raft_messages_are_for_peers_only() {
         consistency: skv_proto::Consistency::Linearizable,
         body: raft(),
     };
-    match node
-        .router
-        .route(&PeerKind::Peer("n2".into()), &mut session, request, 1 << 20)
-    {
+    match node.router.route(
+        &PeerKind::Peer("n2".into()),
+        &mut session,
+        request,
+        1 << 20,
+        &mut crate::limits::rate::Meter::default(),
+    ) {
         Answer::Later(answer) => match answer.await {
             ResponseBody::Error(e) => {
                 assert_eq!(e.code, ErrorCode::ClusterState, "{e:?}");

@@ -294,13 +294,14 @@ impl Shard {
         after: Option<&[u8]>,
         limit: usize,
         budget: usize,
+        keys_only: bool,
     ) -> Result<ShardPage, StorageError> {
         let slots = self.slots();
         let keep = |key: &[u8]| slots.contains(hash_slot(key));
         let bounds = ScanBounds {
             keys: limit,
             bytes: budget,
-            keys_only: false,
+            keys_only,
             keep: &keep,
         };
         let page = self.keyspace.scan_within(prefix, after, &bounds)?;

@@ -273,11 +273,11 @@ fn scan_returns_owned_slots_only_with_a_frontier_when_more_remain() {
         now(&shard, put(k, k));
     }
     shard.set_slots(all_but(hash_slot(b"b")));
-    let page = shard.scan(b"", None, 3, usize::MAX).unwrap();
+    let page = shard.scan(b"", None, 3, usize::MAX, false).unwrap();
     let keys: Vec<_> = page.entries.iter().map(|e| e.key.clone()).collect();
     assert_eq!(keys, vec![b("a"), b("c")]);
     assert_eq!(page.frontier, Some(b("c")));
-    let rest = shard.scan(b"", Some(b"c"), 3, usize::MAX).unwrap();
+    let rest = shard.scan(b"", Some(b"c"), 3, usize::MAX, false).unwrap();
     assert_eq!(rest.entries.len(), 1);
     assert_eq!(rest.frontier, None);
 }

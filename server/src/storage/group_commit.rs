@@ -168,7 +168,11 @@ async fn run_flusher(storage: Arc<dyn Storage>, shared: Arc<Shared>, tx: watch::
         // so writes done without waiting (async-mode callers) still reach disk.
         if target > durable || closing {
             let flushing = Arc::clone(&storage);
+            let started = std::time::Instant::now();
             let result = tokio::task::spawn_blocking(move || flushing.flush()).await;
+            if let Some(m) = crate::metrics::get() {
+                m.flush("group_commit", started.elapsed());
+            }
             shared.flushes.fetch_add(1, Ordering::Relaxed);
             match result {
                 Ok(Ok(())) => {

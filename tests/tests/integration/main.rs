@@ -15,6 +15,7 @@ mod durability;
 mod first_hour;
 mod labs;
 mod ladder;
+mod limits;
 mod ops;
 mod replication;
 mod tls;

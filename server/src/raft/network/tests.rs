@@ -136,6 +136,11 @@ impl Listener {
             election_timeout: Duration::from_millis(500),
             snapshot_every: 20_000,
             master_key: None,
+            rate_limit_rps: None,
+            rate_limit_bytes_per_sec: None,
+            overload_inflight: None,
+            max_pending_bytes: 16 << 20,
+            metrics_listen: None,
         };
         let storage = Arc::new(MemoryStorage::new());
         let placement = Placement {
@@ -153,6 +158,7 @@ impl Listener {
             checkpoint: None,
             router: Router::new(cluster.clone(), None, registry),
             cluster,
+            load: crate::limits::load::Load::new(None),
         });
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(crate::net::listener::accept_loop(
