@@ -410,13 +410,7 @@ impl Connection {
         limit: u32,
         cursor: Option<Bytes>,
     ) -> Result<ScanPage, ClientError> {
-        let body = RequestBody::Scan {
-            prefix: prefix.into(),
-            limit,
-            cursor,
-            keys_only: false,
-        };
-        scan_answer(self.call(body).await?)
+        self.scan_page(prefix.into(), limit, cursor, false).await
     }
 
     /// [`Connection::scan`] for keys and versions only: every value in the page is empty,
@@ -427,11 +421,21 @@ impl Connection {
         limit: u32,
         cursor: Option<Bytes>,
     ) -> Result<ScanPage, ClientError> {
+        self.scan_page(prefix.into(), limit, cursor, true).await
+    }
+
+    async fn scan_page(
+        &self,
+        prefix: Bytes,
+        limit: u32,
+        cursor: Option<Bytes>,
+        keys_only: bool,
+    ) -> Result<ScanPage, ClientError> {
         let body = RequestBody::Scan {
-            prefix: prefix.into(),
+            prefix,
             limit,
             cursor,
-            keys_only: true,
+            keys_only,
         };
         scan_answer(self.call(body).await?)
     }

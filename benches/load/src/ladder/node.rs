@@ -112,14 +112,20 @@ impl NodeProcess {
 
     /// The last lines of the node's log, on one line.
     pub(crate) fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join(" | ");
-        if tail.is_empty() {
-            "(empty)".into()
-        } else {
-            tail
-        }
+        log_tail(&self.log, LOG_TAIL_LINES)
+    }
+}
+
+/// The last `lines` lines of a server's log file, joined on one line for an error message
+/// ("(empty)" when there are none).
+pub(crate) fn log_tail(log: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join(" | ");
+    if tail.is_empty() {
+        "(empty)".into()
+    } else {
+        tail
     }
 }
 

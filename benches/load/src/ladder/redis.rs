@@ -633,14 +633,7 @@ impl RedisServer {
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join(" | ");
-        if tail.is_empty() {
-            "(empty)".into()
-        } else {
-            tail
-        }
+        super::node::log_tail(&self.log, LOG_TAIL_LINES)
     }
 }
 
