@@ -144,7 +144,7 @@ fn run(args: Args, flags: &clap::ArgMatches) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let auth_off = config.auth.is_none();
-    runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         let name = config.name.clone();
         let mut signals = Signals::install()?;
         let node = RunningNode::start(config).await?;
@@ -179,15 +179,34 @@ fn run(args: Args, flags: &clap::ArgMatches) -> anyhow::Result<()> {
                 // Fail-stop: what is on disk stays as the last successful write left it (a
                 // failed append was never acknowledged), and the peers carry on without us.
                 tracing::error!(%reason, "stopping: this node cannot write its data");
-                node.shutdown().await;
+                // Bounded, unlike a graceful stop: what is still in flight waits on storage
+                // that has failed, and a node that lingers half-stopped holds its data
+                // directory (and its port) from the operator who restarts it.
+                if tokio::time::timeout(FAIL_STOP_GRACE, node.shutdown())
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(
+                        grace_s = FAIL_STOP_GRACE.as_secs(),
+                        "in-flight requests did not finish in time; exiting without them"
+                    );
+                }
                 anyhow::bail!(
                     "stopped because {reason}; nothing acknowledged was lost (the other \
                      replicas have it). Free space or fix the disk, then start the node again"
                 )
             }
         }
-    })
+    });
+    // Every task that matters has finished above (or was given up on after a failure);
+    // whatever is left must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    outcome
 }
+
+/// How long a node that can no longer write (a full disk) waits for in-flight requests
+/// before it exits anyway.
+const FAIL_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The signals a node reacts to. Installed before the node announces `listening on`, so a
 /// script that signals right after that line never hits the default (kill) action.

@@ -77,7 +77,12 @@ fn assert_survived(fault: &str) -> anyhow::Result<Value> {
     );
     let verdict = report["verdict"].as_str().unwrap_or_default();
     assert!(verdict.contains("linearizable"), "{verdict}");
-    assert_eq!(report["problems"], Value::Array(vec![]), "{report:#}");
+    assert_eq!(
+        report["problems"],
+        Value::Array(vec![]),
+        "stderr: {stderr}\n{}\n{report:#}",
+        logs()
+    );
 
     // At least 30 s of 5 clients: the first operation near the start, the last after 30 s.
     assert_eq!(num(&report, "/settings/clients"), 5);

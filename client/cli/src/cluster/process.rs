@@ -318,6 +318,14 @@ async fn wait_nodes(
                 failed.push(node.id.clone());
                 continue;
             }
+            // A node that was already running when we looked can stop while we wait (a
+            // fail-stop after a full disk, say), and a child of ours may have been reaped
+            // elsewhere: either way no node runs under that pid file, and none will answer.
+            if live_pid(dir, &node.id).is_none() {
+                report_failure(dir, node, "it stopped while we waited for it");
+                failed.push(node.id.clone());
+                continue;
+            }
             let mut opts = dir.admin_options(&node.addr, token);
             opts.connect_timeout = Duration::from_secs(2);
             opts.request_timeout = Duration::from_secs(2);

@@ -341,17 +341,24 @@ impl Injector {
             .into_iter()
             .filter(|n| ids.contains(&n.id))
             .collect();
-        let started = process::start_missing_quiet(&self.dir, &nodes)?;
-        let failed = process::wait_ready_quiet(&self.dir, &self.token, &nodes, started).await;
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(Failure::connection(format!(
-                "{} did not come back (see its log in {})",
-                failed.join(", "),
-                self.dir.logs_dir().display()
-            )))
+        // A node can still be on its way down when we look: after a full disk it fail-stops
+        // at its next write, which may come just as the filler is removed. It is then
+        // "running" when the start is decided and gone a moment later, so a node that
+        // stopped while being waited for is started once more before the heal gives up.
+        let mut failed = Vec::new();
+        for _attempt in 0..2 {
+            let started = process::start_missing_quiet(&self.dir, &nodes)?;
+            failed = process::wait_ready_quiet(&self.dir, &self.token, &nodes, started).await;
+            if failed.is_empty() {
+                return Ok(());
+            }
+            super::reap_children();
         }
+        Err(Failure::connection(format!(
+            "{} did not come back (see its log in {})",
+            failed.join(", "),
+            self.dir.logs_dir().display()
+        )))
     }
 
     fn signal(&self, node: &str, sig: Signal) -> Result<u32> {
