@@ -644,7 +644,9 @@ impl ClusterClient {
         Ok(self.map())
     }
 
-    /// The pooled connection to node `node_id` (for admin requests to one node).
+    /// The pooled connection to node `node_id` (for admin requests to one node). Asked for
+    /// by name, so a recent failure to reach that node is not taken as the answer: the node
+    /// may have come back since (the hold only spares routed requests a connect each).
     pub async fn connection_to(&self, node_id: &str) -> Result<Connection, ClientError> {
         let routing = self.shared.routing();
         let index = routing
@@ -658,7 +660,7 @@ impl ClusterClient {
                     routing.map().epoch
                 ))
             })?;
-        let conn = self.shared.connection(&routing.nodes[index]).await?;
+        let conn = self.shared.connection_fresh(&routing.nodes[index]).await?;
         Ok(Connection::clone(&conn))
     }
 
