@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# What scraping /metrics costs a busy node: the same GET load (skv bench, 50 connections,
-# inflight 16, tokens per request, mutual TLS) with no scraper, with a scrape every second
-# (four times what a Prometheus at its usual 15 s interval and a few dashboards ask), and with
-# ten scrapes a second (an abusive scraper). Modes alternate in rounds, so drift on a shared
-# machine hits each mode alike; compare the ratios, not the absolute figures.
+# What scraping /metrics and the per-identity rate limits cost a busy node: the same GET load
+# (skv bench, 50 connections, inflight 16, tokens per request, mutual TLS) with no scraper,
+# with a scrape every second (four times what a Prometheus at its usual 15 s interval and a
+# few dashboards ask), with ten scrapes a second (an abusive scraper), and, on a second node of
+# the same configuration plus rate_limit_rps and rate_limit_bytes_per_sec set far above the
+# load (so every request pays for its bucket but none waits), with no scraper. Modes
+# alternate in rounds, so drift on a shared machine hits each mode alike; compare the ratios,
+# not the absolute figures.
 #
 # usage: benches/scripts/metrics-scrape-cost.sh BIN_DIR [ROUNDS] [SECONDS]
 #   BIN_DIR  a directory holding skv and skv-node (e.g. target/release)
 #   ROUNDS   rounds of the three modes (default 3); SECONDS measured per run (default 5)
 #
 # Prints one line per run (mode, ops/s, node CPU µs per request, scrapes, bytes per scrape)
-# and, per mode, the median ops/s and CPU µs/op relative to no scraping.
+# and, per mode, the median ops/s and CPU µs/op relative to `none` (no scraper, no limits).
 set -euo pipefail
 bin=$(cd "${1:?usage: $0 BIN_DIR [ROUNDS] [SECONDS]}" && pwd)
 rounds=${2:-3}
@@ -18,6 +21,7 @@ seconds=${3:-5}
 work=$(mktemp -d)
 cleanup() {
   "$bin/skv" cluster down --dir "$work/c" >/dev/null 2>&1 || true
+  "$bin/skv" cluster down --dir "$work/limited" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -26,11 +30,14 @@ metrics=127.0.0.1:7879
 "$bin/skv" cluster init --dir "$work/c" --nodes 1 --base-port "$port" >/dev/null
 echo "metrics_listen = \"$metrics\"" >>"$work/c/nodes/n1.toml"
 "$bin/skv" cluster up --dir "$work/c" >/dev/null
-pid=$(cat "$work/c/run/n1.pid")
-client=(--profile "$work/c/client.toml")
+# The rate-limited twin: limits far above what 2 cores can serve, so they are paid, never hit.
+"$bin/skv" cluster init --dir "$work/limited" --nodes 1 --base-port $((port + 10)) >/dev/null
+printf 'rate_limit_rps = 100000000\nrate_limit_bytes_per_sec = 100000000000\n' \
+  >>"$work/limited/nodes/n1.toml"
+"$bin/skv" cluster up --dir "$work/limited" >/dev/null
 
-# utime + stime of the node, in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
+# utime + stime of the node of cluster $1, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$(cat "$work/$1/run/n1.pid")/stat"; }
 ticks_per_s=$(getconf CLK_TCK)
 
 # Scrape every $1 seconds until killed; on exit write "scrapes bytes" to $2.
@@ -52,18 +59,20 @@ EOF
 
 declare -A ops cpu
 for round in $(seq "$rounds"); do
-  for mode in none 1s 100ms; do
+  for mode in none 1s 100ms limits; do
     scrapes="0 0"
-    if [ "$mode" != none ]; then
+    cluster=c
+    [ "$mode" = limits ] && cluster=limited
+    if [ "$mode" = 1s ] || [ "$mode" = 100ms ]; then
       every=$([ "$mode" = 1s ] && echo 1 || echo 0.1)
       scraper "$every" "$work/scrapes" &
       scraper_pid=$!
     fi
-    before=$(cpu_ticks)
-    result=$("$bin/skv" "${client[@]}" --json bench --quiet --workload get --keys 1000 \
+    before=$(cpu_ticks $cluster)
+    result=$("$bin/skv" --profile "$work/$cluster/client.toml" --json bench --quiet --workload get --keys 1000 \
       --conns 50 --inflight 16 --warmup 1s --duration "${seconds}s")
-    after=$(cpu_ticks)
-    if [ "$mode" != none ]; then
+    after=$(cpu_ticks $cluster)
+    if [ "$mode" = 1s ] || [ "$mode" = 100ms ]; then
       kill -TERM "$scraper_pid"
       wait "$scraper_pid" || true
       scrapes=$(cat "$work/scrapes")
@@ -81,7 +90,7 @@ done
 median() { tr ' ' '\n' | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 base_ops=$(median <<<"${ops[none]}")
 base_cpu=$(median <<<"${cpu[none]}")
-for mode in none 1s 100ms; do
+for mode in none 1s 100ms limits; do
   m_ops=$(median <<<"${ops[$mode]}")
   m_cpu=$(median <<<"${cpu[$mode]}")
   python3 -c "print(f'$mode: median {float($m_ops):.0f} ops/s ({float($m_ops) / float($base_ops):.3f} of none), {float($m_cpu):.2f} µs CPU/op ({float($m_cpu) / float($base_cpu):.3f} of none)')"

@@ -683,13 +683,19 @@ fn a_replica_that_fell_far_behind_is_brought_up_by_a_snapshot() -> anyhow::Resul
 }
 
 /// `key` as the node behind `conn` has it in its own replica (a stale read, so that node
-/// answers itself), waiting up to `patience` for it to arrive there.
+/// answers itself), waiting up to `patience` for it to arrive there. A replica that has not
+/// yet applied the entries giving its shard the key's slot answers `try_again`: that is
+/// "not there yet" too.
 async fn own_copy(conn: &Connection, key: &Bytes, patience: Duration) -> anyhow::Result<Bytes> {
     let started = std::time::Instant::now();
     loop {
         let get = RequestBody::Get { key: key.clone() };
-        match conn.call_with(get, None, Consistency::Stale).await? {
-            ResponseBody::Value { value, .. } => return Ok(value),
+        let answer = match conn.call_with(get, None, Consistency::Stale).await {
+            Err(ClientError::Server(e)) if e.code == ErrorCode::TryAgain => Err(e),
+            other => Ok(other?),
+        };
+        match answer {
+            Ok(ResponseBody::Value { value, .. }) => return Ok(value),
             other if started.elapsed() < patience => {
                 eprintln!("{key:?} not there yet: {other:?}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
