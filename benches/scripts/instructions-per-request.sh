@@ -10,6 +10,8 @@
 # 50 connections, inflight 16, 100 keys) runs natively. Each figure is a run of 22,000 GETs
 # minus a run of 2,000, divided by 20,000, so start-up and shutdown cancel out. Compare two
 # builds by running the script once per BIN_DIR. Needs valgrind (apt-get install valgrind).
+# NODE_ARGS adds flags to every node run, e.g. NODE_ARGS="--rate-limit-rps 100000000" for
+# what a limit costs when it is paid but never hit.
 set -euo pipefail
 bin=$(cd "${1:?usage: $0 BIN_DIR [ENGINE...]}" && pwd)
 shift
@@ -24,6 +26,7 @@ client=(--profile "$work/pki/clients/alice.toml")
 # (a node without --keyset refuses to start) need that said out loud; older ones lack the flag.
 auth=()
 if "$bin/skv-node" --help | grep -q -- '--auth'; then auth=(--auth off); fi
+read -r -a node_args <<<"${NODE_ARGS:-}"
 
 # Total instructions of one node run serving $2 GETs on engine $1.
 count() {
@@ -31,7 +34,7 @@ count() {
   valgrind --tool=callgrind --callgrind-out-file="$out" "$bin/skv-node" \
     --listen "127.0.0.1:$port" --data-dir "$work/data-$engine-$requests" --engine "$engine" \
     --ca "$work/pki/ca.pem" --cert "$work/pki/nodes/n1.pem" --key "$work/pki/nodes/n1-key.pem" \
-    "${auth[@]}" >"$work/node.log" 2>&1 &
+    "${auth[@]}" "${node_args[@]}" >"$work/node.log" 2>&1 &
   local pid=$!
   for _ in $(seq 300); do
     "$bin/skv" "${client[@]}" --addr "127.0.0.1:$port" ping >/dev/null 2>&1 && break
