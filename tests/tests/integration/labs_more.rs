@@ -226,3 +226,59 @@ fn lab14_kill_node() -> anyhow::Result<()> {
     assert_eq!(done.code, 0, "{:?}", done.json);
     Ok(())
 }
+
+/// Lab 16. Near-misses: a figure missing, then L4's and L5's figures swapped (the cache
+/// "costs" what it saves), which the checker's own run contradicts.
+#[test]
+fn lab16_price() -> anyhow::Result<()> {
+    let lab = LabRun::start("price")?;
+    let empty = lab.check()?;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty
+            .missing("measure it")
+            .contains("there is no price.toml"),
+        "{:?}",
+        empty.json
+    );
+
+    lab.shell("printf 'l4_ops_per_sec = 1000\\nl5_ops_per_sec = 5000\\n' > price.toml")?;
+    let partial = lab.check()?;
+    assert_eq!(partial.code, 1);
+    assert!(
+        partial
+            .missing("measure it")
+            .contains("has no l4_server_us_per_op"),
+        "{:?}",
+        partial.json
+    );
+
+    // The figures of a real run here, with L4 and L5 swapped.
+    lab.shell(
+        "skv bench ladder --cases token-cache --quick --warmup 200ms --duration 700ms \
+           --out ladder >/dev/null 2>&1\n\
+         awk -F': ' '\n\
+           /\"rung\":/ { r = ($2 ~ /L4/) ? \"l5\" : \"l4\" }\n\
+           /\"ops_per_sec\":/ { v = $2; sub(/,$/, \"\", v); printf \"%s_ops_per_sec = %.0f\\n\", r, v }\n\
+           /\"server_cpu_us_per_op\":/ { v = $2; sub(/,$/, \"\", v); printf \"%s_server_us_per_op = %.1f\\n\", r, v }\n\
+         ' ladder/results.json > price.toml",
+    )?;
+    let near = lab.check()?;
+    assert_eq!(near.code, 1);
+    assert!(near.part_solved("measure it"), "{:?}", near.json);
+    let why = near.missing("agrees with the checker's run");
+    assert!(
+        why.contains("L5/L4 throughput ratio") && why.contains("Were L4 and L5 swapped"),
+        "{:?}",
+        near.json
+    );
+
+    lab.reset()?;
+    lab.run_solution()?;
+    let done = lab.check()?;
+    assert_eq!(done.code, 0, "{:?}", done.json);
+    assert!(done
+        .notes("agrees with the checker's run")
+        .contains("within 2.5×"));
+    Ok(())
+}
