@@ -282,3 +282,47 @@ fn lab16_price() -> anyhow::Result<()> {
         .contains("within 2.5×"));
     Ok(())
 }
+
+/// Lab 15. Near-misses: a node killed instead of frozen, then a follower frozen instead of a
+/// leader.
+#[test]
+fn lab15_partition_leader() -> anyhow::Result<()> {
+    let lab = LabRun::start("partition-leader")?;
+    let empty = lab.check()?;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty
+            .missing("freeze a leader")
+            .contains("every node runs freely"),
+        "{:?}",
+        empty.json
+    );
+
+    // A node that leads nothing: every shard's leader is someone else.
+    lab.shell(
+        "follower=$(for n in n1 n2 n3; do skv lab leaders 15 --dir . | grep -q \"leader $n \" \
+           || { echo $n; break; }; done)\n\
+         if [ -n \"$follower\" ]; then kill -STOP \"$(cat run/$follower.pid)\"; \
+         else kill -9 \"$(cat run/n2.pid)\"; fi",
+    )?;
+    let near = lab.check()?;
+    assert_eq!(near.code, 1);
+    let why = near.missing("freeze a leader");
+    assert!(
+        why.contains("it led no shard") || why.contains("that is a crash (lab 14)"),
+        "{:?}",
+        near.json
+    );
+    assert!(near
+        .missing("writes continue")
+        .contains("freeze a leader first"));
+
+    lab.reset()?;
+    lab.run_solution()?;
+    let done = lab.check()?;
+    assert_eq!(done.code, 0, "{:?}", done.json);
+    assert!(done
+        .notes("a new leader took over")
+        .contains("leads now, in term"));
+    Ok(())
+}

@@ -474,6 +474,49 @@ impl Ctx {
             .collect())
     }
 
+    /// Each shard's leader and term as the running nodes report them (STATUS with the lab's
+    /// admin credentials, every node asked at once, 2 s each): a node that does not answer
+    /// (stopped, frozen) is left out. `(shard, leader, term)`, sorted by shard; shard 0 is the
+    /// metadata group. A shard whose replicas that answer know no leader has `None`.
+    pub(crate) fn leaders(&self) -> Vec<(u32, Option<String>, u64)> {
+        let names: Vec<String> = self
+            .lab
+            .spec()
+            .world
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        let opts: Vec<ConnectOptions> = names
+            .iter()
+            .filter(|n| self.node_running(n))
+            .filter_map(|n| world::admin_options(&self.dir, &self.state, n).ok())
+            .map(|mut o| {
+                o.connect_timeout = Duration::from_secs(2);
+                o.request_timeout = Duration::from_secs(2);
+                o
+            })
+            .collect();
+        let reports = self.block_on(futures_util::future::join_all(
+            opts.iter().map(crate::cluster::status::status_of),
+        ));
+        let mut shards: std::collections::BTreeMap<u32, (Option<String>, u64)> =
+            std::collections::BTreeMap::new();
+        for status in reports.into_iter().flatten() {
+            for r in status.replicas {
+                let entry = shards.entry(r.shard).or_insert((None, 0));
+                // The highest term wins: a replica of an older term may name a deposed leader.
+                if r.term > entry.1 || (r.term == entry.1 && entry.0.is_none()) {
+                    *entry = (r.leader.clone(), r.term);
+                }
+            }
+        }
+        shards
+            .into_iter()
+            .map(|(shard, (leader, term))| (shard, leader, term))
+            .collect()
+    }
+
     /// Every line of the node's audit log, parsed (lines that do not parse are skipped).
     pub(crate) fn audit(&self, node: &str) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(world::audit_log(&self.dir, node)).unwrap_or_default();
@@ -555,6 +598,31 @@ fn flag_candidates(bytes: &[u8]) -> impl Iterator<Item = &str> {
 }
 
 /// `skv lab check`.
+/// `skv lab leaders`: each shard's leader and term, as the running nodes report them.
+pub(crate) fn leaders_command(lab: &'static Lab, dir: &Path) -> Result<u8> {
+    let dir = world::open(lab, dir)?;
+    let state = State::load(&dir)?;
+    let ctx = Ctx::new(lab, dir, state)?;
+    let leaders = ctx.leaders();
+    if leaders.is_empty() {
+        return Err(super::Failure::connection(
+            "no node answered STATUS (are the lab's nodes running? `skv lab restart`)",
+        ));
+    }
+    for (shard, leader, term) in leaders {
+        let name = if shard == 0 {
+            "meta   ".to_owned()
+        } else {
+            format!("shard {shard}")
+        };
+        outln!(
+            "{name}  leader {}  term {term}",
+            leader.as_deref().unwrap_or("none (an election is running)")
+        );
+    }
+    Ok(exit::OK)
+}
+
 pub(crate) fn run(lab: &'static Lab, dir: &Path, json: bool) -> Result<u8> {
     let dir = world::open(lab, dir)?;
     let state = State::load(&dir)?;

@@ -105,6 +105,9 @@ pub(crate) enum LabCommand {
     /// Send one node-to-node request (a map proposal, a Raft vote) with the certificate and
     /// token you give, and print what the node answers (lab 12). Exit 0 accepted, 3 refused.
     PeerCall(peer::PeerCallArgs),
+    /// Each shard's Raft leader and term, as the lab's running nodes report them (labs with a
+    /// replicated cluster). A node that does not answer within 2 s is left out.
+    Leaders(LabArgs),
     /// The lab's background application (started by `start`; not for you to run).
     #[command(hide = true)]
     Victim(DirArg),
@@ -219,6 +222,7 @@ pub(crate) fn run(cmd: LabCommand, json: bool) -> u8 {
             }),
         ),
         LabCommand::PeerCall(a) => ("peer-call", peer::run(&a)),
+        LabCommand::Leaders(a) => ("leaders", with_lab(&a, check::leaders_command)),
         LabCommand::Victim(a) => ("victim", victim::run(&a.dir)),
     };
     match result {

@@ -93,6 +93,8 @@ mod lab11;
 mod lab12;
 #[path = "../../../../labs/14-kill-node/check.rs"]
 mod lab14;
+#[path = "../../../../labs/15-partition-leader/check.rs"]
+mod lab15;
 #[path = "../../../../labs/16-price/check.rs"]
 mod lab16;
 
@@ -114,6 +116,7 @@ pub(crate) fn labs() -> &'static [Lab] {
             lab!(11, "11-audit-hunt", lab11, setup),
             lab!(12, "12-node-impersonation", lab12),
             lab!(14, "14-kill-node", lab14),
+            lab!(15, "15-partition-leader", lab15, setup),
             lab!(16, "16-price", lab16),
         ]
     })
