@@ -66,10 +66,11 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
             && l["peer"] == fingerprint.as_str()
             && l["reason"].as_str().is_some_and(|r| r.contains(BINDING))
     };
-    // The evidence is the student's own replay in the audit log. The checker's replay then
+    // The evidence is the student's own replay in the audit log (not an earlier check's,
+    // which is refused the same way: own_audit leaves those out). The checker's replay then
     // confirms the node refuses this token; its own audit line is not waited for (a repeat
     // of the same refusal within a second is only written, aggregated, after that second).
-    let own = ctx.wait_audit(NODE, 0, refused_binding);
+    let own = ctx.own_audit(NODE, refused_binding);
     let Ok(stolen) = std::fs::read_to_string(ctx.path(STOLEN)) else {
         fix_it.miss(format!(
             "{STOLEN} is gone: `skv lab reset 7` hands it out again"

@@ -86,7 +86,8 @@ pub(crate) fn check(ctx: &Ctx) -> Report {
     // work). The checker's replay then confirms the node refuses this token; its own audit
     // line is not waited for (a repeat of the same refusal within a second is only written,
     // aggregated, after that second).
-    let own = ctx.wait_audit(NODE, 0, |l| {
+    // Only the student's lines: an earlier check's replay is refused the same way.
+    let own = ctx.own_audit(NODE, |l| {
         expired(l) && leeway_of(l).is_some_and(|s| s <= MAX_LEEWAY)
     });
     let token = std::fs::read_to_string(ctx.path(RECENT)).unwrap_or_default();

@@ -102,6 +102,9 @@ enum CasesArg {
     /// GET (linearizable) and durable PUT at L2 and L5, inflight 1 and 16, on the
     /// --nodes/--replicas cluster and, interleaved, on one node (replication's cost).
     Replication,
+    /// L4 and L5 at inflight 16: the price of verifying a token on every request, without
+    /// and with the verified-token cache (labs/16-price).
+    TokenCache,
 }
 
 /// What `skv bench ladder --compare` measures beside the rungs.
@@ -425,6 +428,7 @@ fn run_ladder(json: bool, args: LadderArgs) -> u8 {
         CasesArg::All => CaseSet::All,
         CasesArg::Main => CaseSet::Main,
         CasesArg::Replication => CaseSet::Replication,
+        CasesArg::TokenCache => CaseSet::TokenCache,
     };
     opts.compare_redis = args.compare == Some(CompareArg::Redis);
     opts.redis_server = args.redis_server;

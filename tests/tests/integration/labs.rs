@@ -364,6 +364,19 @@ fn lab07_stolen_token() -> anyhow::Result<()> {
         "{:?}",
         near.json
     );
+    // Restarted with the fix, but the student never replayed the token: each check's own
+    // replay (same certificate, same token) is refused, and still does not count as theirs.
+    lab.shell("skv lab restart 7 --dir . >/dev/null")?;
+    for _ in 0..2 {
+        let unreplayed = lab.check()?;
+        assert!(
+            unreplayed
+                .missing("fix it")
+                .contains("no refusal of your own replay"),
+            "{:?}",
+            unreplayed.json
+        );
+    }
 
     lab.reset()?;
     lab.run_solution()?;

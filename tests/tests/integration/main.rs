@@ -14,6 +14,7 @@ mod demo;
 mod durability;
 mod first_hour;
 mod labs;
+mod labs_more;
 mod ladder;
 mod limits;
 mod ops;

@@ -303,6 +303,10 @@ pub enum CaseSet {
     /// 16, each on the run's topology and, interleaved with it, on a single node, so the
     /// ratio compares runs made minutes apart on the same build and machine.
     Replication,
+    /// The token cache's price and benefit: the main ladder's L4 (a JWT verified on every
+    /// request) and L5 (the same with the verified-token cache), at inflight 16. A short run
+    /// for a question about one defence (labs/16-price).
+    TokenCache,
 }
 
 /// The cases of `set` on `nodes` nodes with `replicas` replicas per shard, in run order.
@@ -326,6 +330,10 @@ pub(crate) fn cases(set: CaseSet, nodes: usize, replicas: usize) -> Vec<Case> {
             })
             .collect(),
         CaseSet::Replication => replication(nodes, replicas),
+        CaseSet::TokenCache => cases(CaseSet::Main, nodes, replicas)
+            .into_iter()
+            .filter(|case| matches!(case.rung, Rung::L4 | Rung::L5) && case.inflight == 16)
+            .collect(),
     }
 }
 
@@ -498,6 +506,14 @@ mod tests {
         }
         // A single-node run of the set has no twins.
         assert_eq!(super::cases(CaseSet::Replication, 1, 1).len(), 8);
+        let cache = super::cases(CaseSet::TokenCache, 1, 1);
+        assert_eq!(
+            cache
+                .iter()
+                .map(|c| (c.rung, c.inflight))
+                .collect::<Vec<_>>(),
+            [(Rung::L4, 16), (Rung::L5, 16)]
+        );
         // The main set is the full ladder's first rows, nothing else.
         let main = super::cases(CaseSet::Main, 1, 1);
         assert_eq!(main.len(), Rung::MAIN.len() * 2);

@@ -492,6 +492,9 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
         .collect();
     let targets = if replication {
         markdown::replication_targets(&rows)
+    } else if opts.cases == CaseSet::TokenCache {
+        // The targets read rows this set does not measure (L0, L2, PUT): none applies.
+        Vec::new()
     } else {
         markdown::targets(&rows)
     };

@@ -18,6 +18,9 @@ use super::state::State;
 use super::world::{self, NodeView};
 use super::{Lab, Result, NOT_SOLVED};
 
+/// DIR/.lab/own-requests: when the lab itself sent requests (see [`Ctx::own_audit`]).
+const OWN_REQUESTS: &str = "own-requests";
+
 /// One part of a lab ("break it", "fix it", or the whole lab).
 #[derive(Debug, Clone)]
 pub(crate) struct Part {
@@ -82,8 +85,19 @@ impl Report {
 pub(crate) enum Outcome {
     /// The node answered the GET: the value, or `None` for a missing key.
     Value(Option<Bytes>),
+    /// The node allowed a request that returns no value (a PUT, a SCAN): what it did.
+    Allowed(String),
     /// The node refused or failed it.
     Error(ClientError),
+}
+
+/// A request a checker replays with [`Ctx::replay`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op<'a> {
+    Get(&'a str),
+    Put(&'a str, &'a [u8]),
+    /// A scan of this prefix (one page).
+    Scan(&'a str),
 }
 
 impl Outcome {
@@ -91,8 +105,13 @@ impl Outcome {
     pub(crate) fn value(&self) -> Option<&Bytes> {
         match self {
             Outcome::Value(v) => v.as_ref(),
-            Outcome::Error(_) => None,
+            Outcome::Allowed(_) | Outcome::Error(_) => None,
         }
+    }
+
+    /// The node allowed the request (whatever it found).
+    pub(crate) fn allowed(&self) -> bool {
+        !matches!(self, Outcome::Error(_))
     }
 
     /// Refused by the node for the credentials (not a transport failure).
@@ -118,6 +137,7 @@ impl Outcome {
         match self {
             Outcome::Value(Some(v)) => format!("allowed: it read a {}-byte value", v.len()),
             Outcome::Value(None) => "allowed (the key does not exist)".into(),
+            Outcome::Allowed(what) => format!("allowed: {what}"),
             Outcome::Error(e) => format!("refused: {e}"),
         }
     }
@@ -294,10 +314,16 @@ impl Ctx {
 
     /// Replay a GET of `key` on `node` presenting `attempt`.
     pub(crate) fn attempt(&self, node: &str, attempt: &Attempt, key: &str) -> Outcome {
-        let addr = match self.addr(node) {
-            Ok(addr) => addr,
-            Err(e) => return Outcome::Error(ClientError::Config(e)),
-        };
+        self.replay(node, attempt, Op::Get(key))
+    }
+
+    /// Connection options for `node` presenting `attempt`.
+    pub(crate) fn attempt_options(
+        &self,
+        node: &str,
+        attempt: &Attempt,
+    ) -> std::result::Result<ConnectOptions, String> {
+        let addr = self.addr(node)?;
         let security = if attempt.plaintext {
             Security::Plaintext
         } else {
@@ -310,27 +336,185 @@ impl Ctx {
         opts.token = attempt.token.clone();
         opts.connect_timeout = Duration::from_secs(5);
         opts.request_timeout = Duration::from_secs(5);
-        self.get(opts, key)
+        Ok(opts)
+    }
+
+    /// Replay `op` on `node` presenting `attempt`.
+    pub(crate) fn replay(&self, node: &str, attempt: &Attempt, op: Op<'_>) -> Outcome {
+        match self.attempt_options(node, attempt) {
+            Ok(opts) => self.run_op(opts, Vec::new(), op),
+            Err(e) => Outcome::Error(ClientError::Config(e)),
+        }
+    }
+
+    /// Run `op` as the lab's admin identity, entering the cluster at `node` and, when it does
+    /// not answer, at `seeds` (other nodes' addresses).
+    pub(crate) fn admin_op(&self, node: &str, seeds: Vec<String>, op: Op<'_>) -> Outcome {
+        match world::admin_options(&self.dir, &self.state, node) {
+            Ok(opts) => self.run_op(opts, seeds, op),
+            Err(f) => Outcome::Error(ClientError::Config(f.message)),
+        }
+    }
+
+    fn run_op(&self, opts: ConnectOptions, seeds: Vec<String>, op: Op<'_>) -> Outcome {
+        let result = self.block_on(async move {
+            let client = ClusterClient::connect(opts, seeds).await?;
+            match op {
+                Op::Get(key) => client
+                    .get(Bytes::copy_from_slice(key.as_bytes()))
+                    .await
+                    .map(|v| Outcome::Value(v.map(|(_, value)| value))),
+                Op::Put(key, value) => client
+                    .put(
+                        Bytes::copy_from_slice(key.as_bytes()),
+                        Bytes::copy_from_slice(value),
+                    )
+                    .await
+                    .map(|version| Outcome::Allowed(format!("wrote {key} (version {version})"))),
+                Op::Scan(prefix) => client
+                    .scan(Bytes::copy_from_slice(prefix.as_bytes()), 1000, None)
+                    .await
+                    .map(|page| {
+                        Outcome::Allowed(format!(
+                            "the scan of {prefix:?} returned {} key(s)",
+                            page.entries.len()
+                        ))
+                    }),
+            }
+        });
+        result.unwrap_or_else(Outcome::Error)
     }
 
     /// GET `key` on `node` as the lab's admin identity (to see what the node holds).
     pub(crate) fn admin_get(&self, node: &str, key: &str) -> Outcome {
         match world::admin_options(&self.dir, &self.state, node) {
-            Ok(opts) => self.get(opts, key),
+            Ok(opts) => self.run_op(opts, Vec::new(), Op::Get(key)),
             Err(f) => Outcome::Error(ClientError::Config(f.message)),
         }
     }
 
-    fn get(&self, opts: ConnectOptions, key: &str) -> Outcome {
-        let key = Bytes::copy_from_slice(key.as_bytes());
-        let result = self.rt.block_on(async move {
-            let client = ClusterClient::connect(opts, Vec::new()).await?;
-            client.get(key).await
-        });
-        match result {
-            Ok(v) => Outcome::Value(v.map(|(_, value)| value)),
-            Err(e) => Outcome::Error(e),
+    /// Run `f` on the lab's runtime: every request a checker (or a world's setup) sends goes
+    /// through here, so its time window is recorded (see [`Ctx::own_audit`]).
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        let start = time::OffsetDateTime::now_utc();
+        let out = self.rt.block_on(f);
+        self.record_window(start, time::OffsetDateTime::now_utc());
+        out
+    }
+
+    /// Append one window of the lab's own requests to DIR/.lab/own-requests. Best effort: a
+    /// window that cannot be recorded only means a later check may take the lab's request
+    /// for the student's.
+    fn record_window(&self, start: time::OffsetDateTime, end: time::OffsetDateTime) {
+        use std::io::Write as _;
+        let path = self.dir.join(".lab").join(OWN_REQUESTS);
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(
+                f,
+                "{} {}",
+                start.unix_timestamp_nanos(),
+                end.unix_timestamp_nanos()
+            );
         }
+    }
+
+    /// The windows [`Ctx::record_window`] wrote. A node stamps an audit line when it decides,
+    /// before it answers, so a request's line falls inside the window that sent it.
+    fn own_windows(&self) -> Vec<(i128, i128)> {
+        let text =
+            std::fs::read_to_string(self.dir.join(".lab").join(OWN_REQUESTS)).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (a, b) = l.split_once(' ')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Like [`Ctx::wait_audit`], but only lines of requests the student sent: lines timed
+    /// inside a window of the lab's own requests (a checker's replay, from this or an earlier
+    /// check, made with the student's certificate and token) are skipped, so that a check
+    /// that replays an attempt cannot count as the student's attempt at the next check.
+    pub(crate) fn own_audit(
+        &self,
+        node: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let windows = self.own_windows();
+        // An aggregated line (the node writes repeats of one refusal within a second as one
+        // line) is the student's when its last repeat is: the lab's requests have ended by then.
+        let theirs = |l: &serde_json::Value| {
+            let at = l["last"]
+                .as_str()
+                .or_else(|| l["time"].as_str())
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map(time::OffsetDateTime::unix_timestamp_nanos);
+            match at {
+                Some(at) => !windows.iter().any(|(a, b)| (*a..=*b).contains(&at)),
+                None => true,
+            }
+        };
+        self.wait_audit(node, 0, |l| theirs(l) && pred(l))
+    }
+
+    /// SHA-256 (lower-case hex) of the certificate at `path`: the audit log's `peer`.
+    pub(crate) fn fingerprint_of(&self, path: &Path) -> std::result::Result<String, String> {
+        let der = world::cert_der(path).map_err(|f| f.message)?;
+        Ok(ring::digest::digest(&ring::digest::SHA256, &der)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+
+    /// Each shard's leader and term as the running nodes report them (STATUS with the lab's
+    /// admin credentials, every node asked at once, 2 s each): a node that does not answer
+    /// (stopped, frozen) is left out. `(shard, leader, term)`, sorted by shard; shard 0 is the
+    /// metadata group. A shard whose replicas that answer know no leader has `None`.
+    pub(crate) fn leaders(&self) -> Vec<(u32, Option<String>, u64)> {
+        let names: Vec<String> = self
+            .lab
+            .spec()
+            .world
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        let opts: Vec<ConnectOptions> = names
+            .iter()
+            .filter(|n| self.node_running(n))
+            .filter_map(|n| world::admin_options(&self.dir, &self.state, n).ok())
+            .map(|mut o| {
+                o.connect_timeout = Duration::from_secs(2);
+                o.request_timeout = Duration::from_secs(2);
+                o
+            })
+            .collect();
+        let reports = self.block_on(futures_util::future::join_all(
+            opts.iter().map(crate::cluster::status::status_of),
+        ));
+        let mut shards: std::collections::BTreeMap<u32, (Option<String>, u64)> =
+            std::collections::BTreeMap::new();
+        for status in reports.into_iter().flatten() {
+            for r in status.replicas {
+                let entry = shards.entry(r.shard).or_insert((None, 0));
+                // The highest term wins: a replica of an older term may name a deposed leader.
+                if r.term > entry.1 || (r.term == entry.1 && entry.0.is_none()) {
+                    *entry = (r.leader.clone(), r.term);
+                }
+            }
+        }
+        shards
+            .into_iter()
+            .map(|(shard, (leader, term))| (shard, leader, term))
+            .collect()
     }
 
     /// Every line of the node's audit log, parsed (lines that do not parse are skipped).
@@ -384,13 +568,7 @@ impl Ctx {
     /// SHA-256 (lower-case hex) of the student's certificate `stem` in DIR/pki/clients: the
     /// `peer` the audit log records for connections made with it.
     pub(crate) fn fingerprint(&self, stem: &str) -> std::result::Result<String, String> {
-        let der =
-            world::cert_der(&world::student_identity(&self.dir, stem).0).map_err(|f| f.message)?;
-        Ok(ring::digest::digest(&ring::digest::SHA256, &der)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect())
+        self.fingerprint_of(&world::student_identity(&self.dir, stem).0)
     }
 
     /// The `jti` of the token in DIR/`rel` (read without verifying: the world wrote it).
@@ -420,6 +598,31 @@ fn flag_candidates(bytes: &[u8]) -> impl Iterator<Item = &str> {
 }
 
 /// `skv lab check`.
+/// `skv lab leaders`: each shard's leader and term, as the running nodes report them.
+pub(crate) fn leaders_command(lab: &'static Lab, dir: &Path) -> Result<u8> {
+    let dir = world::open(lab, dir)?;
+    let state = State::load(&dir)?;
+    let ctx = Ctx::new(lab, dir, state)?;
+    let leaders = ctx.leaders();
+    if leaders.is_empty() {
+        return Err(super::Failure::connection(
+            "no node answered STATUS (are the lab's nodes running? `skv lab restart`)",
+        ));
+    }
+    for (shard, leader, term) in leaders {
+        let name = if shard == 0 {
+            "meta   ".to_owned()
+        } else {
+            format!("shard {shard}")
+        };
+        outln!(
+            "{name}  leader {}  term {term}",
+            leader.as_deref().unwrap_or("none (an election is running)")
+        );
+    }
+    Ok(exit::OK)
+}
+
 pub(crate) fn run(lab: &'static Lab, dir: &Path, json: bool) -> Result<u8> {
     let dir = world::open(lab, dir)?;
     let state = State::load(&dir)?;

@@ -35,6 +35,7 @@ macro_rules! out {
 
 pub(crate) mod check;
 pub(crate) mod legacy;
+pub(crate) mod peer;
 pub(crate) mod process;
 mod registry;
 pub(crate) mod sniff;
@@ -101,6 +102,12 @@ pub(crate) enum LabCommand {
     /// Ask the lab's legacy service, a deliberately naive hand-rolled token verifier, what it
     /// makes of a token (labs 05 and 06).
     LegacyVerify(LegacyVerifyArgs),
+    /// Send one node-to-node request (a map proposal, a Raft vote) with the certificate and
+    /// token you give, and print what the node answers (lab 12). Exit 0 accepted, 3 refused.
+    PeerCall(peer::PeerCallArgs),
+    /// Each shard's Raft leader and term, as the lab's running nodes report them (labs with a
+    /// replicated cluster). A node that does not answer within 2 s is left out.
+    Leaders(LabArgs),
     /// The lab's background application (started by `start`; not for you to run).
     #[command(hide = true)]
     Victim(DirArg),
@@ -214,6 +221,8 @@ pub(crate) fn run(cmd: LabCommand, json: bool) -> u8 {
                 legacy::verify_command(lab, &dir, &a.token_file)
             }),
         ),
+        LabCommand::PeerCall(a) => ("peer-call", peer::run(&a)),
+        LabCommand::Leaders(a) => ("leaders", with_lab(&a, check::leaders_command)),
         LabCommand::Victim(a) => ("victim", victim::run(&a.dir)),
     };
     match result {

@@ -91,6 +91,8 @@ pub(crate) fn stop(rec: &ProcRecord) -> Result<bool> {
     }
     let pid = Pid::from_raw(i32::try_from(rec.pid).unwrap_or(i32::MAX));
     let _ = signal::kill(pid, Signal::SIGTERM);
+    // A node frozen with `kill -STOP` (lab 15) only acts on the SIGTERM once it runs again.
+    let _ = signal::kill(pid, Signal::SIGCONT);
     let deadline = Instant::now() + STOP_TIMEOUT;
     while is_alive(rec) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

@@ -7,6 +7,9 @@ use std::sync::OnceLock;
 use super::check::{Ctx, Report};
 use super::spec::LabSpec;
 
+/// A lab's world setup: see [`Lab::setup`].
+pub(crate) type Setup = fn(&mut Ctx) -> Result<(), String>;
+
 /// One lab.
 #[derive(Debug)]
 pub(crate) struct Lab {
@@ -17,6 +20,10 @@ pub(crate) struct Lab {
     pub(crate) readme: &'static str,
     /// The checker's rule (the lab's check.rs).
     pub(crate) check: fn(&Ctx) -> Report,
+    /// What the world does once its nodes run and its data is seeded, beyond what lab.toml
+    /// can say (an attacker's requests, say): the lab's check.rs `setup`, for the labs that
+    /// have one. It may record what it drew in `ctx.state.facts`.
+    pub(crate) setup: Option<Setup>,
     spec: OnceLock<LabSpec>,
 }
 
@@ -38,7 +45,7 @@ impl Lab {
 }
 
 /// `lab!(N, "NN-slug", module)`: the lab's files under labs/NN-slug/, its check.rs compiled
-/// as `module`.
+/// as `module`; `lab!(N, "NN-slug", module, setup)` also runs the module's `setup` at start.
 macro_rules! lab {
     ($number:literal, $folder:literal, $module:ident) => {
         Lab {
@@ -47,7 +54,14 @@ macro_rules! lab {
             toml: include_str!(concat!("../../../../labs/", $folder, "/lab.toml")),
             readme: include_str!(concat!("../../../../labs/", $folder, "/README.md")),
             check: $module::check,
+            setup: None,
             spec: OnceLock::new(),
+        }
+    };
+    ($number:literal, $folder:literal, $module:ident, setup) => {
+        Lab {
+            setup: Some($module::setup),
+            ..lab!($number, $folder, $module)
         }
     };
 }
@@ -69,6 +83,20 @@ mod lab06;
 mod lab07;
 #[path = "../../../../labs/08-expired-token/check.rs"]
 mod lab08;
+#[path = "../../../../labs/09-scope-escape/check.rs"]
+mod lab09;
+#[path = "../../../../labs/10-key-rotation/check.rs"]
+mod lab10;
+#[path = "../../../../labs/11-audit-hunt/check.rs"]
+mod lab11;
+#[path = "../../../../labs/12-node-impersonation/check.rs"]
+mod lab12;
+#[path = "../../../../labs/14-kill-node/check.rs"]
+mod lab14;
+#[path = "../../../../labs/15-partition-leader/check.rs"]
+mod lab15;
+#[path = "../../../../labs/16-price/check.rs"]
+mod lab16;
 
 /// Every lab, in order.
 pub(crate) fn labs() -> &'static [Lab] {
@@ -83,6 +111,13 @@ pub(crate) fn labs() -> &'static [Lab] {
             lab!(6, "06-hs256-confusion", lab06),
             lab!(7, "07-stolen-token", lab07),
             lab!(8, "08-expired-token", lab08),
+            lab!(9, "09-scope-escape", lab09),
+            lab!(10, "10-key-rotation", lab10),
+            lab!(11, "11-audit-hunt", lab11, setup),
+            lab!(12, "12-node-impersonation", lab12),
+            lab!(14, "14-kill-node", lab14),
+            lab!(15, "15-partition-leader", lab15, setup),
+            lab!(16, "16-price", lab16),
         ]
     })
 }

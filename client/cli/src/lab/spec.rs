@@ -36,6 +36,10 @@ pub(crate) struct WorldSpec {
     /// made and kept in DIR/.lab/pki.)
     #[serde(default)]
     pub(crate) clients: Vec<ClientSpec>,
+    /// Node certificates handed to the student in DIR/loot/ (`<name>.pem`, `<name>-key.pem`),
+    /// as if stolen: each names `spiffe://skv/node/<name>`, signed by the lab's CA.
+    #[serde(default)]
+    pub(crate) loot_nodes: Vec<String>,
     /// Make a token issuer (EdDSA): its private key stays in DIR/.lab/issuer, the public
     /// keyset is copied to DIR/public/keyset.json and DIR/public/issuer-public.pem, and every
     /// node gets `keyset` in its config.

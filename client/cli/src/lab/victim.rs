@@ -27,14 +27,15 @@ pub(crate) fn run(dir: &Path) -> Result<u8> {
         )));
     };
     let addr = state.addr(&victim.dials)?.to_owned();
-    let token = match &victim.token {
-        Some(file) => Some(
-            std::fs::read_to_string(dir.join(file))
-                .map_err(|e| Failure::usage(format!("cannot read {file}: {e}")))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
+    // The token is read again before every request, as an application that picks up a
+    // renewed token file would (lab 10 replaces it while the application runs).
+    let read_token = || -> std::result::Result<Option<String>, String> {
+        match &victim.token {
+            Some(file) => std::fs::read_to_string(dir.join(file))
+                .map(|t| Some(t.trim().to_owned()))
+                .map_err(|e| format!("cannot read {file}: {e}")),
+            None => Ok(None),
+        }
     };
     let every = Duration::from_millis(victim.every_ms.unwrap_or(300).max(50));
     let rt = world::runtime()?;
@@ -44,8 +45,11 @@ pub(crate) fn run(dir: &Path) -> Result<u8> {
         if !State::path(dir).exists() {
             return Ok(exit::OK);
         }
-        let outcome = match world::node_view(dir, &victim.node) {
-            Ok(view) => {
+        let outcome = match world::node_view(dir, &victim.node)
+            .map_err(|e| e.message)
+            .and_then(|view| read_token().map(|token| (view, token)))
+        {
+            Ok((view, token)) => {
                 let security = if view.plaintext {
                     Security::Plaintext
                 } else {
@@ -55,7 +59,7 @@ pub(crate) fn run(dir: &Path) -> Result<u8> {
                     }
                 };
                 let mut opts = ConnectOptions::new(addr.clone(), security);
-                opts.token.clone_from(&token);
+                opts.token = token;
                 opts.connect_timeout = Duration::from_secs(2);
                 opts.request_timeout = Duration::from_secs(2);
                 let key = victim.key.clone().into_bytes();
@@ -69,7 +73,7 @@ pub(crate) fn run(dir: &Path) -> Result<u8> {
                     Err(e) => format!("read {} over {tls} via {addr} failed: {e}", victim.key),
                 }
             }
-            Err(e) => format!("cannot read the node config: {}", e.message),
+            Err(e) => format!("read {} failed: {e}", victim.key),
         };
         if outcome != last {
             outln!("{outcome}");

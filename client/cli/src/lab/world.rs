@@ -73,6 +73,15 @@ pub(crate) fn student_identity(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+/// Certificate and key of a "stolen" node identity (`loot_nodes`) in DIR/loot.
+pub(crate) fn loot_identity(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let base = dir.join("loot");
+    (
+        base.join(format!("{name}.pem")),
+        base.join(format!("{name}-key.pem")),
+    )
+}
+
 pub(crate) fn issuer_dir(dir: &Path, world: &WorldSpec) -> PathBuf {
     dir.join(world.issuer_rel())
 }
@@ -299,6 +308,14 @@ fn build(lab: &'static Lab, dir: &Path) -> Result<State> {
     seed(dir, spec, &state, &flag)?;
     ensure_victim(dir, spec, &mut state)?;
     state.save(dir)?;
+    if let Some(setup) = lab.setup {
+        let mut ctx = super::check::Ctx::new(lab, dir.to_owned(), state.clone())?;
+        setup(&mut ctx).map_err(|e| {
+            Failure::connection(format!("lab {:02}'s world setup failed: {e}", lab.number))
+        })?;
+        state.facts = ctx.state.facts;
+        state.save(dir)?;
+    }
     Ok(state)
 }
 
@@ -323,6 +340,15 @@ fn make_pki(dir: &Path, spec: &LabSpec, state: &mut State) -> Result<()> {
             leaf.key_pem.as_bytes(),
             0o600,
         )?;
+    }
+    for name in &spec.world.loot_nodes {
+        // A node certificate the student "found": it names a node of this cluster.
+        let leaf = ca
+            .issue(&LeafSpec::node(name))
+            .map_err(usage("cannot issue a node certificate"))?;
+        let (cert, key) = loot_identity(dir, name);
+        write_file(&cert, leaf.cert_pem.as_bytes(), 0o644)?;
+        write_file(&key, leaf.key_pem.as_bytes(), 0o600)?;
     }
     for name in [ADMIN, APP] {
         let leaf = ca
