@@ -18,4 +18,5 @@ mod ladder;
 mod limits;
 mod ops;
 mod replication;
+mod revoke;
 mod tls;
