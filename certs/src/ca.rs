@@ -33,6 +33,9 @@ pub struct Ca {
     key_type: KeyType,
     cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// How the CA's own key identifier is derived: CRLs it signs name it in their authority
+    /// key identifier, as leaves do.
+    key_id: KeyIdMethod,
 }
 
 impl fmt::Debug for Ca {
@@ -86,6 +89,7 @@ impl Ca {
             cluster: cluster.to_owned(),
             key_type,
             cert_pem: cert.pem(),
+            key_id: params.key_identifier_method.clone(),
             issuer: Issuer::new(params, key),
         })
     }
@@ -185,8 +189,19 @@ impl Ca {
             cluster,
             key_type,
             cert_pem,
+            key_id: params.key_identifier_method.clone(),
             issuer: Issuer::new(params, key),
         })
+    }
+
+    /// The rcgen issuer (CA name and key), for the CRLs [`crate::crl`] signs.
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
+    /// How the CA's key identifier is derived (see the field).
+    pub(crate) fn key_id(&self) -> &KeyIdMethod {
+        &self.key_id
     }
 
     /// The cluster this CA belongs to (the `<cluster>` of every SPIFFE ID it issues).

@@ -118,6 +118,24 @@ pub enum CertsError {
         /// The cluster that was requested.
         expected: String,
     },
+
+    /// An existing CRL file cannot be extended: unparsable, or issued by another CA.
+    #[error("cannot use the CRL {}: {reason}", path.display())]
+    InvalidCrl {
+        /// The CRL file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A certificate to revoke cannot be: unparsable, or issued by another CA.
+    #[error("cannot revoke the certificate {}: {reason}", path.display())]
+    InvalidCertificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl CertsError {

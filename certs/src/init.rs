@@ -63,6 +63,12 @@ impl Layout {
         self.dir.join("ca-key.pem")
     }
 
+    /// `DIR/crl.pem`: the CA's certificate revocation list, what nodes load with `--crl`
+    /// and `skv certs revoke` extends.
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+
     /// `DIR/nodes`.
     pub fn nodes_dir(&self) -> PathBuf {
         self.dir.join("nodes")
@@ -153,7 +159,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, CertsError> {
 
     let mut targets = Vec::new();
     if !reuse_ca {
-        targets.extend([ca_cert.clone(), ca_key.clone()]);
+        targets.extend([ca_cert.clone(), ca_key.clone(), layout.crl()]);
     }
     for node in &opts.nodes {
         targets.extend([layout.node_cert(node), layout.node_key(node)]);
@@ -200,6 +206,16 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, CertsError> {
             path: ca_key,
             contents: ca.key_pem(),
             mode: SECRET_MODE,
+        });
+    }
+    // A CRL with no entries from the start, so nodes can run with --crl before anything is
+    // revoked. A reused CA keeps its CRL (it may list revocations); one missing is created.
+    let crl = layout.crl();
+    if !reuse_ca || !occupied(&crl)? {
+        pending.push(Pending {
+            path: crl,
+            contents: crate::crl::empty_crl_pem(&ca)?,
+            mode: PUBLIC_MODE,
         });
     }
     for node in &opts.nodes {

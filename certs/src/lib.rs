@@ -12,6 +12,7 @@
 //! signed. Production deployments should bring their own CA.
 
 mod ca;
+pub mod crl;
 mod error;
 mod init;
 pub mod issuer;
@@ -20,6 +21,7 @@ mod names;
 mod write;
 
 pub use ca::{Ca, Leaf, LeafKind, LeafSpec};
+pub use crl::{revoke, RevokeReport};
 pub use error::CertsError;
 pub use init::{init, InitOptions, InitReport, Layout};
 pub use keys::KeyType;

@@ -198,6 +198,7 @@ fn init_writes_every_contract_file_with_the_right_modes() {
     let expected = vec![
         dir.join("ca.pem"),
         dir.join("ca-key.pem"),
+        dir.join("crl.pem"),
         dir.join("nodes/n1.pem"),
         dir.join("nodes/n1-key.pem"),
         dir.join("nodes/n2.pem"),
@@ -213,7 +214,8 @@ fn init_writes_every_contract_file_with_the_right_modes() {
         "no stray (temporary) files"
     );
     assert_eq!(l.ca_cert(), expected[0]);
-    assert_eq!(l.client_profile("alice"), expected[8]);
+    assert_eq!(l.crl(), expected[2]);
+    assert_eq!(l.client_profile("alice"), expected[9]);
 
     for path in &expected {
         let name = path.file_name().unwrap().to_str().unwrap();
@@ -229,6 +231,8 @@ fn init_writes_every_contract_file_with_the_right_modes() {
                 text.starts_with("-----BEGIN PRIVATE KEY-----"),
                 "{name} is PKCS#8"
             );
+        } else if name == "crl.pem" {
+            assert!(text.starts_with("-----BEGIN X509 CRL-----"), "{name}");
         } else if name.ends_with(".pem") {
             assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{name}");
         }
@@ -311,7 +315,11 @@ fn rerun_without_force_fails_and_changes_nothing_with_force_regenerates() {
     forced.force = true;
     let report = init(&forced).unwrap();
     assert!(!report.ca_reused);
-    assert_eq!(report.written.len(), 2 + 4 + 3);
+    assert_eq!(
+        report.written.len(),
+        3 + 4 + 3,
+        "CA, key and CRL, two nodes, one client"
+    );
     let after = snapshot(dir);
     assert_ne!(
         after[&dir.join("ca.pem")],
@@ -407,7 +415,11 @@ fn empty_lists_write_only_the_ca() {
     let report = init(&opts(tmp.path(), &[], &[], KeyType::Ed25519)).unwrap();
     assert_eq!(
         report.written,
-        vec![tmp.path().join("ca.pem"), tmp.path().join("ca-key.pem")]
+        vec![
+            tmp.path().join("ca.pem"),
+            tmp.path().join("ca-key.pem"),
+            tmp.path().join("crl.pem")
+        ]
     );
     assert!(!tmp.path().join("nodes").exists() && !tmp.path().join("clients").exists());
 }

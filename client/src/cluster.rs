@@ -82,7 +82,7 @@ use skv_proto::{
 };
 use tokio::sync::OnceCell;
 
-use crate::config::{tls_config, ConnectOptions};
+use crate::config::{tls_config, ConnectOptions, ExpectedNode};
 use crate::connection::{
     cas_answer, delete_answer, get_answer, put_answer, scan_answer, CasResult, Connection, ScanPage,
 };
@@ -490,6 +490,11 @@ impl ClusterClient {
             let pooled_addr = map
                 .node(conn.node())
                 .map_or_else(|| addr.clone(), |n| n.addr.clone());
+            // The first contact was dialled without knowing which node is there; now that
+            // the map says, its certificate must name the node it is pooled as.
+            if let Some(expected) = expected_node(&map, &pooled_addr) {
+                conn.check_node(&expected)?;
+            }
             let mut pool = HashMap::new();
             pool.insert(
                 pooled_addr.clone(),
@@ -1476,7 +1481,11 @@ impl Shared {
 
     async fn open(&self, addr: &str) -> Attempt {
         let began = Instant::now();
-        match Connection::connect_with(&with_addr(&self.opts, addr), self.tls.clone()).await {
+        let mut opts = with_addr(&self.opts, addr);
+        // The certificate must name the node the map puts at this address, not merely be
+        // valid for the host: several nodes of a cluster share a host name.
+        opts.expect_node = expected_node(self.routing().map(), addr);
+        match Connection::connect_with(&opts, self.tls.clone()).await {
             Ok(conn) => {
                 self.count_open(began.elapsed());
                 Ok(Arc::new(conn))
@@ -2045,6 +2054,21 @@ fn random_client_id() -> u64 {
         }
     };
     id.max(1)
+}
+
+/// The node identity the map gives the node at `addr`, if it names one there (a legacy map,
+/// with no cluster name, names none).
+fn expected_node(map: &ClusterMap, addr: &str) -> Option<ExpectedNode> {
+    if map.cluster.is_empty() {
+        return None;
+    }
+    map.nodes
+        .iter()
+        .find(|n| n.addr == addr)
+        .map(|n| ExpectedNode {
+            cluster: map.cluster.clone(),
+            id: n.id.clone(),
+        })
 }
 
 fn with_addr(opts: &ConnectOptions, addr: &str) -> ConnectOptions {

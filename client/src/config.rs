@@ -97,6 +97,27 @@ pub struct ConnectOptions {
     pub request_timeout: Duration,
     /// Bearer token sent with every request (for nodes that check tokens).
     pub token: Option<String>,
+    /// The node the certificate must name, beyond the host name: its SPIFFE ID must be
+    /// `spiffe://<cluster>/node/<id>`. The cluster client sets it from the map for every
+    /// node it dials, so another node's certificate (valid for the same host) is refused.
+    /// `None`: only the host name is checked (a first contact, before any map is known).
+    pub expect_node: Option<ExpectedNode>,
+}
+
+/// A node identity a connection's certificate must carry ([`ConnectOptions::expect_node`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedNode {
+    /// The cluster name: the SPIFFE trust domain.
+    pub cluster: String,
+    /// The node id.
+    pub id: String,
+}
+
+impl ExpectedNode {
+    /// The SPIFFE ID this identity stands for.
+    pub fn spiffe_id(&self) -> String {
+        format!("spiffe://{}/node/{}", self.cluster, self.id)
+    }
 }
 
 impl ConnectOptions {
@@ -109,6 +130,7 @@ impl ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             token: None,
+            expect_node: None,
         }
     }
 

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
-use crate::config::{tls_config, ConnectOptions, Security};
+use crate::config::{tls_config, ConnectOptions, ExpectedNode, Security};
 use crate::error::ClientError;
 
 /// Requests queued for the driver before callers wait for room.
@@ -65,6 +65,9 @@ pub struct Connection {
     addr: String,
     request_timeout: Duration,
     max_frame: usize,
+    /// The `spiffe://` URI SANs of the node's certificate; `None` without a certificate
+    /// checked here (plaintext, or a stream secured by the caller).
+    spiffe: Option<Arc<[String]>>,
 }
 
 impl Connection {
@@ -121,9 +124,21 @@ impl Connection {
                     .connect(name, socket)
                     .await
                     .map_err(|e| ClientError::from_io(&opts.addr, &e, ca.as_deref()))?;
-                Self::start(stream, opts, ca, 0).await
+                let spiffe = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|leaf| spiffe_ids(leaf.as_ref()))
+                    .unwrap_or_default();
+                // Before HELLO: nothing, not even a token, goes to a node that is not the
+                // one the map names at this address.
+                if let Some(expected) = &opts.expect_node {
+                    check_node(&opts.addr, &spiffe, expected)?;
+                }
+                Self::start(stream, opts, ca, 0, Some(spiffe.into())).await
             }
-            _ => Self::start(socket, opts, None, 0).await,
+            _ => Self::start(socket, opts, None, 0, None).await,
         }
     }
 
@@ -145,7 +160,8 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let timeout = opts.connect_timeout;
-        match tokio::time::timeout(timeout, Self::start(stream, opts, None, frame_slack)).await {
+        let start = Self::start(stream, opts, None, frame_slack, None);
+        match tokio::time::timeout(timeout, start).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout {
                 addr: opts.addr.clone(),
@@ -160,6 +176,7 @@ impl Connection {
         opts: &ConnectOptions,
         ca: Option<String>,
         frame_slack: usize,
+        spiffe: Option<Arc<[String]>>,
     ) -> Result<Connection, ClientError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -228,7 +245,19 @@ impl Connection {
             addr,
             request_timeout: opts.request_timeout,
             max_frame: limit,
+            spiffe,
         })
+    }
+
+    /// Whether the node's certificate names `expected` (`spiffe://<cluster>/node/<id>`):
+    /// [`ClientError::WrongNode`] if not. A plaintext connection has no certificate and
+    /// always passes (there is nothing to check; plaintext is for benchmarks only), and so
+    /// does one made by [`Connection::handshake`] (its caller checked the certificate).
+    pub fn check_node(&self, expected: &ExpectedNode) -> Result<(), ClientError> {
+        match &self.spiffe {
+            Some(spiffe) => check_node(&self.addr, spiffe, expected),
+            None => Ok(()),
+        }
     }
 
     /// The node's name, from its HELLO answer.
@@ -487,6 +516,43 @@ pub(crate) fn scan_answer(body: ResponseBody) -> Result<ScanPage, ClientError> {
         }),
         other => Err(unexpected("SCAN", &other)),
     }
+}
+
+/// Every `spiffe://` URI SAN of a DER certificate (none if it does not parse: rustls already
+/// verified it, so that is a parser disagreement, and it then names no node).
+fn spiffe_ids(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+                Some((*uri).to_owned())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn check_node(addr: &str, spiffe: &[String], expected: &ExpectedNode) -> Result<(), ClientError> {
+    let want = expected.spiffe_id();
+    if spiffe.contains(&want) {
+        return Ok(());
+    }
+    Err(ClientError::WrongNode {
+        addr: addr.to_owned(),
+        expected: want,
+        found: if spiffe.is_empty() {
+            "no SPIFFE ID".into()
+        } else {
+            spiffe.join(", ")
+        },
+    })
 }
 
 fn unexpected(op: &str, body: &ResponseBody) -> ClientError {

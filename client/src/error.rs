@@ -45,6 +45,21 @@ pub enum ClientError {
     /// The TLS handshake failed; the message says which side refused whom.
     #[error("{0}")]
     Tls(String),
+    /// The node's certificate is valid (the cluster CA signed it, for this host name) but
+    /// names another node than the one the cluster map puts at this address: another node's
+    /// certificate posing as it, or a stale map. Nothing was sent to it.
+    #[error(
+        "the node at {addr} is not {expected}: its certificate names {found}; refusing it \
+         (another node's certificate at this address, or a stale cluster map)"
+    )]
+    WrongNode {
+        /// Address dialled.
+        addr: String,
+        /// The SPIFFE ID the map calls for.
+        expected: String,
+        /// The SPIFFE IDs the certificate carries.
+        found: String,
+    },
     /// The peer does not speak the skv protocol as expected.
     #[error("{0}")]
     Protocol(String),
@@ -165,6 +180,7 @@ impl ClientError {
             | ClientError::Unavailable { .. }
             | ClientError::Connect { .. }
             | ClientError::Tls(_)
+            | ClientError::WrongNode { .. }
             | ClientError::Protocol(_)
             | ClientError::Timeout { .. }
             | ClientError::Disconnected { .. } => exit::CONNECTION,
@@ -238,6 +254,9 @@ fn describe_tls(addr: &str, err: &rustls::Error, ca_path: Option<&str>) -> Strin
                 CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                     "it is not valid yet; check both machines' clocks".to_owned()
                 }
+                CertificateError::Revoked => {
+                    "it is revoked (listed by the CRL); the node needs a new certificate".to_owned()
+                }
                 other => format!("{other:?}"),
             };
             format!("TLS: this client refused the node's certificate at {addr}: {why}")
@@ -257,6 +276,11 @@ fn describe_tls(addr: &str, err: &rustls::Error, ca_path: Option<&str>) -> Strin
                 }
                 AlertDescription::CertificateExpired => {
                     "our client certificate has expired; issue a new one".to_owned()
+                }
+                AlertDescription::CertificateRevoked => {
+                    "our client certificate is revoked (the node's --crl lists its serial); \
+                     ask the cluster's operator for a new one"
+                        .to_owned()
                 }
                 AlertDescription::BadCertificate | AlertDescription::UnsupportedCertificate => {
                     "our client certificate is not valid for client use (it needs the clientAuth \

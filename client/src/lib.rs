@@ -11,6 +11,6 @@ pub mod error;
 pub mod raw;
 
 pub use cluster::{ClusterClient, ClusterScan, Failover};
-pub use config::{ConnectOptions, Profile, Security, DEFAULT_ADDR};
+pub use config::{ConnectOptions, ExpectedNode, Profile, Security, DEFAULT_ADDR};
 pub use connection::{CasResult, Connection, ScanPage};
 pub use error::{exit, ClientError};

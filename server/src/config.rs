@@ -133,7 +133,8 @@ pub enum ConfigError {
 #[derive(Debug, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// Node name, shown to clients and in logs [default: skv-node].
+    /// Node name, shown to clients and in logs, and the node id in the map [default: the
+    /// `<id>` of the certificate's `spiffe://<cluster>/node/<id>`, else skv-node].
     #[arg(long)]
     pub name: Option<String>,
     /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:7400].
@@ -161,6 +162,12 @@ pub struct FileConfig {
     /// This node's private key (PEM).
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// Certificate revocation lists (PEM, from `skv certs revoke`) for client and node
+    /// certificates, checked at every handshake in both directions and, after a change, on
+    /// the next request of connections accepted before it. --ca, --cert, --key and --crl are
+    /// reloaded when a file changes and on SIGHUP; a set that fails to load keeps the old one.
+    #[arg(long, value_name = "FILE")]
+    pub crl: Option<PathBuf>,
     /// Serve WITHOUT TLS. Only for benchmark baselines and labs; clients need --plaintext.
     #[arg(long, value_name = "BOOL", num_args = 0..=1)]
     #[arg(require_equals = true, default_missing_value = "true")]
@@ -318,6 +325,7 @@ impl FileConfig {
             &mut cfg.ca,
             &mut cfg.cert,
             &mut cfg.key,
+            &mut cfg.crl,
             &mut cfg.keyset,
             &mut cfg.audit_log,
             &mut cfg.cluster_map,
@@ -373,6 +381,8 @@ pub enum TransportConfig {
         cert: PathBuf,
         /// Node private key (PEM).
         key: PathBuf,
+        /// Certificate revocation lists (PEM); `None`: no revocation checks.
+        crl: Option<PathBuf>,
     },
     /// No TLS at all (`--insecure-plaintext`).
     Plaintext,
@@ -499,11 +509,21 @@ impl NodeConfig {
                 ca: cfg.ca.ok_or_else(|| missing("ca"))?,
                 cert: cfg.cert.ok_or_else(|| missing("cert"))?,
                 key: cfg.key.ok_or_else(|| missing("key"))?,
+                crl: cfg.crl,
             }
         };
         // After the transport, so a config missing everything is first told about TLS.
         let auth = auth?;
-        let name = cfg.name.unwrap_or_else(|| "skv-node".to_owned());
+        // A TLS node is, to its peers and (since they check it against the map) its clients,
+        // the node its certificate names: that is the default name, so a node started without
+        // --name does not serve a map that contradicts its own certificate.
+        let name = cfg
+            .name
+            .or_else(|| match &transport {
+                TransportConfig::Tls { cert, .. } => crate::net::identity::node_id_of_file(cert),
+                TransportConfig::Plaintext => None,
+            })
+            .unwrap_or_else(|| "skv-node".to_owned());
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
             return Err(ConfigError::Invalid {
                 setting: "name",
@@ -823,7 +843,7 @@ mod tests {
         let path = dir.path().join("node.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nca = \"ca.pem\"\ncert = \"/abs/n1.pem\"\nkey = \"k.pem\"\ndurability = \"async\"\nauth = \"off\"\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nca = \"ca.pem\"\ncert = \"/abs/n1.pem\"\nkey = \"k.pem\"\ncrl = \"crl.pem\"\ndurability = \"async\"\nauth = \"off\"\n",
         )
         .unwrap();
         let cfg = NodeConfig::from_file_config(FileConfig::load(&path).unwrap()).unwrap();
@@ -836,6 +856,7 @@ mod tests {
                 ca: dir.path().join("ca.pem"),
                 cert: PathBuf::from("/abs/n1.pem"),
                 key: dir.path().join("k.pem"),
+                crl: Some(dir.path().join("crl.pem")),
             }
         );
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::checkpoint::{Checkpoint, CheckpointError};
@@ -15,6 +14,7 @@ use crate::cluster::{Cluster, ClusterSetupError, Placement, RaftSetup};
 use crate::config::{Durability, Engine, NodeConfig, TransportConfig};
 use crate::limits::load::Load;
 use crate::limits::rate::{RateLimiter, Rates};
+use crate::net::credentials::{CredentialFiles, Credentials};
 use crate::net::identity;
 use crate::net::listener;
 use crate::net::peer::Dialer;
@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) router: Router,
     /// Requests in flight across the node: the load-shedding signal.
     pub(crate) load: Arc<Load>,
+    /// The live certificate, key, CA and CRLs (TLS nodes only).
+    pub(crate) credentials: Option<Arc<Credentials>>,
 }
 
 /// A node accepting connections. Dropping it does not stop it; call [`RunningNode::shutdown`].
@@ -82,11 +84,12 @@ pub struct RunningNode {
 impl RunningNode {
     /// Open storage, bind the listener and start serving on the current tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
-        let acceptor = match &config.transport {
+        let credentials = match &config.transport {
             TransportConfig::Tls {
                 ca,
                 cert,
                 key,
+                crl,
                 client_auth,
             } => {
                 if !client_auth {
@@ -96,12 +99,13 @@ impl RunningNode {
                          only for benchmark baselines and labs"
                     );
                 }
-                Some(TlsAcceptor::from(tls::server_config(
-                    ca,
-                    cert,
-                    key,
-                    *client_auth,
-                )?))
+                Some(Arc::new(Credentials::load(CredentialFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    crl: crl.clone(),
+                    client_auth: *client_auth,
+                })?))
             }
             TransportConfig::Plaintext => {
                 tracing::warn!(
@@ -177,6 +181,7 @@ impl RunningNode {
         let cluster = Arc::new(
             open_cluster(
                 &config,
+                credentials.clone(),
                 local_addr,
                 placement,
                 sled_db.map(|db| (db, crypt)),
@@ -188,6 +193,9 @@ impl RunningNode {
             checkpoint.clone().watch(shutdown.clone());
         }
         cluster.watch(shutdown.clone());
+        if let Some(credentials) = &credentials {
+            credentials.clone().watch(shutdown.clone());
+        }
         let rate = RateLimiter::new(Rates {
             requests: config.rate_limit_rps,
             bytes: config.rate_limit_bytes_per_sec,
@@ -216,10 +224,10 @@ impl RunningNode {
             cluster,
             router,
             load,
+            credentials,
         });
         let task = tokio::spawn(listener::accept_loop(
             listener,
-            acceptor,
             shared.clone(),
             shutdown.clone(),
         ));
@@ -255,11 +263,21 @@ impl RunningNode {
         let _ = (&mut self.task).await;
     }
 
-    /// Re-read the token keyset now (what SIGHUP does). A keyset that fails to load is
-    /// refused and the previous one stays in force; either way the outcome is logged.
+    /// Re-read the token keyset now. A keyset that fails to load is refused and the
+    /// previous one stays in force; either way the outcome is logged.
     pub fn reload_keyset(&self) {
         if let Some(checkpoint) = &self.shared.checkpoint {
             checkpoint.reload_and_log();
+        }
+    }
+
+    /// Re-read everything that reloads without a restart (what SIGHUP does): the token
+    /// keyset and the TLS certificate, key, CA bundle and CRLs. Whatever fails to load is
+    /// refused and its previous version stays in force; each outcome is logged.
+    pub fn reload(&self) {
+        self.reload_keyset();
+        if let Some(credentials) = &self.shared.credentials {
+            credentials.reload_and_log();
         }
     }
 
@@ -289,6 +307,7 @@ impl RunningNode {
 /// the peer dialer (TLS nodes only) and the map.
 async fn open_cluster(
     config: &NodeConfig,
+    credentials: Option<Arc<Credentials>>,
     local_addr: SocketAddr,
     placement: Placement,
     sled_db: Option<(sled::Db, Option<Arc<Crypt>>)>,
@@ -304,12 +323,9 @@ async fn open_cluster(
         .clone()
         .or(own_domain)
         .unwrap_or_else(|| skv_token::DEFAULT_TOKEN_AUDIENCE.to_owned());
-    let dialer = match &config.transport {
-        TransportConfig::Tls { ca, cert, key, .. } => {
-            Some(Dialer::new(ca, cert, key, &name)?.with_source(local_addr.ip()))
-        }
-        TransportConfig::Plaintext => None,
-    };
+    let dialer = credentials.map(|credentials| {
+        Dialer::with_credentials(credentials, &name).with_source(local_addr.ip())
+    });
     let advertise = config
         .advertise
         .clone()

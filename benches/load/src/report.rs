@@ -31,6 +31,7 @@ pub fn error_kind(err: &ClientError) -> String {
         ClientError::Config(_) => "config".into(),
         ClientError::Connect { .. } => "connect".into(),
         ClientError::Tls(_) => "tls".into(),
+        ClientError::WrongNode { .. } => "wrong_node".into(),
         ClientError::Protocol(_) => "protocol".into(),
         ClientError::Timeout { .. } => "timeout".into(),
         ClientError::Disconnected { .. } => "disconnected".into(),

@@ -261,6 +261,31 @@ pub(crate) enum CertsCommand {
     /// Create (or extend) a dev PKI: a CA, node certificates and client certificates with a
     /// profile per client. Reuses an existing CA in DIR; never overwrites without --force.
     Init(CertsInitArgs),
+    /// Revoke a certificate: add its serial to the CA's CRL (DIR/crl.pem, re-signed with the
+    /// CA key in DIR). Nodes started with `--crl DIR/crl.pem` refuse it within a second, at
+    /// the handshake and on the next request of a connection opened before. Running it again
+    /// for the same certificate changes nothing.
+    Revoke(CertsRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["cert", "node", "client"])))]
+pub(crate) struct CertsRevokeArgs {
+    /// The PKI directory (`skv certs init --dir`): its CA signs the CRL it holds.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// The certificate to revoke (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) cert: Option<PathBuf>,
+    /// Revoke node NAME's certificate: DIR/nodes/NAME.pem.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node: Option<String>,
+    /// Revoke client NAME's certificate: DIR/clients/NAME.pem.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) client: Option<String>,
+    /// The CRL file to extend (created if absent).
+    #[arg(long, value_name = "FILE", default_value = "DIR/crl.pem")]
+    pub(crate) crl: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -405,6 +405,7 @@ fn node_config(
             ca: layout.ca_cert(),
             cert: layout.node_cert(id),
             key: layout.node_key(id),
+            crl: None,
         },
         max_frame: skv_proto::DEFAULT_MAX_FRAME,
         max_connections: 64,

@@ -126,6 +126,11 @@ impl Session {
         self.thumbprint.as_ref()
     }
 
+    /// The client certificate's SHA-256, hex ("" on plaintext), for logs.
+    pub(crate) fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     pub(crate) fn with_source(mut self, source: std::net::IpAddr) -> Session {
         self.peers.push(PeerKey::Source(source));
         self

@@ -226,15 +226,16 @@ impl Signals {
         })
     }
 
-    /// Serve until SIGTERM or SIGINT; SIGHUP reloads the token keyset meanwhile.
+    /// Serve until SIGTERM or SIGINT; SIGHUP reloads the token keyset and the TLS
+    /// credentials (certificate, key, CA, CRLs) meanwhile.
     async fn wait_for_stop(&mut self, node: &RunningNode) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
                 _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the keyset");
-                    node.reload_keyset();
+                    tracing::info!("SIGHUP: reloading the keyset and the TLS credentials");
+                    node.reload();
                 }
             }
         }

@@ -39,6 +39,7 @@ use crate::net::identity::PeerKind;
 use crate::net::peer::PEER_FRAME_SLACK;
 use crate::node::Shared;
 use crate::router::Answer;
+use rustls_pki_types::CertificateDer;
 
 /// Most answers of one connection still being worked out at once: durable writes waiting for
 /// their flush, and control requests running.
@@ -116,6 +117,8 @@ pub(crate) enum ConnectionError {
     ClosedBeforeHello,
     #[error("handshake refused: {0}")]
     Handshake(String),
+    #[error("the peer's certificate is no longer trusted after a reload: {0}")]
+    NoLongerTrusted(String),
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
@@ -134,14 +137,34 @@ impl ConnectionError {
     }
 }
 
-/// Serve one connection until the peer closes, it breaks the protocol, or the node shuts
-/// down.
+/// The certificate chain a connection's peer presented at the handshake, and the credentials
+/// generation ([`crate::net::credentials::Credentials::generation`]) that handshake ran
+/// under: enough to re-check it after a reload.
+#[derive(Debug, Default)]
+pub(crate) struct Trust {
+    /// The peer's chain, leaf first; empty when it presented none.
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    /// The generation read before the handshake's config was taken.
+    pub(crate) generation: u64,
+}
+
+/// Serve one connection until the peer closes, it breaks the protocol, its certificate stops
+/// being trusted, or the node shuts down.
+///
+/// `trust` is the certificate chain the peer presented (empty without client certificates)
+/// and the credentials generation it was verified under. When the node's CA or CRLs are
+/// reloaded after that, the next request re-checks it: a certificate
+/// revoked (or no longer signed by a trusted CA) since the handshake gets that request
+/// refused with `UNAUTHENTICATED` and the connection closed, so a revocation reaches
+/// connections opened before it, not only new handshakes.
 ///
 /// `ticket` is the connection's admission slot; HELLO must arrive before `deadline` (which
 /// the TLS handshake shared) and while the ticket is not evicted.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<S>(
     stream: S,
     thumbprint: Option<CertThumbprint>,
+    trust: Trust,
     kind: PeerKind,
     mut ticket: Ticket,
     deadline: tokio::time::Instant,
@@ -304,6 +327,12 @@ where
     };
     let idle = tokio::time::sleep(idle_timeout.unwrap_or(std::time::Duration::MAX / 4));
     tokio::pin!(idle);
+    // The credentials generation this connection's certificate was last checked under.
+    let Trust {
+        chain,
+        generation: mut trusted_at,
+    } = trust;
+    let credentials = shared.credentials.clone().filter(|_| !chain.is_empty());
     'conn: loop {
         tokio::select! {
             biased;
@@ -329,6 +358,29 @@ where
                         idle.as_mut().reset(tokio::time::Instant::now() + timeout);
                     }
                     let id = peek_request_id(&payload);
+                    if let Some(credentials) = &credentials {
+                        let now = credentials.generation();
+                        if now != trusted_at {
+                            if let Err(reason) = credentials.still_trusted(&chain) {
+                                tracing::info!(
+                                    peer = %session.fingerprint(),
+                                    %reason,
+                                    "closing a connection whose certificate is no longer trusted"
+                                );
+                                let _ = send_error_buffered(
+                                    &mut framed,
+                                    id,
+                                    ErrorCode::Unauthenticated,
+                                    "this connection's certificate is no longer trusted \
+                                     (revoked, or its CA was removed); reconnect with a valid one",
+                                )
+                                .await;
+                                result = Err(ConnectionError::NoLongerTrusted(reason));
+                                break;
+                            }
+                            trusted_at = now;
+                        }
+                    }
                     let frame_len = payload.len();
                     let started = metrics::get().map(|m| (m, std::time::Instant::now()));
                     let (op, answer) = match Request::decode(payload) {

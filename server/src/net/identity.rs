@@ -49,6 +49,18 @@ pub(crate) fn node_id_in<'a>(uri: &'a str, cluster: &str) -> Option<&'a str> {
     (domain == cluster && !id.is_empty() && !id.contains('/')).then_some(id)
 }
 
+/// The node id of the first `spiffe://<cluster>/node/<id>` of the first certificate in a PEM
+/// file, whatever the cluster: a node's default name. `None` if the file holds no such thing
+/// (loading it properly reports why, later).
+pub(crate) fn node_id_of_file(path: &std::path::Path) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(path).ok()?;
+    spiffe_ids(der.as_ref()).into_iter().find_map(|uri| {
+        let domain = uri.strip_prefix("spiffe://")?.split_once('/')?.0.to_owned();
+        node_id_in(&uri, &domain).map(str::to_owned)
+    })
+}
+
 /// The trust domain of the first SPIFFE ID in a certificate: the cluster a node belongs to.
 pub(crate) fn trust_domain(der: &[u8]) -> Option<String> {
     spiffe_ids(der).into_iter().find_map(|uri| {

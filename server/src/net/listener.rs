@@ -18,14 +18,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::limits::load::Pressure;
 use crate::net::admission::{Admission, Limits, Ticket};
-use crate::net::connection;
+use crate::net::connection::{self, Trust};
 use crate::net::identity::{self, PeerKind};
 use crate::node::Shared;
 
 /// Accept until `shutdown`, then let every connection finish and flush storage.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
@@ -77,7 +76,12 @@ pub(crate) async fn accept_loop(
             }
         };
         let shared = shared.clone();
-        let acceptor = acceptor.clone();
+        // Taken per accept: a reload of the certificate, key, CA or CRLs applies to the next
+        // handshake, while connections already accepted keep the config they were served with.
+        let acceptor = shared.credentials.as_ref().map(|credentials| {
+            let (generation, config) = credentials.server_config();
+            (generation, TlsAcceptor::from(config))
+        });
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             if let Err(err) = handle(socket, acceptor, ticket, shared, shutdown).await {
@@ -103,7 +107,7 @@ pub(crate) async fn accept_loop(
 
 async fn handle(
     socket: TcpStream,
-    acceptor: Option<TlsAcceptor>,
+    acceptor: Option<(u64, TlsAcceptor)>,
     ticket: Ticket,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -117,6 +121,7 @@ async fn handle(
             connection::serve(
                 socket,
                 None,
+                Trust::default(),
                 PeerKind::Client,
                 ticket,
                 deadline,
@@ -125,7 +130,7 @@ async fn handle(
             )
             .await,
         )?),
-        Some(acceptor) => {
+        Some((generation, acceptor)) => {
             // Far past the load threshold even the handshake is not started: it is the CPU
             // the established clients need. (At HELLO a shed client is told why; here there
             // is no TLS session yet to tell it in.)
@@ -152,9 +157,16 @@ async fn handle(
             let thumbprint = connection::thumbprint_of(chain);
             let leaf = chain.and_then(|c| c.first()).map(|c| c.as_ref());
             let kind = identity::classify(leaf, shared.cluster.name());
+            // Kept to re-check the certificate after a reload of the CA or CRLs.
+            let trust = Trust {
+                chain: chain.map(<[_]>::to_vec).unwrap_or_default(),
+                generation,
+            };
             Ok(counted(
-                connection::serve(stream, thumbprint, kind, ticket, deadline, shared, shutdown)
-                    .await,
+                connection::serve(
+                    stream, thumbprint, trust, kind, ticket, deadline, shared, shutdown,
+                )
+                .await,
             )?)
         }
     }

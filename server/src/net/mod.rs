@@ -2,10 +2,12 @@
 //! connection cap, the TLS acceptor ([`tls`]) runs checkpoint 1 (mutual TLS against the
 //! cluster CA), [`identity`] reads the SPIFFE ID of the peer's certificate, and
 //! [`connection`] frames and decodes requests for the router. [`peer`] is the other
-//! direction: this node dialing its peers over mutual TLS.
+//! direction: this node dialing its peers over mutual TLS. [`credentials`] holds the live
+//! certificate, key, CA and CRLs both directions use, and reloads them.
 
 pub(crate) mod admission;
 pub(crate) mod connection;
+pub mod credentials;
 pub(crate) mod identity;
 pub(crate) mod listener;
 pub(crate) mod peer;

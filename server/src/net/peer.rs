@@ -10,7 +10,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use skv_client::{ClientError, ConnectOptions, Connection, Security};
 use skv_proto::cluster::{ClusterMap, ControlRequest, ControlResponse, NodeEntry};
@@ -18,8 +17,8 @@ use skv_proto::{RequestBody, ResponseBody};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
+use crate::net::credentials::Credentials;
 use crate::net::identity;
-use crate::net::tls::{self, TlsSetupError};
 
 /// Deadline for connect, TLS handshake and HELLO with a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,7 +58,9 @@ pub(crate) enum PeerError {
 /// Dials peers with this node's certificate.
 #[derive(Debug, Clone)]
 pub(crate) struct Dialer {
-    config: Arc<ClientConfig>,
+    /// The node's live credentials: each dial takes the config in force at that moment, so
+    /// a reloaded certificate or CRL applies to the next connection.
+    credentials: Arc<Credentials>,
     cluster: String,
     /// The address peer connections leave from: the node's listen IP when it listens on one
     /// address (see [`Dialer::with_source`]).
@@ -67,27 +68,32 @@ pub(crate) struct Dialer {
 }
 
 impl Dialer {
-    /// A dialer presenting `cert`/`key` and trusting `ca`.
+    /// A dialer presenting `cert`/`key` and trusting `ca` (tests; a node shares its live
+    /// credentials with its listener through [`Dialer::with_credentials`]).
+    #[cfg(test)]
     pub(crate) fn new(
         ca: &std::path::Path,
         cert: &std::path::Path,
         key: &std::path::Path,
         cluster: &str,
-    ) -> Result<Dialer, TlsSetupError> {
-        let config = ClientConfig::builder_with_provider(tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(tls::load_roots(ca)?)
-            .with_client_auth_cert(
-                tls::load_certs(cert, "node certificate")?,
-                tls::load_key(key)?,
-            )?;
-        let mut config = config;
-        config.alpn_protocols = vec![b"skv/1".to_vec()];
-        Ok(Dialer {
-            config: Arc::new(config),
+    ) -> Result<Dialer, crate::net::tls::TlsSetupError> {
+        let credentials = Credentials::load(crate::net::credentials::CredentialFiles {
+            ca: ca.to_owned(),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            crl: None,
+            client_auth: true,
+        })?;
+        Ok(Dialer::with_credentials(Arc::new(credentials), cluster))
+    }
+
+    /// A dialer presenting and trusting the node's live credentials.
+    pub(crate) fn with_credentials(credentials: Arc<Credentials>, cluster: &str) -> Dialer {
+        Dialer {
+            credentials,
             cluster: cluster.to_owned(),
             source: None,
-        })
+        }
     }
 
     /// Make peer connections leave from `ip` (port chosen by the kernel). A node that listens
@@ -170,7 +176,7 @@ impl Dialer {
         socket
             .set_nodelay(true)
             .map_err(|e| unreachable(e.to_string()))?;
-        let stream = TlsConnector::from(self.config.clone())
+        let stream = TlsConnector::from(self.credentials.client_config())
             .connect(name, socket)
             .await
             .map_err(|e| unreachable(format!("TLS: {e}")))?;

@@ -1,11 +1,11 @@
-//! The node's TLS acceptor: TLS 1.3 only, ring as the only crypto provider, and client
-//! certificates required and verified against the cluster CA (checkpoint 1).
+//! TLS building blocks of the node: TLS 1.3 only, ring as the only crypto provider, and
+//! the PEM loaders. The configs themselves (client certificates required and verified
+//! against the cluster CA and CRLs: checkpoint 1) are built in [`crate::net::credentials`].
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -27,9 +27,18 @@ pub enum TlsSetupError {
     /// rustls refused the configuration (e.g. the key does not match the certificate).
     #[error("TLS configuration refused: {0}")]
     Rustls(#[from] rustls::Error),
-    /// The client verifier could not be built from the CA.
-    #[error("cannot use the CA as client-certificate trust anchor: {0}")]
+    /// The certificate verifier could not be built from the CA and CRLs (e.g. a CRL that
+    /// does not parse).
+    #[error("cannot use the CA and CRLs as trust anchor: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// The CA bundle and CRLs would refuse this node's own certificate for a reason other
+    /// than its revocation: a CA that did not sign it, a CRL not signed by the CA, or no CRL
+    /// for its issuer.
+    #[error("the CA and CRLs do not accept this node's own certificate: {detail}")]
+    Untrusted {
+        /// webpki's reason.
+        detail: String,
+    },
 }
 
 /// The ring provider, shared by every TLS config in the process.
@@ -77,33 +86,4 @@ pub fn load_roots(ca: &Path) -> Result<RootCertStore, TlsSetupError> {
         })?;
     }
     Ok(roots)
-}
-
-/// Server config for mutual TLS: the node presents `cert`/`key` and requires a client
-/// certificate that chains to `ca`. webpki checks the chain, the validity window and, when
-/// the certificate lists extended key usages, that clientAuth is among them.
-///
-/// With `client_auth` false the node asks for no client certificate at all (server-auth TLS,
-/// for the benchmark ladder's L1 rung); `ca` is still loaded so a bad path fails early.
-pub fn server_config(
-    ca: &Path,
-    cert: &Path,
-    key: &Path,
-    client_auth: bool,
-) -> Result<Arc<ServerConfig>, TlsSetupError> {
-    let provider = provider();
-    let roots = Arc::new(load_roots(ca)?);
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = if client_auth {
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider).build()?;
-        builder.with_client_cert_verifier(verifier)
-    } else {
-        builder.with_no_client_auth()
-    };
-    let mut config =
-        builder.with_single_cert(load_certs(cert, "node certificate")?, load_key(key)?)?;
-    // The protocol is skv's own; ALPN lets a confused HTTP/2 client fail in the handshake.
-    config.alpn_protocols = vec![b"skv/1".to_vec()];
-    Ok(Arc::new(config))
 }

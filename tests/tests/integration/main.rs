@@ -19,4 +19,5 @@ mod ladder;
 mod limits;
 mod ops;
 mod replication;
+mod revoke;
 mod tls;

@@ -20,7 +20,6 @@ use skv_certs::{InitOptions, KeyType, Layout};
 use skv_proto::{ErrorCode, ResponseBody, DEFAULT_MAX_FRAME};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use self::mem::{MemLog, MemState};
@@ -106,7 +105,16 @@ impl Listener {
         let l = &pki.layout;
         let dir = tempfile::tempdir().unwrap();
         let (ca, cert, key) = (l.ca_cert(), l.node_cert(node), l.node_key(node));
-        let acceptor = TlsAcceptor::from(tls_server(&ca, &cert, &key));
+        let credentials = Arc::new(
+            crate::net::credentials::Credentials::load(crate::net::credentials::CredentialFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                crl: None,
+                client_auth: true,
+            })
+            .unwrap(),
+        );
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = NodeConfig {
@@ -120,6 +128,7 @@ impl Listener {
                 ca,
                 cert,
                 key,
+                crl: None,
                 client_auth: true,
             },
             max_frame: DEFAULT_MAX_FRAME,
@@ -159,11 +168,11 @@ impl Listener {
             router: Router::new(cluster.clone(), None, registry),
             cluster,
             load: crate::limits::load::Load::new(None),
+            credentials: Some(credentials),
         });
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(crate::net::listener::accept_loop(
             listener,
-            Some(acceptor),
             shared,
             shutdown.clone(),
         ));
@@ -179,14 +188,6 @@ impl Listener {
         self.shutdown.cancel();
         self.task.await.unwrap();
     }
-}
-
-fn tls_server(
-    ca: &std::path::Path,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Arc<rustls::ServerConfig> {
-    crate::net::tls::server_config(ca, cert, key, true).unwrap()
 }
 
 /// One member: its listener, registry, Raft and (shared, reopenable) storage.
