@@ -252,10 +252,14 @@ impl Checkpoint {
     /// Reload the denylist, logging the outcome.
     fn reload_denylist_and_log(&self) {
         let path = self.denylist_path.as_deref().unwrap_or(Path::new(""));
+        let started = std::time::Instant::now();
         match self.reload_denylist() {
-            Ok(Some(entries)) => {
-                tracing::info!(denylist = %path.display(), entries, "denylist reloaded")
-            }
+            Ok(Some(entries)) => tracing::info!(
+                denylist = %path.display(),
+                entries,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "denylist reloaded"
+            ),
             Ok(None) => {}
             Err(err) => tracing::error!(
                 denylist = %path.display(),
@@ -304,7 +308,11 @@ impl Checkpoint {
                 let now = denylist_stamp();
                 if now != last_denylist {
                     last_denylist = now;
-                    self.reload_denylist_and_log();
+                    // Reading and parsing a full list (4 MiB) takes a while; off the async
+                    // workers, so requests are not held up behind it.
+                    let this = Arc::clone(&self);
+                    let _ =
+                        tokio::task::spawn_blocking(move || this.reload_denylist_and_log()).await;
                 }
             }
         });
