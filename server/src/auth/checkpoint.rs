@@ -165,6 +165,9 @@ pub(crate) struct Checkpoint {
     generation: AtomicU64,
     /// `--denylist FILE`, if given.
     denylist_path: Option<PathBuf>,
+    /// The file's stamp read just before the first load: the watcher starts from it, so a
+    /// change between that load and the watcher's start is not missed.
+    denylist_loaded: Option<FileStamp>,
     /// The revocations in force; empty without a denylist.
     revocations: ArcSwap<Revocations>,
     cache: Option<TokenCache>,
@@ -190,6 +193,7 @@ impl Checkpoint {
         let verifier = Verifier::new(keyset, policy.clone())?;
         // A denylist that was asked for but cannot be read stops the node: starting without
         // the revocations it holds would readmit every revoked token.
+        let denylist_loaded = config.denylist.as_deref().and_then(file_stamp);
         let revocations = match &config.denylist {
             Some(path) => Revocations::load(path, unix_now(), leeway_secs(&policy))?,
             None => Revocations::none(),
@@ -217,6 +221,7 @@ impl Checkpoint {
             verifier: ArcSwap::from_pointee(verifier),
             generation: AtomicU64::new(0),
             denylist_path: config.denylist.clone(),
+            denylist_loaded,
             revocations: ArcSwap::from_pointee(revocations),
             cache,
             audit,
@@ -294,7 +299,7 @@ impl Checkpoint {
         tokio::spawn(async move {
             let mut last = file_stamp(&self.keyset_path);
             let denylist_stamp = || self.denylist_path.as_deref().and_then(file_stamp);
-            let mut last_denylist = denylist_stamp();
+            let mut last_denylist = self.denylist_loaded;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -375,11 +380,14 @@ impl Checkpoint {
             AuthMode::Off => false,
             AuthMode::PerRequest => {
                 let now = unix_now();
-                let verified = self
-                    .request_verified(session, token, now)
-                    .and_then(|v| self.revocations.load().check(&v, now).map(|()| v));
-                match verified {
-                    Ok(_) => true,
+                match self.request_verified(session, token, now) {
+                    Ok(verified) => match self.revocations.load().check(&verified, now) {
+                        Ok(()) => true,
+                        Err(err) => {
+                            self.deny(session, Some(&verified), "hello", None, &err);
+                            false
+                        }
+                    },
                     Err(err) => {
                         self.deny(session, None, "hello", None, &err);
                         false
@@ -674,9 +682,11 @@ fn warn_if_shared_secrets(keyset: &Keyset) {
     }
 }
 
-/// What identifies a version of the keyset file: modification time, size and inode (an
-/// atomic rename changes the inode even within one mtime tick).
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+/// What identifies a version of the keyset or denylist file: modification time, size and
+/// inode (an atomic rename changes the inode even within one mtime tick).
+type FileStamp = (SystemTime, u64, u64);
+
+fn file_stamp(path: &Path) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len(), meta.ino()))
