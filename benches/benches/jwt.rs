@@ -1,5 +1,7 @@
 //! Token checkpoint cost: verifying a JWT with the node's real [`Verifier`] (signature, header
-//! and claim checks), a [`TokenCache`] hit, and minting with the issuer, per algorithm.
+//! and claim checks), a [`TokenCache`] hit, the denylist check every admitted token then goes
+//! through ([`Revocations`], empty and at its 50,000-entry bound), and minting with the
+//! issuer, per algorithm.
 //!
 //! One verifier holds the keys of every algorithm, as a node with a mixed keyset during a
 //! rotation would. Tokens are unbound bearer tokens (`peer = None`): the binding check is a
@@ -10,7 +12,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use skv_benches::{MEASUREMENT_TIME, SAMPLE_SIZE, WARM_UP_TIME};
 use skv_certs::issuer::{mint, Alg, IssuerKey, TokenSpec};
-use skv_server::auth::{unix_now, Keyset, Policy, TokenCache, Verifier};
+use skv_server::auth::{unix_now, Keyset, Policy, Revocations, TokenCache, Verifier};
+use skv_token::denylist::{DenyBy, DenyEntry, Denylist, MAX_DENYLIST_ENTRIES};
 use skv_token::{parse_allow, JwkSet};
 
 const AUDIENCE: &str = "bench";
@@ -98,6 +101,33 @@ fn jwt(c: &mut Criterion) {
             })
         },
     );
+    group.finish();
+
+    // The token is not on the list in either case: what every request pays.
+    let mut group = c.benchmark_group("jwt/denylist_check");
+    let verified = verifier
+        .verify_for_peer(eddsa.as_bytes(), None, now)
+        .expect("valid");
+    let mut full = Denylist::new();
+    for i in 0..MAX_DENYLIST_ENTRIES {
+        let by = if i % 2 == 0 {
+            DenyBy::Jti(format!("{i:032x}"))
+        } else {
+            DenyBy::Sub(format!("user-{i}"))
+        };
+        full.insert(DenyEntry {
+            by,
+            exp: now + 3600,
+        });
+    }
+    for (name, list) in [
+        ("empty", Revocations::none()),
+        ("50000", Revocations::from_list(&full, now, 5)),
+    ] {
+        group.bench_with_input(BenchmarkId::from_parameter(name), &list, |b, list| {
+            b.iter(|| list.check(&verified, now).expect("not revoked"))
+        });
+    }
     group.finish();
 
     let mut group = c.benchmark_group("jwt/mint");

@@ -68,6 +68,8 @@ pub const DEFAULT_TOKEN_CACHE: usize = 10_000;
 pub struct AuthConfig {
     /// Public keyset file (JWKS-style JSON); reloaded on change and on SIGHUP.
     pub keyset: PathBuf,
+    /// Token denylist file (`skv token revoke`); reloaded on change and on SIGHUP.
+    pub denylist: Option<PathBuf>,
     /// Per request or per connection.
     pub mode: AuthMode,
     /// Entries in the verified-token cache (per-request mode); 0 disables it.
@@ -218,6 +220,11 @@ pub struct FileConfig {
     /// and on SIGHUP. With a keyset, --auth defaults to per-request.
     #[arg(long, value_name = "FILE")]
     pub keyset: Option<PathBuf>,
+    /// Token denylist (JSON, written by `skv token revoke`): tokens revoked by jti or sub are
+    /// refused though they verify; reloaded when the file changes and on SIGHUP. A file that
+    /// is missing or invalid at start stops the node; on reload it keeps the previous list.
+    #[arg(long, value_name = "FILE")]
+    pub denylist: Option<PathBuf>,
     /// Token mode: a token in every request, once per connection, or no token checks.
     #[arg(long, value_enum)]
     pub auth: Option<AuthMode>,
@@ -327,6 +334,7 @@ impl FileConfig {
             &mut cfg.key,
             &mut cfg.crl,
             &mut cfg.keyset,
+            &mut cfg.denylist,
             &mut cfg.audit_log,
             &mut cfg.cluster_map,
             &mut cfg.master_key,
@@ -659,6 +667,13 @@ pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = skv_proto::DEFAULT_ELECTION_TIMEOUT
 
 fn auth_config(cfg: &FileConfig) -> Result<Option<AuthConfig>, ConfigError> {
     let mode = match (cfg.auth, &cfg.keyset) {
+        // A denylist the node would never read must not look like revocation in force.
+        (Some(AuthMode::Off), _) if cfg.denylist.is_some() => {
+            return Err(ConfigError::Invalid {
+                setting: "denylist",
+                message: "--auth off checks no tokens, so a token denylist would do nothing".into(),
+            })
+        }
         (Some(AuthMode::Off), _) => return Ok(None),
         // Without token checks every client certificate the CA signed is an administrator:
         // that must be asked for, never a default.
@@ -684,6 +699,7 @@ fn auth_config(cfg: &FileConfig) -> Result<Option<AuthConfig>, ConfigError> {
     };
     Ok(Some(AuthConfig {
         keyset,
+        denylist: cfg.denylist.clone(),
         mode,
         token_cache: cfg.token_cache.unwrap_or(DEFAULT_TOKEN_CACHE),
         audience: cfg
@@ -800,10 +816,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = layered(
             dir.path(),
-            "ca = \"pki/ca.pem\"\ncert = \"n1.pem\"\nkeyset = \"/abs/keyset.json\"\n",
+            "ca = \"pki/ca.pem\"\ncert = \"n1.pem\"\nkeyset = \"/abs/keyset.json\"\n\
+             denylist = \"keys/denylist.json\"\n",
             &["--cert", "flag/n1.pem", "--audit-log", "audit.log"],
         );
         assert_eq!(cfg.ca, Some(dir.path().join("pki/ca.pem")));
+        assert_eq!(cfg.denylist, Some(dir.path().join("keys/denylist.json")));
         assert_eq!(cfg.keyset, Some(PathBuf::from("/abs/keyset.json")));
         // Flags are relative to the working directory, as on any command line.
         assert_eq!(cfg.cert, Some(PathBuf::from("flag/n1.pem")));

@@ -263,8 +263,9 @@ impl RunningNode {
         let _ = (&mut self.task).await;
     }
 
-    /// Re-read the token keyset now. A keyset that fails to load is refused and the
-    /// previous one stays in force; either way the outcome is logged.
+    /// Re-read the token keyset and the denylist now (part of [`Self::reload`], what SIGHUP does). A file that fails
+    /// to load is refused and the previous keyset or list stays in force; either way the
+    /// outcome is logged.
     pub fn reload_keyset(&self) {
         if let Some(checkpoint) = &self.shared.checkpoint {
             checkpoint.reload_and_log();

@@ -9,7 +9,9 @@
 //! - the certificate binding value, `x5t#S256` of RFC 8705 ([`cert_thumbprint`]);
 //! - the keyset file format, JWKS-style JSON ([`JwkSet`], [`Jwk`]), and what each JWK means as a
 //!   verifying key ([`Jwk::to_verifying_key`]);
-//! - the ring-backed [`jsonwebtoken`] crypto provider ([`provider`]).
+//! - the ring-backed [`jsonwebtoken`] crypto provider ([`provider`]);
+//! - the token denylist file format, revocations by `jti` or `sub` that `skv token revoke`
+//!   writes and the nodes reload ([`denylist`]).
 //!
 //! Why the provider lives here: jsonwebtoken 10+ has no ring backend, and its own backends pull
 //! in aws-lc-rs or the RustCrypto `rsa` crate (RUSTSEC-2023-0071), so skv supplies one. Both
@@ -38,6 +40,8 @@ use ring::digest;
 use serde::{Deserialize, Serialize};
 
 use skv_proto::Op;
+
+pub mod denylist;
 
 /// Token audience a node requires, and `skv token issue` writes, unless told otherwise: the
 /// default cluster name, so defaults match on both sides.

@@ -228,6 +228,49 @@ pub(crate) enum TokenCommand {
         /// The token, or `-` to read it from stdin.
         token: String,
     },
+    /// Revoke tokens before they expire: add an entry to a denylist file that nodes read
+    /// with `skv-node --denylist FILE` (and reload within a second of a change).
+    #[command(after_help = REVOKE_HELP)]
+    Revoke(RevokeArgs),
+}
+
+const REVOKE_HELP: &str = "\
+The entry is merged into FILE (created if missing; entries past their exp are dropped) and
+FILE is replaced atomically (a temp file renamed over it, mode 0644): it holds no secret.
+Nodes do not share it: copy FILE to every node's --denylist path (e.g. rsync, config
+management); each node reloads it within a second of the change, or on SIGHUP.
+
+How long an entry lasts:
+  --token-file  the token's own exp (a revoked token cannot outlive it)
+  --jti         --until, default 24h from now: at least the token's remaining lifetime
+  --sub         --until, default 24h from now: at least the longest --ttl your issuer grants,
+                so every token the subject holds now has expired when the entry lapses.
+                Until then new tokens for the subject are refused too.
+
+Examples:
+  skv token revoke --denylist keys/denylist.json --token-file stolen.token
+  skv token revoke --denylist keys/denylist.json --sub mallory --until 12h";
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).multiple(false))]
+pub(crate) struct RevokeArgs {
+    /// The denylist file the nodes read (`skv-node --denylist FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) denylist: PathBuf,
+    /// Revoke the one token with this `jti` claim.
+    #[arg(long, value_name = "ID", group = "what")]
+    pub(crate) jti: Option<String>,
+    /// Revoke every token of this subject (`sub` claim).
+    #[arg(long, value_name = "SUB", group = "what")]
+    pub(crate) sub: Option<String>,
+    /// Revoke the token in this file (or `-` for stdin): its jti, until its exp. The token is
+    /// read without verifying it.
+    #[arg(long, value_name = "FILE", group = "what", conflicts_with = "until")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// When the entry lapses: a duration from now (24h, 90m) or `@SECONDS` since the Unix
+    /// epoch [default: 24h].
+    #[arg(long, value_name = "WHEN")]
+    pub(crate) until: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -242,7 +285,8 @@ pub(crate) struct IssueArgs {
     /// an empty prefix means every key). Repeat for several.
     #[arg(long, value_name = "OPS:PREFIX")]
     pub(crate) allow: Vec<String>,
-    /// Lifetime, e.g. 15m, 1h, 30s. Keep it short: there is no revocation list.
+    /// Lifetime, e.g. 15m, 1h, 30s. Keep it short: a revocation (`skv token revoke`) by sub
+    /// must outlast the longest lifetime you issue.
     #[arg(long, value_name = "DURATION")]
     pub(crate) ttl: String,
     /// Audience: the cluster the token is for.

@@ -424,6 +424,7 @@ fn node_config(
         metrics_listen: None,
         auth: Some(AuthConfig {
             keyset: keys.join("keyset.json"),
+            denylist: None,
             mode: AuthMode::PerRequest,
             token_cache: skv_server::config::DEFAULT_TOKEN_CACHE,
             audience: skv_token::DEFAULT_TOKEN_AUDIENCE.into(),

@@ -3,8 +3,12 @@
 //! checking its scopes, and writing the audit line.
 //!
 //! The verification machinery itself lives in [`crate::auth`]; this module owns the policy
-//! of *when* it runs, the live keyset (swapped atomically on reload, so requests never take
-//! a lock to read it), and the per-connection [`Session`].
+//! of *when* it runs, the live keyset and denylist (each swapped atomically on reload, so
+//! requests never take a lock to read them), and the per-connection [`Session`].
+//!
+//! The denylist is checked after verification on every path that admits a token: a fresh
+//! verification, a cache hit, the connection's memo, and the per-connection HELLO token on
+//! each request. So a revocation reaches tokens already verified, not only new ones.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,12 +24,14 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::audit::{self, AuditLog, AuditRecord, Decision};
 use crate::auth::refusals::{PeerKey, Refusals};
 use crate::auth::{
-    unix_now, AuthCategory, AuthError, CertThumbprint, Keyset, KeysetError, Policy, TokenCache,
-    Verified, Verifier,
+    unix_now, AuthCategory, AuthError, CertThumbprint, Keyset, KeysetError, Policy, Revocations,
+    TokenCache, Verified, Verifier,
 };
 use crate::config::{AuthConfig, AuthMode};
+use skv_token::denylist::DenylistError;
 
-/// How often the keyset file is checked for changes.
+/// How often the keyset and denylist files are checked for changes: the reload interval a
+/// revocation takes to reach a node (docs/SECURITY.md, "Revoking a token").
 const KEYSET_POLL: Duration = Duration::from_secs(1);
 
 /// A checkpoint that could not be set up.
@@ -34,6 +40,9 @@ pub enum CheckpointError {
     /// The keyset file is missing or invalid.
     #[error(transparent)]
     Keyset(#[from] KeysetError),
+    /// The denylist file is missing or invalid.
+    #[error(transparent)]
+    Denylist(#[from] DenylistError),
     /// The policy cannot be used with this keyset.
     #[error("token policy: {0}")]
     Policy(#[from] crate::auth::PolicyError),
@@ -159,6 +168,13 @@ pub(crate) struct Checkpoint {
     verifier: ArcSwap<Verifier>,
     /// Bumped on every successful reload; sessions compare it to drop stale memos.
     generation: AtomicU64,
+    /// `--denylist FILE`, if given.
+    denylist_path: Option<PathBuf>,
+    /// The file's stamp read just before the first load: the watcher starts from it, so a
+    /// change between that load and the watcher's start is not missed.
+    denylist_loaded: Option<FileStamp>,
+    /// The revocations in force; empty without a denylist.
+    revocations: ArcSwap<Revocations>,
     cache: Option<TokenCache>,
     audit: Option<AuditLog>,
     /// Recently refused tokens and peers that keep failing.
@@ -180,6 +196,13 @@ impl Checkpoint {
         let keyset = Keyset::load(&config.keyset)?;
         warn_if_shared_secrets(&keyset);
         let verifier = Verifier::new(keyset, policy.clone())?;
+        // A denylist that was asked for but cannot be read stops the node: starting without
+        // the revocations it holds would readmit every revoked token.
+        let denylist_loaded = config.denylist.as_deref().and_then(file_stamp);
+        let revocations = match &config.denylist {
+            Some(path) => Revocations::load(path, unix_now(), leeway_secs(&policy))?,
+            None => Revocations::none(),
+        };
         let audit = match &config.audit_log {
             Some(path) => Some(AuditLog::open(
                 &audit::AuditFiles {
@@ -202,6 +225,9 @@ impl Checkpoint {
             policy,
             verifier: ArcSwap::from_pointee(verifier),
             generation: AtomicU64::new(0),
+            denylist_path: config.denylist.clone(),
+            denylist_loaded,
+            revocations: ArcSwap::from_pointee(revocations),
             cache,
             audit,
             refusals: Refusals::default(),
@@ -221,8 +247,46 @@ impl Checkpoint {
         Ok(keys)
     }
 
-    /// Reload on SIGHUP-style demand, logging the outcome.
+    /// Re-read the denylist file, if there is one; returns the entries in force. On any error
+    /// the current list stays in force.
+    pub(crate) fn reload_denylist(&self) -> Result<Option<usize>, CheckpointError> {
+        let Some(path) = &self.denylist_path else {
+            return Ok(None);
+        };
+        let revocations = Revocations::load(path, unix_now(), leeway_secs(&self.policy))?;
+        let entries = revocations.len();
+        self.revocations.store(Arc::new(revocations));
+        Ok(Some(entries))
+    }
+
+    /// Reload the denylist, logging the outcome.
+    fn reload_denylist_and_log(&self) {
+        let path = self.denylist_path.as_deref().unwrap_or(Path::new(""));
+        let started = std::time::Instant::now();
+        match self.reload_denylist() {
+            Ok(Some(entries)) => tracing::info!(
+                denylist = %path.display(),
+                entries,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "denylist reloaded"
+            ),
+            Ok(None) => {}
+            Err(err) => tracing::error!(
+                denylist = %path.display(),
+                error = %err,
+                "denylist reload failed; keeping the previous denylist"
+            ),
+        }
+    }
+
+    /// Reload on SIGHUP-style demand (the keyset and the denylist), logging the outcome.
     pub(crate) fn reload_and_log(&self) {
+        self.reload_keyset_and_log();
+        self.reload_denylist_and_log();
+    }
+
+    /// Reload the keyset, logging the outcome.
+    fn reload_keyset_and_log(&self) {
         match self.reload() {
             Ok(keys) => {
                 tracing::info!(keyset = %self.keyset_path.display(), keys, "keyset reloaded")
@@ -235,10 +299,12 @@ impl Checkpoint {
         }
     }
 
-    /// Watch the keyset file and reload when it changes, until `shutdown`.
+    /// Watch the keyset and denylist files and reload each when it changes, until `shutdown`.
     pub(crate) fn watch(self: Arc<Self>, shutdown: CancellationToken) {
         tokio::spawn(async move {
             let mut last = file_stamp(&self.keyset_path);
+            let denylist_stamp = || self.denylist_path.as_deref().and_then(file_stamp);
+            let mut last_denylist = self.denylist_loaded;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -247,7 +313,16 @@ impl Checkpoint {
                 let now = file_stamp(&self.keyset_path);
                 if now != last {
                     last = now;
-                    self.reload_and_log();
+                    self.reload_keyset_and_log();
+                }
+                let now = denylist_stamp();
+                if now != last_denylist {
+                    last_denylist = now;
+                    // Reading and parsing a full list (4 MiB) takes a while; off the async
+                    // workers, so requests are not held up behind it.
+                    let this = Arc::clone(&self);
+                    let _ =
+                        tokio::task::spawn_blocking(move || this.reload_denylist_and_log()).await;
                 }
             }
         });
@@ -285,6 +360,14 @@ impl Checkpoint {
             self.deny(session, None, "hello", None, &err);
             Refusal::from(err.category())
         })?;
+        self.revocations
+            .load()
+            .check(&verified, now)
+            .map_err(|err| {
+                self.refusals.failed(&session.peers);
+                self.deny(session, Some(&verified), "hello", None, &err);
+                Refusal::from(err.category())
+            })?;
         let generation = self.generation.load(Ordering::Acquire);
         if let Some(token) = token {
             session.connection_token = Some((token.clone(), verified, generation));
@@ -303,7 +386,13 @@ impl Checkpoint {
             AuthMode::PerRequest => {
                 let now = unix_now();
                 match self.request_verified(session, token, now) {
-                    Ok(_) => true,
+                    Ok(verified) => match self.revocations.load().check(&verified, now) {
+                        Ok(()) => true,
+                        Err(err) => {
+                            self.deny(session, Some(&verified), "hello", None, &err);
+                            false
+                        }
+                    },
                     Err(err) => {
                         self.deny(session, None, "hello", None, &err);
                         false
@@ -349,6 +438,13 @@ impl Checkpoint {
                 return Err(Refusal::from(err.category()));
             }
         };
+        // After every way of getting `verified` (fresh, cached, memo, HELLO token): a
+        // revocation must reach tokens that were verified before it.
+        if let Err(err) = self.revocations.load().check(&verified, now) {
+            self.refusals.failed(&session.peers);
+            self.deny(session, Some(&verified), op.as_str(), target, &err);
+            return Err(Refusal::from(err.category()));
+        }
         let scoped = match body {
             RequestBody::Scan { prefix, .. } => verified.authorize_scan(prefix),
             _ => verified.authorize(required, target.unwrap_or_default()),
@@ -577,6 +673,11 @@ fn target_of(body: &RequestBody) -> Option<&[u8]> {
     }
 }
 
+/// The policy's leeway in whole seconds: how long past its exp a denylist entry is honoured.
+fn leeway_secs(policy: &Policy) -> i64 {
+    i64::try_from(policy.leeway.as_secs()).unwrap_or(i64::MAX)
+}
+
 fn warn_if_shared_secrets(keyset: &Keyset) {
     if keyset.has_shared_secrets() {
         tracing::warn!(
@@ -586,10 +687,185 @@ fn warn_if_shared_secrets(keyset: &Keyset) {
     }
 }
 
-/// What identifies a version of the keyset file: modification time, size and inode (an
-/// atomic rename changes the inode even within one mtime tick).
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+/// What identifies a version of the keyset or denylist file: modification time, size and
+/// inode (an atomic rename changes the inode even within one mtime tick).
+type FileStamp = (SystemTime, u64, u64);
+
+fn file_stamp(path: &Path) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skv_certs::issuer::{inspect, mint, IssuerKey, TokenSpec};
+    use skv_token::{parse_allow, Alg, JwkSet};
+
+    const AUD: &str = "dev";
+
+    struct World {
+        _dir: tempfile::TempDir,
+        key: IssuerKey,
+        denylist: PathBuf,
+        config: AuthConfig,
+    }
+
+    fn world(mode: AuthMode) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let key = IssuerKey::generate(Alg::EdDSA, Some("k1".into())).unwrap();
+        let keyset = dir.path().join("keyset.json");
+        let jwks = JwkSet {
+            keys: vec![key.public_jwk().clone()],
+        };
+        std::fs::write(&keyset, serde_json::to_vec(&jwks).unwrap()).unwrap();
+        let denylist = dir.path().join("denylist.json");
+        std::fs::write(&denylist, "{\"entries\": []}").unwrap();
+        let config = AuthConfig {
+            keyset,
+            denylist: Some(denylist.clone()),
+            mode,
+            token_cache: 16,
+            audience: AUD.into(),
+            issuer: skv_token::DEFAULT_TOKEN_ISSUER.into(),
+            leeway: Duration::from_secs(5),
+            require_bound_tokens: false,
+            audit_log: None,
+            audit_allows: false,
+            audit_max_files: 1,
+            audit_max_bytes: 1 << 20,
+        };
+        World {
+            _dir: dir,
+            key,
+            denylist,
+            config,
+        }
+    }
+
+    impl World {
+        fn token(&self, sub: &str) -> (Bytes, String) {
+            let token = mint(
+                &self.key,
+                &TokenSpec {
+                    sub: sub.into(),
+                    scopes: vec![parse_allow("read:").unwrap()],
+                    ttl: Duration::from_secs(300),
+                    aud: AUD.into(),
+                    iss: skv_token::DEFAULT_TOKEN_ISSUER.into(),
+                    bind_cert_der: None,
+                },
+            )
+            .unwrap();
+            let jti = inspect(&token).unwrap().claims["jti"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            (Bytes::from(token), jti)
+        }
+
+        fn deny(&self, text: &str) {
+            std::fs::write(&self.denylist, text).unwrap();
+        }
+    }
+
+    fn get() -> RequestBody {
+        RequestBody::Get {
+            key: Bytes::from_static(b"k"),
+        }
+    }
+
+    fn revoked(result: Result<Option<Arc<Verified>>, Refusal>) -> bool {
+        match result {
+            Err(r) => {
+                assert_eq!(r.code, ErrorCode::Unauthenticated);
+                assert!(r.message.starts_with("token revoked"), "{}", r.message);
+                true
+            }
+            Ok(_) => false,
+        }
+    }
+
+    #[test]
+    fn a_revoked_token_is_refused_through_the_memo_and_the_cache() {
+        let w = world(AuthMode::PerRequest);
+        let cp = Checkpoint::new(&w.config, "n1").unwrap();
+        let (token, jti) = w.token("alice");
+        let (other, _) = w.token("alice");
+        let mut session = Session::new(None);
+        // Verified once, then served from the connection's memo and the shared cache.
+        assert!(!revoked(cp.authorize(&mut session, Some(&token), &get())));
+        assert!(!revoked(cp.authorize(&mut session, Some(&token), &get())));
+
+        w.deny(&format!(
+            "{{\"entries\": [{{\"jti\": \"{jti}\", \"exp\": {}}}]}}",
+            unix_now() + 300
+        ));
+        assert_eq!(cp.reload_denylist().unwrap(), Some(1));
+        assert!(revoked(cp.authorize(&mut session, Some(&token), &get())));
+        let mut fresh = Session::new(None);
+        assert!(revoked(cp.authorize(&mut fresh, Some(&token), &get())));
+        // Another token of the same subject is not touched by a jti entry.
+        assert!(!revoked(cp.authorize(&mut fresh, Some(&other), &get())));
+
+        // A broken file keeps the list in force.
+        w.deny("{\"entries\": [");
+        assert!(matches!(
+            cp.reload_denylist(),
+            Err(CheckpointError::Denylist(_))
+        ));
+        assert!(revoked(cp.authorize(&mut session, Some(&token), &get())));
+
+        // By sub: every token of the subject.
+        w.deny(&format!(
+            "{{\"entries\": [{{\"sub\": \"alice\", \"exp\": {}}}]}}",
+            unix_now() + 300
+        ));
+        cp.reload_denylist().unwrap();
+        assert!(revoked(cp.authorize(&mut fresh, Some(&other), &get())));
+        let (bob, _) = w.token("bob");
+        assert!(!revoked(cp.authorize(&mut fresh, Some(&bob), &get())));
+
+        // An entry past its exp (and the leeway) is dropped at load.
+        w.deny(&format!(
+            "{{\"entries\": [{{\"sub\": \"alice\", \"exp\": {}}}]}}",
+            unix_now() - 6
+        ));
+        assert_eq!(cp.reload_denylist().unwrap(), Some(0));
+        assert!(!revoked(cp.authorize(&mut fresh, Some(&other), &get())));
+    }
+
+    #[test]
+    fn a_per_connection_session_is_cut_off_on_its_next_request() {
+        let w = world(AuthMode::PerConnection);
+        let cp = Checkpoint::new(&w.config, "n1").unwrap();
+        let (token, _) = w.token("carol");
+        let mut session = Session::new(None);
+        cp.hello(&mut session, Some(&token)).unwrap();
+        assert!(!revoked(cp.authorize(&mut session, None, &get())));
+        w.deny(&format!(
+            "{{\"entries\": [{{\"sub\": \"carol\", \"exp\": {}}}]}}",
+            unix_now() + 300
+        ));
+        cp.reload_denylist().unwrap();
+        assert!(revoked(cp.authorize(&mut session, None, &get())));
+        // And a new connection with the token is refused at HELLO.
+        let mut again = Session::new(None);
+        let refusal = cp.hello(&mut again, Some(&token)).unwrap_err();
+        assert!(refusal.message.starts_with("token revoked"));
+    }
+
+    #[test]
+    fn a_denylist_that_cannot_be_read_stops_the_start() {
+        let w = world(AuthMode::PerRequest);
+        w.deny("not json");
+        assert!(matches!(
+            Checkpoint::new(&w.config, "n1"),
+            Err(CheckpointError::Denylist(_))
+        ));
+        std::fs::remove_file(&w.denylist).unwrap();
+        let err = Checkpoint::new(&w.config, "n1").unwrap_err();
+        assert!(err.to_string().contains("denylist.json"), "{err}");
+    }
 }

@@ -31,6 +31,8 @@ pub enum AuthCategory {
     NotBoundToCertificate,
     /// The token is valid but does not grant this operation on this key.
     Forbidden,
+    /// The token verifies but is on the node's denylist (by its jti or its sub).
+    Revoked,
 }
 
 impl AuthCategory {
@@ -42,6 +44,7 @@ impl AuthCategory {
             AuthCategory::WrongAudience => "wrong_audience",
             AuthCategory::NotBoundToCertificate => "not_bound_to_certificate",
             AuthCategory::Forbidden => "forbidden",
+            AuthCategory::Revoked => "revoked",
         }
     }
 
@@ -67,6 +70,9 @@ impl AuthCategory {
             // The code already says "forbidden"; checkpoint.rs names the op and key for scope
             // refusals, since it knows the request.
             AuthCategory::Forbidden => "the token does not grant this request",
+            // Starts with the words a client (or a person) looks for; the same for a jti and a
+            // sub entry, since which one matched is the operator's business.
+            AuthCategory::Revoked => "token revoked: ask the token's issuer for a new one",
         }
     }
 }
@@ -214,6 +220,15 @@ pub enum AuthError {
         /// The token's subject, escaped and truncated.
         sub: Echo,
     },
+    /// The token verifies but a denylist entry revokes it (`skv token revoke`). The audit line
+    /// carries the token's sub and jti beside this.
+    #[error("token revoked by a denylist entry on its {by} (in force until {until})")]
+    Revoked {
+        /// `"jti"` or `"sub"`: which claim the entry matched.
+        by: &'static str,
+        /// When the entry lapses, seconds since the epoch (its exp plus the leeway).
+        until: i64,
+    },
 }
 
 impl AuthError {
@@ -226,6 +241,7 @@ impl AuthError {
                 AuthCategory::NotBoundToCertificate
             }
             AuthError::OutOfScope { .. } => AuthCategory::Forbidden,
+            AuthError::Revoked { .. } => AuthCategory::Revoked,
             _ => AuthCategory::InvalidToken,
         }
     }
@@ -256,6 +272,7 @@ impl AuthError {
             AuthError::CertificateMismatch => "certificate_mismatch",
             AuthError::Unbound => "unbound",
             AuthError::OutOfScope { .. } => "out_of_scope",
+            AuthError::Revoked { .. } => "revoked",
         }
     }
 }
@@ -392,6 +409,7 @@ mod tests {
             AuthCategory::InvalidToken,
             AuthCategory::WrongAudience,
             AuthCategory::NotBoundToCertificate,
+            AuthCategory::Revoked,
         ] {
             assert_eq!(c.error_code(), ErrorCode::Unauthenticated);
             assert!(!c.client_message().is_empty());
@@ -401,6 +419,15 @@ mod tests {
             AuthCategory::NotBoundToCertificate
         );
         assert_eq!(AuthError::MissingKid.category(), AuthCategory::InvalidToken);
+        let revoked = AuthError::Revoked {
+            by: "jti",
+            until: 9,
+        };
+        assert_eq!(revoked.category(), AuthCategory::Revoked);
+        assert_eq!(revoked.reason_code(), "revoked");
+        assert!(AuthCategory::Revoked
+            .client_message()
+            .starts_with("token revoked"));
         assert_eq!(
             AuthError::NotYetValid {
                 nbf: 2,

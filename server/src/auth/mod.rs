@@ -11,7 +11,8 @@
 //! Module map: `checkpoint` is the policy on the request path (which token applies, when it
 //! is verified, the per-connection session); [`keyset`] loads and validates keys;
 //! [`verifier`] checks tokens; [`scopes`] checks operations against grants; [`cache`]
-//! remembers verified tokens; [`audit`] writes every refusal; [`error`] says why something
+//! remembers verified tokens; [`denylist`] refuses revoked tokens that still verify (by jti or
+//! sub, from `--denylist FILE`); [`audit`] writes every refusal; [`error`] says why something
 //! was refused. Claim types, the keyset format and the ring crypto provider are in
 //! [`skv_proto::token`], shared with the issuer in skv-certs.
 //!
@@ -21,6 +22,7 @@
 pub mod audit;
 pub mod cache;
 pub(crate) mod checkpoint;
+pub mod denylist;
 pub mod error;
 pub mod keyset;
 pub(crate) mod refusals;
@@ -31,6 +33,7 @@ pub mod verifier;
 mod tests;
 
 pub use cache::TokenCache;
+pub use denylist::Revocations;
 pub use error::{AuthCategory, AuthError, Echo, KeysetError, KeysetProblem, PolicyError};
 pub use keyset::{Keyset, MAX_KEYSET_BYTES};
 pub use scopes::{Grants, OpSet};

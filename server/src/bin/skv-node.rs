@@ -234,7 +234,7 @@ impl Signals {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
                 _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the keyset and the TLS credentials");
+                    tracing::info!("SIGHUP: reloading the keyset, the denylist and the TLS credentials");
                     node.reload();
                 }
             }

@@ -11,6 +11,7 @@ mod chaos;
 mod cluster;
 mod cluster_cli;
 mod demo;
+mod denylist;
 mod durability;
 mod first_hour;
 mod labs;
