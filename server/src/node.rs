@@ -263,9 +263,9 @@ impl RunningNode {
         let _ = (&mut self.task).await;
     }
 
-    /// Re-read the token keyset and the denylist now (part of [`Self::reload`], what SIGHUP does). A file that fails
-    /// to load is refused and the previous keyset or list stays in force; either way the
-    /// outcome is logged.
+    /// Re-read the token keyset and the denylist now (part of [`Self::reload`]). A file that
+    /// fails to load is refused and the previous keyset or list stays in force; either way
+    /// the outcome is logged.
     pub fn reload_keyset(&self) {
         if let Some(checkpoint) = &self.shared.checkpoint {
             checkpoint.reload_and_log();
@@ -273,7 +273,7 @@ impl RunningNode {
     }
 
     /// Re-read everything that reloads without a restart (what SIGHUP does): the token
-    /// keyset and the TLS certificate, key, CA bundle and CRLs. Whatever fails to load is
+    /// keyset, the denylist and the TLS certificate, key, CA bundle and CRLs. Whatever fails to load is
     /// refused and its previous version stays in force; each outcome is logged.
     pub fn reload(&self) {
         self.reload_keyset();

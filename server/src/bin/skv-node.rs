@@ -226,8 +226,8 @@ impl Signals {
         })
     }
 
-    /// Serve until SIGTERM or SIGINT; SIGHUP reloads the token keyset and the TLS
-    /// credentials (certificate, key, CA, CRLs) meanwhile.
+    /// Serve until SIGTERM or SIGINT; SIGHUP reloads the token keyset, the denylist and
+    /// the TLS credentials (certificate, key, CA, CRLs) meanwhile.
     async fn wait_for_stop(&mut self, node: &RunningNode) {
         loop {
             tokio::select! {
