@@ -294,6 +294,7 @@ mod tests {
             "pki/clients/admin-key.pem",
             "pki/clients/admin.pem",
             "pki/clients/admin.toml",
+            "pki/crl.pem",
             "pki/nodes",
             "pki/nodes/n1-key.pem",
             "pki/nodes/n1.pem",
