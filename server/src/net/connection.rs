@@ -36,6 +36,7 @@ use crate::limits::rate::Meter;
 use crate::metrics::{self, Outcome};
 use crate::net::admission::{NotKept, Ticket};
 use crate::net::identity::PeerKind;
+use crate::net::idle::IdleWatch;
 use crate::net::peer::PEER_FRAME_SLACK;
 use crate::node::Shared;
 use crate::router::Answer;
@@ -321,12 +322,16 @@ where
     let mut result = Ok(());
     // Clients that send nothing and wait for nothing for this long are closed, so a client
     // that finished HELLO cannot hold its slot forever. Nodes of the cluster keep their links.
-    let idle_timeout = match kind {
-        PeerKind::Peer(_) => None,
-        _ => shared.config.idle_timeout,
+    let idle = match (&kind, shared.config.idle_timeout) {
+        (PeerKind::Peer(_), _) | (_, None) => IdleWatch::never(&shutdown),
+        (_, Some(timeout)) => {
+            // Still waiting on its own answers: not idle.
+            let pending = pending.clone();
+            IdleWatch::start(timeout, &shutdown, move || {
+                pending.available_permits() != MAX_PENDING_DURABLE
+            })
+        }
     };
-    let idle = tokio::time::sleep(idle_timeout.unwrap_or(std::time::Duration::MAX / 4));
-    tokio::pin!(idle);
     // The credentials generation this connection's certificate was last checked under.
     let Trust {
         chain,
@@ -336,14 +341,11 @@ where
     'conn: loop {
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => break,
-            () = &mut idle, if idle_timeout.is_some() => {
-                if pending.available_permits() == MAX_PENDING_DURABLE {
+            () = idle.closed() => {
+                if idle.timed_out() {
                     result = Err(ConnectionError::Idle);
-                    break;
                 }
-                // Still waiting on its own answers: not idle.
-                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.unwrap_or_default());
+                break;
             }
             Some(done) = durable_rx.recv() => {
                 if let Some(rate) = rate {
@@ -354,9 +356,7 @@ where
             frame = framed.next() => match frame {
                 None => break,
                 Some(Ok(payload)) => {
-                    if let Some(timeout) = idle_timeout {
-                        idle.as_mut().reset(tokio::time::Instant::now() + timeout);
-                    }
+                    idle.note_request();
                     let id = peek_request_id(&payload);
                     if let Some(credentials) = &credentials {
                         let now = credentials.generation();

@@ -244,24 +244,39 @@ fn token_less_connections_of_one_certificate_do_not_lock_out_another() -> anyhow
     Ok(())
 }
 
-/// After HELLO a silent client is closed after --idle-timeout.
+/// After HELLO a silent client is closed after --idle-timeout, and not before it; a client
+/// that keeps sending, each request well inside the timeout, stays open through many
+/// timeouts.
 #[test]
 fn an_idle_client_is_closed_after_the_idle_timeout() -> anyhow::Result<()> {
     let pki = Pki::new()?;
     let node = Node::start_tls(
         &pki,
         &pki.dir().join("data"),
-        &["--engine", "memory", "--idle-timeout", "1"],
+        &["--engine", "memory", "--idle-timeout", "2"],
     )?;
     let rt = runtime()?;
     rt.block_on(async {
-        let conn = Connection::connect(&pki.alice(&node.addr)).await?;
-        conn.ping().await?;
+        let silent = Connection::connect(&pki.alice(&node.addr)).await?;
+        let busy = Connection::connect(&pki.alice(&node.addr)).await?;
+        silent.ping().await?;
         let waited = Instant::now();
-        while !conn.is_closed() && waited.elapsed() < Duration::from_secs(20) {
+        // The watchdog closes after the whole timeout has passed quiet: never within a second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!silent.is_closed(), "closed before its idle timeout");
+        // Three timeouts' worth of requests, one every 500 ms.
+        while waited.elapsed() < Duration::from_secs(6) {
+            busy.ping().await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(
+            !busy.is_closed(),
+            "a client that kept sending was closed as idle"
+        );
+        while !silent.is_closed() && waited.elapsed() < Duration::from_secs(20) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(conn.is_closed(), "still open after 20 s");
+        assert!(silent.is_closed(), "still open after 20 s");
         anyhow::Ok(())
     })?;
     Ok(())
