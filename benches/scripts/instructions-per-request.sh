@@ -7,11 +7,12 @@
 #   ENGINE   null (transport, router and shard without storage) or sled; default: null sled
 #
 # The node runs under callgrind on 127.0.0.1 with mutual TLS; the load generator (skv bench:
-# 50 connections, inflight 16, 100 keys) runs natively. Each figure is a run of 22,000 GETs
+# 50 connections, inflight 16 or $INFLIGHT, 100 keys) runs natively. Each figure is a run of 22,000 GETs
 # minus a run of 2,000, divided by 20,000, so start-up and shutdown cancel out. Compare two
 # builds by running the script once per BIN_DIR. Needs valgrind (apt-get install valgrind).
 # NODE_ARGS adds flags to every node run, e.g. NODE_ARGS="--rate-limit-rps 100000000" for
-# what a limit costs when it is paid but never hit.
+# what a limit costs when it is paid but never hit. INFLIGHT=1 counts unpipelined requests,
+# where per-turn costs of the connection loop show most.
 set -euo pipefail
 bin=$(cd "${1:?usage: $0 BIN_DIR [ENGINE...]}" && pwd)
 shift
@@ -41,7 +42,7 @@ count() {
     sleep 0.2
   done
   "$bin/skv" "${client[@]}" --addr "127.0.0.1:$port" bench --workload get --conns 50 \
-    --inflight 16 --requests "$requests" --warmup 0s --keys 100 >/dev/null 2>&1
+    --inflight "${INFLIGHT:-16}" --requests "$requests" --warmup 0s --keys 100 >/dev/null 2>&1
   kill -INT "$pid"
   wait "$pid" || true
   awk '/^(summary|totals):/ { print $2; exit }' "$out"

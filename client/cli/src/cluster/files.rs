@@ -155,6 +155,7 @@ pub(super) fn render_node_config(cluster: &str, id: &str, listen: &str) -> Strin
          ca = \"../pki/ca.pem\"\n\
          cert = {cert}\n\
          key = {key}\n\
+         crl = \"../pki/crl.pem\"\n\
          keyset = \"../issuer/keyset.json\"\n\
          audit_log = {audit}\n\
          cluster = {cluster_q}\n\
@@ -270,6 +271,8 @@ mod tests {
         assert_eq!(cfg.data_dir, Some(PathBuf::from("../data/n2")));
         assert_eq!(cfg.cert, Some(PathBuf::from("../pki/nodes/n2.pem")));
         assert_eq!(cfg.key, Some(PathBuf::from("../pki/nodes/n2-key.pem")));
+        // `skv certs init` (and the add-node that reuses its CA) always writes it.
+        assert_eq!(cfg.crl, Some(PathBuf::from("../pki/crl.pem")));
         assert_eq!(cfg.keyset, Some(PathBuf::from("../issuer/keyset.json")));
         assert_eq!(cfg.audit_log, Some(PathBuf::from("../logs/n2-audit.log")));
         assert_eq!(cfg.cluster.as_deref(), Some("prod"));
