@@ -227,6 +227,43 @@ fn lab14_kill_node() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lab 13. Near-miss: n4 added to the map but never given slots (no rebalance), so it serves
+/// nothing and no slot moved under the application's writes.
+#[test]
+fn lab13_rebalance() -> anyhow::Result<()> {
+    let lab = LabRun::start("rebalance")?;
+    let empty = lab.check()?;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty.missing("add a node").contains("skv lab add-node 13"),
+        "{:?}",
+        empty.json
+    );
+
+    lab.shell("skv lab add-node 13 --dir .")?;
+    let near = lab.check()?;
+    assert_eq!(near.code, 1);
+    assert!(near.missing("add a node").is_empty(), "{:?}", near.json);
+    assert!(
+        near.missing("the new node serves slots")
+            .contains("serves no slot"),
+        "{:?}",
+        near.json
+    );
+    assert!(
+        near.missing("no acknowledged write lost under load")
+            .contains("no slots were moved yet"),
+        "{:?}",
+        near.json
+    );
+
+    lab.reset()?;
+    lab.run_solution()?;
+    let done = lab.check()?;
+    assert_eq!(done.code, 0, "{:?}", done.json);
+    Ok(())
+}
+
 /// Lab 16. Near-misses: a figure missing, then L4's and L5's figures swapped (the cache
 /// "costs" what it saves), which the checker's own run contradicts.
 #[test]

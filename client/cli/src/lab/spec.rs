@@ -135,6 +135,11 @@ pub(crate) struct NodeSpec {
     /// ca, cert, key, keyset (with `issuer`) and audit_log unless given here.
     #[serde(default)]
     pub(crate) config: toml::Table,
+    /// A spare (with `cluster`): its certificate, port and config are made, but it is not in
+    /// the cluster's first map and `start` does not start it; `skv lab add-node N` starts it
+    /// and adds it to the running cluster (lab 13).
+    #[serde(default)]
+    pub(crate) spare: bool,
 }
 
 /// The background client.
@@ -151,6 +156,11 @@ pub(crate) struct VictimSpec {
     pub(crate) token: Option<String>,
     /// Milliseconds between two reads [default: 300].
     pub(crate) every_ms: Option<u64>,
+    /// Write instead of read: `<key><n>` = `n` for n = 1, 2, ..., through a cluster client
+    /// that follows the map; each acknowledged write is appended to DIR/logs/victim-acked.log
+    /// (`<key> <value>`), so a checker can read every one of them back.
+    #[serde(default)]
+    pub(crate) writes: bool,
 }
 
 impl WorldSpec {
