@@ -201,6 +201,15 @@ impl WorldSpec {
                 ));
             }
         }
+        // A spare joins a running cluster's map; the first node seeds the data and is the
+        // one the lab asks, so it is never a spare.
+        if self.nodes.iter().any(|n| n.spare)
+            && (!self.cluster || self.nodes.first().is_none_or(|n| n.spare))
+        {
+            return Err(
+                "a spare node needs `cluster = true` and a first node that is not a spare".into(),
+            );
+        }
         let clients: Vec<&str> = self.clients.iter().map(|c| c.name.as_str()).collect();
         for token in &self.tokens {
             if !self.issuer {

@@ -667,6 +667,18 @@ fn ensure_victim(dir: &Path, spec: &LabSpec, state: &mut State) -> Result<()> {
         return Ok(());
     }
     state.procs.retain(|p| p.name != "victim");
+    // A writer's acknowledged-writes log exists (empty) from the start, so a student's (or
+    // the solution's) `wc -l < logs/victim-acked.log` right after `lab start` reads 0 instead
+    // of racing the victim's first acknowledged write. Opened for append: a restarted victim
+    // keeps what it logged.
+    if spec.world.victim.as_ref().is_some_and(|v| v.writes) {
+        let path = dir.join("logs").join("victim-acked.log");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Failure::usage(format!("cannot create {}: {e}", path.display())))?;
+    }
     let exe = std::env::current_exe().map_err(usage("cannot find this skv"))?;
     let rec = process::spawn(
         "victim",
