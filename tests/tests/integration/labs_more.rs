@@ -227,8 +227,9 @@ fn lab14_kill_node() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lab 13. Near-miss: n4 added to the map but never given slots (no rebalance), so it serves
-/// nothing and no slot moved under the application's writes.
+/// Lab 13. Near-misses: n4 added to the map but never given slots (no rebalance), so it serves
+/// nothing and no slot moved under the application's writes; then, after the solution, an
+/// acknowledged write the cluster does not hold.
 #[test]
 fn lab13_rebalance() -> anyhow::Result<()> {
     let lab = LabRun::start("rebalance")?;
@@ -261,6 +262,19 @@ fn lab13_rebalance() -> anyhow::Result<()> {
     lab.run_solution()?;
     let done = lab.check()?;
     assert_eq!(done.code, 0, "{:?}", done.json);
+
+    // Near-miss two: slots moved, but one write the application was told succeeded is not in
+    // the cluster. app/w0 is never written (the writer counts from 1), so the cluster really
+    // lacks it; the checker must name it rather than trust the moves.
+    lab.shell("echo 'app/w0 0' >> logs/victim-acked.log")?;
+    let lost = lab.check()?;
+    assert_eq!(lost.code, 1, "{:?}", lost.json);
+    assert!(
+        lost.missing("no acknowledged write lost under load")
+            .contains("app/w0"),
+        "{:?}",
+        lost.json
+    );
     Ok(())
 }
 
