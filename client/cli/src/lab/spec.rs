@@ -304,6 +304,18 @@ mod tests {
         )
         .validate()
         .is_err());
+        // A spare joins a running cluster, and never seeds it.
+        let spare = "nodes = [{ name = \"a\" }, { name = \"b\", spare = true }]\n";
+        assert!(world(&format!("cluster = true\n{spare}"))
+            .validate()
+            .is_ok());
+        assert!(world(spare).validate().unwrap_err().contains("spare"));
+        assert!(world(
+            "cluster = true\nnodes = [{ name = \"a\", spare = true }, { name = \"b\" }]"
+        )
+        .validate()
+        .unwrap_err()
+        .contains("spare"));
         assert!(
             toml::from_str::<WorldSpec>("nodez = []").is_err(),
             "typos are refused"
