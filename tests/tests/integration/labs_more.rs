@@ -227,6 +227,57 @@ fn lab14_kill_node() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lab 13. Near-misses: n4 added to the map but never given slots (no rebalance), so it serves
+/// nothing and no slot moved under the application's writes; then, after the solution, an
+/// acknowledged write the cluster does not hold.
+#[test]
+fn lab13_rebalance() -> anyhow::Result<()> {
+    let lab = LabRun::start("rebalance")?;
+    let empty = lab.check()?;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty.missing("add a node").contains("skv lab add-node 13"),
+        "{:?}",
+        empty.json
+    );
+
+    lab.shell("skv lab add-node 13 --dir .")?;
+    let near = lab.check()?;
+    assert_eq!(near.code, 1);
+    assert!(near.missing("add a node").is_empty(), "{:?}", near.json);
+    assert!(
+        near.missing("the new node serves slots")
+            .contains("serves no slot"),
+        "{:?}",
+        near.json
+    );
+    assert!(
+        near.missing("no acknowledged write lost under load")
+            .contains("no slots were moved yet"),
+        "{:?}",
+        near.json
+    );
+
+    lab.reset()?;
+    lab.run_solution()?;
+    let done = lab.check()?;
+    assert_eq!(done.code, 0, "{:?}", done.json);
+
+    // Near-miss two: slots moved, but one write the application was told succeeded is not in
+    // the cluster. app/w0 is never written (the writer counts from 1), so the cluster really
+    // lacks it; the checker must name it rather than trust the moves.
+    lab.shell("echo 'app/w0 0' >> logs/victim-acked.log")?;
+    let lost = lab.check()?;
+    assert_eq!(lost.code, 1, "{:?}", lost.json);
+    assert!(
+        lost.missing("no acknowledged write lost under load")
+            .contains("app/w0"),
+        "{:?}",
+        lost.json
+    );
+    Ok(())
+}
+
 /// Lab 16. Near-misses: a figure missing, then L4's and L5's figures swapped (the cache
 /// "costs" what it saves), which the checker's own run contradicts.
 #[test]

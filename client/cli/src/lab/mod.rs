@@ -34,6 +34,7 @@ macro_rules! out {
 }
 
 pub(crate) mod check;
+mod grow;
 pub(crate) mod legacy;
 pub(crate) mod peer;
 pub(crate) mod process;
@@ -108,6 +109,12 @@ pub(crate) enum LabCommand {
     /// Each shard's Raft leader and term, as the lab's running nodes report them (labs with a
     /// replicated cluster). A node that does not answer within 2 s is left out.
     Leaders(LabArgs),
+    /// Start the lab's spare node and add it to the running cluster's map (lab 13). It
+    /// serves no slots until `rebalance`.
+    AddNode(LabArgs),
+    /// Move slots so every node of the lab's cluster serves a fair share, one move at a
+    /// time, while the cluster keeps serving (lab 13).
+    Rebalance(LabArgs),
     /// The lab's background application (started by `start`; not for you to run).
     #[command(hide = true)]
     Victim(DirArg),
@@ -223,6 +230,8 @@ pub(crate) fn run(cmd: LabCommand, json: bool) -> u8 {
         ),
         LabCommand::PeerCall(a) => ("peer-call", peer::run(&a)),
         LabCommand::Leaders(a) => ("leaders", with_lab(&a, check::leaders_command)),
+        LabCommand::AddNode(a) => ("add-node", with_lab(&a, grow::add_node)),
+        LabCommand::Rebalance(a) => ("rebalance", with_lab(&a, grow::rebalance)),
         LabCommand::Victim(a) => ("victim", victim::run(&a.dir)),
     };
     match result {

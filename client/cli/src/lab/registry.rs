@@ -91,6 +91,8 @@ mod lab10;
 mod lab11;
 #[path = "../../../../labs/12-node-impersonation/check.rs"]
 mod lab12;
+#[path = "../../../../labs/13-rebalance/check.rs"]
+mod lab13;
 #[path = "../../../../labs/14-kill-node/check.rs"]
 mod lab14;
 #[path = "../../../../labs/15-partition-leader/check.rs"]
@@ -115,6 +117,7 @@ pub(crate) fn labs() -> &'static [Lab] {
             lab!(10, "10-key-rotation", lab10),
             lab!(11, "11-audit-hunt", lab11, setup),
             lab!(12, "12-node-impersonation", lab12),
+            lab!(13, "13-rebalance", lab13),
             lab!(14, "14-kill-node", lab14),
             lab!(15, "15-partition-leader", lab15, setup),
             lab!(16, "16-price", lab16),

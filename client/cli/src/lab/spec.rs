@@ -135,6 +135,11 @@ pub(crate) struct NodeSpec {
     /// ca, cert, key, keyset (with `issuer`) and audit_log unless given here.
     #[serde(default)]
     pub(crate) config: toml::Table,
+    /// A spare (with `cluster`): its certificate, port and config are made, but it is not in
+    /// the cluster's first map and `start` does not start it; `skv lab add-node N` starts it
+    /// and adds it to the running cluster (lab 13).
+    #[serde(default)]
+    pub(crate) spare: bool,
 }
 
 /// The background client.
@@ -151,6 +156,11 @@ pub(crate) struct VictimSpec {
     pub(crate) token: Option<String>,
     /// Milliseconds between two reads [default: 300].
     pub(crate) every_ms: Option<u64>,
+    /// Write instead of read: `<key><n>` = `n` for n = 1, 2, ..., through a cluster client
+    /// that follows the map; each acknowledged write is appended to DIR/logs/victim-acked.log
+    /// (`<key> <value>`), so a checker can read every one of them back.
+    #[serde(default)]
+    pub(crate) writes: bool,
 }
 
 impl WorldSpec {
@@ -190,6 +200,15 @@ impl WorldSpec {
                     "issuer_dir {d:?} needs issuer = true and a plain relative path inside DIR"
                 ));
             }
+        }
+        // A spare joins a running cluster's map; the first node seeds the data and is the
+        // one the lab asks, so it is never a spare.
+        if self.nodes.iter().any(|n| n.spare)
+            && (!self.cluster || self.nodes.first().is_none_or(|n| n.spare))
+        {
+            return Err(
+                "a spare node needs `cluster = true` and a first node that is not a spare".into(),
+            );
         }
         let clients: Vec<&str> = self.clients.iter().map(|c| c.name.as_str()).collect();
         for token in &self.tokens {
@@ -285,6 +304,18 @@ mod tests {
         )
         .validate()
         .is_err());
+        // A spare joins a running cluster, and never seeds it.
+        let spare = "nodes = [{ name = \"a\" }, { name = \"b\", spare = true }]\n";
+        assert!(world(&format!("cluster = true\n{spare}"))
+            .validate()
+            .is_ok());
+        assert!(world(spare).validate().unwrap_err().contains("spare"));
+        assert!(world(
+            "cluster = true\nnodes = [{ name = \"a\", spare = true }, { name = \"b\" }]"
+        )
+        .validate()
+        .unwrap_err()
+        .contains("spare"));
         assert!(
             toml::from_str::<WorldSpec>("nodez = []").is_err(),
             "typos are refused"

@@ -40,6 +40,10 @@ pub(crate) fn run(dir: &Path) -> Result<u8> {
     let every = Duration::from_millis(victim.every_ms.unwrap_or(300).max(50));
     let rt = world::runtime()?;
     let mut last = String::new();
+    // A writer goes on from the last write it logged (a restarted victim does not overwrite).
+    let acked_log = dir.join("logs").join("victim-acked.log");
+    let mut n: u64 =
+        std::fs::read_to_string(&acked_log).map_or(0, |t| t.lines().count() as u64) + 1;
     loop {
         // The lab was wiped or reset under us: nothing left to do.
         if !State::path(dir).exists() {
@@ -64,13 +68,34 @@ pub(crate) fn run(dir: &Path) -> Result<u8> {
                 opts.request_timeout = Duration::from_secs(2);
                 let key = victim.key.clone().into_bytes();
                 let tls = if view.plaintext { "plaintext" } else { "TLS" };
-                match rt.block_on(async {
-                    let client = ClusterClient::connect(opts, Vec::new()).await?;
-                    client.get(key).await
-                }) {
-                    Ok(Some(_)) => format!("read {} over {tls} via {addr}: ok", victim.key),
-                    Ok(None) => format!("read {} over {tls} via {addr}: no such key", victim.key),
-                    Err(e) => format!("read {} over {tls} via {addr} failed: {e}", victim.key),
+                if victim.writes {
+                    let key = format!("{}{n}", victim.key);
+                    let value = n.to_string();
+                    match rt.block_on(async {
+                        let client = ClusterClient::connect(opts, Vec::new()).await?;
+                        client
+                            .put(key.clone().into_bytes(), value.clone().into_bytes())
+                            .await
+                    }) {
+                        Ok(_) => {
+                            // Logged only once the cluster acknowledged it.
+                            append(&acked_log, &format!("{key} {value}\n"))?;
+                            n += 1;
+                            format!("writing {}N over {tls} via {addr}: ok", victim.key)
+                        }
+                        Err(e) => format!("write {key} over {tls} via {addr} failed: {e}"),
+                    }
+                } else {
+                    match rt.block_on(async {
+                        let client = ClusterClient::connect(opts, Vec::new()).await?;
+                        client.get(key).await
+                    }) {
+                        Ok(Some(_)) => format!("read {} over {tls} via {addr}: ok", victim.key),
+                        Ok(None) => {
+                            format!("read {} over {tls} via {addr}: no such key", victim.key)
+                        }
+                        Err(e) => format!("read {} over {tls} via {addr} failed: {e}", victim.key),
+                    }
                 }
             }
             Err(e) => format!("read {} failed: {e}", victim.key),
@@ -81,4 +106,14 @@ pub(crate) fn run(dir: &Path) -> Result<u8> {
         }
         std::thread::sleep(every);
     }
+}
+
+fn append(path: &Path, line: &str) -> Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))
 }

@@ -495,6 +495,7 @@ fn write_cluster_map(dir: &Path, spec: &LabSpec, state: &State) -> Result<()> {
         .world
         .nodes
         .iter()
+        .filter(|n| !n.spare)
         .map(|n| Ok((n.name.clone(), state.addr(&n.name)?.to_owned())))
         .collect::<Result<Vec<_>>>()?;
     let replicas = spec
@@ -563,6 +564,10 @@ fn start_nodes(dir: &Path, spec: &LabSpec, state: &mut State) -> Result<()> {
     let bin = process::sibling_binary("skv-node")?;
     let mut started = Vec::new();
     for node in &spec.world.nodes {
+        // A spare runs only once `skv lab add-node` added it.
+        if node.spare && !state.facts.contains_key(&added_fact(&node.name)) {
+            continue;
+        }
         if state
             .procs
             .iter()
@@ -605,6 +610,16 @@ fn start_nodes(dir: &Path, spec: &LabSpec, state: &mut State) -> Result<()> {
         wait_accepting(dir, &rec, state.addr(&rec.name)?, offset, state.lab)?;
     }
     Ok(())
+}
+
+/// The fact `skv lab add-node` records for a spare it added.
+pub(crate) fn added_fact(node: &str) -> String {
+    format!("added.{node}")
+}
+
+/// Start the spares `skv lab add-node` just recorded (and any other node that is down).
+pub(crate) fn start_added(dir: &Path, spec: &LabSpec, state: &mut State) -> Result<()> {
+    start_nodes(dir, spec, state)
 }
 
 /// Wait until the node of `rec` accepts TCP on `addr`; if it dies or times out, say why with
@@ -652,6 +667,18 @@ fn ensure_victim(dir: &Path, spec: &LabSpec, state: &mut State) -> Result<()> {
         return Ok(());
     }
     state.procs.retain(|p| p.name != "victim");
+    // A writer's acknowledged-writes log exists (empty) from the start, so a student's (or
+    // the solution's) `wc -l < logs/victim-acked.log` right after `lab start` reads 0 instead
+    // of racing the victim's first acknowledged write. Opened for append: a restarted victim
+    // keeps what it logged.
+    if spec.world.victim.as_ref().is_some_and(|v| v.writes) {
+        let path = dir.join("logs").join("victim-acked.log");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Failure::usage(format!("cannot create {}: {e}", path.display())))?;
+    }
     let exe = std::env::current_exe().map_err(usage("cannot find this skv"))?;
     let rec = process::spawn(
         "victim",
