@@ -115,6 +115,117 @@ fn log_len(node: &Node) -> anyhow::Result<usize> {
     Ok(std::fs::read_to_string(&node.log)?.len())
 }
 
+/// A rustls client config for `cert`/`key` that keeps the sessions it is given (rustls'
+/// default in-memory store), so a second handshake with it offers a resumption ticket.
+fn resuming_config(
+    pki: &Pki,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(pki.layout.ca_cert())? {
+        roots.add(ca?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"skv/1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What became of one TLS connection: how its handshake went, and what the node did next
+/// (nothing within `wait`: `None`; an alert or a close: the error or EOF).
+async fn handshake_then_listen(
+    config: &Arc<rustls::ClientConfig>,
+    addr: &str,
+    wait: Duration,
+) -> anyhow::Result<(Option<rustls::HandshakeKind>, Option<String>)> {
+    use tokio::io::AsyncReadExt;
+    let socket = tokio::net::TcpStream::connect(addr).await?;
+    let mut stream = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(ServerName::try_from("127.0.0.1")?, socket)
+        .await?;
+    let kind = stream.get_ref().1.handshake_kind();
+    // Reading takes in the node's session tickets, or its verdict on our certificate (TLS
+    // 1.3 sends a refusal after the client's last handshake flight).
+    let mut byte = [0u8; 1];
+    let heard = match tokio::time::timeout(wait, stream.read(&mut byte)).await {
+        Err(_) => None,
+        Ok(Ok(0)) => Some("closed".to_owned()),
+        Ok(Ok(_)) => Some("data".to_owned()),
+        Ok(Err(e)) => Some(e.to_string()),
+    };
+    Ok((kind, heard))
+}
+
+/// The node resumes TLS 1.3 sessions (X25519 key exchange), and a revocation ends them: a
+/// client holding a ticket from before its certificate was revoked does not resume, it is
+/// sent through a full handshake and refused there. (A resumed handshake runs no certificate
+/// verification; this holds because every reload builds a fresh server config, and with it
+/// a fresh session store.)
+#[test]
+fn a_session_resumed_after_its_certificate_is_revoked_is_refused() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    let node = start(&pki)?;
+    let (cert, key) = pki.issue("mallory", &LeafSpec::client("mallory"))?;
+    let config = resuming_config(&pki, &cert, &key)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let listen = Duration::from_millis(500);
+    let (first, heard) = rt.block_on(handshake_then_listen(&config, &node.addr, listen))?;
+    assert_eq!(first, Some(rustls::HandshakeKind::Full));
+    assert_eq!(heard, None, "a valid certificate is not refused");
+    let (second, heard) = rt.block_on(handshake_then_listen(&config, &node.addr, listen))?;
+    assert_eq!(
+        second,
+        Some(rustls::HandshakeKind::Resumed),
+        "a reconnecting client resumes its session"
+    );
+    assert_eq!(heard, None);
+    // X25519 is what a default rustls client and the node agree on.
+    let group = rt.block_on(async {
+        let socket = tokio::net::TcpStream::connect(&node.addr).await?;
+        let stream = tokio_rustls::TlsConnector::from(resuming_config(&pki, &cert, &key)?)
+            .connect(ServerName::try_from("127.0.0.1")?, socket)
+            .await?;
+        anyhow::Ok(
+            stream
+                .get_ref()
+                .1
+                .negotiated_key_exchange_group()
+                .map(|g| g.name()),
+        )
+    })?;
+    assert_eq!(group, Some(rustls::NamedGroup::X25519));
+
+    revoke(&pki, &["--cert", &cert.display().to_string()])?;
+    let mallory = tls_opts(&pki, &node.addr, &cert, &key);
+    eventually("the node refuses mallory's handshake", || {
+        Ok(rt.block_on(Connection::connect(&mallory)).is_err())
+    })?;
+    // The config still holds tickets from the resumed connection: the client offers one.
+    let (kind, heard) = rt.block_on(handshake_then_listen(
+        &config,
+        &node.addr,
+        Duration::from_secs(10),
+    ))?;
+    assert_ne!(
+        kind,
+        Some(rustls::HandshakeKind::Resumed),
+        "resumed past a revocation"
+    );
+    let heard = heard.ok_or_else(|| anyhow::anyhow!("the node never refused the connection"))?;
+    assert!(
+        heard.to_lowercase().contains("revoked"),
+        "refused for the revocation: {heard}"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_revoked_client_certificate_is_refused_without_a_restart() -> anyhow::Result<()> {
     let pki = Pki::new()?;
