@@ -390,6 +390,8 @@ impl Routing {
 pub struct ConnectStats {
     /// Connections opened successfully (TCP connect, TLS handshake, HELLO).
     pub opened: u64,
+    /// Of those, the ones whose TLS handshake resumed an earlier session.
+    pub resumed: u64,
     /// Time spent opening them.
     pub time: Duration,
 }
@@ -419,6 +421,7 @@ struct Shared {
     /// one session get the same number.
     last_seq: AtomicU64,
     opened: AtomicU64,
+    resumed: AtomicU64,
     open_nanos: AtomicU64,
 }
 
@@ -495,6 +498,7 @@ impl ClusterClient {
             if let Some(expected) = expected_node(&map, &pooled_addr) {
                 conn.check_node(&expected)?;
             }
+            let resumed = conn.resumed_tls();
             let mut pool = HashMap::new();
             pool.insert(
                 pooled_addr.clone(),
@@ -502,7 +506,7 @@ impl ClusterClient {
             );
             let routing = Routing::build(Arc::new(Table::new(map)), &mut pool, None);
             let client = ClusterClient::assemble(opts, tls, contacts.clone(), routing, pool);
-            client.shared.count_open(took);
+            client.shared.count_open(took, resumed);
             return Ok(client);
         }
         Err(first_failure
@@ -528,6 +532,7 @@ impl ClusterClient {
                 client_id: random_client_id(),
                 last_seq: AtomicU64::new(0),
                 opened: AtomicU64::new(0),
+                resumed: AtomicU64::new(0),
                 open_nanos: AtomicU64::new(0),
             }),
             consistency: Consistency::Linearizable,
@@ -541,8 +546,18 @@ impl ClusterClient {
     /// (what `skv bench --reconnect-every` measures). Nothing is dialled until it is used or
     /// [`ClusterClient::open_connections`] is called.
     pub fn fresh(&self) -> Result<ClusterClient, ClientError> {
+        Ok(self.fresh_with(tls_config(&self.shared.opts.security)?))
+    }
+
+    /// [`ClusterClient::fresh`], but sharing this client's TLS config, and with it the TLS
+    /// sessions it holds: its connections resume them (TLS 1.3 tickets), as a client that
+    /// reconnects would (what `skv bench --reconnect-every N --resume` measures).
+    pub fn fresh_resuming(&self) -> ClusterClient {
+        self.fresh_with(self.shared.tls.clone())
+    }
+
+    fn fresh_with(&self, tls: Option<Arc<ClientConfig>>) -> ClusterClient {
         let s = &self.shared;
-        let tls = tls_config(&s.opts.security)?;
         let mut pool = HashMap::new();
         let current = s.routing();
         let routing = Routing::build(current.table.clone(), &mut pool, Some(&current));
@@ -550,7 +565,7 @@ impl ClusterClient {
             ClusterClient::assemble(s.opts.clone(), tls, s.seeds.clone(), routing, pool);
         client.consistency = self.consistency;
         client.failover = self.failover;
-        Ok(client)
+        client
     }
 
     /// A clone of this client (same map, connections and write session) that sends reads
@@ -637,6 +652,7 @@ impl ClusterClient {
     pub fn connect_stats(&self) -> ConnectStats {
         ConnectStats {
             opened: self.shared.opened.load(Ordering::Relaxed),
+            resumed: self.shared.resumed.load(Ordering::Relaxed),
             time: Duration::from_nanos(self.shared.open_nanos.load(Ordering::Relaxed)),
         }
     }
@@ -1487,15 +1503,18 @@ impl Shared {
         opts.expect_node = expected_node(self.routing().map(), addr);
         match Connection::connect_with(&opts, self.tls.clone()).await {
             Ok(conn) => {
-                self.count_open(began.elapsed());
+                self.count_open(began.elapsed(), conn.resumed_tls());
                 Ok(Arc::new(conn))
             }
             Err(err) => Err((err, Instant::now())),
         }
     }
 
-    fn count_open(&self, took: Duration) {
+    fn count_open(&self, took: Duration, resumed: bool) {
         self.opened.fetch_add(1, Ordering::Relaxed);
+        if resumed {
+            self.resumed.fetch_add(1, Ordering::Relaxed);
+        }
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.open_nanos.fetch_add(nanos, Ordering::Relaxed);
     }

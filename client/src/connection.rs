@@ -68,6 +68,8 @@ pub struct Connection {
     /// The `spiffe://` URI SANs of the node's certificate; `None` without a certificate
     /// checked here (plaintext, or a stream secured by the caller).
     spiffe: Option<Arc<[String]>>,
+    /// Whether the TLS handshake resumed an earlier session (no certificate exchange).
+    resumed: bool,
 }
 
 impl Connection {
@@ -136,7 +138,11 @@ impl Connection {
                 if let Some(expected) = &opts.expect_node {
                     check_node(&opts.addr, &spiffe, expected)?;
                 }
-                Self::start(stream, opts, ca, 0, Some(spiffe.into())).await
+                let resumed =
+                    stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                let mut conn = Self::start(stream, opts, ca, 0, Some(spiffe.into())).await?;
+                conn.resumed = resumed;
+                Ok(conn)
             }
             _ => Self::start(socket, opts, None, 0, None).await,
         }
@@ -246,7 +252,14 @@ impl Connection {
             request_timeout: opts.request_timeout,
             max_frame: limit,
             spiffe,
+            resumed: false,
         })
+    }
+
+    /// Whether this connection's TLS handshake resumed an earlier session of the same
+    /// client config (a ticket from a previous connection) instead of a full handshake.
+    pub fn resumed_tls(&self) -> bool {
+        self.resumed
     }
 
     /// Whether the node's certificate names `expected` (`spiffe://<cluster>/node/<id>`):

@@ -351,6 +351,7 @@ fn report(
         unsent: t.unsent,
         handshakes: t.handshakes,
         handshakes_measured: t.handshakes_measured,
+        handshakes_resumed: t.handshakes_resumed,
         handshake_mean_us: if t.handshakes > 0 {
             t.handshake_time.as_secs_f64() * 1e6 / t.handshakes as f64
         } else {

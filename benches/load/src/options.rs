@@ -201,6 +201,9 @@ pub struct BenchOptions {
     /// Replace each task's connections after this many requests (new TCP + full TLS
     /// handshakes).
     pub reconnect_every: Option<u64>,
+    /// With `reconnect_every`: the replacement connections resume the TLS sessions of the
+    /// ones they replace (a client that reconnects), instead of full handshakes.
+    pub resume: bool,
     /// Entries each SCAN asks for.
     pub scan_limit: u32,
     /// Seed for key choice and read/write mix; equal seeds send equal key sequences.
@@ -237,6 +240,7 @@ impl BenchOptions {
             warmup: Duration::from_secs(1),
             rate: None,
             reconnect_every: None,
+            resume: false,
             scan_limit: 10,
             seed: 1,
             preload: true,
@@ -287,6 +291,11 @@ impl BenchOptions {
         }
         if self.reconnect_every == Some(0) {
             return bad("--reconnect-every must be at least 1".into());
+        }
+        if self.resume && self.reconnect_every.is_none() {
+            return bad(
+                "--resume needs --reconnect-every (only replacement connections resume)".into(),
+            );
         }
         if self.scan_limit == 0 || self.scan_limit > MAX_SCAN_LIMIT {
             return bad(format!("--scan-limit must be within 1..={MAX_SCAN_LIMIT}"));
@@ -392,7 +401,7 @@ mod tests {
         let base = BenchOptions::new(ConnectOptions::new("127.0.0.1:1", Security::Plaintext));
         assert!(base.validate().is_ok());
         type Change = fn(&mut BenchOptions);
-        let cases: [(&str, Change); 11] = [
+        let cases: [(&str, Change); 12] = [
             ("--conns", |o| o.conns = 0),
             ("--inflight", |o| o.inflight = 0),
             ("--keys", |o| o.keys = 0),
@@ -405,6 +414,7 @@ mod tests {
             ("--rate", |o| o.rate = Some(0.0)),
             ("--rate", |o| o.rate = Some(f64::NAN)),
             ("--reconnect-every", |o| o.reconnect_every = Some(0)),
+            ("--resume needs --reconnect-every", |o| o.resume = true),
             ("--scan-limit", |o| o.scan_limit = 0),
         ];
         for (needle, change) in cases {

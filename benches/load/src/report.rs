@@ -64,6 +64,8 @@ pub(crate) struct TaskStats {
     /// Of those, connections opened inside the measured window (replacements only: the
     /// first connections open before it).
     pub(crate) handshakes_measured: u64,
+    /// Of all the connections opened, those whose TLS handshake resumed a session.
+    pub(crate) handshakes_resumed: u64,
     /// Time spent opening them.
     pub(crate) handshake_time: Duration,
     /// Open loop: requests that were due before the end but never sent.
@@ -82,6 +84,7 @@ impl TaskStats {
             not_found: 0,
             handshakes: 0,
             handshakes_measured: 0,
+            handshakes_resumed: 0,
             handshake_time: Duration::ZERO,
             unsent: 0,
             last_completion: None,
@@ -104,6 +107,7 @@ impl TaskStats {
         self.not_found += other.not_found;
         self.handshakes += other.handshakes;
         self.handshakes_measured += other.handshakes_measured;
+        self.handshakes_resumed += other.handshakes_resumed;
         self.handshake_time += other.handshake_time;
         self.unsent += other.unsent;
         self.last_completion = self.last_completion.max(other.last_completion);
@@ -164,6 +168,9 @@ pub struct BenchReport {
     /// Connections opened inside the measured window (so `handshakes_measured /
     /// duration_secs` is the handshake rate while measuring).
     pub handshakes_measured: u64,
+    /// Of `handshakes`, those whose TLS handshake resumed an earlier session (a TLS 1.3
+    /// ticket) instead of a full handshake; only `--resume` runs resume.
+    pub handshakes_resumed: u64,
     /// Mean time to open one (TCP connect, TLS handshake, HELLO), µs.
     pub handshake_mean_us: f64,
     /// Length of the measured window, seconds: from the end of the warmup to the last
@@ -269,9 +276,14 @@ impl BenchReport {
             (
                 "handshakes",
                 format!(
-                    "{} (mean {})",
+                    "{} (mean {}{})",
                     group(self.handshakes),
-                    micros(self.handshake_mean_us.round() as u64)
+                    micros(self.handshake_mean_us.round() as u64),
+                    if self.handshakes_resumed > 0 {
+                        format!(", {} resumed", group(self.handshakes_resumed))
+                    } else {
+                        String::new()
+                    }
                 ),
             ),
         ];

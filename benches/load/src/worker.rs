@@ -207,6 +207,7 @@ impl Worker {
     fn harvest(&mut self, client: &ClusterClient) {
         let opened = client.connect_stats();
         self.stats.handshakes += opened.opened;
+        self.stats.handshakes_resumed += opened.resumed;
         self.stats.handshake_time += opened.time;
         if let Some(base) = self.window_base {
             self.stats.handshakes_measured += opened.opened.saturating_sub(base);
@@ -219,7 +220,11 @@ impl Worker {
         let client = match how {
             Renew::Repair => old,
             Renew::Replace => {
-                let next = old.fresh();
+                let next = if self.plan.opts.resume {
+                    Ok(old.fresh_resuming())
+                } else {
+                    old.fresh()
+                };
                 self.harvest(&old);
                 // Drop the old client first so its sockets close before the new handshakes.
                 drop(old);

@@ -61,6 +61,11 @@ pub(crate) struct BenchArgs {
     /// Replace each connection after N requests (a new TCP and TLS handshake each time).
     #[arg(long, value_name = "N")]
     reconnect_every: Option<u64>,
+    /// With --reconnect-every: each replacement connection resumes the TLS session of the
+    /// one it replaces (a TLS 1.3 ticket), as a reconnecting client does, instead of a full
+    /// handshake; the report counts the resumed ones.
+    #[arg(long, requires = "reconnect_every")]
+    resume: bool,
     /// Entries per SCAN (scan workload).
     #[arg(long, default_value_t = 10, value_name = "N")]
     scan_limit: u32,
@@ -271,6 +276,7 @@ fn options(connect: skv_client::ConnectOptions, args: &BenchArgs) -> BenchOption
     opts.warmup = args.warmup;
     opts.rate = args.rate;
     opts.reconnect_every = args.reconnect_every;
+    opts.resume = args.resume;
     opts.scan_limit = args.scan_limit;
     opts.seed = args.seed;
     opts

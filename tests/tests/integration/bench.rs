@@ -130,7 +130,47 @@ fn bench_reports_mixed_and_reconnecting_runs() -> anyhow::Result<()> {
     // the 2 initial handshakes (the warmup adds more).
     let handshakes = put["handshakes"].as_u64().unwrap();
     assert!(handshakes >= 10, "reconnects happened: {put}");
+    assert_eq!(
+        put["handshakes_resumed"], 0,
+        "each replacement is a full handshake: {put}"
+    );
     assert_adds_up(&put);
+
+    // With --resume a replacement resumes the TLS session of the connection it replaces;
+    // only each task's first connection is a full handshake.
+    let resumed = bench_json(
+        &alice,
+        &[
+            "--workload",
+            "put",
+            "--requests",
+            "500",
+            "--conns",
+            "2",
+            "--reconnect-every",
+            "50",
+            "--resume",
+            "--json",
+        ],
+    )?;
+    assert_sane(&resumed);
+    let opened = resumed["handshakes"].as_u64().unwrap();
+    let again = resumed["handshakes_resumed"].as_u64().unwrap();
+    assert!(opened >= 10, "reconnects happened: {resumed}");
+    assert!(
+        again >= opened - 2 && again < opened,
+        "all but the 2 first connections resumed: {resumed}"
+    );
+    let out = skv(
+        &with(alice.clone(), &["bench", "--resume", "--requests", "10"]),
+        None,
+    )?;
+    assert_eq!(
+        code(&out),
+        2,
+        "--resume without --reconnect-every: {}",
+        err_text(&out)
+    );
 
     // The people's output: the summary over 2 full seconds, and with --per-second every
     // second as a row.
