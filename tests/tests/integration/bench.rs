@@ -102,20 +102,19 @@ fn bench_reports_mixed_and_reconnecting_runs() -> anyhow::Result<()> {
     assert_eq!(code(&out), 0, "{}", err_text(&out));
     assert_eq!(out.stdout.len(), 100);
 
-    let put = bench_json(
-        &alice,
-        &[
-            "--workload",
-            "put",
-            "--requests",
-            "500",
-            "--conns",
-            "2",
-            "--reconnect-every",
-            "50",
-            "--json",
-        ],
-    )?;
+    // 500 writes on 2 connections, each replaced every 50 requests.
+    let reconnecting = [
+        "--workload",
+        "put",
+        "--requests",
+        "500",
+        "--conns",
+        "2",
+        "--reconnect-every",
+        "50",
+        "--json",
+    ];
+    let put = bench_json(&alice, &reconnecting)?;
     assert_sane(&put);
     assert_eq!(put["workload"], "put");
     assert_eq!(
@@ -138,21 +137,7 @@ fn bench_reports_mixed_and_reconnecting_runs() -> anyhow::Result<()> {
 
     // With --resume a replacement resumes the TLS session of the connection it replaces;
     // only each task's first connection is a full handshake.
-    let resumed = bench_json(
-        &alice,
-        &[
-            "--workload",
-            "put",
-            "--requests",
-            "500",
-            "--conns",
-            "2",
-            "--reconnect-every",
-            "50",
-            "--resume",
-            "--json",
-        ],
-    )?;
+    let resumed = bench_json(&alice, &[&reconnecting[..], &["--resume"]].concat())?;
     assert_sane(&resumed);
     let opened = resumed["handshakes"].as_u64().unwrap();
     let again = resumed["handshakes_resumed"].as_u64().unwrap();

@@ -58,24 +58,16 @@ fn revoke(pki: &Pki, which: &[&str]) -> anyhow::Result<String> {
 /// The serial number (hex) of the certificate the node at `addr` presents to a new
 /// connection, read from a real handshake as alice.
 fn served_serial(pki: &Pki, addr: &str) -> anyhow::Result<String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(pki.layout.ca_cert())? {
-        roots.add(cert?)?;
-    }
-    let chain = CertificateDer::pem_file_iter(pki.layout.client_cert("alice"))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(pki.layout.client_key("alice"))?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)?;
+    let config = client_config(
+        pki,
+        &pki.layout.client_cert("alice"),
+        &pki.layout.client_key("alice"),
+    )?;
     let addr = addr.to_owned();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let socket = tokio::net::TcpStream::connect(&addr).await?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let stream = tokio_rustls::TlsConnector::from(config)
             .connect(ServerName::try_from("127.0.0.1")?, socket)
             .await?;
         let leaf = stream
@@ -115,13 +107,10 @@ fn log_len(node: &Node) -> anyhow::Result<usize> {
     Ok(std::fs::read_to_string(&node.log)?.len())
 }
 
-/// A rustls client config for `cert`/`key` that keeps the sessions it is given (rustls'
-/// default in-memory store), so a second handshake with it offers a resumption ticket.
-fn resuming_config(
-    pki: &Pki,
-    cert: &Path,
-    key: &Path,
-) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+/// A rustls client config for `cert`/`key` (TLS 1.3, the node's ALPN). It keeps the sessions
+/// it is given (rustls' default in-memory store), so a second handshake with it offers a
+/// resumption ticket.
+fn client_config(pki: &Pki, cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(pki.layout.ca_cert())? {
         roots.add(ca?)?;
@@ -173,7 +162,7 @@ fn a_session_resumed_after_its_certificate_is_revoked_is_refused() -> anyhow::Re
     let pki = Pki::new()?;
     let node = start(&pki)?;
     let (cert, key) = pki.issue("mallory", &LeafSpec::client("mallory"))?;
-    let config = resuming_config(&pki, &cert, &key)?;
+    let config = client_config(&pki, &cert, &key)?;
     let rt = tokio::runtime::Runtime::new()?;
     let listen = Duration::from_millis(500);
     let (first, heard) = rt.block_on(handshake_then_listen(&config, &node.addr, listen))?;
@@ -189,7 +178,7 @@ fn a_session_resumed_after_its_certificate_is_revoked_is_refused() -> anyhow::Re
     // X25519 is what a default rustls client and the node agree on.
     let group = rt.block_on(async {
         let socket = tokio::net::TcpStream::connect(&node.addr).await?;
-        let stream = tokio_rustls::TlsConnector::from(resuming_config(&pki, &cert, &key)?)
+        let stream = tokio_rustls::TlsConnector::from(client_config(&pki, &cert, &key)?)
             .connect(ServerName::try_from("127.0.0.1")?, socket)
             .await?;
         anyhow::Ok(
