@@ -72,8 +72,27 @@ impl Cluster {
         }
     }
 
-    /// Decide `change` on the metadata group: here when this node leads it, else at its leader.
+    /// Decide `change` on the metadata group (here when this node leads it, else at its
+    /// leader), then wait until this node serves the map it made, so the administrator's next
+    /// request here sees it.
     pub(crate) async fn change_map(&self, change: MapChange) -> Result<ControlResponse, WireError> {
+        let response = self.decide_map(change).await?;
+        if let ControlResponse::Map { map } = &response {
+            if !self
+                .await_installed(map.epoch, std::time::Duration::from_secs(5))
+                .await
+            {
+                tracing::warn!(
+                    epoch = map.epoch,
+                    "a committed map change is not installed here after 5 s; this node answers \
+                     from its older map until it is"
+                );
+            }
+        }
+        Ok(response)
+    }
+
+    async fn decide_map(&self, change: MapChange) -> Result<ControlResponse, WireError> {
         let Some(repl) = self.repl.load_full() else {
             return Err(WireError::new(ErrorCode::Internal, "not a replicated node"));
         };

@@ -143,6 +143,9 @@ pub(crate) struct Cluster {
     name: String,
     /// The current view; swapped whole, so the request path reads it without a lock.
     view: ArcSwap<View>,
+    /// The epoch of the current view, for control requests that wait until this node serves
+    /// the map change they committed (see [`Cluster::await_installed`]).
+    installed: tokio::sync::watch::Sender<u64>,
     /// Serializes installs of new maps (and their persisting).
     install_lock: Mutex<()>,
     /// Every shard opened on this node, served or not, by id.
@@ -235,6 +238,7 @@ impl Cluster {
                 replicas: Vec::new(),
                 replicated: false,
             }),
+            installed: tokio::sync::watch::Sender::new(0),
             install_lock: Mutex::new(()),
             hosted: Mutex::new(BTreeMap::new()),
             persist,
@@ -303,6 +307,7 @@ impl Cluster {
                 replicas: Vec::new(),
                 replicated: true,
             }),
+            installed: tokio::sync::watch::Sender::new(0),
             install_lock: Mutex::new(()),
             hosted: Mutex::new(BTreeMap::new()),
             persist: placement.data_dir.map(|d| d.join(MAP_FILE)),
@@ -514,6 +519,19 @@ impl Cluster {
         self.view.load_full()
     }
 
+    /// Wait, for at most `limit`, until this node serves a map of at least `epoch`. A map
+    /// change is committed before this node installs it (the install opens replicas first),
+    /// so without this wait an administrator's next request here could still see the old map:
+    /// `add-node` then `rebalance` would plan without the node just added. Returns whether the
+    /// map arrived; the change stands either way.
+    pub(crate) async fn await_installed(&self, epoch: u64, limit: std::time::Duration) -> bool {
+        let mut installed = self.installed.subscribe();
+        let arrived = tokio::time::timeout(limit, installed.wait_for(|now| *now >= epoch))
+            .await
+            .is_ok_and(|seen| seen.is_ok());
+        arrived
+    }
+
     /// The current view for the length of one request: no reference count is touched, so
     /// concurrent requests do not contend on the view's cache line. Do not hold it across an
     /// `.await`.
@@ -562,6 +580,7 @@ impl Cluster {
     fn swap_in(&self, view: View) {
         let view = Arc::new(view);
         self.view.store(view.clone());
+        self.installed.send_replace(view.epoch());
         let hosted = self.hosted.lock().unwrap_or_else(PoisonError::into_inner);
         for (id, shard) in hosted.iter() {
             let slots = view
