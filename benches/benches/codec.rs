@@ -11,6 +11,7 @@ fn codec(c: &mut Criterion) {
         let request = Request {
             id: 42,
             token: None,
+            handle: None,
             session: None,
             consistency: skv_proto::Consistency::Linearizable,
             body: RequestBody::Put {

@@ -95,8 +95,14 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Deadline for each request's answer.
     pub request_timeout: Duration,
-    /// Bearer token sent with every request (for nodes that check tokens).
+    /// Bearer token for nodes that check tokens: in HELLO, and where the node reads tokens
+    /// per request, with every request (or, see `token_handles`, registered once).
     pub token: Option<String>,
+    /// On a node that reads tokens per request and speaks protocol version 2, register the
+    /// token once per connection (REGISTER_TOKEN) and name it by its handle in each request,
+    /// instead of sending the whole token every time (docs/PROTOCOL.md, "Token handles").
+    /// On by default; a node that refuses the registration gets the full token instead.
+    pub token_handles: bool,
     /// The node the certificate must name, beyond the host name: its SPIFFE ID must be
     /// `spiffe://<cluster>/node/<id>`. The cluster client sets it from the map for every
     /// node it dials, so another node's certificate (valid for the same host) is refused.
@@ -130,6 +136,7 @@ impl ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             token: None,
+            token_handles: true,
             expect_node: None,
         }
     }

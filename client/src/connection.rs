@@ -14,7 +14,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use skv_proto::{
     ClusterMap, ControlRequest, ControlResponse, FrameCodec, FrameError, Request, RequestBody,
-    Response, ResponseBody, ScanEntry, TokenPlacement, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    Response, ResponseBody, ScanEntry, TokenPlacement, DEFAULT_MAX_FRAME, HANDLES_VERSION,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -193,10 +194,11 @@ impl Connection {
         let hello = Request {
             id: 0,
             token: token.clone(),
+            handle: None,
             session: None,
             consistency: skv_proto::Consistency::Linearizable,
             body: RequestBody::Hello {
-                min_version: PROTOCOL_VERSION,
+                min_version: MIN_PROTOCOL_VERSION,
                 max_version: PROTOCOL_VERSION,
             },
         };
@@ -220,13 +222,13 @@ impl Connection {
                 })
             }
         };
-        let (node, max_frame, placement) = match answer.body {
+        let (node, max_frame, placement, version) = match answer.body {
             ResponseBody::HelloOk {
                 node,
                 max_frame,
                 token: placement,
-                ..
-            } => (node, max_frame as usize, placement),
+                version,
+            } => (node, max_frame as usize, placement, version),
             ResponseBody::Error(err) => return Err(ClientError::from_wire(err)),
             other => {
                 return Err(ClientError::Protocol(format!(
@@ -240,11 +242,25 @@ impl Connection {
         let (calls, rx) = mpsc::channel(QUEUE);
         // Send the token only where the node reads it: per-connection nodes had it in HELLO,
         // and bytes a node ignores still cost TLS, copies and syscalls on every request.
-        let request_token = match placement {
+        let mut request_token = match placement {
             TokenPlacement::PerRequest => token,
             TokenPlacement::PerConnection | TokenPlacement::None => None,
         };
-        tokio::spawn(drive(framed, rx, request_token, addr.clone(), ca));
+        let mut framed = framed;
+        let mut handle = None;
+        if let Some(token) = request_token.clone() {
+            if opts.token_handles && version >= HANDLES_VERSION {
+                handle = register_token(&mut framed, token, &addr, ca.as_deref()).await?;
+                if handle.is_some() {
+                    request_token = None;
+                }
+            }
+        }
+        let credential = match handle {
+            Some(handle) => Credential::Handle(handle),
+            None => Credential::Token(request_token),
+        };
+        tokio::spawn(drive(framed, rx, credential, addr.clone(), ca));
         Ok(Connection {
             calls,
             node,
@@ -583,6 +599,7 @@ fn unexpected(op: &str, body: &ResponseBody) -> ClientError {
         ResponseBody::Moved { .. } => "MOVED",
         ResponseBody::NotLeader { .. } => "NOT_LEADER",
         ResponseBody::Raft { .. } => "RAFT",
+        ResponseBody::TokenHandle { .. } => "TOKEN_HANDLE",
         ResponseBody::Error(_) => "ERROR",
     };
     ClientError::Protocol(format!("the node answered {op} with {kind}"))
@@ -601,19 +618,77 @@ fn frame_error(addr: &str, err: FrameError, ca: Option<&str>) -> ClientError {
     }
 }
 
+/// What every request of a connection carries to say who sends it.
+#[derive(Debug, Clone)]
+enum Credential {
+    /// The whole token, or nothing (nodes that read no token per request).
+    Token(Option<Bytes>),
+    /// The handle the node gave the token at REGISTER_TOKEN.
+    Handle(u32),
+}
+
+/// Id of the REGISTER_TOKEN request, sent right after HELLO (id 0) and before the driver's
+/// first request.
+const REGISTER_ID: u64 = 1;
+
+/// Register `token` on a fresh connection (protocol version 2): its handle, or `None` when
+/// the node refuses the registration. A refused token then travels in full, so the client
+/// meets exactly the refusal a version-1 connection would (an expired token, say, still lets
+/// PING through, and every other request is told why it is refused).
+async fn register_token<S>(
+    framed: &mut Framed<S, FrameCodec>,
+    token: Bytes,
+    addr: &str,
+    ca: Option<&str>,
+) -> Result<Option<u32>, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let io_err = |e: FrameError| frame_error(addr, e, ca);
+    let request = Request::new(REGISTER_ID, RequestBody::RegisterToken { token });
+    framed.send(&request).await.map_err(io_err)?;
+    let answer = match framed.next().await {
+        Some(Ok(payload)) => Response::decode(payload).map_err(|e| {
+            ClientError::Protocol(format!("{addr} answered REGISTER_TOKEN unreadably: {e}"))
+        })?,
+        Some(Err(e)) => return Err(io_err(e)),
+        None => {
+            return Err(ClientError::Disconnected {
+                addr: addr.to_owned(),
+                reason: "the node closed the connection right after HELLO; see its log".into(),
+            })
+        }
+    };
+    match answer.body {
+        _ if answer.id != REGISTER_ID => Err(ClientError::Protocol(format!(
+            "{addr} answered REGISTER_TOKEN with the id of another request ({})",
+            answer.id
+        ))),
+        ResponseBody::TokenHandle { handle } => Ok(Some(handle)),
+        ResponseBody::Error(_) => Ok(None),
+        other => Err(ClientError::Protocol(format!(
+            "{addr} answered REGISTER_TOKEN with {other:?}"
+        ))),
+    }
+}
+
 /// The driver: owns the socket, assigns ids, batches writes, routes answers.
 async fn drive<S>(
     mut framed: Framed<S, FrameCodec>,
     mut calls: mpsc::Receiver<Call>,
-    token: Option<Bytes>,
+    credential: Credential,
     addr: String,
     ca: Option<String>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut waiting: HashMap<u64, Reply> = HashMap::new();
-    // Id 0 was HELLO's.
-    let mut next_id: u64 = 1;
+    let (token, handle) = match credential {
+        Credential::Token(token) => (token, None),
+        Credential::Handle(handle) => (None, Some(handle)),
+    };
+    // Id 0 was HELLO's, id 1 REGISTER_TOKEN's (sent or not: ids need only be unique).
+    let mut next_id: u64 = REGISTER_ID + 1;
     let failure = loop {
         tokio::select! {
             call = calls.recv() => {
@@ -626,6 +701,7 @@ async fn drive<S>(
                     let request = Request {
                         id,
                         token: token.clone(),
+                        handle,
                         session: call.session,
                         consistency: call.consistency,
                         body: call.body,

@@ -22,7 +22,8 @@ pub use frame::{
 pub use message::{
     peek_request_id, scan_entry_wire_len, Consistency, DecodeError, ErrorCode, Op, Request,
     RequestBody, Response, ResponseBody, ScanEntry, Session, TokenPlacement, WireError,
-    MAX_KEY_LEN, MAX_RAFT_PAYLOAD, MAX_SCAN_PAGE, MAX_TOKEN_LEN, SCAN_PAGE_OVERHEAD,
+    HANDLES_VERSION, MAX_HANDLES_PER_CONNECTION, MAX_KEY_LEN, MAX_RAFT_PAYLOAD, MAX_SCAN_PAGE,
+    MAX_TOKEN_LEN, SCAN_PAGE_OVERHEAD,
 };
 
 /// The default lower bound of a node's Raft election timeout, in milliseconds (the upper bound
@@ -33,9 +34,13 @@ pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 300;
 /// The address a node listens on, and a client dials, unless told otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
 
-/// The protocol version this build speaks. A client offers a range in HELLO; the node picks
-/// the highest version both sides know.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this build speaks. A client offers a range in HELLO; the node
+/// picks the highest version both sides know. Version 2 adds token handles
+/// ([`HANDLES_VERSION`]); everything of version 1 is unchanged in it.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// The three bytes that open every HELLO body, so a node can tell a confused peer (an HTTP
 /// client, a TLS client on a plaintext port) from an skv client with a different version.

@@ -35,8 +35,22 @@ const FLAG_SESSION: u8 = 0x02;
 const FLAG_STALE: u8 = 0x04;
 /// Request envelope flag, SCAN only: keys and versions, no values.
 const FLAG_KEYS_ONLY: u8 = 0x08;
+/// Request envelope flag (protocol version 2): a token handle (u32) follows the flags, in
+/// place of a token. Never together with [`FLAG_TOKEN`].
+const FLAG_HANDLE: u8 = 0x10;
 /// Every envelope flag this version knows.
-const KNOWN_FLAGS: u8 = FLAG_TOKEN | FLAG_SESSION | FLAG_STALE | FLAG_KEYS_ONLY;
+const KNOWN_FLAGS: u8 = FLAG_TOKEN | FLAG_SESSION | FLAG_STALE | FLAG_KEYS_ONLY | FLAG_HANDLE;
+
+/// Most token handles one connection holds at a time (protocol version 2): a proxy
+/// multiplexing users registers one per user. A REGISTER_TOKEN past it is refused with
+/// [`ErrorCode::TooManyHandles`] (after the node has dropped handles whose token expired),
+/// so a connection pins at most this many tokens of at most [`MAX_TOKEN_LEN`] bytes each.
+pub const MAX_HANDLES_PER_CONNECTION: usize = 64;
+
+/// The first protocol version with token handles (REGISTER_TOKEN, the handle flag and the
+/// TOKEN_HANDLE answer). A node answers them with `unknown_op` / `malformed` on a connection
+/// that negotiated an older version.
+pub const HANDLES_VERSION: u16 = 2;
 
 /// Largest payload of one Raft message between nodes (AppendEntries, a vote, one snapshot
 /// chunk), in bytes. Senders cut batches and snapshot chunks below it; receivers refuse larger.
@@ -68,6 +82,8 @@ pub enum Op {
     Import = 0x09,
     /// Peer only: one Raft message for one replica group.
     Raft = 0x0a,
+    /// Register a token on this connection and get a handle for it (protocol version 2).
+    RegisterToken = 0x0b,
 }
 
 impl Op {
@@ -85,6 +101,7 @@ impl Op {
             Op::Control => "control",
             Op::Import => "import",
             Op::Raft => "raft",
+            Op::RegisterToken => "register_token",
         }
     }
 
@@ -101,6 +118,7 @@ impl Op {
             0x08 => Op::Control,
             0x09 => Op::Import,
             0x0a => Op::Raft,
+            0x0b => Op::RegisterToken,
             _ => return None,
         })
     }
@@ -113,6 +131,9 @@ pub struct Request {
     pub id: u64,
     /// Bearer token (a JWT) for nodes that check one per request.
     pub token: Option<Bytes>,
+    /// A token handle this connection registered (REGISTER_TOKEN), in place of `token`
+    /// (protocol version 2). Setting both is a client bug the node refuses as `malformed`.
+    pub handle: Option<u32>,
     /// For writes: who sends it and its place in that client's sequence, so a write retried
     /// after a lost answer is applied once (docs/PROTOCOL.md, "Sessions").
     pub session: Option<Session>,
@@ -128,6 +149,7 @@ impl Request {
         Request {
             id,
             token: None,
+            handle: None,
             session: None,
             consistency: Consistency::Linearizable,
             body,
@@ -227,6 +249,12 @@ pub enum RequestBody {
         /// The encoded message.
         payload: Bytes,
     },
+    /// Verify `token` once and name it by a handle on this connection from now on
+    /// (protocol version 2); answered with [`ResponseBody::TokenHandle`].
+    RegisterToken {
+        /// The bearer token, at most [`MAX_TOKEN_LEN`] bytes.
+        token: Bytes,
+    },
     /// Peer only: entries to store with their versions, and keys to remove, while slots move
     /// to this node.
     Import {
@@ -252,6 +280,7 @@ impl RequestBody {
             RequestBody::Control { .. } => Op::Control,
             RequestBody::Import { .. } => Op::Import,
             RequestBody::Raft { .. } => Op::Raft,
+            RequestBody::RegisterToken { .. } => Op::RegisterToken,
         }
     }
 
@@ -375,6 +404,12 @@ pub enum ResponseBody {
         /// The encoded reply.
         payload: Bytes,
     },
+    /// REGISTER_TOKEN verified the token: requests on this connection may name it by
+    /// `handle` (protocol version 2).
+    TokenHandle {
+        /// The handle, local to this connection and never reused on it.
+        handle: u32,
+    },
     /// The request failed.
     Error(WireError),
 }
@@ -488,6 +523,13 @@ pub enum ErrorCode {
     /// while it serves the requests of those already established. Nothing was done; the
     /// error carries how long to wait.
     Overloaded,
+    /// REGISTER_TOKEN on a connection that already holds
+    /// [`MAX_HANDLES_PER_CONNECTION`] live handles. Nothing was registered; the connection
+    /// is kept.
+    TooManyHandles,
+    /// The request named a token handle this connection never registered (or one dropped
+    /// because its token expired). Handles are local to the connection that registered them.
+    UnknownHandle,
     /// A code this build does not know.
     Other(u16),
 }
@@ -518,6 +560,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => 14,
             ErrorCode::RateLimited => 15,
             ErrorCode::Overloaded => 16,
+            ErrorCode::TooManyHandles => 17,
+            ErrorCode::UnknownHandle => 18,
             ErrorCode::Other(n) => n,
         }
     }
@@ -541,6 +585,8 @@ impl ErrorCode {
             14 => ErrorCode::Unavailable,
             15 => ErrorCode::RateLimited,
             16 => ErrorCode::Overloaded,
+            17 => ErrorCode::TooManyHandles,
+            18 => ErrorCode::UnknownHandle,
             n => ErrorCode::Other(n),
         }
     }
@@ -564,6 +610,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::TooManyHandles => "too_many_handles",
+            ErrorCode::UnknownHandle => "unknown_handle",
             ErrorCode::Other(_) => "other",
         }
     }
@@ -670,6 +718,9 @@ impl EncodeFrame for Request {
         if self.token.is_some() {
             flags |= FLAG_TOKEN;
         }
+        if self.handle.is_some() {
+            flags |= FLAG_HANDLE;
+        }
         if self.session.is_some() {
             flags |= FLAG_SESSION;
         }
@@ -688,6 +739,9 @@ impl EncodeFrame for Request {
         dst.put_u8(flags);
         if let Some(token) = &self.token {
             put_short_bytes(dst, token);
+        }
+        if let Some(handle) = self.handle {
+            dst.put_u32(handle);
         }
         if let Some(session) = &self.session {
             dst.put_u64(session.client);
@@ -740,6 +794,7 @@ impl EncodeFrame for Request {
                 dst.put_u8(*rpc);
                 put_long_bytes(dst, payload);
             }
+            RequestBody::RegisterToken { token } => put_short_bytes(dst, token),
             RequestBody::Import { entries, deleted } => {
                 put_entries(dst, entries);
                 dst.put_u32(deleted.len().min(u32::MAX as usize) as u32);
@@ -775,6 +830,7 @@ mod kind {
     pub(super) const MOVED: u8 = 0x0a;
     pub(super) const NOT_LEADER: u8 = 0x0b;
     pub(super) const RAFT: u8 = 0x0c;
+    pub(super) const TOKEN_HANDLE: u8 = 0x0d;
     pub(super) const ERROR: u8 = 0xff;
 }
 
@@ -865,6 +921,10 @@ impl EncodeFrame for Response {
                 dst.put_u8(kind::RAFT);
                 put_long_bytes(dst, payload);
             }
+            ResponseBody::TokenHandle { handle } => {
+                dst.put_u8(kind::TOKEN_HANDLE);
+                dst.put_u32(*handle);
+            }
             ResponseBody::Error(err) => {
                 dst.put_u8(kind::ERROR);
                 dst.put_u16(err.code.to_u16());
@@ -938,6 +998,14 @@ impl Reader {
         self.bytes(len, field)
     }
 
+    fn token(&mut self, field: &'static str) -> Result<Bytes, DecodeError> {
+        let token = self.short_bytes(field)?;
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(DecodeError::TokenTooLarge(token.len()));
+        }
+        Ok(token)
+    }
+
     fn key(&mut self, field: &'static str) -> Result<Bytes, DecodeError> {
         let key = self.short_bytes(field)?;
         if key.len() > MAX_KEY_LEN {
@@ -992,12 +1060,17 @@ impl Request {
         if flags & !KNOWN_FLAGS != 0 {
             return Err(DecodeError::UnknownFlags(flags));
         }
+        // A token and a handle are two ways to say who sends the request: one or neither.
+        if flags & FLAG_TOKEN != 0 && flags & FLAG_HANDLE != 0 {
+            return Err(DecodeError::UnknownFlags(flags));
+        }
         let token = if flags & FLAG_TOKEN != 0 {
-            let token = r.short_bytes("token")?;
-            if token.len() > MAX_TOKEN_LEN {
-                return Err(DecodeError::TokenTooLarge(token.len()));
-            }
-            Some(token)
+            Some(r.token("token")?)
+        } else {
+            None
+        };
+        let handle = if flags & FLAG_HANDLE != 0 {
+            Some(r.u32("handle")?)
         } else {
             None
         };
@@ -1065,6 +1138,9 @@ impl Request {
                     payload,
                 }
             }
+            Op::RegisterToken => RequestBody::RegisterToken {
+                token: r.token("registered token")?,
+            },
             Op::Import => {
                 let entries = r.entries()?;
                 let count = r.u32("deleted count")?;
@@ -1079,6 +1155,7 @@ impl Request {
         Ok(Request {
             id,
             token,
+            handle,
             session,
             consistency,
             body,
@@ -1148,6 +1225,9 @@ impl Response {
             },
             kind::RAFT => ResponseBody::Raft {
                 payload: r.long_bytes("raft payload")?,
+            },
+            kind::TOKEN_HANDLE => ResponseBody::TokenHandle {
+                handle: r.u32("handle")?,
             },
             kind::ERROR => {
                 let code = ErrorCode::from_u16(r.u16("error code")?);
@@ -1227,12 +1307,20 @@ mod tests {
                 }],
                 deleted: vec![b(b"gone")],
             },
+            RequestBody::RegisterToken {
+                token: b(b"header.claims.sig"),
+            },
         ];
         for (i, body) in bodies.into_iter().enumerate() {
-            for token in [None, Some(b(b"header.claims.sig"))] {
+            for (token, handle) in [
+                (None, None),
+                (Some(b(b"header.claims.sig")), None),
+                (None, Some(7)),
+            ] {
                 let req = Request {
                     id: i as u64 * 7919,
                     token,
+                    handle,
                     session: None,
                     consistency: Consistency::Linearizable,
                     body: body.clone(),
@@ -1280,7 +1368,9 @@ mod tests {
                 node: "n2".into(),
                 addr: "127.0.0.1:7402".into(),
             },
+            ResponseBody::TokenHandle { handle: u32::MAX },
             ResponseBody::Error(WireError::new(ErrorCode::Forbidden, "no")),
+            ResponseBody::Error(WireError::new(ErrorCode::UnknownHandle, "who?")),
             ResponseBody::Error(WireError::new(ErrorCode::Other(999), "future")),
         ];
         for body in bodies {
@@ -1305,6 +1395,7 @@ mod tests {
         let get = payload(&Request {
             id: 1,
             token: None,
+            handle: None,
             session: None,
             consistency: Consistency::Linearizable,
             body: RequestBody::Get { key: b(b"key") },
@@ -1324,6 +1415,7 @@ mod tests {
         let too_long = payload(&Request {
             id: 1,
             token: None,
+            handle: None,
             session: None,
             consistency: Consistency::Linearizable,
             body: RequestBody::Get { key: huge_key },
@@ -1331,6 +1423,40 @@ mod tests {
         assert_eq!(
             Request::decode(too_long),
             Err(DecodeError::KeyTooLarge(MAX_KEY_LEN + 1))
+        );
+    }
+
+    #[test]
+    fn a_token_and_a_handle_together_are_refused() {
+        let req = Request {
+            token: Some(b(b"a.b.c")),
+            handle: Some(1),
+            ..Request::new(1, RequestBody::Get { key: b(b"k") })
+        };
+        assert!(matches!(
+            Request::decode(payload(&req)),
+            Err(DecodeError::UnknownFlags(f)) if f == FLAG_TOKEN | FLAG_HANDLE
+        ));
+        // A handle flag without its four bytes is truncated, not read past the end.
+        let mut raw = BytesMut::new();
+        raw.put_u64(1);
+        raw.put_u8(Op::Get as u8);
+        raw.put_u8(FLAG_HANDLE);
+        raw.put_u16(0);
+        assert_eq!(
+            Request::decode(raw.freeze()),
+            Err(DecodeError::Truncated("handle"))
+        );
+        // A registered token is bounded like an envelope token.
+        let huge = payload(&Request::new(
+            1,
+            RequestBody::RegisterToken {
+                token: Bytes::from(vec![b't'; MAX_TOKEN_LEN + 1]),
+            },
+        ));
+        assert_eq!(
+            Request::decode(huge),
+            Err(DecodeError::TokenTooLarge(MAX_TOKEN_LEN + 1))
         );
     }
 

@@ -18,15 +18,16 @@ use tokio_util::codec::Decoder;
 
 const MAX: usize = 4096;
 
-/// The request envelope flags of protocol version 1 (docs/PROTOCOL.md, "Requests").
+/// The request envelope flags (docs/PROTOCOL.md, "Requests"); the handle flag is version 2's.
 const FLAG_TOKEN: u8 = 0x01;
 const FLAG_SESSION: u8 = 0x02;
 const FLAG_STALE: u8 = 0x04;
 const FLAG_KEYS_ONLY: u8 = 0x08;
-const KNOWN_FLAGS: u8 = FLAG_TOKEN | FLAG_SESSION | FLAG_STALE | FLAG_KEYS_ONLY;
+const FLAG_HANDLE: u8 = 0x10;
+const KNOWN_FLAGS: u8 = FLAG_TOKEN | FLAG_SESSION | FLAG_STALE | FLAG_KEYS_ONLY | FLAG_HANDLE;
 
 /// Every opcode the protocol defines, in wire order.
-const ALL_OPS: [Op; 11] = [
+const ALL_OPS: [Op; 12] = [
     Op::Hello,
     Op::Ping,
     Op::Get,
@@ -38,6 +39,7 @@ const ALL_OPS: [Op; 11] = [
     Op::Control,
     Op::Import,
     Op::Raft,
+    Op::RegisterToken,
 ];
 
 fn payload<M: EncodeFrame>(m: &M) -> Bytes {
@@ -72,6 +74,10 @@ fn request_fields_are_bounded(req: &Request, payload_len: usize) -> Result<(), T
             keys.extend(deleted);
         }
         RequestBody::Control { json } => others.push(json),
+        RequestBody::RegisterToken { token } => {
+            prop_assert!(token.len() <= MAX_TOKEN_LEN, "token of {}", token.len());
+            others.push(token)
+        }
         RequestBody::Raft { payload, .. } => {
             prop_assert!(payload.len() <= MAX_RAFT_PAYLOAD);
             others.push(payload)
@@ -190,6 +196,7 @@ fn request_body() -> impl Strategy<Value = RequestBody> {
                 payload,
             }
         }),
+        bytes_up_to(64).prop_map(|token| RequestBody::RegisterToken { token }),
     ]
 }
 
@@ -200,12 +207,15 @@ fn request() -> impl Strategy<Value = Request> {
             4 => bytes_up_to(64),
             1 => Just(Bytes::from(vec![b't'; MAX_TOKEN_LEN])),
         ]),
+        proptest::option::of(any::<u32>()),
         proptest::option::of((any::<u64>(), any::<u64>())),
         any::<bool>(),
         request_body(),
     )
-        .prop_map(|(id, token, session, stale, body)| Request {
+        .prop_map(|(id, token, handle, session, stale, body)| Request {
             id,
+            // One credential or none: the two together are refused by design.
+            handle: handle.filter(|_| token.is_none()),
             token,
             session: session.map(|(client, seq)| Session { client, seq }),
             consistency: if stale {
@@ -275,6 +285,7 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                 leader
             }),
         bytes_up_to(256).prop_map(|payload| ResponseBody::Raft { payload }),
+        any::<u32>().prop_map(|handle| ResponseBody::TokenHandle { handle }),
         (error_code(), text(), any::<u32>()).prop_map(|(code, message, ms)| {
             // Only the throttling codes carry a retry-after on the wire.
             let retry_after_ms = code.carries_retry_after().then_some(ms);
@@ -347,7 +358,7 @@ proptest! {
     /// fields its flags announce, or to a typed error, and an accepted one round-trips.
     #[test]
     fn every_opcode_decodes_to_its_own_op_or_an_error(
-        id in any::<u64>(), op in 0u8..=0x0b, flags in 0u8..0x10,
+        id in any::<u64>(), op in 0u8..=0x0c, flags in 0u8..0x20,
         rest in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
         let mut raw = BytesMut::new();
@@ -363,6 +374,7 @@ proptest! {
                 prop_assert_eq!(req.body.op() as u8, op);
                 prop_assert_eq!(req.id, id);
                 prop_assert_eq!(req.token.is_some(), flags & FLAG_TOKEN != 0);
+                prop_assert_eq!(req.handle.is_some(), flags & FLAG_HANDLE != 0);
                 prop_assert_eq!(req.session.is_some(), flags & FLAG_SESSION != 0);
                 prop_assert_eq!(
                     req.consistency == Consistency::Stale,
@@ -375,14 +387,19 @@ proptest! {
             }
             Err(DecodeError::UnknownFlags(f)) => {
                 prop_assert_eq!(f, flags);
-                // Unknown bits, or keys-only on another op than SCAN.
+                // Unknown bits, a token with a handle, or keys-only on another op than SCAN.
                 prop_assert!(
-                    !known_flags || (flags & FLAG_KEYS_ONLY != 0 && op != Op::Scan as u8)
+                    !known_flags
+                        || flags & (FLAG_TOKEN | FLAG_HANDLE) == FLAG_TOKEN | FLAG_HANDLE
+                        || (flags & FLAG_KEYS_ONLY != 0 && op != Op::Scan as u8)
                 );
             }
             // The envelope (token, then session) is read before the opcode is looked at.
             Err(DecodeError::Truncated("token")) => {
                 prop_assert!(known_flags && flags & FLAG_TOKEN != 0)
+            }
+            Err(DecodeError::Truncated("handle")) => {
+                prop_assert!(known_flags && flags & FLAG_HANDLE != 0)
             }
             Err(DecodeError::Truncated("session client" | "session seq")) => {
                 prop_assert!(known_flags && flags & FLAG_SESSION != 0)
@@ -477,5 +494,5 @@ fn generators_cover_every_opcode_and_kind() {
     }
     let all_ops: std::collections::BTreeSet<u8> = ALL_OPS.iter().map(|op| *op as u8).collect();
     assert_eq!(ops, all_ops);
-    assert_eq!(kinds.len(), 14, "response kinds seen: {kinds:x?}");
+    assert_eq!(kinds.len(), 15, "response kinds seen: {kinds:x?}");
 }

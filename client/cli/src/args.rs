@@ -66,6 +66,12 @@ pub(crate) struct ConnArgs {
     /// File holding the token (used when --token/SKV_TOKEN is not given).
     #[arg(long, env = "SKV_TOKEN_FILE", value_name = "FILE")]
     pub(crate) token_file: Option<PathBuf>,
+    /// Send the whole token in every request instead of registering it once per connection
+    /// and naming it by a short handle (the default where the node speaks protocol version 2
+    /// and reads tokens per request). The node checks expiry, revocation and scopes on every
+    /// request either way.
+    #[arg(long)]
+    pub(crate) token_in_every_request: bool,
     /// Seconds a command may take in all. A request whose node fails (or whose shard is
     /// electing a new leader) is retried on the shard's other replicas until then, so a
     /// failed leader shows as a delay, not an error.

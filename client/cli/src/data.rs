@@ -106,6 +106,7 @@ pub(crate) fn connect_settings(
     };
     let mut opts = ConnectOptions::new(addr, security);
     opts.token = token;
+    opts.token_handles = !conn.token_in_every_request;
     opts.server_name = conn.server_name.clone();
     opts.connect_timeout = Duration::from_secs(conn.timeout.max(1));
     opts.request_timeout = Duration::from_secs(conn.timeout.max(1));

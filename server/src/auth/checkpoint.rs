@@ -22,6 +22,7 @@ use skv_token::ScopeOp;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::audit::{self, AuditLog, AuditRecord, Decision};
+use crate::auth::handles::{Handles, RegisterError, Registered};
 use crate::auth::refusals::{PeerKey, Refusals};
 use crate::auth::{
     unix_now, AuthCategory, AuthError, CertThumbprint, Keyset, KeysetError, Policy, Revocations,
@@ -101,7 +102,26 @@ pub(crate) struct Session {
     /// sends the same token request after request, so comparing bytes here skips even the
     /// cache's hash. Dropped when the keyset generation changes.
     last: Option<(Bytes, Arc<Verified>, u64)>,
+    /// Protocol version 2 and later: the tokens this connection registered. `None` on a
+    /// version-1 connection, which may neither register tokens nor name handles.
+    handles: Option<Handles>,
 }
+
+/// What a request presents to say who sends it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Presented<'a> {
+    /// The token in the frame, if any.
+    Token(Option<&'a Bytes>),
+    /// A token handle this connection registered (protocol version 2).
+    Handle(u32),
+}
+
+/// What a request naming a handle this connection does not hold is told.
+const UNKNOWN_HANDLE: Refusal = Refusal {
+    code: ErrorCode::UnknownHandle,
+    message: "this connection holds no such token handle (handles are local to the \
+              connection that registered them); register the token again",
+};
 
 impl Session {
     /// A client's write session as the shard's session table keys it: the client id mixed
@@ -154,7 +174,19 @@ impl Session {
             peers: thumbprint.map(PeerKey::Cert).into_iter().collect(),
             connection_token: None,
             last: None,
+            handles: None,
         }
+    }
+
+    /// The connection negotiated protocol version 2 or later: it may register tokens and
+    /// name them by handle.
+    pub(crate) fn allow_handles(&mut self) {
+        self.handles.get_or_insert_with(Handles::default);
+    }
+
+    /// Whether [`Session::allow_handles`] was called.
+    pub(crate) fn speaks_handles(&self) -> bool {
+        self.handles.is_some()
     }
 }
 
@@ -402,11 +434,23 @@ impl Checkpoint {
         }
     }
 
-    /// Decide one request. PING needs no token: it reveals nothing and serves health checks.
+    /// Decide one request carrying `token` (or none). PING needs no token: it reveals nothing
+    /// and serves health checks.
+    #[cfg(test)]
     pub(crate) fn authorize(
         &self,
         session: &mut Session,
         token: Option<&Bytes>,
+        body: &RequestBody,
+    ) -> Result<Option<Arc<Verified>>, Refusal> {
+        self.authorize_presented(session, Presented::Token(token), body)
+    }
+
+    /// Decide one request, by the token it carries or the handle it names.
+    pub(crate) fn authorize_presented(
+        &self,
+        session: &mut Session,
+        presented: Presented<'_>,
         body: &RequestBody,
     ) -> Result<Option<Arc<Verified>>, Refusal> {
         let op = body.op();
@@ -414,10 +458,25 @@ impl Checkpoint {
             return Ok(None);
         };
         let target = target_of(body);
+        // A handle this connection never registered (or a handle on a version-1 connection)
+        // names nobody: nothing to verify, and nothing an attacker learns, since handles mean
+        // something only on the connection that registered them.
+        if let Presented::Handle(handle) = presented {
+            if self.mode == AuthMode::PerRequest
+                && session
+                    .handles
+                    .as_mut()
+                    .and_then(|h| h.get_mut(handle))
+                    .is_none()
+            {
+                self.deny_unknown_handle(session, op.as_str(), target);
+                return Err(UNKNOWN_HANDLE);
+            }
+        }
         // A blocked peer still gets what costs nothing: a token this connection or the cache
         // already verified. So a client sharing an address with an attacker keeps working
         // with the token it has; only new verifications are refused.
-        if self.refusals.blocked(&session.peers) && !self.already_verified(session, token) {
+        if self.refusals.blocked(&session.peers) && !self.already_verified(session, presented) {
             self.deny_role(
                 session,
                 op.as_str(),
@@ -426,9 +485,10 @@ impl Checkpoint {
             return Err(RATE_LIMITED);
         }
         let now = unix_now();
-        let verified = match self.mode {
-            AuthMode::PerConnection => self.connection_verified(session, now),
-            _ => self.request_verified(session, token, now),
+        let verified = match (self.mode, presented) {
+            (AuthMode::PerConnection, _) => self.connection_verified(session, now),
+            (_, Presented::Token(token)) => self.request_verified(session, token, now),
+            (_, Presented::Handle(handle)) => self.handle_verified(session, handle, now),
         };
         let verified = match verified {
             Ok(v) => v,
@@ -477,8 +537,19 @@ impl Checkpoint {
 
     /// Whether the request's token was verified before, so that admitting it costs no
     /// verification: the connection's HELLO token, the connection's memo, or a cache entry.
-    fn already_verified(&self, session: &Session, token: Option<&Bytes>) -> bool {
+    fn already_verified(&self, session: &mut Session, presented: Presented<'_>) -> bool {
         let generation = self.generation.load(Ordering::Acquire);
+        let token = match presented {
+            Presented::Token(token) => token,
+            Presented::Handle(handle) => {
+                return self.mode != AuthMode::PerRequest
+                    || session
+                        .handles
+                        .as_mut()
+                        .and_then(|h| h.get_mut(handle))
+                        .is_some_and(|r| r.generation == generation);
+            }
+        };
         match self.mode {
             AuthMode::PerConnection => session
                 .connection_token
@@ -558,6 +629,143 @@ impl Checkpoint {
             .inspect_err(|err| self.refusals.remember(token, err, generation))?;
         session.last = Some((token.clone(), verified.clone(), generation));
         Ok(verified)
+    }
+
+    /// Per-request mode, a request naming a handle: the registered token, verified again in
+    /// full if the keyset changed since it was last checked, and checked for expiry every
+    /// time. The binding was checked against this connection's certificate at registration,
+    /// and the connection cannot change certificates.
+    fn handle_verified(
+        &self,
+        session: &mut Session,
+        handle: u32,
+        now: i64,
+    ) -> Result<Arc<Verified>, AuthError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let (token, verified, seen) = match session.handles.as_mut().and_then(|h| h.get_mut(handle))
+        {
+            Some(r) => (r.token.clone(), r.verified.clone(), r.generation),
+            // Checked by the caller; kept total rather than trusted.
+            None => return Err(AuthError::MissingToken),
+        };
+        if seen != generation {
+            // A refusal here leaves the entry stale, so every later request naming the handle
+            // is refused the same way (through the negative cache, at no new verification).
+            let fresh = self.verify_fresh(session, Some(&token), now)?;
+            if let Some(r) = session.handles.as_mut().and_then(|h| h.get_mut(handle)) {
+                r.verified = fresh.clone();
+                r.generation = generation;
+            }
+            return Ok(fresh);
+        }
+        if let Some(m) = crate::metrics::get() {
+            m.token_cache(true);
+        }
+        verified.check_live(now)?;
+        Ok(verified)
+    }
+
+    /// REGISTER_TOKEN (protocol version 2): verify `token` as a request carrying it would be
+    /// (signature, claims, the binding to this connection's certificate, the denylist) and
+    /// name it by a handle on this connection. The same token bytes registered again get the
+    /// handle they already have.
+    pub(crate) fn register(&self, session: &mut Session, token: &Bytes) -> Result<u32, Refusal> {
+        const OP: &str = "register_token";
+        if self.mode != AuthMode::PerRequest {
+            return Err(Refusal {
+                code: ErrorCode::UnknownOp,
+                message: "this node does not read tokens per request (--auth per-connection), \
+                          so it has no use for token handles",
+            });
+        }
+        if !session.speaks_handles() {
+            return Err(Refusal {
+                code: ErrorCode::UnknownOp,
+                message: "REGISTER_TOKEN needs protocol version 2; this connection negotiated 1",
+            });
+        }
+        if self.refusals.blocked(&session.peers)
+            && !self.already_verified(session, Presented::Token(Some(token)))
+        {
+            self.deny_role(
+                session,
+                OP,
+                "rate limited after repeated failed authentication",
+            );
+            return Err(RATE_LIMITED);
+        }
+        let now = unix_now();
+        let generation = self.generation.load(Ordering::Acquire);
+        let verified = match self.request_verified(session, Some(token), now) {
+            Ok(v) => v,
+            Err(err) => {
+                self.refusals.failed(&session.peers);
+                self.deny(session, None, OP, None, &err);
+                return Err(Refusal::from(err.category()));
+            }
+        };
+        // A revoked token verifies: its audit line names whose it is.
+        if let Err(err) = self.revocations.load().check(&verified, now) {
+            self.refusals.failed(&session.peers);
+            self.deny(session, Some(&verified), OP, None, &err);
+            return Err(Refusal::from(err.category()));
+        }
+        let handles = session.handles.get_or_insert_with(Handles::default);
+        let handle = if let Some((handle, r)) = handles.find_token(token) {
+            r.verified = verified.clone();
+            r.generation = generation;
+            handle
+        } else {
+            let entry = Registered {
+                token: token.clone(),
+                verified: verified.clone(),
+                generation,
+            };
+            match handles.insert(entry, now) {
+                Ok(handle) => handle,
+                Err(RegisterError::Full) => {
+                    return Err(Refusal {
+                        code: ErrorCode::TooManyHandles,
+                        message: "this connection holds its maximum of 64 live token handles; \
+                                  open another connection",
+                    })
+                }
+                Err(RegisterError::Exhausted) => {
+                    return Err(Refusal {
+                        code: ErrorCode::TooManyHandles,
+                        message: "this connection has used up its token handles; open another \
+                                  connection",
+                    })
+                }
+            }
+        };
+        if let Some(audit) = self.audit.as_ref().filter(|a| a.logs_allows()) {
+            audit.record(self.record(
+                session,
+                Some(&verified),
+                OP,
+                None,
+                Decision::Allow,
+                "allowed",
+            ));
+        }
+        Ok(handle)
+    }
+
+    fn deny_unknown_handle(&self, session: &Session, op: &str, target: Option<&[u8]>) {
+        if let Some(m) = crate::metrics::get() {
+            m.refusal("token", "unknown_handle");
+        }
+        if let Some(audit) = &self.audit {
+            audit.record(self.record(
+                session,
+                None,
+                op,
+                target,
+                Decision::Deny,
+                "unknown token handle",
+            ));
+        }
     }
 
     fn verify_fresh(
@@ -669,7 +877,8 @@ fn target_of(body: &RequestBody) -> Option<&[u8]> {
         | RequestBody::ClusterMap
         | RequestBody::Control { .. }
         | RequestBody::Import { .. }
-        | RequestBody::Raft { .. } => None,
+        | RequestBody::Raft { .. }
+        | RequestBody::RegisterToken { .. } => None,
     }
 }
 
@@ -701,6 +910,7 @@ fn file_stamp(path: &Path) -> Option<FileStamp> {
 mod tests {
     use super::*;
     use skv_certs::issuer::{inspect, mint, IssuerKey, TokenSpec};
+    use skv_proto::MAX_HANDLES_PER_CONNECTION;
     use skv_token::{parse_allow, Alg, JwkSet};
 
     const AUD: &str = "dev";
@@ -854,6 +1064,205 @@ mod tests {
         let mut again = Session::new(None);
         let refusal = cp.hello(&mut again, Some(&token)).unwrap_err();
         assert!(refusal.message.starts_with("token revoked"));
+    }
+
+    impl World {
+        fn token_for(&self, sub: &str, allow: &str, ttl: Duration) -> Bytes {
+            let token = mint(
+                &self.key,
+                &TokenSpec {
+                    sub: sub.into(),
+                    scopes: vec![parse_allow(allow).unwrap()],
+                    ttl,
+                    aud: AUD.into(),
+                    iss: skv_token::DEFAULT_TOKEN_ISSUER.into(),
+                    bind_cert_der: None,
+                },
+            )
+            .unwrap();
+            Bytes::from(token)
+        }
+    }
+
+    fn put(key: &'static [u8]) -> RequestBody {
+        RequestBody::Put {
+            key: Bytes::from_static(key),
+            value: Bytes::from_static(b"v"),
+        }
+    }
+
+    fn by_handle(
+        cp: &Checkpoint,
+        session: &mut Session,
+        handle: u32,
+        body: &RequestBody,
+    ) -> Result<Option<Arc<Verified>>, Refusal> {
+        cp.authorize_presented(session, Presented::Handle(handle), body)
+    }
+
+    fn handle_session() -> Session {
+        let mut session = Session::new(None);
+        session.allow_handles();
+        session
+    }
+
+    #[test]
+    fn a_handle_is_checked_for_scopes_and_revocation_on_every_request() {
+        let w = world(AuthMode::PerRequest);
+        let cp = Checkpoint::new(&w.config, "n1").unwrap();
+        let token = w.token_for("dana", "read,write:dana/", Duration::from_secs(300));
+        let mut session = handle_session();
+        let handle = cp.register(&mut session, &token).unwrap();
+        assert_ne!(handle, 0, "handle 0 is never handed out");
+        // The same bytes again: the same handle, no second slot.
+        assert_eq!(cp.register(&mut session, &token).unwrap(), handle);
+
+        let own = put(b"dana/x");
+        let verified = by_handle(&cp, &mut session, handle, &own).unwrap().unwrap();
+        assert_eq!(verified.sub(), "dana");
+        // Outside the grant, refused with the scope's words, request after request.
+        for _ in 0..2 {
+            let refusal = by_handle(&cp, &mut session, handle, &put(b"erin/x")).unwrap_err();
+            assert_eq!(refusal.code, ErrorCode::Forbidden);
+            assert_eq!(
+                refusal.message,
+                "the token does not grant write on this key"
+            );
+        }
+        let delete = RequestBody::Delete {
+            key: Bytes::from_static(b"dana/x"),
+        };
+        assert_eq!(
+            by_handle(&cp, &mut session, handle, &delete)
+                .unwrap_err()
+                .code,
+            ErrorCode::Forbidden
+        );
+
+        // A revocation reaches a token registered before it.
+        w.deny(&format!(
+            "{{\"entries\": [{{\"sub\": \"dana\", \"exp\": {}}}]}}",
+            unix_now() + 300
+        ));
+        cp.reload_denylist().unwrap();
+        assert!(revoked(by_handle(&cp, &mut session, handle, &own)));
+        assert!(revoked(by_handle(&cp, &mut session, handle, &own)));
+        // And a revoked token cannot be registered anew.
+        let mut other = handle_session();
+        let refusal = cp.register(&mut other, &token).unwrap_err();
+        assert!(
+            refusal.message.starts_with("token revoked"),
+            "{}",
+            refusal.message
+        );
+    }
+
+    #[test]
+    fn a_handle_names_nothing_on_another_connection_or_before_version_2() {
+        let w = world(AuthMode::PerRequest);
+        let cp = Checkpoint::new(&w.config, "n1").unwrap();
+        let (token, _) = w.token("frank");
+        let mut session = handle_session();
+        let handle = cp.register(&mut session, &token).unwrap();
+        let mut thief = handle_session();
+        let refusal = by_handle(&cp, &mut thief, handle, &get()).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::UnknownHandle);
+        assert_eq!(
+            by_handle(&cp, &mut session, handle + 1, &get())
+                .unwrap_err()
+                .code,
+            ErrorCode::UnknownHandle
+        );
+        // PING needs nothing, whatever handle it names.
+        assert!(by_handle(&cp, &mut thief, handle, &RequestBody::Ping)
+            .unwrap()
+            .is_none());
+        let mut v1 = Session::new(None);
+        assert_eq!(
+            cp.register(&mut v1, &token).unwrap_err().code,
+            ErrorCode::UnknownOp
+        );
+        // A forged token registers nothing, and the refusal is the token's own.
+        let forged = Bytes::from(format!("{}x", String::from_utf8_lossy(&token)));
+        assert_eq!(
+            cp.register(&mut thief, &forged).unwrap_err().code,
+            ErrorCode::Unauthenticated
+        );
+        // Per-connection nodes take the token at HELLO and have no use for handles.
+        let pc = Checkpoint::new(&world(AuthMode::PerConnection).config, "n1").unwrap();
+        let mut session = handle_session();
+        assert_eq!(
+            pc.register(&mut session, &token).unwrap_err().code,
+            ErrorCode::UnknownOp
+        );
+    }
+
+    #[test]
+    fn a_keyset_change_verifies_the_token_behind_a_handle_again() {
+        let w = world(AuthMode::PerRequest);
+        let cp = Checkpoint::new(&w.config, "n1").unwrap();
+        let (token, _) = w.token("gina");
+        let mut session = handle_session();
+        let handle = cp.register(&mut session, &token).unwrap();
+        assert!(by_handle(&cp, &mut session, handle, &get()).is_ok());
+        // The token's key is retired: a new keyset without k1.
+        let k2 = IssuerKey::generate(Alg::EdDSA, Some("k2".into())).unwrap();
+        let jwks = JwkSet {
+            keys: vec![k2.public_jwk().clone()],
+        };
+        std::fs::write(&w.config.keyset, serde_json::to_vec(&jwks).unwrap()).unwrap();
+        cp.reload().unwrap();
+        for _ in 0..3 {
+            let refusal = by_handle(&cp, &mut session, handle, &get()).unwrap_err();
+            assert_eq!(refusal.code, ErrorCode::Unauthenticated);
+        }
+    }
+
+    #[test]
+    fn handles_are_bounded_and_expired_ones_make_room() {
+        let mut w = world(AuthMode::PerRequest);
+        w.config.leeway = Duration::ZERO;
+        let cp = Checkpoint::new(&w.config, "n1").unwrap();
+        let mut session = handle_session();
+        // One token that expires within the test, then live ones up to the cap.
+        let short = w.token_for("short", "read:", Duration::from_secs(1));
+        let short_handle = cp.register(&mut session, &short).unwrap();
+        let mut handles = vec![short_handle];
+        for i in 1..MAX_HANDLES_PER_CONNECTION {
+            let token = w.token_for(&format!("u{i}"), "read:", Duration::from_secs(300));
+            handles.push(cp.register(&mut session, &token).unwrap());
+        }
+        let mut sorted = handles.clone();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            MAX_HANDLES_PER_CONNECTION,
+            "handles are distinct"
+        );
+        let one_more = w.token_for("late", "read:", Duration::from_secs(300));
+        assert_eq!(
+            cp.register(&mut session, &one_more).unwrap_err().code,
+            ErrorCode::TooManyHandles
+        );
+        // The short token expires: every request naming it is refused, and its slot is
+        // reclaimed by the next registration, under a handle never used before.
+        std::thread::sleep(Duration::from_millis(2100));
+        let refusal = by_handle(&cp, &mut session, short_handle, &get()).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::Unauthenticated);
+        assert_eq!(refusal.message, AuthCategory::Expired.client_message());
+        let late = cp.register(&mut session, &one_more).unwrap();
+        assert!(!handles.contains(&late));
+        assert_eq!(
+            session.handles.as_ref().unwrap().len(),
+            MAX_HANDLES_PER_CONNECTION
+        );
+        assert_eq!(
+            by_handle(&cp, &mut session, short_handle, &get())
+                .unwrap_err()
+                .code,
+            ErrorCode::UnknownHandle
+        );
+        assert!(by_handle(&cp, &mut session, handles[1], &get()).is_ok());
     }
 
     #[test]

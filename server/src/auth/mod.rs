@@ -11,7 +11,8 @@
 //! Module map: `checkpoint` is the policy on the request path (which token applies, when it
 //! is verified, the per-connection session); [`keyset`] loads and validates keys;
 //! [`verifier`] checks tokens; [`scopes`] checks operations against grants; [`cache`]
-//! remembers verified tokens; [`denylist`] refuses revoked tokens that still verify (by jti or
+//! remembers verified tokens; `handles` holds the tokens a connection registered (protocol
+//! version 2); [`denylist`] refuses revoked tokens that still verify (by jti or
 //! sub, from `--denylist FILE`); [`audit`] writes every refusal; [`error`] says why something
 //! was refused. Claim types, the keyset format and the ring crypto provider are in
 //! [`skv_proto::token`], shared with the issuer in skv-certs.
@@ -24,6 +25,7 @@ pub mod cache;
 pub(crate) mod checkpoint;
 pub mod denylist;
 pub mod error;
+pub(crate) mod handles;
 pub mod keyset;
 pub(crate) mod refusals;
 pub mod scopes;

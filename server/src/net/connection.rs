@@ -22,7 +22,8 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use skv_proto::{
     peek_request_id, DecodeError, ErrorCode, FrameCodec, FrameError, Op, Request, RequestBody,
-    Response, ResponseBody, TokenPlacement, WireError, PROTOCOL_VERSION,
+    Response, ResponseBody, TokenPlacement, WireError, HANDLES_VERSION, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -233,9 +234,10 @@ where
                 return Err(ConnectionError::Handshake(msg));
             }
             let version = max_version.min(PROTOCOL_VERSION);
-            if version < min_version {
+            if version < min_version || version < MIN_PROTOCOL_VERSION {
                 let msg = format!(
-                    "node speaks protocol version {PROTOCOL_VERSION}; client asked for {min_version}..={max_version}"
+                    "node speaks protocol versions {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}; \
+                     client asked for {min_version}..={max_version}"
                 );
                 send_error(&mut framed, id, ErrorCode::UnsupportedVersion, &msg).await;
                 return Err(ConnectionError::Handshake(msg));
@@ -278,6 +280,9 @@ where
                 };
                 send_error(&mut framed, id, code, msg).await;
                 return Err(ConnectionError::Handshake(msg.into()));
+            }
+            if version >= HANDLES_VERSION {
+                session.allow_handles();
             }
             let ok = Response {
                 id,

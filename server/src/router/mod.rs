@@ -4,7 +4,9 @@
 //! 1. **Role policy.** A peer node (its certificate says `spiffe://<cluster>/node/<id>`) may use
 //!    the peer protocol and nothing else: a node certificate gives no client rights. A client
 //!    certificate may never use the peer protocol, whatever its token says.
-//! 2. **Checkpoints 2 and 3** (when the node checks tokens), through [`Checkpoint::authorize`].
+//! 2. **Checkpoints 2 and 3** (when the node checks tokens), through
+//!    [`Checkpoint::authorize_presented`], by the request's token or the token handle it names
+//!    (REGISTER_TOKEN, which makes a handle, is answered here too).
 //! 3. **Slot ownership.** A keyed command goes to the local [`Shard`] that owns its slot in the
 //!    node's map; a slot no local shard owns is answered MOVED with its owner; a slot whose
 //!    ownership is changing under the command is answered TRYAGAIN. Scans cover every local
@@ -27,7 +29,7 @@ use std::sync::Arc;
 use skv_proto::cluster::{hash_slot, ControlRequest};
 use skv_proto::{ErrorCode, Request, RequestBody, ResponseBody, WireError};
 
-use crate::auth::checkpoint::{Checkpoint, Refusal, Session};
+use crate::auth::checkpoint::{Checkpoint, Presented, Refusal, Session};
 use crate::cluster::{Cluster, View};
 use crate::limits::rate::{IdentityRef, Meter, RateLimiter};
 use crate::net::identity::PeerKind;
@@ -133,9 +135,31 @@ impl Router {
                  send them",
             );
         }
+        if request.handle.is_some() && !session.speaks_handles() {
+            return refuse(
+                ErrorCode::Malformed,
+                "the token-handle flag needs protocol version 2; this connection negotiated 1",
+            );
+        }
+        if let RequestBody::RegisterToken { token } = &body {
+            return match &self.checkpoint {
+                Some(checkpoint) => match checkpoint.register(session, token) {
+                    Ok(handle) => Answer::Now(ResponseBody::TokenHandle { handle }),
+                    Err(Refusal { code, message }) => refuse(code, message),
+                },
+                None => refuse(
+                    ErrorCode::UnknownOp,
+                    "this node does not check tokens, so it has no use for token handles",
+                ),
+            };
+        }
         let verified = match &self.checkpoint {
             Some(checkpoint) => {
-                match checkpoint.authorize(session, request.token.as_ref(), &body) {
+                let presented = match request.handle {
+                    Some(handle) => Presented::Handle(handle),
+                    None => Presented::Token(request.token.as_ref()),
+                };
+                match checkpoint.authorize_presented(session, presented, &body) {
                     Ok(verified) => verified,
                     Err(Refusal { code, message }) => return refuse(code, message),
                 }
@@ -241,6 +265,13 @@ impl Router {
             // Refused above for every caller; listed so a new op cannot slip through.
             RequestBody::Import { .. } | RequestBody::Raft { .. } => {
                 return refuse(ErrorCode::Internal, "a peer request reached the data path")
+            }
+            // Answered above, before the checkpoints.
+            RequestBody::RegisterToken { .. } => {
+                return refuse(
+                    ErrorCode::Internal,
+                    "a token registration reached the data path",
+                )
             }
         };
         self.dispatch(command, write_session, consistency)

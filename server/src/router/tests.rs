@@ -103,6 +103,7 @@ fn ask(node: &Node, kind: &PeerKind, body: RequestBody) -> ResponseBody {
     let request = Request {
         id: 1,
         token: None,
+        handle: None,
         session: None,
         consistency: skv_proto::Consistency::Linearizable,
         body,
@@ -253,6 +254,7 @@ fn a_scan_page_is_cut_to_fit_the_frame() {
     let request = Request {
         id: 1,
         token: None,
+        handle: None,
         session: None,
         consistency: skv_proto::Consistency::Linearizable,
         body: RequestBody::Scan {
@@ -363,6 +365,7 @@ async fn raft_messages_are_for_peers_only() {
     let request = Request {
         id: 1,
         token: None,
+        handle: None,
         session: None,
         consistency: skv_proto::Consistency::Linearizable,
         body: raft(),

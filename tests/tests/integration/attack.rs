@@ -533,10 +533,12 @@ fn failed_authentication_is_rate_limited_without_hurting_verified_clients() -> a
          once, then from the negative cache), {limited} refused as rate limited; bob: {bob_ok} \
          of 20 writes ok"
     );
-    // 64 failures pass, the 65th starts a block; a slow machine may outlast the first 1 s
-    // block and see another burst, but most of the flood is refused without a verification.
+    // 64 failures pass, the 65th starts a block. The first failure is the client library's
+    // refused REGISTER_TOKEN at connect (it then sends the full token), so 63 requests or
+    // more are refused as invalid; a slow machine may outlast the first 1 s block and see
+    // another burst, but most of the flood is refused without a verification.
     assert!(
-        invalid >= 65 && limited > 0,
+        invalid >= 63 && limited > 0,
         "{invalid} invalid, {limited} limited"
     );
     assert!(limited > invalid, "{invalid} invalid, {limited} limited");

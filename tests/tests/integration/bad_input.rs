@@ -43,6 +43,7 @@ fn hello() -> Vec<u8> {
     frame(&Request {
         id: 0,
         token: None,
+        handle: None,
         session: None,
         consistency: skv_proto::Consistency::Linearizable,
         body: RequestBody::Hello {
@@ -115,6 +116,7 @@ fn oversized_frames_get_a_typed_error_and_memory_stays_flat() -> anyhow::Result<
     let put = frame(&Request {
         id: 7,
         token: None,
+        handle: None,
         session: None,
         consistency: skv_proto::Consistency::Linearizable,
         body: RequestBody::Put {
@@ -180,6 +182,7 @@ fn unknown_ops_and_malformed_bodies_cost_only_themselves() -> anyhow::Result<()>
     s.write_all(&frame(&Request {
         id: 43,
         token: None,
+        handle: None,
         session: None,
         consistency: skv_proto::Consistency::Linearizable,
         body: RequestBody::Ping,
@@ -201,6 +204,7 @@ fn garbage_truncation_and_skipped_hello_never_hurt_other_clients() -> anyhow::Re
     s.write_all(&frame(&Request {
         id: 1,
         token: None,
+        handle: None,
         session: None,
         consistency: skv_proto::Consistency::Linearizable,
         body: RequestBody::Ping,

@@ -329,6 +329,7 @@ fn get_frame(id: u64, key: &str, token: &Bytes) -> BytesMut {
     let request = Request {
         id,
         token: Some(token.clone()),
+        handle: None,
         session: None,
         consistency: skv_proto::Consistency::Linearizable,
         body: RequestBody::Get {
@@ -370,6 +371,7 @@ fn a_client_that_pipelines_large_gets_and_never_reads_holds_bounded_memory() -> 
         Request {
             id: 0,
             token: Some(token.clone()),
+            handle: None,
             session: None,
             consistency: skv_proto::Consistency::Linearizable,
             body: RequestBody::Hello {

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName};
 use skv_certs::{Ca, KeyType, LeafSpec};
 use skv_client::{ClientError, ClusterClient, ConnectOptions, Connection, ExpectedNode, Security};
 use skv_tests::{bin, code, err_text, skv, strs, with, Node, Pki};
+
+use crate::raw_tls::client_config;
 
 /// Wait until `check` holds, polling; the node sees file changes within about a second.
 fn eventually(what: &str, mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
@@ -105,26 +107,6 @@ fn log_since(node: &Node, offset: usize) -> anyhow::Result<String> {
 
 fn log_len(node: &Node) -> anyhow::Result<usize> {
     Ok(std::fs::read_to_string(&node.log)?.len())
-}
-
-/// A rustls client config for `cert`/`key` (TLS 1.3, the node's ALPN). It keeps the sessions
-/// it is given (rustls' default in-memory store), so a second handshake with it offers a
-/// resumption ticket.
-fn client_config(pki: &Pki, cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(pki.layout.ca_cert())? {
-        roots.add(ca?)?;
-    }
-    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(key)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![b"skv/1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// What became of one TLS connection: how its handshake went, and what the node did next

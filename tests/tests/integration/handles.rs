@@ -1,0 +1,184 @@
+//! Token handles (protocol version 2) against a real node: the client library registers its
+//! token once per connection and names it by handle, and the node still enforces scopes and
+//! expiry on every request; a handle means nothing on another connection; a version-1
+//! connection can neither register a token nor name a handle.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use skv_client::{ClientError, Connection};
+use skv_proto::{ErrorCode, Request, RequestBody, ResponseBody, PROTOCOL_VERSION};
+use skv_tests::Secured;
+
+use crate::raw_tls::RawConnection;
+
+fn audit_lines(s: &Secured) -> Vec<Value> {
+    std::fs::read_to_string(&s.audit)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Wait (up to 10 s: the audit writer is asynchronous) for an audit line matching `pred`.
+fn audited(s: &Secured, pred: impl Fn(&Value) -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if audit_lines(s).iter().any(&pred) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn refused_with(result: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode) -> String {
+    match result {
+        Err(ClientError::Refused(err)) if err.code == code => err.message,
+        other => panic!("expected a refusal with {code:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_handle_connection_is_scoped_and_cut_off_at_expiry_on_every_request() -> anyhow::Result<()> {
+    let s = Secured::start(&["--leeway", "0", "--audit-allows"])?;
+    let token = s.issue(&[
+        "--sub",
+        "hana",
+        "--allow",
+        "read,write:hana/",
+        "--ttl",
+        "3s",
+    ])?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let mut opts = s.pki.alice(&s.node.addr);
+        opts.token = Some(token.clone());
+        let conn = Connection::connect(&opts).await?;
+        let mut full = opts.clone();
+        full.token_handles = false;
+        let full = Connection::connect(&full).await?;
+
+        conn.put("hana/a", "1").await?;
+        assert_eq!(full.get("hana/a").await?.map(|(_, v)| v), Some("1".into()));
+        // Outside the grant, on every request, not only the first.
+        for _ in 0..3 {
+            let msg = refused_with(conn.put("ivan/a", "1").await, ErrorCode::Forbidden);
+            assert!(msg.contains("write on this key"), "{msg}");
+            refused_with(conn.delete("hana/a").await, ErrorCode::Forbidden);
+        }
+        refused_with(conn.scan("", 10, None).await, ErrorCode::Forbidden);
+        assert!(conn.get("hana/a").await?.is_some());
+
+        // Past exp the registered token is refused on the same connection.
+        tokio::time::sleep(Duration::from_millis(3300)).await;
+        let msg = refused_with(conn.get("hana/a").await, ErrorCode::Unauthenticated);
+        assert!(msg.contains("expired"), "{msg}");
+        let msg = refused_with(conn.put("hana/b", "2").await, ErrorCode::Unauthenticated);
+        assert!(msg.contains("expired"), "{msg}");
+        // PING needs no token: the connection itself is fine.
+        conn.ping().await?;
+        anyhow::Ok(())
+    })?;
+
+    // The library used the handle: one registration of hana's token, and the refused
+    // requests audited with their op and key like any other.
+    assert!(audited(&s, |l| l["op"] == "register_token"
+        && l["sub"] == "hana"
+        && l["decision"] == "allow"));
+    assert!(audited(&s, |l| l["op"] == "put"
+        && l["key"] == "ivan/a"
+        && l["decision"] == "deny"
+        && l["sub"] == "hana"));
+    let registrations = audit_lines(&s)
+        .iter()
+        .filter(|l| l["op"] == "register_token")
+        .count();
+    assert_eq!(registrations, 1, "only the handle connection registers");
+    Ok(())
+}
+
+#[test]
+fn a_handle_means_nothing_on_another_connection_or_on_version_1() -> anyhow::Result<()> {
+    let s = Secured::start(&[])?;
+    let token = Bytes::from(s.issue(&["--sub", "jo", "--allow", "read,write:", "--ttl", "5m"])?);
+    let hello = |min_version: u16| {
+        Request::new(
+            0,
+            RequestBody::Hello {
+                min_version,
+                max_version: min_version.max(1),
+            },
+        )
+    };
+    let get = |id: u64, handle: u32| Request {
+        handle: Some(handle),
+        ..Request::new(
+            id,
+            RequestBody::Get {
+                key: Bytes::from_static(b"k"),
+            },
+        )
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let mut owner = RawConnection::alice(&s.pki, &s.node.addr).await?;
+        let ok = owner.call(&hello(PROTOCOL_VERSION)).await?;
+        assert!(
+            matches!(ok.body, ResponseBody::HelloOk { version: 2, .. }),
+            "{ok:?}"
+        );
+        let registered = owner
+            .call(&Request::new(
+                1,
+                RequestBody::RegisterToken {
+                    token: token.clone(),
+                },
+            ))
+            .await?;
+        let ResponseBody::TokenHandle { handle } = registered.body else {
+            anyhow::bail!("REGISTER_TOKEN answered {registered:?}");
+        };
+        assert_eq!(
+            owner.call(&get(2, handle)).await?.body,
+            ResponseBody::NotFound
+        );
+
+        // Same certificate, same handle number, another connection: nobody.
+        let mut other = RawConnection::alice(&s.pki, &s.node.addr).await?;
+        other.call(&hello(PROTOCOL_VERSION)).await?;
+        match other.call(&get(1, handle)).await?.body {
+            ResponseBody::Error(err) => assert_eq!(err.code, ErrorCode::UnknownHandle, "{err}"),
+            body => anyhow::bail!("a foreign handle was answered {body:?}"),
+        }
+        // The refusal costs that request only.
+        assert_eq!(
+            other.call(&Request::new(2, RequestBody::Ping)).await?.body,
+            ResponseBody::Pong
+        );
+
+        // Version 1: neither the handle flag nor REGISTER_TOKEN exist there.
+        let mut old = RawConnection::alice(&s.pki, &s.node.addr).await?;
+        let ok = old.call(&hello(1)).await?;
+        assert!(
+            matches!(ok.body, ResponseBody::HelloOk { version: 1, .. }),
+            "{ok:?}"
+        );
+        match old.call(&get(1, handle)).await?.body {
+            ResponseBody::Error(err) => assert_eq!(err.code, ErrorCode::Malformed, "{err}"),
+            body => anyhow::bail!("a handle on version 1 was answered {body:?}"),
+        }
+        let register = Request::new(2, RequestBody::RegisterToken { token });
+        match old.call(&register).await?.body {
+            ResponseBody::Error(err) => assert_eq!(err.code, ErrorCode::UnknownOp, "{err}"),
+            body => anyhow::bail!("REGISTER_TOKEN on version 1 was answered {body:?}"),
+        }
+        anyhow::Ok(())
+    })?;
+    assert!(audited(&s, |l| l["reason"] == "unknown token handle"
+        && l["op"] == "get"));
+    Ok(())
+}
