@@ -27,7 +27,9 @@ pub enum Rung {
     L3,
     /// L2 + a JWT verified on every request, no cache (`--auth per-request --token-cache 0`).
     L4,
-    /// L4 with the verified-token cache (`--keyset` alone): the full request-path stack.
+    /// L4 with the verified-token cache (`--keyset` alone), the token registered once per
+    /// connection and named by its handle (protocol version 2): the full request-path stack.
+    /// Expiry, revocation and scopes are still checked on every request.
     L5,
     /// L5 + values encrypted at rest (`--master-key`: AES-256-GCM on every record and log
     /// entry).
@@ -71,7 +73,7 @@ impl Rung {
             Rung::L2 => "mutual TLS 1.3 (client certificate)",
             Rung::L3 => "L2 + JWT verified once per connection",
             Rung::L4 => "L2 + JWT verified on every request, no cache",
-            Rung::L5 => "L4 + verified-token cache",
+            Rung::L5 => "L4 + verified-token cache + token handles",
             Rung::L6 => "L5 + values encrypted at rest",
             Rung::Null => "L2 transport, no storage, no auth",
         }
@@ -132,6 +134,10 @@ pub(crate) struct Case {
     pub(crate) alg: Alg,
     /// Replace each connection after this many requests.
     pub(crate) reconnect_every: Option<u64>,
+    /// Rungs with a per-request token: register it once per connection and send its handle
+    /// (protocol version 2), instead of the whole token in every request. Off at L4, whose
+    /// point is a verification on every request.
+    pub(crate) token_handles: bool,
     /// Nodes serving the case: 1 is a single node, more a local cluster.
     pub(crate) nodes: usize,
     /// Replicas per shard (1 unless the cluster replicates).
@@ -154,6 +160,7 @@ impl Case {
             key_type: KeyType::P256,
             alg: Alg::EdDSA,
             reconnect_every: None,
+            token_handles: rung != Rung::L4,
             nodes: 1,
             replicas: 1,
             repeated: variant.is_empty(),
@@ -266,6 +273,7 @@ impl Case {
         if self.rung.uses_token() {
             opts.token = Some(creds.issuer(self.alg)?.token.clone());
         }
+        opts.token_handles = self.token_handles;
         Ok(opts)
     }
 
@@ -330,9 +338,14 @@ pub(crate) fn cases(set: CaseSet, nodes: usize, replicas: usize) -> Vec<Case> {
             })
             .collect(),
         CaseSet::Replication => replication(nodes, replicas),
+        // Both with the token in every request, so the pair differs in the cache alone.
         CaseSet::TokenCache => cases(CaseSet::Main, nodes, replicas)
             .into_iter()
             .filter(|case| matches!(case.rung, Rung::L4 | Rung::L5) && case.inflight == 16)
+            .map(|mut case| {
+                case.token_handles = false;
+                case
+            })
             .collect(),
     }
 }
@@ -370,6 +383,13 @@ pub(crate) fn all() -> Vec<Case> {
         for inflight in [1, 16] {
             cases.push(Case::new(rung, "", inflight));
         }
+    }
+    // L5 as it was before token handles: the whole token in every request, found in the
+    // cache. Beside the main L5 row it prices the handle.
+    for inflight in [1, 16] {
+        let mut case = Case::new(Rung::L5, "token-in-every-request", inflight);
+        case.token_handles = false;
+        cases.push(case);
     }
     // JWT algorithms at L4 (EdDSA is the main L4 row): every request pays one verification.
     for alg in [Alg::HS256, Alg::ES256, Alg::RS256] {

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Node CPU per GET, for configurations measured side by side: the node's user+sys time over
+# a run (from /proc/PID/stat), divided by the requests it served. Rounds alternate the
+# configurations, so a machine that slows down during the run slows all of them alike; the
+# medians at the end are what to compare (ratios within one run, never absolute figures
+# across days).
+#
+# usage: benches/scripts/node-cpu-per-request.sh BIN_DIR [CONFIG...]
+#   BIN_DIR  a directory holding skv and skv-node (e.g. target/release)
+#   CONFIG   one of
+#              l0          plaintext, no tokens (the ladder's L0)
+#              l2          mutual TLS, no tokens
+#              l5          L2 + a JWT per request from the verified-token cache, registered
+#                          once per connection and named by its handle (protocol version 2)
+#              l5-full     l5 with the whole token in every request (--token-in-every-request)
+#              null        mutual TLS in front of --engine null: the transport's ceiling
+#            default: null l2 l5 l5-full
+# Environment: INFLIGHT (16), CONNS (50), SECS (4, per run), ROUNDS (3), KEYS (10000).
+# The load generator runs on the same machine; niceness is left as it is, so run both at the
+# same priority, or give the load generator less (nice) to favour the node.
+set -euo pipefail
+bin=$(cd "${1:?usage: $0 BIN_DIR [CONFIG...]}" && pwd)
+shift
+if [ $# -gt 0 ]; then configs=("$@"); else configs=(null l2 l5 l5-full); fi
+inflight=${INFLIGHT:-16} conns=${CONNS:-50} secs=${SECS:-4} rounds=${ROUNDS:-3}
+keys=${KEYS:-10000}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$bin/skv" certs init --dir "$work/pki" --cluster dev --nodes n1 --clients alice >/dev/null
+"$bin/skv" keys init --dir "$work/keys" >/dev/null
+"$bin/skv" token issue --key "$work/keys/issuer-key.pem" --sub alice --allow "read,write:" \
+  --ttl 1h >"$work/token"
+tls=(--ca "$work/pki/ca.pem" --cert "$work/pki/nodes/n1.pem" --key "$work/pki/nodes/n1-key.pem")
+
+# One run of configuration $1 on port $2: prints "ops_per_sec node_cpu_us_per_op".
+run() {
+  local config=$1 port=$2 engine=sled node_args=() client=()
+  case $config in
+    l0) node_args=(--insecure-plaintext --auth off); client=(--plaintext) ;;
+    l2) node_args=("${tls[@]}" --auth off) ;;
+    null) node_args=("${tls[@]}" --auth off); engine=null ;;
+    l5 | l5-full) node_args=("${tls[@]}" --keyset "$work/keys/keyset.json" --auth per-request) ;;
+    *) echo "unknown configuration $config" >&2; exit 2 ;;
+  esac
+  if [ "$config" != l0 ]; then client=(--profile "$work/pki/clients/alice.toml"); fi
+  case $config in
+    l5) client+=(--token-file "$work/token") ;;
+    l5-full) client+=(--token-file "$work/token" --token-in-every-request) ;;
+  esac
+  local data="$work/data-$config-$port"
+  "$bin/skv-node" --name n1 --cluster dev --listen "127.0.0.1:$port" --data-dir "$data" \
+    --engine "$engine" "${node_args[@]}" >"$work/node.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 100); do
+    "$bin/skv" "${client[@]}" --addr "127.0.0.1:$port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  local addr=(--addr "127.0.0.1:$port")
+  "$bin/skv" "${client[@]}" "${addr[@]}" bench --workload put --keys "$keys" \
+    --requests "$keys" --conns 10 --inflight 16 --warmup 0s >/dev/null
+  local t0 t1
+  t0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+  "$bin/skv" "${client[@]}" "${addr[@]}" bench --workload get --keys "$keys" --conns "$conns" \
+    --inflight "$inflight" --duration "${secs}s" --warmup 0s --json >"$work/bench.json"
+  t1=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+  kill -INT "$pid"
+  wait "$pid" || true
+  python3 - "$work/bench.json" "$t0" "$t1" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+bench = json.load(open(sys.argv[1]))
+ticks = float(sys.argv[3]) - float(sys.argv[2])
+requests = bench["requests"]
+print(f'{bench["ops_per_sec"]:.0f} {ticks / float(sys.argv[4]) * 1e6 / max(requests, 1):.2f}')
+PY
+}
+
+declare -A results
+port=7840
+for round in $(seq "$rounds"); do
+  for config in "${configs[@]}"; do
+    port=$((port + 1))
+    read -r ops cpu < <(run "$config" "$port")
+    results[$config]+="$cpu "
+    printf 'round %d  %-8s %8s ops/s  %6s node CPU us/op\n' "$round" "$config" "$ops" "$cpu"
+  done
+done
+echo "median node CPU us/op over $rounds rounds (GET, $conns connections, inflight $inflight):"
+for config in "${configs[@]}"; do
+  median=$(tr ' ' '\n' <<<"${results[$config]}" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+  printf '  %-8s %s\n' "$config" "$median"
+done
