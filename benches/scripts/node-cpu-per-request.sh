@@ -55,13 +55,18 @@ run() {
     "$bin/skv" "${client[@]}" --addr "127.0.0.1:$port" ping >/dev/null 2>&1 && break
     sleep 0.1
   done
-  local addr=(--addr "127.0.0.1:$port")
-  "$bin/skv" "${client[@]}" "${addr[@]}" bench --workload put --keys "$keys" \
-    --requests "$keys" --conns 10 --inflight 16 --warmup 0s >/dev/null
-  local t0 t1
-  t0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+  local addr=(--addr "127.0.0.1:$port") t0 t1
+  # skv bench writes every key first; the node's clock starts when it says it measures.
   "$bin/skv" "${client[@]}" "${addr[@]}" bench --workload get --keys "$keys" --conns "$conns" \
-    --inflight "$inflight" --duration "${secs}s" --warmup 0s --json >"$work/bench.json"
+    --inflight "$inflight" --duration "${secs}s" --warmup 0s --json >"$work/bench.json" \
+    2>"$work/bench.err" &
+  local load=$!
+  until grep -q '^skv bench: measuring' "$work/bench.err" 2>/dev/null; do
+    kill -0 "$load" 2>/dev/null || { cat "$work/bench.err" >&2; exit 1; }
+    sleep 0.01
+  done
+  t0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+  wait "$load"
   t1=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
   kill -INT "$pid"
   wait "$pid" || true

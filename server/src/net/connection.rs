@@ -353,10 +353,17 @@ where
                 break;
             }
             Some(done) = durable_rx.recv() => {
-                if let Some(rate) = rate {
-                    meter.charge_answer(rate, answer_bytes(&done.response.body));
+                // Take every answer already finished, not only the first: a read gate
+                // confirms a batch of linearizable reads at once and a group commit a batch
+                // of writes, so their answers arrive together and should leave in one write.
+                let mut next = Some(done);
+                while let Some(done) = next {
+                    if let Some(rate) = rate {
+                        meter.charge_answer(rate, answer_bytes(&done.response.body));
+                    }
+                    framed.feed(&done.response).await?;
+                    next = durable_rx.try_recv().ok();
                 }
-                framed.feed(&done.response).await?
             }
             frame = framed.next() => match frame {
                 None => break,
@@ -482,6 +489,18 @@ where
         // Flush only when the next request is not already buffered: answers to a pipelined
         // burst leave together.
         if !framed.write_buffer().is_empty() && !has_complete_frame(framed.read_buffer()) {
+            // Answers still being worked on (reads waiting for their gate, writes for their
+            // commit) often finish a moment apart: let the tasks computing them run once,
+            // and send whatever they finished with this write instead of one write each.
+            if pending.available_permits() != MAX_PENDING_DURABLE {
+                tokio::task::yield_now().await;
+                while let Ok(done) = durable_rx.try_recv() {
+                    if let Some(rate) = rate {
+                        meter.charge_answer(rate, answer_bytes(&done.response.body));
+                    }
+                    framed.feed(&done.response).await?;
+                }
+            }
             flush(&mut framed).await?;
         }
     }
