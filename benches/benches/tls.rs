@@ -3,8 +3,8 @@
 //! No sockets: a rustls `ClientConnection` and `ServerConnection` exchange their flights
 //! through a `Vec<u8>` until both are done, so the numbers are CPU only (no syscalls, no RTT).
 //! The configs match the node's (`server/src/tls.rs`) and the client's
-//! (`client/src/config.rs`): ring provider, TLS 1.3 only, ALPN `skv/1`, the server's default
-//! stateful session cache (so TLS 1.3 tickets are session ids the server looks up).
+//! (`client/src/config.rs`): ring provider, TLS 1.3 only, ALPN `skv/1`, stateless session
+//! tickets sealed by rustls' ring ticketer (`server/src/net/credentials.rs`).
 //!
 //! Benchmarks, per certificate key type (P-256, Ed25519, RSA-2048; the CA and both leaves use
 //! the same type):
@@ -18,6 +18,12 @@
 //!   node pays per connection.
 //! - `tls/record/100B`: seal on the client, open on the server, of one 100-byte record over an
 //!   established connection.
+//! - `tls/primitive/...`: the public-key operations a node's side of a full P-256 mutual
+//!   handshake is built from, one at a time, so the handshake's floor can be accounted for:
+//!   an X25519 key pair and agreement, an ECDSA P-256 signature (the node's CertificateVerify)
+//!   and verification (the client's CertificateVerify), and webpki's verification of the
+//!   client's certificate chain (one more ECDSA verification, plus parsing and path
+//!   building).
 
 use std::error::Error;
 use std::io::{Read, Write};
@@ -95,6 +101,7 @@ fn configs(m: &Material, mutual: bool) -> Result<Pair, BoxError> {
     };
     let mut server = builder.with_single_cert(chain(&m.node)?, key(&m.node)?)?;
     server.alpn_protocols = vec![b"skv/1".to_vec()];
+    server.ticketer = rustls::crypto::ring::Ticketer::new()?;
 
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -268,12 +275,77 @@ fn record(c: &mut Criterion) {
     assert_eq!(out, payload);
 }
 
+fn primitives(c: &mut Criterion) {
+    use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey};
+    use ring::rand::SystemRandom;
+    use ring::signature::{self, EcdsaKeyPair, KeyPair};
+    use rustls_pki_types::UnixTime;
+
+    let rng = SystemRandom::new();
+    let m = material(KeyType::P256).expect("P-256 certificates");
+    let PrivateKeyDer::Pkcs8(pkcs8) = key(&m.node).expect("node key") else {
+        panic!("the dev PKI writes PKCS#8 keys");
+    };
+    let signer = EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        pkcs8.secret_pkcs8_der(),
+        &rng,
+    )
+    .expect("a P-256 key");
+    // What a CertificateVerify signs: 64 spaces, a context string, a NUL, a transcript hash.
+    let message = [0x20u8; 130];
+    let sig = signer.sign(&rng, &message).expect("sign");
+    let public = signature::UnparsedPublicKey::new(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        signer.public_key().as_ref().to_vec(),
+    );
+    public.verify(&message, sig.as_ref()).expect("verifies");
+    let peer = EphemeralPrivateKey::generate(&agreement::X25519, &rng).expect("x25519");
+    let peer_public = peer.compute_public_key().expect("public").as_ref().to_vec();
+    let verifier = WebPkiClientVerifier::builder_with_provider(m.roots.clone(), provider())
+        .build()
+        .expect("verifier");
+    let client_chain = chain(&m.client).expect("client chain");
+    let now = UnixTime::now();
+    verifier
+        .verify_client_cert(&client_chain[0], &client_chain[1..], now)
+        .expect("the client's chain verifies");
+
+    let mut group = c.benchmark_group("tls/primitive");
+    group.bench_function("x25519_keypair_and_agree", |b| {
+        b.iter(|| {
+            let mine = EphemeralPrivateKey::generate(&agreement::X25519, &rng).expect("x25519");
+            let _ = mine.compute_public_key().expect("public");
+            agreement::agree_ephemeral(
+                mine,
+                &UnparsedPublicKey::new(&agreement::X25519, &peer_public),
+                |secret| secret.len(),
+            )
+            .expect("agree")
+        })
+    });
+    group.bench_function("ecdsa_p256_sign", |b| {
+        b.iter(|| signer.sign(&rng, &message).expect("sign"))
+    });
+    group.bench_function("ecdsa_p256_verify", |b| {
+        b.iter(|| public.verify(&message, sig.as_ref()).expect("verifies"))
+    });
+    group.bench_function("client_chain_verify_p256", |b| {
+        b.iter(|| {
+            verifier
+                .verify_client_cert(&client_chain[0], &client_chain[1..], now)
+                .expect("verifies")
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .measurement_time(MEASUREMENT_TIME)
         .warm_up_time(WARM_UP_TIME)
         .sample_size(SAMPLE_SIZE);
-    targets = handshakes, record
+    targets = handshakes, record, primitives
 }
 criterion_main!(benches);
