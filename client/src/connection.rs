@@ -238,27 +238,23 @@ impl Connection {
         };
         // Keep bytes the node may have sent after HELLO_OK: the new codec only changes limits.
         let limit = max_frame.max(skv_proto::MIN_MAX_FRAME) + frame_slack;
-        let framed = framed.map_codec(|_| FrameCodec::new(limit));
+        let mut framed = framed.map_codec(|_| FrameCodec::new(limit));
         let (calls, rx) = mpsc::channel(QUEUE);
         // Send the token only where the node reads it: per-connection nodes had it in HELLO,
         // and bytes a node ignores still cost TLS, copies and syscalls on every request.
-        let mut request_token = match placement {
+        let request_token = match placement {
             TokenPlacement::PerRequest => token,
             TokenPlacement::PerConnection | TokenPlacement::None => None,
         };
-        let mut framed = framed;
-        let mut handle = None;
-        if let Some(token) = request_token.clone() {
-            if opts.token_handles && version >= HANDLES_VERSION {
-                handle = register_token(&mut framed, token, &addr, ca.as_deref()).await?;
-                if handle.is_some() {
-                    request_token = None;
+        // Where the node speaks version 2, the token is sent once more and then named.
+        let credential = match request_token {
+            Some(token) if opts.token_handles && version >= HANDLES_VERSION => {
+                match register_token(&mut framed, token.clone(), &addr, ca.as_deref()).await? {
+                    Some(handle) => Credential::Handle(handle),
+                    None => Credential::Token(Some(token)),
                 }
             }
-        }
-        let credential = match handle {
-            Some(handle) => Credential::Handle(handle),
-            None => Credential::Token(request_token),
+            other => Credential::Token(other),
         };
         tokio::spawn(drive(framed, rx, credential, addr.clone(), ca));
         Ok(Connection {
@@ -618,8 +614,8 @@ fn frame_error(addr: &str, err: FrameError, ca: Option<&str>) -> ClientError {
     }
 }
 
-/// What every request of a connection carries to say who sends it.
-#[derive(Debug, Clone)]
+/// What every request of a connection carries to say who sends it. (No `Debug`: it holds
+/// the token.)
 enum Credential {
     /// The whole token, or nothing (nodes that read no token per request).
     Token(Option<Bytes>),

@@ -19,13 +19,23 @@ use skv_proto::MAX_HANDLES_PER_CONNECTION;
 use super::Verified;
 
 /// A registered token.
-#[derive(Debug)]
 pub(crate) struct Registered {
     pub(crate) token: Bytes,
     pub(crate) verified: Arc<Verified>,
     /// The keyset generation `verified` was checked under: a different one means the token
     /// must be verified again before it is trusted.
     pub(crate) generation: u64,
+}
+
+/// By hand, so that no debug print of a session ever shows a token's bytes.
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered")
+            .field("token_bytes", &self.token.len())
+            .field("sub", &self.verified.sub())
+            .field("generation", &self.generation)
+            .finish()
+    }
 }
 
 /// Why a token could not be registered.
