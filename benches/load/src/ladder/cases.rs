@@ -134,6 +134,9 @@ pub(crate) struct Case {
     pub(crate) alg: Alg,
     /// Replace each connection after this many requests.
     pub(crate) reconnect_every: Option<u64>,
+    /// Replacement connections resume the TLS session of the ones they replace (a client
+    /// that reconnects), instead of full handshakes.
+    pub(crate) resume: bool,
     /// Rungs with a per-request token: register it once per connection and send its handle
     /// (protocol version 2), instead of the whole token in every request. Off at L4, whose
     /// point is a verification on every request.
@@ -160,6 +163,7 @@ impl Case {
             key_type: KeyType::P256,
             alg: Alg::EdDSA,
             reconnect_every: None,
+            resume: false,
             token_handles: rung != Rung::L4,
             nodes: 1,
             replicas: 1,
@@ -408,6 +412,11 @@ pub(crate) fn all() -> Vec<Case> {
     // A handshake per request: full mutual TLS handshakes per second.
     let mut handshakes = Case::new(Rung::L2, "handshakes/p256", 1);
     handshakes.reconnect_every = Some(1);
+    cases.push(handshakes.clone());
+    // The same with each replacement resuming its predecessor's TLS session (a stateless
+    // TLS 1.3 ticket): no certificates sent or checked, no signatures, one X25519 exchange.
+    handshakes.variant = "handshakes/p256/resumed".into();
+    handshakes.resume = true;
     cases.push(handshakes);
     // Larger values, with and without the security stack.
     for (size, label) in [(KIB, "value=1KiB"), (16 * KIB, "value=16KiB")] {

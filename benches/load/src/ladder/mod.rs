@@ -305,6 +305,9 @@ pub struct LadderRow {
     /// Of those, per second of node CPU time: handshakes per server core (rows with
     /// reconnects; the node's CPU also serves the requests in between).
     pub handshakes_per_server_cpu_sec: Option<f64>,
+    /// Connections whose TLS handshake resumed a session (rows that resume, `--resume`),
+    /// out of every connection the run opened.
+    pub handshakes_resumed: Option<u64>,
 }
 
 /// A finished ladder.
@@ -716,6 +719,7 @@ pub(crate) fn empty_row() -> LadderRow {
         handshakes: None,
         handshakes_per_sec: None,
         handshakes_per_server_cpu_sec: None,
+        handshakes_resumed: None,
     }
 }
 
@@ -783,6 +787,7 @@ fn run_case(ctx: &Ctx<'_>, index: usize, case: &Case) -> LadderRow {
     opts.stop = Stop::Duration(ctx.opts.measure());
     opts.warmup = ctx.opts.warm();
     opts.reconnect_every = case.reconnect_every;
+    opts.resume = case.resume;
     opts.rung = row.rung.clone();
     opts.variant = row.variant.clone();
     opts.failover = Some(BENCH_FAILOVER);
@@ -1013,6 +1018,7 @@ fn fill_measured(row: &mut LadderRow, report: &BenchReport, window: &Window) {
     row.errors = report.errors.clone();
     row.duration_secs = Some(report.duration_secs);
     row.handshakes = Some(report.handshakes_measured);
+    row.handshakes_resumed = (report.handshakes_resumed > 0).then_some(report.handshakes_resumed);
     if let (Some(start), Some(end)) = (window.start, window.end) {
         let ticks = node::clock_ticks_per_sec();
         let wall = end.at.saturating_duration_since(start.at).as_secs_f64();
@@ -1206,6 +1212,7 @@ mod tests {
             handshakes: None,
             handshakes_per_sec: None,
             handshakes_per_server_cpu_sec: None,
+            handshakes_resumed: None,
         }
     }
 
