@@ -175,19 +175,18 @@ pub fn targets(rows: &[LadderRow]) -> Vec<Target> {
         })
     };
     let compared = rows.iter().any(|r| r.rung.starts_with("redis"));
-    let cost = |rung: Rung, inflight: usize, limit: f64| {
-        let l0 = find(rows, Rung::L0, "", inflight).and_then(|r| r.ops_per_sec);
-        let row = find(rows, rung, "", inflight);
-        match (
-            row.and_then(|r| r.cost_vs_l0_pct),
-            row.and_then(|r| r.ops_per_sec),
-            l0,
-        ) {
-            (Some(c), Some(ops), Some(base)) => (
+    // `rung`'s throughput cost against `base` at `inflight`, judged against `limit` per cent.
+    let cost_over = |base: Rung, rung: Rung, inflight: usize, limit: f64| match (
+        find(rows, base, "", inflight).and_then(|r| r.ops_per_sec),
+        find(rows, rung, "", inflight).and_then(|r| r.ops_per_sec),
+    ) {
+        (Some(base_ops), Some(ops)) => {
+            let c = 100.0 * (1.0 - ops / base_ops);
+            (
                 format!(
-                    "{} % (L0 {} → {rung} {} ops/s)",
+                    "{} % ({base} {} → {rung} {} ops/s)",
                     pct(c),
-                    group(base),
+                    group(base_ops),
                     group(ops)
                 ),
                 if c <= limit {
@@ -195,13 +194,14 @@ pub fn targets(rows: &[LadderRow]) -> Vec<Target> {
                 } else {
                     Verdict::Missed
                 },
-            ),
-            _ => (
-                "no measurement (row failed or missing)".into(),
-                Verdict::NotMeasured,
-            ),
+            )
         }
+        _ => (
+            "no measurement (row failed or missing)".into(),
+            Verdict::NotMeasured,
+        ),
     };
+    let cost = |rung: Rung, inflight: usize, limit: f64| cost_over(Rung::L0, rung, inflight, limit);
     let redis_then = ["18–28 % unpipelined", "28–37 % at pipeline depth 16"];
     let redis_cost =
         |inflight: usize| find_label(rows, REDIS_MTLS, "", inflight).and_then(|r| r.cost_vs_l0_pct);
@@ -231,30 +231,10 @@ pub fn targets(rows: &[LadderRow]) -> Vec<Target> {
     }
     // What the token layer alone adds over mutual TLS, with the token sent once per
     // connection and named by its handle in each request.
-    let over_l2 = match (
-        find(rows, Rung::L2, "", 16).and_then(|r| r.ops_per_sec),
-        find(rows, Rung::L5, "", 16).and_then(|r| r.ops_per_sec),
-    ) {
-        (Some(l2), Some(l5)) => {
-            let c = 100.0 * (1.0 - l5 / l2);
-            (
-                format!("{} % (L2 {} → L5 {} ops/s)", pct(c), group(l2), group(l5)),
-                if c <= 3.0 {
-                    Verdict::Met
-                } else {
-                    Verdict::Missed
-                },
-            )
-        }
-        _ => (
-            "no measurement (row failed or missing)".into(),
-            Verdict::NotMeasured,
-        ),
-    };
     push(
         TargetKind::Ratio,
         "L5 costs ≤ 3 % of L2 throughput, GET at inflight 16 (tokens by handle)".into(),
-        over_l2,
+        cost_over(Rung::L2, Rung::L5, 16, 3.0),
     );
     if compared {
         let cpu = |label: &str, inflight: usize| {
