@@ -668,8 +668,13 @@ impl Checkpoint {
     /// REGISTER_TOKEN (protocol version 2): verify `token` as a request carrying it would be
     /// (signature, claims, the binding to this connection's certificate, the denylist) and
     /// name it by a handle on this connection. The same token bytes registered again get the
-    /// handle they already have.
-    pub(crate) fn register(&self, session: &mut Session, token: &Bytes) -> Result<u32, Refusal> {
+    /// handle they already have. Returns the handle and what the token verified to (for the
+    /// per-identity rate limit, which charges the registration like any request).
+    pub(crate) fn register(
+        &self,
+        session: &mut Session,
+        token: &Bytes,
+    ) -> Result<(u32, Arc<Verified>), Refusal> {
         const OP: &str = "register_token";
         if self.mode != AuthMode::PerRequest {
             return Err(Refusal {
@@ -749,7 +754,7 @@ impl Checkpoint {
                 "allowed",
             ));
         }
-        Ok(handle)
+        Ok((handle, verified))
     }
 
     fn deny_unknown_handle(&self, session: &Session, op: &str, target: Option<&[u8]>) {
@@ -1112,10 +1117,10 @@ mod tests {
         let cp = Checkpoint::new(&w.config, "n1").unwrap();
         let token = w.token_for("dana", "read,write:dana/", Duration::from_secs(300));
         let mut session = handle_session();
-        let handle = cp.register(&mut session, &token).unwrap();
+        let (handle, _) = cp.register(&mut session, &token).unwrap();
         assert_ne!(handle, 0, "handle 0 is never handed out");
         // The same bytes again: the same handle, no second slot.
-        assert_eq!(cp.register(&mut session, &token).unwrap(), handle);
+        assert_eq!(cp.register(&mut session, &token).unwrap().0, handle);
 
         let own = put(b"dana/x");
         let verified = by_handle(&cp, &mut session, handle, &own).unwrap().unwrap();
@@ -1163,7 +1168,7 @@ mod tests {
         let cp = Checkpoint::new(&w.config, "n1").unwrap();
         let (token, _) = w.token("frank");
         let mut session = handle_session();
-        let handle = cp.register(&mut session, &token).unwrap();
+        let (handle, _) = cp.register(&mut session, &token).unwrap();
         let mut thief = handle_session();
         let refusal = by_handle(&cp, &mut thief, handle, &get()).unwrap_err();
         assert_eq!(refusal.code, ErrorCode::UnknownHandle);
@@ -1203,7 +1208,7 @@ mod tests {
         let cp = Checkpoint::new(&w.config, "n1").unwrap();
         let (token, _) = w.token("gina");
         let mut session = handle_session();
-        let handle = cp.register(&mut session, &token).unwrap();
+        let (handle, _) = cp.register(&mut session, &token).unwrap();
         assert!(by_handle(&cp, &mut session, handle, &get()).is_ok());
         // The token's key is retired: a new keyset without k1.
         let k2 = IssuerKey::generate(Alg::EdDSA, Some("k2".into())).unwrap();
@@ -1226,11 +1231,11 @@ mod tests {
         let mut session = handle_session();
         // One token that expires within the test, then live ones up to the cap.
         let short = w.token_for("short", "read:", Duration::from_secs(1));
-        let short_handle = cp.register(&mut session, &short).unwrap();
+        let (short_handle, _) = cp.register(&mut session, &short).unwrap();
         let mut handles = vec![short_handle];
         for i in 1..MAX_HANDLES_PER_CONNECTION {
             let token = w.token_for(&format!("u{i}"), "read:", Duration::from_secs(300));
-            handles.push(cp.register(&mut session, &token).unwrap());
+            handles.push(cp.register(&mut session, &token).unwrap().0);
         }
         let mut sorted = handles.clone();
         sorted.dedup();
@@ -1250,7 +1255,7 @@ mod tests {
         let refusal = by_handle(&cp, &mut session, short_handle, &get()).unwrap_err();
         assert_eq!(refusal.code, ErrorCode::Unauthenticated);
         assert_eq!(refusal.message, AuthCategory::Expired.client_message());
-        let late = cp.register(&mut session, &one_more).unwrap();
+        let (late, _) = cp.register(&mut session, &one_more).unwrap();
         assert!(!handles.contains(&late));
         assert_eq!(
             session.handles.as_ref().unwrap().len(),

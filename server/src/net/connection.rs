@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::checkpoint::Session;
 use crate::auth::CertThumbprint;
 use crate::limits::load::{InFlight, Pressure, SHED_RETRY_AFTER_MS};
-use crate::limits::rate::Meter;
+use crate::limits::rate::{Meter, RateLimiter};
 use crate::metrics::{self, Outcome};
 use crate::net::admission::{NotKept, Ticket};
 use crate::net::identity::PeerKind;
@@ -358,10 +358,7 @@ where
                 // of writes, so their answers arrive together and should leave in one write.
                 let mut next = Some(done);
                 while let Some(done) = next {
-                    if let Some(rate) = rate {
-                        meter.charge_answer(rate, answer_bytes(&done.response.body));
-                    }
-                    framed.feed(&done.response).await?;
+                    feed_done(&mut framed, &mut meter, rate, done).await?;
                     next = durable_rx.try_recv().ok();
                 }
             }
@@ -432,7 +429,9 @@ where
                                     break slot;
                                 }
                                 match durable_rx.recv().await {
-                                    Some(done) => framed.feed(&done.response).await?,
+                                    Some(done) => {
+                                        feed_done(&mut framed, &mut meter, rate, done).await?
+                                    }
                                     // Cannot happen while this task holds a sender.
                                     None => break 'conn,
                                 }
@@ -449,7 +448,10 @@ where
                                         break bytes;
                                     }
                                     match durable_rx.recv().await {
-                                        Some(done) => framed.feed(&done.response).await?,
+                                        Some(done) => {
+                                            feed_done(&mut framed, &mut meter, rate, done)
+                                                .await?
+                                        }
                                         None => break 'conn,
                                     }
                                 }),
@@ -495,10 +497,7 @@ where
             if pending.available_permits() != MAX_PENDING_DURABLE {
                 tokio::task::yield_now().await;
                 while let Ok(done) = durable_rx.try_recv() {
-                    if let Some(rate) = rate {
-                        meter.charge_answer(rate, answer_bytes(&done.response.body));
-                    }
-                    framed.feed(&done.response).await?;
+                    feed_done(&mut framed, &mut meter, rate, done).await?;
                 }
             }
             flush(&mut framed).await?;
@@ -520,6 +519,20 @@ where
         _ => {}
     }
     result
+}
+
+/// Buffer a finished answer for writing, charging its bytes to the caller's byte rate when
+/// one is limited. Its slot and byte reservation go back to the connection with `done`.
+async fn feed_done<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, FrameCodec>,
+    meter: &mut Meter,
+    rate: Option<&RateLimiter>,
+    done: Done,
+) -> Result<(), FrameError> {
+    if let Some(rate) = rate {
+        meter.charge_answer(rate, answer_bytes(&done.response.body));
+    }
+    framed.feed(&done.response).await
 }
 
 /// Write out buffered answers. (Framed is a sink for every encodable type, so the item type

@@ -141,30 +141,32 @@ impl Router {
                 "the token-handle flag needs protocol version 2; this connection negotiated 1",
             );
         }
-        if let RequestBody::RegisterToken { token } = &body {
-            return match &self.checkpoint {
-                Some(checkpoint) => match checkpoint.register(session, token) {
-                    Ok(handle) => Answer::Now(ResponseBody::TokenHandle { handle }),
-                    Err(Refusal { code, message }) => refuse(code, message),
-                },
-                None => refuse(
+        // A registration is verified like a request carrying its token, and charged to the
+        // same identity's rate below; a handle comes back only if both pass.
+        let (verified, registered) = match (&self.checkpoint, &body) {
+            (Some(checkpoint), RequestBody::RegisterToken { token }) => {
+                match checkpoint.register(session, token) {
+                    Ok((handle, verified)) => (Some(verified), Some(handle)),
+                    Err(Refusal { code, message }) => return refuse(code, message),
+                }
+            }
+            (None, RequestBody::RegisterToken { .. }) => {
+                return refuse(
                     ErrorCode::UnknownOp,
                     "this node does not check tokens, so it has no use for token handles",
-                ),
-            };
-        }
-        let verified = match &self.checkpoint {
-            Some(checkpoint) => {
+                )
+            }
+            (Some(checkpoint), _) => {
                 let presented = match request.handle {
                     Some(handle) => Presented::Handle(handle),
                     None => Presented::Token(request.token.as_ref()),
                 };
                 match checkpoint.authorize_presented(session, presented, &body) {
-                    Ok(verified) => verified,
+                    Ok(verified) => (verified, None),
                     Err(Refusal { code, message }) => return refuse(code, message),
                 }
             }
-            None => None,
+            (None, _) => (None, None),
         };
         // After the checkpoints, so the charge goes to who the token proves the caller is
         // (a refused request is the failure limiter's business, not this one's).
@@ -195,6 +197,9 @@ impl Router {
             }
         }
         drop(verified);
+        if let Some(handle) = registered {
+            return Answer::Now(ResponseBody::TokenHandle { handle });
+        }
         let command = match body {
             RequestBody::Ping => return Answer::Now(ResponseBody::Pong),
             RequestBody::ClusterMap => return Answer::Now(self.cluster.map_answer()),

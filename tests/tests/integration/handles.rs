@@ -182,3 +182,47 @@ fn a_handle_means_nothing_on_another_connection_or_on_version_1() -> anyhow::Res
         && l["op"] == "get"));
     Ok(())
 }
+
+#[test]
+fn registrations_are_charged_to_the_identitys_request_rate() -> anyhow::Result<()> {
+    let s = Secured::start(&["--rate-limit-rps", "5"])?;
+    let token = Bytes::from(s.issue(&["--sub", "kai", "--allow", "read:", "--ttl", "5m"])?);
+    let rt = tokio::runtime::Runtime::new()?;
+    let (handles, limited) = rt.block_on(async {
+        let mut conn = RawConnection::alice(&s.pki, &s.node.addr).await?;
+        let hello = Request::new(
+            0,
+            RequestBody::Hello {
+                min_version: PROTOCOL_VERSION,
+                max_version: PROTOCOL_VERSION,
+            },
+        );
+        conn.call(&hello).await?;
+        let (mut handles, mut limited) = (0, 0);
+        for id in 1..=30 {
+            let register = Request::new(
+                id,
+                RequestBody::RegisterToken {
+                    token: token.clone(),
+                },
+            );
+            match conn.call(&register).await?.body {
+                ResponseBody::TokenHandle { .. } => handles += 1,
+                ResponseBody::Error(err) if err.code == ErrorCode::RateLimited => limited += 1,
+                other => anyhow::bail!("REGISTER_TOKEN answered {other:?}"),
+            }
+        }
+        anyhow::Ok((handles, limited))
+    })?;
+    // A burst of one second's worth (5), then refusals: registering is no way around the
+    // limit. A slow machine may refill a few tokens during the loop.
+    assert!(
+        handles >= 1 && limited > 0,
+        "{handles} handles, {limited} limited"
+    );
+    assert!(
+        handles <= 12,
+        "{handles} of 30 registrations admitted under 5/s"
+    );
+    Ok(())
+}
