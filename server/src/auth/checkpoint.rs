@@ -642,27 +642,28 @@ impl Checkpoint {
         now: i64,
     ) -> Result<Arc<Verified>, AuthError> {
         let generation = self.generation.load(Ordering::Acquire);
-        let (token, verified, seen) = match session.handles.as_mut().and_then(|h| h.get_mut(handle))
-        {
-            Some(r) => (r.token.clone(), r.verified.clone(), r.generation),
-            // Checked by the caller; kept total rather than trusted.
-            None => return Err(AuthError::MissingToken),
+        // Checked by the caller; kept total rather than trusted.
+        let Some(entry) = session.handles.as_mut().and_then(|h| h.get_mut(handle)) else {
+            return Err(AuthError::MissingToken);
         };
-        if seen != generation {
-            // A refusal here leaves the entry stale, so every later request naming the handle
-            // is refused the same way (through the negative cache, at no new verification).
-            let fresh = self.verify_fresh(session, Some(&token), now)?;
-            if let Some(r) = session.handles.as_mut().and_then(|h| h.get_mut(handle)) {
-                r.verified = fresh.clone();
-                r.generation = generation;
+        if entry.generation == generation {
+            // The common case: one look at the clock, no copy of the token.
+            if let Some(m) = crate::metrics::get() {
+                m.token_cache(true);
             }
-            return Ok(fresh);
+            entry.verified.check_live(now)?;
+            return Ok(entry.verified.clone());
         }
-        if let Some(m) = crate::metrics::get() {
-            m.token_cache(true);
+        // The keyset changed since: verify again in full. A refusal leaves the entry stale,
+        // so every later request naming the handle is refused the same way (through the
+        // negative cache, at no new verification).
+        let token = entry.token.clone();
+        let fresh = self.verify_fresh(session, Some(&token), now)?;
+        if let Some(r) = session.handles.as_mut().and_then(|h| h.get_mut(handle)) {
+            r.verified = fresh.clone();
+            r.generation = generation;
         }
-        verified.check_live(now)?;
-        Ok(verified)
+        Ok(fresh)
     }
 
     /// REGISTER_TOKEN (protocol version 2): verify `token` as a request carrying it would be
