@@ -393,7 +393,7 @@ impl Router {
                     }
                 }
             };
-            return match replica.execute(command, write_session, consistency) {
+            return match replica.execute(slot, command, write_session, consistency) {
                 ReplicaAnswer::Now(body) => Answer::Now(body),
                 ReplicaAnswer::Later(pending) => Answer::Later(pending),
                 ReplicaAnswer::NotLeader(Some(leader)) => Answer::Now(ResponseBody::NotLeader {

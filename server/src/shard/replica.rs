@@ -159,17 +159,45 @@ impl Replica {
     /// answer to give. A leader cut off from the others keeps its role until it hears of a newer
     /// term, but cannot commit anything. One look at the metrics per request.
     fn refuse_unless_leading(&self) -> Option<ReplicaAnswer> {
+        self.leading().err()
+    }
+
+    /// [`Self::refuse_unless_leading`], and on success whether a linearizable read may be
+    /// served now, without a ReadIndex round: this replica leads a group whose only voter is
+    /// itself, and has applied an entry of its current term.
+    ///
+    /// A sole voter is its own quorum, so the round openraft would run asks no one (it answers
+    /// from its core at once, as etcd's raft does for a singleton); what it still checks is
+    /// that the leader's first entry, its no-op, is applied, since everything committed in
+    /// earlier terms comes before it. An applied entry of the current term says the same:
+    /// the no-op is the first entry a leader proposes. Every write answered in this term was
+    /// applied here before its answer left, so the local state machine holds everything a
+    /// client could have seen acknowledged.
+    ///
+    /// The look is at the published metrics, a moment behind the Raft core. That is safe
+    /// here: no other replica can lead or commit without this one's vote or acceptance until
+    /// the membership has more voters, and a membership change is appended by this leader and
+    /// published (so reads take the round again) long before any other replica could act on
+    /// it, which needs a round trip through this replica's own core.
+    fn leading(&self) -> Result<bool, ReplicaAnswer> {
         let m = self.metrics.borrow();
         if m.state != ServerState::Leader || m.current_leader != Some(self.raft_id) {
-            return Some(ReplicaAnswer::NotLeader(leader_of(&m)));
+            return Err(ReplicaAnswer::NotLeader(leader_of(&m)));
         }
+        let voters = m.membership_config.membership().get_joint_config();
+        let sole = matches!(&voters[..], [only] if only.len() == 1 && only.contains(&self.raft_id));
         let quorum = match m.millis_since_quorum_ack {
             Some(ms) => ms <= self.quorum_lost_after_ms,
             // A single-member group acknowledges itself.
-            None => m.membership_config.membership().voter_ids().count() <= 1,
+            None => sole,
         };
-        drop(m);
-        (!quorum).then(|| self.quorum_lost())
+        if !quorum {
+            drop(m);
+            return Err(self.quorum_lost());
+        }
+        Ok(sole
+            && m.last_applied
+                .is_some_and(|applied| applied.leader_id.term == m.current_term))
     }
 
     fn quorum_lost(&self) -> ReplicaAnswer {
@@ -184,15 +212,16 @@ impl Replica {
         ))
     }
 
-    /// Execute one command with the client's session and consistency.
+    /// Execute one command with the client's session and consistency; `slot` is its key's.
     pub(crate) fn execute(
         &self,
+        slot: u16,
         command: Command,
         session: Option<Session>,
         consistency: Consistency,
     ) -> ReplicaAnswer {
         let op = match command {
-            Command::Get { key } => return self.get(key, consistency),
+            Command::Get { key } => return self.get(slot, key, consistency),
             Command::Put { key, value } => WriteOp::Put { key, value },
             Command::Delete { key } => WriteOp::Delete { key },
             Command::Cas {
@@ -236,12 +265,16 @@ impl Replica {
         }))
     }
 
-    fn get(&self, key: Bytes, consistency: Consistency) -> ReplicaAnswer {
+    fn get(&self, slot: u16, key: Bytes, consistency: Consistency) -> ReplicaAnswer {
         if consistency == Consistency::Stale {
-            return ReplicaAnswer::Now(read_owned(self.shard, &self.reader, &key));
+            return ReplicaAnswer::Now(read_owned(self.shard, &self.reader, slot, &key));
         }
-        if let Some(refusal) = self.refuse_unless_leading() {
-            return refusal;
+        match self.leading() {
+            Err(refusal) => return refusal,
+            Ok(true) => {
+                return ReplicaAnswer::Now(read_confirmed(self.shard, &self.reader, slot, &key))
+            }
+            Ok(false) => {}
         }
         let (waiter, confirmed) = oneshot::channel();
         if self.reads.try_send(waiter).is_err() {
@@ -257,13 +290,7 @@ impl Replica {
         let shard = self.shard;
         ReplicaAnswer::Later(Box::pin(async move {
             match confirmed.await {
-                // A frozen slot is being copied to another shard, which may already own it:
-                // a linearizable read waits for the move rather than read the old copy.
-                Ok(Ok(())) if reader.slots().frozen.contains(skv_proto::hash_slot(&key)) => error(
-                    ErrorCode::TryAgain,
-                    format!("the key's slot is moving away from shard {shard}; retry shortly"),
-                ),
-                Ok(Ok(())) => read_owned(shard, &reader, &key),
+                Ok(Ok(())) => read_confirmed(shard, &reader, slot, &key),
                 Ok(Err(GateRefusal::NotLeader(leader))) => not_leader(shard, leader),
                 Ok(Err(GateRefusal::Unavailable(why))) => error(ErrorCode::Unavailable, why),
                 Err(_) => error(
@@ -295,14 +322,37 @@ fn leader_of(m: &RaftMetrics<u64, Member>) -> Option<Member> {
     m.membership_config.membership().get_node(&id).cloned()
 }
 
-/// Read `key` if the state machine owns its slot: a slot it gave away (or has not taken yet)
-/// holds no keys here, and "not found" would be a lie.
-fn read_owned(shard: u32, reader: &ShardReader, key: &[u8]) -> ResponseBody {
-    if !reader.slots().owned.contains(skv_proto::hash_slot(key)) {
+/// A linearizable read whose leadership is confirmed. A frozen slot is being copied to
+/// another shard, which may already own it: such a read waits for the move (the client
+/// retries) rather than read the old copy.
+fn read_confirmed(shard: u32, reader: &ShardReader, slot: u16, key: &[u8]) -> ResponseBody {
+    let (owned, frozen) = reader.slot_state(slot);
+    if frozen {
         return error(
             ErrorCode::TryAgain,
-            format!("shard {shard} does not own the key's slot at this point; refresh the map and retry"),
+            format!("the key's slot is moving away from shard {shard}; retry shortly"),
         );
+    }
+    if !owned {
+        return not_owned(shard);
+    }
+    read_local(reader, key)
+}
+
+fn not_owned(shard: u32) -> ResponseBody {
+    error(
+        ErrorCode::TryAgain,
+        format!(
+            "shard {shard} does not own the key's slot at this point; refresh the map and retry"
+        ),
+    )
+}
+
+/// Read `key` if the state machine owns its slot: a slot it gave away (or has not taken yet)
+/// holds no keys here, and "not found" would be a lie.
+fn read_owned(shard: u32, reader: &ShardReader, slot: u16, key: &[u8]) -> ResponseBody {
+    if !reader.slot_state(slot).0 {
+        return not_owned(shard);
     }
     read_local(reader, key)
 }
