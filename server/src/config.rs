@@ -287,6 +287,12 @@ pub struct FileConfig {
     /// encrypted refuses to open without its key (docs/SECURITY.md, "Encryption at rest").
     #[arg(long = "master-key", value_name = "FILE")]
     pub master_key: Option<PathBuf>,
+    /// Bytes of recently read records the node keeps in memory in front of sled (keys, values
+    /// and about 128 bytes per entry), shared by all its shards; a full cache drops an
+    /// arbitrary half of a part to make room. Cached values are plaintext even with
+    /// --master-key. 0: every read goes to sled [default: 64 MiB].
+    #[arg(long = "read-cache-bytes", value_name = "BYTES")]
+    pub read_cache_bytes: Option<usize>,
 
     // ---- limits per identity, load shedding, metrics (issue 12, docs/SECURITY.md "Limits")
     /// Requests per second one identity may send (its token's `sub`, or its client
@@ -442,6 +448,8 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// The master key file of encryption at rest (`None`: `SKV_MASTER_KEY`, else off).
     pub master_key: Option<PathBuf>,
+    /// Budget of the read cache in front of sled; 0: off.
+    pub read_cache_bytes: usize,
     /// Requests per second per identity; `None`: no limit.
     pub rate_limit_rps: Option<u64>,
     /// Request and answer bytes per second per identity; `None`: no limit.
@@ -634,6 +642,7 @@ impl NodeConfig {
             election_timeout: Duration::from_millis(election_ms),
             snapshot_every: cfg.snapshot_every.unwrap_or(DEFAULT_SNAPSHOT_EVERY).max(10),
             master_key: cfg.master_key,
+            read_cache_bytes: cfg.read_cache_bytes.unwrap_or(DEFAULT_READ_CACHE_BYTES),
         })
     }
 }
@@ -658,6 +667,9 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
 
 /// Default number of entries between snapshots of a Raft group.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 20_000;
+
+/// Default budget of the read cache in front of sled (`--read-cache-bytes`).
+pub const DEFAULT_READ_CACHE_BYTES: usize = 64 << 20;
 
 /// Default lower bound of the election timeout. openraft makes a follower that had a leader
 /// wait out the leader's lease (the longest timeout, twice this) plus its own timeout before it
@@ -915,6 +927,7 @@ mod tests {
         assert_eq!(node.overload_inflight, Some(DEFAULT_OVERLOAD_INFLIGHT));
         assert_eq!(node.max_pending_bytes, DEFAULT_MAX_PENDING_BYTES);
         assert_eq!(node.metrics_listen, None);
+        assert_eq!(node.read_cache_bytes, DEFAULT_READ_CACHE_BYTES);
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");

@@ -346,6 +346,8 @@ async fn open_cluster(
                 election: config.election_timeout,
                 snapshot_every: config.snapshot_every,
                 crypt,
+                read_cache: (config.read_cache_bytes > 0)
+                    .then(|| crate::raft::read_cache::ReadCache::new(config.read_cache_bytes)),
             },
         )
         .await?);

@@ -417,6 +417,7 @@ fn node_config(
         election_timeout: Duration::from_millis(skv_server::config::DEFAULT_ELECTION_TIMEOUT_MS),
         snapshot_every: skv_server::config::DEFAULT_SNAPSHOT_EVERY,
         master_key: None,
+        read_cache_bytes: skv_server::config::DEFAULT_READ_CACHE_BYTES,
         rate_limit_rps: None,
         rate_limit_bytes_per_sec: None,
         overload_inflight: None,

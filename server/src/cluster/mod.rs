@@ -176,6 +176,8 @@ pub(crate) struct RaftSetup {
     pub(crate) snapshot_every: u64,
     /// The data keys of encryption at rest; `None` when off.
     pub(crate) crypt: Option<Arc<crate::storage::atrest::Crypt>>,
+    /// The read cache in front of the shards' trees; `None` when off.
+    pub(crate) read_cache: Option<Arc<crate::raft::read_cache::ReadCache>>,
 }
 
 /// Where a node keeps its data and how it makes writes durable.
@@ -280,11 +282,13 @@ impl Cluster {
             election,
             snapshot_every,
             crypt,
+            read_cache,
         } = raft;
         let election = replicated::Timing {
             election,
             snapshot_every,
             crypt,
+            read_cache,
         };
         let mut bootstrap_map = match bootstrap {
             Some(path) => read_map(path, name)?,

@@ -33,6 +33,7 @@ use super::meta::{MapChange, MapOutcome, MapState};
 use crate::net::peer::Dialer;
 use crate::raft::log::Flusher;
 use crate::raft::network::{Network, Peers};
+use crate::raft::read_cache::ReadCache;
 use crate::raft::rpc::RaftRegistry;
 use crate::raft::state::{open_meta, open_shard};
 use crate::raft::{Member, Outcome, Proposal, RaftGroup, META_GROUP};
@@ -85,6 +86,8 @@ pub(crate) struct Replication {
     flusher: Flusher,
     /// Encryption at rest for the shards' groups (`None`: off).
     crypt: Option<Arc<Crypt>>,
+    /// The read cache every shard group of this node reads through (`None`: off).
+    read_cache: Option<Arc<ReadCache>>,
     config: Arc<Config>,
     peers: Peers,
     registry: RaftRegistry,
@@ -122,6 +125,8 @@ pub(crate) struct Timing {
     pub(crate) snapshot_every: u64,
     /// Encryption at rest: `None` when off.
     pub(crate) crypt: Option<Arc<Crypt>>,
+    /// The node's read cache: `None` when off.
+    pub(crate) read_cache: Option<Arc<ReadCache>>,
 }
 
 /// openraft's settings from the election timeout: heartbeats at a fifth of it, so a leader
@@ -184,6 +189,7 @@ impl Replication {
         registry: RaftRegistry,
     ) -> Result<Arc<Replication>, ReplicationError> {
         let crypt = election.crypt.clone();
+        let read_cache = election.read_cache.clone();
         let config = raft_config(&election).map_err(|reason| ReplicationError::Start {
             group: META_GROUP,
             reason,
@@ -224,6 +230,7 @@ impl Replication {
             db,
             flusher,
             crypt,
+            read_cache,
             config,
             peers,
             registry,
@@ -401,13 +408,17 @@ impl Replication {
         shard: u32,
         replicas: &[String],
     ) -> Result<Arc<Replica>, ReplicationError> {
-        let (log, sm, reader) =
-            open_shard(&self.db, shard, self.flusher.clone(), self.crypt.clone()).map_err(|e| {
-                ReplicationError::Open {
-                    group: shard,
-                    reason: e.to_string(),
-                }
-            })?;
+        let (log, sm, reader) = open_shard(
+            &self.db,
+            shard,
+            self.flusher.clone(),
+            self.crypt.clone(),
+            self.read_cache.as_ref(),
+        )
+        .map_err(|e| ReplicationError::Open {
+            group: shard,
+            reason: e.to_string(),
+        })?;
         let raft = openraft::Raft::new(
             self.raft_id,
             self.config.clone(),

@@ -48,6 +48,7 @@
 pub(crate) mod forward;
 pub(crate) mod log;
 pub(crate) mod network;
+pub(crate) mod read_cache;
 pub(crate) mod rpc;
 pub(crate) mod state;
 

@@ -66,6 +66,7 @@ use sled::transaction::{
 use tokio::sync::watch;
 
 use super::log::{io_err, msg_err, Flusher, LogStore, StoreError};
+use super::read_cache::{Change, GroupCache, ReadCache};
 use super::{
     Imported, Member, Outcome, Proposal, TypeConfig, Write, WriteOp, WriteOutcome, META_GROUP,
 };
@@ -532,6 +533,15 @@ struct Shared {
     key_count: AtomicU64,
     /// Seals and opens the keyspace records and the stored snapshot.
     seal: Seal,
+    /// This group's part of the node's read cache; `None` when it is off.
+    cache: Option<GroupCache>,
+}
+
+impl Shared {
+    /// Begin changing the keyspace tree, when there is a cache to keep exact.
+    fn change(&self, whole: bool) -> Option<Change<'_>> {
+        self.cache.as_ref().map(|c| c.begin(whole))
+    }
 }
 
 /// Session entries by age: (at_ms, client, seq).
@@ -587,12 +597,14 @@ impl Debug for ShardReader {
     }
 }
 
-/// Opens shard group `id`'s log, state machine and reader in `db`.
+/// Opens shard group `id`'s log, state machine and reader in `db`. Its reads go through
+/// `cache` when given.
 pub(crate) fn open_shard(
     db: &sled::Db,
     id: u32,
     flusher: Flusher,
     crypt: Option<Arc<Crypt>>,
+    cache: Option<&Arc<ReadCache>>,
 ) -> Result<(LogStore, ShardStateMachine, ShardReader), StoreError> {
     let log = LogStore::open(db, id, flusher.clone(), crypt.clone())?;
     let seal = Seal::new(crypt, id);
@@ -631,6 +643,7 @@ pub(crate) fn open_shard(
         applied_index: AtomicU64::new(st.applied.map_or(0, |l| l.index)),
         key_count: AtomicU64::new(st.key_count),
         seal,
+        cache: cache.map(ReadCache::group),
     });
     let inner = Arc::new(ShardInner {
         id,
@@ -785,10 +798,14 @@ impl ShardInner {
     ) -> Result<Outcome, StoreError> {
         let core_ref: &Core = core;
         let seal = &self.shared.seal;
+        let change = self.shared.change(false);
         let result = (&trees.ks, &self.sm, &trees.sessions).transaction(|(ks, sm, sess)| {
             writes_tx(core_ref, seal, ks, sm, sess, log_id, at_ms, writes)
         });
         let done = tx_result(result, ErrorSubject::Apply(log_id), ErrorVerb::Write)?;
+        if let Some(change) = change {
+            change.end(writes.iter().map(|w| &w.op.key()[..]));
+        }
         for e in &done.expired {
             core.sessions.remove(e);
         }
@@ -810,6 +827,7 @@ impl ShardInner {
         let log_id = st.applied;
         let base = st.clone();
         let seal = &self.shared.seal;
+        let _change = self.shared.change(true);
         let result = (&trees.ks, &self.sm).transaction(|(ks, sm)| {
             let mut st = base.clone();
             for e in entries {
@@ -849,6 +867,7 @@ impl ShardInner {
         let subject = st
             .applied
             .map_or(ErrorSubject::StateMachine, ErrorSubject::Apply);
+        let _change = self.shared.change(true);
         // Delete the slots' keys in bounded transactions, each persisting the key count with
         // the deletions (the applied log id is not advanced until the last one).
         let mut chunk: Vec<sled::IVec> = Vec::new();
@@ -1007,7 +1026,9 @@ impl ShardInner {
         let old_generation = core.st.generation;
         core.st = st;
         core.sessions = sessions;
+        let change = self.shared.change(true);
         let mut old = self.shared.trees.swap(Arc::new(trees));
+        drop(change);
         self.publish_slots(&mut core);
         self.shared
             .applied_index
@@ -1393,6 +1414,22 @@ fn key_of_item(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Imported,
 impl ShardReader {
     /// A key's version and value, `None` when absent.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<(u64, Bytes)>, StoreError> {
+        let Some(cache) = &self.shared.cache else {
+            return self.get_stored(key);
+        };
+        let look = cache.look();
+        if let Some(hit) = cache.get(look, key) {
+            return Ok(Some(hit));
+        }
+        let found = self.get_stored(key)?;
+        if let Some((version, value)) = &found {
+            cache.fill(look, key, *version, value);
+        }
+        Ok(found)
+    }
+
+    /// [`Self::get`] from the tree, past the cache.
+    fn get_stored(&self, key: &[u8]) -> Result<Option<(u64, Bytes)>, StoreError> {
         let trees = self.shared.trees.load();
         match trees
             .ks
@@ -1478,6 +1515,13 @@ impl ShardReader {
     /// The frozen slots.
     pub(crate) fn frozen(&self) -> SlotSet {
         self.shared.slots.load().frozen.clone()
+    }
+
+    /// Whether the state machine owns `slot`, and whether that slot is frozen (being moved
+    /// away); cheaper than [`Self::slots`] for one slot.
+    pub(crate) fn slot_state(&self, slot: u16) -> (bool, bool) {
+        let slots = self.shared.slots.load();
+        (slots.owned.contains(slot), slots.frozen.contains(slot))
     }
 
     /// Owned and frozen slots without copying the bitmaps.

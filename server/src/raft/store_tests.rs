@@ -106,9 +106,13 @@ struct Shard {
 }
 
 impl Shard {
+    /// Reads go through a read cache of its own, so every test here also checks that the
+    /// cache never serves what a change replaced.
     fn open(path: &Path) -> Shard {
         let db = open_db(path);
-        let (log, sm, reader) = open_shard(&db, 1, Flusher::new(db.clone()), None).unwrap();
+        let cache = ReadCache::new(1 << 20);
+        let (log, sm, reader) =
+            open_shard(&db, 1, Flusher::new(db.clone()), None, Some(&cache)).unwrap();
         let next = reader.last_applied_index() + 1;
         Shard {
             db,
@@ -181,7 +185,7 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, (TempDir, sled::Db)> 
         let crypt = self
             .encrypted
             .then(|| std::sync::Arc::new(crate::storage::atrest::Crypt::ephemeral()));
-        let (log, sm, _reader) = open_shard(&db, 7, Flusher::new(db.clone()), crypt)?;
+        let (log, sm, _reader) = open_shard(&db, 7, Flusher::new(db.clone()), crypt, None)?;
         Ok(((dir, db), log, sm))
     }
 }
@@ -710,6 +714,87 @@ async fn everything_survives_a_restart() {
     assert_eq!(out, vec![written(1), written(4)]);
 }
 
+/// Every kind of change to the keyspace, each after the keys it touches were read (so cached):
+/// the next read sees the change.
+#[tokio::test]
+async fn the_read_cache_never_serves_a_record_a_change_replaced() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut s = Shard::open(d1.path());
+    s.own_all().await;
+    s.writes(1, vec![put("a", "1"), put("b", "1"), put("c", "1")])
+        .await;
+    let read_all = |s: &Shard| [s.get("a"), s.get("b"), s.get("c")];
+    assert_eq!(
+        read_all(&s),
+        [
+            Some((1, "1".into())),
+            Some((2, "1".into())),
+            Some((3, "1".into()))
+        ]
+    );
+    // A write and a delete in one batch; a CAS that loses changes nothing.
+    s.writes(
+        2,
+        vec![
+            put("a", "2"),
+            del("b"),
+            Write {
+                session: None,
+                op: WriteOp::Cas {
+                    key: b("c"),
+                    expect_version: 99,
+                    value: b("lost"),
+                },
+            },
+        ],
+    )
+    .await;
+    assert_eq!(
+        read_all(&s),
+        [Some((4, "2".into())), None, Some((3, "1".into()))]
+    );
+    // An import above the current version replaces it.
+    s.apply(Proposal::Import {
+        move_id: 1,
+        entries: vec![Imported {
+            key: b("c"),
+            version: 100,
+            value: b("imported"),
+        }],
+    })
+    .await;
+    assert_eq!(s.get("c"), Some((100, "imported".into())));
+    // A release deletes the released slot's keys.
+    let gone = only(slot_of("c"));
+    s.apply(Proposal::Freeze {
+        move_id: 2,
+        slots: gone.clone(),
+    })
+    .await;
+    assert_eq!(s.get("c"), Some((100, "imported".into())));
+    s.apply(Proposal::Release {
+        move_id: 2,
+        slots: gone,
+    })
+    .await;
+    assert_eq!(s.get("c"), None);
+    // A snapshot install replaces everything, cached or not.
+    let mut other = Shard::open(d2.path());
+    other.own_all().await;
+    other.writes(1, vec![put("a", "from-snapshot")]).await;
+    let snap = other
+        .sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(s.get("a"), Some((4, "2".into())));
+    install(&mut s, &snap).await;
+    assert_eq!(s.get("a"), Some((1, "from-snapshot".into())));
+    assert_eq!(s.get("b"), None);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Snapshots
 // ---------------------------------------------------------------------------------------------
@@ -898,8 +983,8 @@ async fn destroy_shard_drops_every_tree_of_the_group() {
     let db = open_db(dir.path());
     {
         let flusher = Flusher::new(db.clone());
-        let (mut log, mut sm, _r) = open_shard(&db, 4, flusher.clone(), None).unwrap();
-        let (_l2, _s2, _r2) = open_shard(&db, 44, flusher, None).unwrap();
+        let (mut log, mut sm, _r) = open_shard(&db, 4, flusher.clone(), None, None).unwrap();
+        let (_l2, _s2, _r2) = open_shard(&db, 44, flusher, None, None).unwrap();
         log.save_vote(&Vote::new(1, 1)).await.unwrap();
         sm.apply(vec![ent(1, Proposal::Own { slots: all() })])
             .await
@@ -919,7 +1004,7 @@ async fn destroy_shard_drops_every_tree_of_the_group() {
     );
     // Shard 44's trees are untouched.
     assert!(names.iter().any(|n| n == "sm/44"), "{names:?}");
-    let (_l, mut sm, _r) = open_shard(&db, 4, Flusher::new(db.clone()), None).unwrap();
+    let (_l, mut sm, _r) = open_shard(&db, 4, Flusher::new(db.clone()), None, None).unwrap();
     assert_eq!(sm.applied_state().await.unwrap().0, None);
 }
 

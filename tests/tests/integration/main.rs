@@ -21,6 +21,7 @@ mod ladder;
 mod limits;
 mod ops;
 mod raw_tls;
+mod reads;
 mod replication;
 mod revoke;
 mod tls;

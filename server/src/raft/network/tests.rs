@@ -145,6 +145,7 @@ impl Listener {
             election_timeout: Duration::from_millis(500),
             snapshot_every: 20_000,
             master_key: None,
+            read_cache_bytes: 0,
             rate_limit_rps: None,
             rate_limit_bytes_per_sec: None,
             overload_inflight: None,

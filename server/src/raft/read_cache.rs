@@ -1,0 +1,466 @@
+//! The read cache: records the shards of this node were recently asked for, in memory, in
+//! front of their sled trees.
+//!
+//! A GET served from sled walks its page cache, pins an epoch and copies the value out:
+//! measured with perf at inflight 16, about 40 % of the node's CPU per request went there
+//! (docs/BENCHMARKS.md, "The pipelined path"). A hit here is one keyed hash, one uncontended
+//! lock and a copy of the value.
+//!
+//! # Bounds
+//! One cache serves every shard group of the node (`--read-cache-bytes`). It is split into
+//! [`SHARDS`] parts by key hash, each with its share of the budget; an entry is charged its
+//! key, its value and [`ENTRY_OVERHEAD`]. A part that would go over its share drops an
+//! arbitrary half of its entries first, so filling costs amortized O(1) and memory never
+//! exceeds the budget. An entry over a quarter of a part's share is not cached at all: one
+//! large value cannot flush the others. Keys are hashed with std's randomly keyed SipHash, so
+//! a client that picks its keys cannot make one part's chains long.
+//!
+//! # Staying exact
+//! A cached record must never be older than what a client could already have seen. Each
+//! shard group holds a [`GroupCache`] with two counters:
+//! - **changes** is odd while the group's state machine is changing its tree. A write batch
+//!   calls [`GroupCache::begin`] before its sled transaction and [`Change::end`] after it,
+//!   which removes the keys it wrote and makes the counter even again.
+//! - **epoch** names the group's entries. A change that touches keys it does not list (a
+//!   slot move's import or release, a snapshot install) takes a fresh epoch when it begins,
+//!   so every entry of the old one is unreachable at once (they age out with evictions).
+//!
+//! A reader looks up `(epoch, key)`. On a miss it reads sled, then fills the entry only if
+//! the change counter it saw before the read was even and is unchanged, checked under the
+//! part's lock. So a fill is either of a read that finished before the next change began
+//! (the change's `end`, which takes the same lock, removes it afterwards) or it does not
+//! happen. While a change runs nothing is filled, so a reader that missed and read the new
+//! record from sled cannot be followed by one that hits an older copy: the old copy was
+//! already cached (and is removed at `end`, before the write is acknowledged), or it was not
+//! and cannot appear. A reader that hits an entry a running change is about to remove began
+//! before that change could be acknowledged, so serving it is linearizable.
+//!
+//! Cached values are plaintext even when the node encrypts at rest: encryption at rest
+//! protects the disk, and the process holds plaintext while it serves a value anyway.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use hashbrown::HashTable;
+
+/// Parts of the cache, each with its own lock: enough that the node's runtime threads rarely
+/// meet on one.
+pub(crate) const SHARDS: usize = 16;
+
+/// What an entry costs beyond its key and value bytes: the map slot (key and value handles,
+/// version, epoch) and the allocations' headers, rounded up.
+pub(crate) const ENTRY_OVERHEAD: usize = 128;
+
+/// One cached record: the key and the value share one allocation, and the key's full hash
+/// sits in the table beside it, so a lookup compares keys only on a real match and a hit
+/// touches the table and one allocation.
+struct Entry {
+    hash: u64,
+    epoch: u64,
+    version: u64,
+    key_len: usize,
+    /// The key, then the value.
+    record: Box<[u8]>,
+}
+
+impl Entry {
+    fn cost(key: &[u8], value: &[u8]) -> usize {
+        key.len() + value.len() + ENTRY_OVERHEAD
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.record[..self.key_len]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.record[self.key_len..]
+    }
+
+    fn size(&self) -> usize {
+        self.record.len() + ENTRY_OVERHEAD
+    }
+}
+
+#[derive(Default)]
+struct Part {
+    entries: HashTable<Entry>,
+    bytes: usize,
+}
+
+impl Part {
+    fn find(&self, hash: u64, key: &[u8]) -> Option<&Entry> {
+        self.entries
+            .find(hash, |e| e.hash == hash && e.key() == key)
+    }
+
+    fn remove(&mut self, hash: u64, key: &[u8]) {
+        if let Ok(found) = self
+            .entries
+            .find_entry(hash, |e| e.hash == hash && e.key() == key)
+        {
+            let (entry, _) = found.remove();
+            self.bytes -= entry.size();
+        }
+    }
+
+    /// Drop every other entry (an arbitrary half: the table's order is its hash order).
+    fn halve(&mut self) {
+        let mut keep = false;
+        let mut freed = 0;
+        self.entries.retain(|entry| {
+            keep = !keep;
+            if !keep {
+                freed += entry.size();
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+}
+
+/// The node's read cache (module docs). Shared by every shard group through its
+/// [`GroupCache`].
+pub(crate) struct ReadCache {
+    /// Each part on cache lines of its own: every hit takes its part's lock, and two parts
+    /// sharing a line would make the node's threads pass that line back and forth.
+    parts: Box<[Padded<Mutex<Part>>]>,
+    hasher: RandomState,
+    part_budget: usize,
+    next_epoch: AtomicU64,
+}
+
+impl std::fmt::Debug for ReadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadCache")
+            .field("budget", &(self.part_budget * self.parts.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadCache {
+    /// A cache of at most `bytes` (keys, values and [`ENTRY_OVERHEAD`] per entry).
+    pub(crate) fn new(bytes: usize) -> Arc<ReadCache> {
+        Arc::new(ReadCache {
+            parts: (0..SHARDS).map(|_| Padded::default()).collect(),
+            hasher: RandomState::new(),
+            part_budget: bytes / SHARDS,
+            next_epoch: AtomicU64::new(1),
+        })
+    }
+
+    /// The handle one shard group fills and invalidates through.
+    pub(crate) fn group(self: &Arc<Self>) -> GroupCache {
+        GroupCache {
+            epoch: AtomicU64::new(self.fresh_epoch()),
+            changes: AtomicU64::new(0),
+            cache: self.clone(),
+        }
+    }
+
+    /// Bytes held now, by the accounting the budget bounds.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.parts.iter().map(|p| lock(&p.0).bytes).sum()
+    }
+
+    fn fresh_epoch(&self) -> u64 {
+        self.next_epoch.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The key's hash, and its part: bits 32 and up pick the part, so the table, which
+    /// indexes by the low bits and tags by the top seven, sees them spread evenly.
+    fn part(&self, key: &[u8]) -> (u64, MutexGuard<'_, Part>) {
+        let hash = self.hasher.hash_one(key);
+        let index = (hash >> 32) as usize % self.parts.len();
+        (hash, lock(&self.parts[index].0))
+    }
+}
+
+/// A value alone on its cache lines (128 bytes: adjacent-line prefetch pairs lines).
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded<T>(T);
+
+/// A poisoned part is still consistent: no code under its lock panics between two updates
+/// of its map and its byte count.
+fn lock(part: &Mutex<Part>) -> MutexGuard<'_, Part> {
+    part.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One shard group's view of the node's cache (module docs, "Staying exact").
+pub(crate) struct GroupCache {
+    cache: Arc<ReadCache>,
+    epoch: AtomicU64,
+    changes: AtomicU64,
+}
+
+/// What a reader saw before it read: where to look, and the change counter a fill must
+/// still find.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Look {
+    epoch: u64,
+    changes: u64,
+}
+
+impl GroupCache {
+    /// Begin a read: the epoch to look in and the change counter to fill under. The epoch is
+    /// read first: a change takes its fresh epoch after making the counter odd, so a reader
+    /// that sees the new epoch also sees the change running and fills nothing.
+    pub(crate) fn look(&self) -> Look {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let changes = self.changes.load(Ordering::SeqCst);
+        Look { epoch, changes }
+    }
+
+    /// The cached version and value of `key`, if any. The value is copied out: it is about
+    /// to be copied into the answer anyway, and a fresh copy is what the encoder then reads.
+    pub(crate) fn get(&self, look: Look, key: &[u8]) -> Option<(u64, Bytes)> {
+        let (hash, part) = self.cache.part(key);
+        part.find(hash, key)
+            .filter(|e| e.epoch == look.epoch)
+            .map(|e| (e.version, Bytes::copy_from_slice(e.value())))
+    }
+
+    /// Cache what a read found in sled, unless a change began since `look` (or was running).
+    pub(crate) fn fill(&self, look: Look, key: &[u8], version: u64, value: &Bytes) {
+        if look.changes % 2 == 1 {
+            return;
+        }
+        let cost = Entry::cost(key, value);
+        if cost > self.cache.part_budget / 4 {
+            return;
+        }
+        let (hash, mut part) = self.cache.part(key);
+        // Under the part's lock: a change's `end` removes its keys under the same lock, so
+        // either this fill comes first and is removed, or it sees the counter moved.
+        if self.changes.load(Ordering::SeqCst) != look.changes {
+            return;
+        }
+        part.remove(hash, key);
+        if part.bytes + cost > self.cache.part_budget {
+            part.halve();
+        }
+        part.bytes += cost;
+        let mut record = Vec::with_capacity(key.len() + value.len());
+        record.extend_from_slice(key);
+        record.extend_from_slice(value);
+        let entry = Entry {
+            hash,
+            epoch: look.epoch,
+            version,
+            key_len: key.len(),
+            record: record.into_boxed_slice(),
+        };
+        part.entries.insert_unique(hash, entry, |e| e.hash);
+    }
+
+    /// Begin changing the group's tree. `whole` when the change touches keys it will not name
+    /// at its end (an import, a release, a snapshot install): every entry is dropped at once.
+    /// The state machine applies one change at a time per group.
+    pub(crate) fn begin(&self, whole: bool) -> Change<'_> {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        if whole {
+            self.epoch.store(self.cache.fresh_epoch(), Ordering::SeqCst);
+        }
+        Change {
+            group: self,
+            ended: false,
+        }
+    }
+}
+
+/// A change to a group's tree under way: ends when dropped, and then forgets every entry of
+/// the group when [`Change::end`] did not say which keys it changed (it failed half-way).
+#[must_use = "a change must end after the tree is changed"]
+pub(crate) struct Change<'a> {
+    group: &'a GroupCache,
+    ended: bool,
+}
+
+impl Change<'_> {
+    /// The tree is changed: forget `keys`, then let fills happen again.
+    pub(crate) fn end<'k>(mut self, keys: impl IntoIterator<Item = &'k [u8]>) {
+        for key in keys {
+            let (hash, mut part) = self.group.cache.part(key);
+            part.remove(hash, key);
+        }
+        self.ended = true;
+    }
+}
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.group
+                .epoch
+                .store(self.group.cache.fresh_epoch(), Ordering::SeqCst);
+        }
+        self.group.changes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn read(group: &GroupCache, key: &str, stored: (u64, &str)) -> (u64, Bytes) {
+        let look = group.look();
+        if let Some(hit) = group.get(look, key.as_bytes()) {
+            return hit;
+        }
+        let value = b(stored.1);
+        group.fill(look, key.as_bytes(), stored.0, &value);
+        (stored.0, value)
+    }
+
+    #[test]
+    fn a_read_fills_and_the_next_one_hits() {
+        let cache = ReadCache::new(1 << 20);
+        let group = cache.group();
+        assert!(group.get(group.look(), b"k").is_none());
+        read(&group, "k", (3, "v"));
+        assert_eq!(group.get(group.look(), b"k"), Some((3, b("v"))));
+        assert_eq!(cache.bytes(), 1 + 1 + ENTRY_OVERHEAD);
+    }
+
+    #[test]
+    fn a_write_removes_the_keys_it_names_and_no_others() {
+        let cache = ReadCache::new(1 << 20);
+        let group = cache.group();
+        read(&group, "a", (1, "x"));
+        read(&group, "b", (2, "y"));
+        group.begin(false).end([&b"a"[..]]);
+        assert!(group.get(group.look(), b"a").is_none());
+        assert_eq!(group.get(group.look(), b"b"), Some((2, b("y"))));
+    }
+
+    #[test]
+    fn a_read_that_overlaps_a_change_fills_nothing() {
+        let cache = ReadCache::new(1 << 20);
+        let group = cache.group();
+        // Looked before the change began, filled after it ended: the value read may be the
+        // old one, so it is not kept.
+        let before = group.look();
+        group.begin(false).end([&b"k"[..]]);
+        group.fill(before, b"k", 1, &b("old"));
+        assert!(group.get(group.look(), b"k").is_none());
+        // Looked while a change runs: nothing is filled either, even after it ends.
+        let change = group.begin(false);
+        let during = group.look();
+        group.fill(during, b"k", 2, &b("new?"));
+        change.end([]);
+        group.fill(during, b"k", 2, &b("new?"));
+        assert!(group.get(group.look(), b"k").is_none());
+        // A read after the change fills.
+        read(&group, "k", (2, "new"));
+        assert_eq!(group.get(group.look(), b"k"), Some((2, b("new"))));
+    }
+
+    #[test]
+    fn a_whole_change_hides_every_entry_of_its_group_only() {
+        let cache = ReadCache::new(1 << 20);
+        let (one, two) = (cache.group(), cache.group());
+        read(&one, "k", (1, "one"));
+        read(&two, "j", (1, "two"));
+        one.begin(true).end([]);
+        assert!(one.get(one.look(), b"k").is_none());
+        assert_eq!(two.get(two.look(), b"j"), Some((1, b("two"))));
+    }
+
+    #[test]
+    fn a_change_dropped_without_its_keys_forgets_the_group() {
+        let cache = ReadCache::new(1 << 20);
+        let group = cache.group();
+        read(&group, "k", (1, "v"));
+        drop(group.begin(false));
+        assert!(group.get(group.look(), b"k").is_none());
+        // And fills work again.
+        read(&group, "k", (2, "w"));
+        assert_eq!(group.get(group.look(), b"k"), Some((2, b("w"))));
+    }
+
+    #[test]
+    fn the_budget_holds_however_many_keys_are_read() {
+        let budget = 64 * 1024;
+        let cache = ReadCache::new(budget);
+        let group = cache.group();
+        let value = "v".repeat(100);
+        for i in 0..20_000 {
+            read(&group, &format!("key-{i}"), (i, &value));
+            assert!(cache.bytes() <= budget, "{} over {budget}", cache.bytes());
+        }
+        // Some recent keys are still there: halving keeps half.
+        let held = (19_900..20_000)
+            .filter(|i| {
+                group
+                    .get(group.look(), format!("key-{i}").as_bytes())
+                    .is_some()
+            })
+            .count();
+        assert!(held > 0);
+    }
+
+    #[test]
+    fn a_value_over_a_quarter_of_a_part_is_not_cached() {
+        let cache = ReadCache::new(SHARDS * 4096);
+        let group = cache.group();
+        read(&group, "big", (1, &"x".repeat(1024)));
+        assert!(group.get(group.look(), b"big").is_none());
+        read(&group, "small", (1, &"x".repeat(512)));
+        assert!(group.get(group.look(), b"small").is_some());
+    }
+
+    /// Writers change a key through begin/end around their "tree" while readers read through
+    /// the cache: no reader ever sees a version older than one already seen by any reader
+    /// that finished before it started, and after the last write every read sees it.
+    #[test]
+    fn concurrent_reads_and_writes_never_go_back_in_time() {
+        use std::sync::atomic::AtomicBool;
+        let cache = ReadCache::new(1 << 20);
+        let group = Arc::new(cache.group());
+        let tree = Arc::new(Mutex::new(0u64));
+        // The newest version any finished read returned.
+        let seen = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (group, tree, seen, stop) =
+                    (group.clone(), tree.clone(), seen.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let floor = seen.load(Ordering::SeqCst);
+                        let look = group.look();
+                        let version = match group.get(look, b"k") {
+                            Some((v, _)) => v,
+                            None => {
+                                let v = *tree.lock().unwrap();
+                                group.fill(look, b"k", v, &Bytes::new());
+                                v
+                            }
+                        };
+                        assert!(version >= floor, "read {version} after {floor} was seen");
+                        seen.fetch_max(version, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for v in 1..=20_000u64 {
+            let change = group.begin(v % 97 == 0);
+            *tree.lock().unwrap() = v;
+            change.end([&b"k"[..]]);
+        }
+        stop.store(true, Ordering::SeqCst);
+        for r in readers {
+            r.join().unwrap();
+        }
+        let look = group.look();
+        let last = group.get(look, b"k").map(|(v, _)| v);
+        assert!(last.is_none() || last == Some(20_000), "{last:?}");
+    }
+}
