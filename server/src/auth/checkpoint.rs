@@ -378,7 +378,7 @@ impl Checkpoint {
         if self.mode != AuthMode::PerConnection {
             return Ok(());
         }
-        if self.refusals.blocked(&session.peers) {
+        if self.refusals.blocked(&session.peers, unix_now()) {
             self.deny_role(
                 session,
                 "hello",
@@ -476,7 +476,10 @@ impl Checkpoint {
         // A blocked peer still gets what costs nothing: a token this connection or the cache
         // already verified. So a client sharing an address with an attacker keeps working
         // with the token it has; only new verifications are refused.
-        if self.refusals.blocked(&session.peers) && !self.already_verified(session, presented) {
+        // One clock read serves the block check and the token's expiry.
+        let now = unix_now();
+        if self.refusals.blocked(&session.peers, now) && !self.already_verified(session, presented)
+        {
             self.deny_role(
                 session,
                 op.as_str(),
@@ -484,7 +487,6 @@ impl Checkpoint {
             );
             return Err(RATE_LIMITED);
         }
-        let now = unix_now();
         let verified = match (self.mode, presented) {
             (AuthMode::PerConnection, _) => self.connection_verified(session, now),
             (_, Presented::Token(token)) => self.request_verified(session, token, now),
@@ -690,7 +692,7 @@ impl Checkpoint {
                 message: "REGISTER_TOKEN needs protocol version 2; this connection negotiated 1",
             });
         }
-        if self.refusals.blocked(&session.peers)
+        if self.refusals.blocked(&session.peers, unix_now())
             && !self.already_verified(session, Presented::Token(Some(token)))
         {
             self.deny_role(

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,9 +58,24 @@ struct Inner {
 }
 
 /// The negative cache and the failure limiter of one node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Refusals {
     inner: Mutex<Inner>,
+    /// A Unix time (seconds) after which no block set so far runs: every request asks
+    /// whether its peer is blocked, and while no block is running the answer needs neither
+    /// the table nor its lock, which every connection shares, nor a clock read of its own
+    /// (the caller's, for token expiry, serves). Rounded up with a second to spare, so a
+    /// block always ends before it; the table decides from the monotonic clock.
+    blocks_end_unix: AtomicI64,
+}
+
+impl Default for Refusals {
+    fn default() -> Refusals {
+        Refusals {
+            inner: Mutex::default(),
+            blocks_end_unix: AtomicI64::new(i64::MIN),
+        }
+    }
 }
 
 /// Whether a refusal is about the token's bytes alone, so the same bytes are refused the same
@@ -121,8 +137,12 @@ impl Refusals {
         }
     }
 
-    /// Whether any of `peers` is blocked now.
-    pub(crate) fn blocked(&self, peers: &[PeerKey]) -> bool {
+    /// Whether any of `peers` is blocked now; `now_unix` is the caller's Unix time in seconds.
+    pub(crate) fn blocked(&self, peers: &[PeerKey], now_unix: i64) -> bool {
+        // A block that began after this look is missed by a request that raced with it.
+        if now_unix > self.blocks_end_unix.load(Ordering::Relaxed) {
+            return false;
+        }
         let inner = self.lock();
         let now = Instant::now();
         peers.iter().any(|p| {
@@ -169,6 +189,10 @@ impl Refusals {
             state.failures += 1;
             if state.failures > FAILURE_BURST {
                 state.blocked_until = Some(now + state.backoff);
+                let end = skv_token::unix_now()
+                    .saturating_add(state.backoff.as_secs() as i64)
+                    .saturating_add(2);
+                self.blocks_end_unix.fetch_max(end, Ordering::Relaxed);
                 state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
                 state.failures = 0;
                 state.window_start = now;
@@ -202,9 +226,35 @@ mod tests {
         for _ in 0..FAILURE_BURST {
             r.failed(&alice);
         }
-        assert!(!r.blocked(&alice));
+        let now = skv_token::unix_now();
+        assert!(!r.blocked(&alice, now));
         r.failed(&alice);
-        assert!(r.blocked(&alice));
-        assert!(!r.blocked(&bob));
+        assert!(r.blocked(&alice, now));
+        assert!(!r.blocked(&bob, now));
+    }
+
+    #[test]
+    fn a_block_ends_with_its_backoff_and_the_lock_free_look_agrees() {
+        let r = Refusals::default();
+        let alice = [PeerKey::Cert(CertThumbprint::of(b"alice"))];
+        for _ in 0..=FAILURE_BURST {
+            r.failed(&alice);
+        }
+        let now = skv_token::unix_now();
+        assert!(r.blocked(&alice, now));
+        let end = r.blocks_end_unix.load(Ordering::Relaxed);
+        assert!(
+            end > now + FIRST_BACKOFF.as_secs() as i64 && end <= now + 4,
+            "the lock-free deadline {end} must cover the block from {now}"
+        );
+        std::thread::sleep(FIRST_BACKOFF + Duration::from_millis(20));
+        assert!(
+            !r.blocked(&alice, now),
+            "the block is over, by the table's clock"
+        );
+        assert!(
+            !r.blocked(&alice, end + 1),
+            "and past the deadline without the table"
+        );
     }
 }
