@@ -362,131 +362,145 @@ where
                     next = durable_rx.try_recv().ok();
                 }
             }
-            frame = framed.next() => match frame {
-                None => break,
-                Some(Ok(payload)) => {
-                    idle.note_request();
-                    let id = peek_request_id(&payload);
-                    if let Some(credentials) = &credentials {
-                        let now = credentials.generation();
-                        if now != trusted_at {
-                            if let Err(reason) = credentials.still_trusted(&chain) {
-                                tracing::info!(
-                                    peer = %session.fingerprint(),
-                                    %reason,
-                                    "closing a connection whose certificate is no longer trusted"
-                                );
-                                let _ = send_error_buffered(
-                                    &mut framed,
-                                    id,
-                                    ErrorCode::Unauthenticated,
-                                    "this connection's certificate is no longer trusted \
-                                     (revoked, or its CA was removed); reconnect with a valid one",
-                                )
-                                .await;
-                                result = Err(ConnectionError::NoLongerTrusted(reason));
-                                break;
-                            }
-                            trusted_at = now;
-                        }
-                    }
-                    let frame_len = payload.len();
-                    let started = metrics::get().map(|m| (m, std::time::Instant::now()));
-                    let (op, answer) = match Request::decode(payload) {
-                        Ok(request) => {
-                            let op = request.body.op();
-                            meter.frame_len = frame_len;
-                            (
-                                Some(op),
-                                shared.router.route(
-                                    &kind,
-                                    &mut session,
-                                    request,
-                                    max_frame,
-                                    &mut meter,
-                                ),
-                            )
-                        }
-                        // The frame boundary is intact, so a bad request costs only itself.
-                        Err(err) => (None, Answer::Now(decode_refusal(&shared, &session, &err))),
-                    };
-                    match answer {
-                        Answer::Now(body) => {
-                            if let Some(rate) = rate {
-                                meter.charge_answer(rate, answer_bytes(&body));
-                            }
-                            if let Some((m, t0)) = started {
-                                m.request(op.unwrap_or(Op::Ping), Outcome::of(&body), t0.elapsed());
-                            }
-                            reply(&mut framed, id, body).await?
-                        }
-                        Answer::Later(work) => {
-                            // At the caps, deliver finished answers until a slot and enough
-                            // bytes free up: every slot and byte is either with a waiting
-                            // task or on the channel, so this ends.
-                            let slot = loop {
-                                if let Ok(slot) = pending.clone().try_acquire_owned() {
-                                    break slot;
-                                }
-                                match durable_rx.recv().await {
-                                    Some(done) => {
-                                        feed_done(&mut framed, &mut meter, rate, done).await?
+            frame = framed.next() => {
+                // Every request already buffered is handled here, one after another, rather
+                // than one per turn of the select: a turn polls the idle watch and the answer
+                // channel too, and registers and drops a waker for each: at inflight 16 a
+                // measurable share of a request (docs/BENCHMARKS.md). Answers worked out beside the connection
+                // wait for the next turn, so they are at most one read buffer late.
+                let mut frame = frame;
+                loop {
+                    match frame {
+                        None => break 'conn,
+                        Some(Ok(payload)) => {
+                            idle.note_request();
+                            let id = peek_request_id(&payload);
+                            if let Some(credentials) = &credentials {
+                                let now = credentials.generation();
+                                if now != trusted_at {
+                                    if let Err(reason) = credentials.still_trusted(&chain) {
+                                        tracing::info!(
+                                            peer = %session.fingerprint(),
+                                            %reason,
+                                            "closing a connection whose certificate is no longer trusted"
+                                        );
+                                        let _ = send_error_buffered(
+                                            &mut framed,
+                                            id,
+                                            ErrorCode::Unauthenticated,
+                                            "this connection's certificate is no longer trusted \
+                                             (revoked, or its CA was removed); reconnect with a valid one",
+                                        )
+                                        .await;
+                                        result = Err(ConnectionError::NoLongerTrusted(reason));
+                                        break 'conn;
                                     }
-                                    // Cannot happen while this task holds a sender.
-                                    None => break 'conn,
+                                    trusted_at = now;
                                 }
+                            }
+                            let frame_len = payload.len();
+                            let started = metrics::get().map(|m| (m, std::time::Instant::now()));
+                            let (op, answer) = match Request::decode(payload) {
+                                Ok(request) => {
+                                    let op = request.body.op();
+                                    meter.frame_len = frame_len;
+                                    (
+                                        Some(op),
+                                        shared.router.route(
+                                            &kind,
+                                            &mut session,
+                                            request,
+                                            max_frame,
+                                            &mut meter,
+                                        ),
+                                    )
+                                }
+                                // The frame boundary is intact, so a bad request costs only itself.
+                                Err(err) => (None, Answer::Now(decode_refusal(&shared, &session, &err))),
                             };
-                            let reserve = reservation(op.unwrap_or(Op::Ping), frame_len, max_frame)
-                                .min(max_pending_bytes)
-                                .min(u32::MAX as usize);
-                            let bytes = match &pending_bytes {
-                                None => None,
-                                Some(budget) => Some(loop {
-                                    if let Ok(bytes) =
-                                        budget.clone().try_acquire_many_owned(reserve as u32)
-                                    {
-                                        break bytes;
+                            match answer {
+                                Answer::Now(body) => {
+                                    if let Some(rate) = rate {
+                                        meter.charge_answer(rate, answer_bytes(&body));
                                     }
-                                    match durable_rx.recv().await {
-                                        Some(done) => {
-                                            feed_done(&mut framed, &mut meter, rate, done)
-                                                .await?
+                                    if let Some((m, t0)) = started {
+                                        m.request(op.unwrap_or(Op::Ping), Outcome::of(&body), t0.elapsed());
+                                    }
+                                    reply(&mut framed, id, body).await?
+                                }
+                                Answer::Later(work) => {
+                                    // At the caps, deliver finished answers until a slot and enough
+                                    // bytes free up: every slot and byte is either with a waiting
+                                    // task or on the channel, so this ends.
+                                    let slot = loop {
+                                        if let Ok(slot) = pending.clone().try_acquire_owned() {
+                                            break slot;
                                         }
-                                        None => break 'conn,
-                                    }
-                                }),
-                            };
-                            let in_flight = shared.load.start();
-                            let tx = durable_tx.clone();
-                            tokio::spawn(async move {
-                                let body = work.await;
-                                // Keep only what the answer takes: the rest of a read's frame
-                                // goes back to the connection's budget now.
-                                let mut bytes = bytes;
-                                if let Some(held) = bytes.as_mut() {
-                                    let excess = held.num_permits().saturating_sub(answer_bytes(&body));
-                                    drop(held.split(excess));
+                                        match durable_rx.recv().await {
+                                            Some(done) => {
+                                                feed_done(&mut framed, &mut meter, rate, done).await?
+                                            }
+                                            // Cannot happen while this task holds a sender.
+                                            None => break 'conn,
+                                        }
+                                    };
+                                    let reserve = reservation(op.unwrap_or(Op::Ping), frame_len, max_frame)
+                                        .min(max_pending_bytes)
+                                        .min(u32::MAX as usize);
+                                    let bytes = match &pending_bytes {
+                                        None => None,
+                                        Some(budget) => Some(loop {
+                                            if let Ok(bytes) =
+                                                budget.clone().try_acquire_many_owned(reserve as u32)
+                                            {
+                                                break bytes;
+                                            }
+                                            match durable_rx.recv().await {
+                                                Some(done) => {
+                                                    feed_done(&mut framed, &mut meter, rate, done)
+                                                        .await?
+                                                }
+                                                None => break 'conn,
+                                            }
+                                        }),
+                                    };
+                                    let in_flight = shared.load.start();
+                                    let tx = durable_tx.clone();
+                                    tokio::spawn(async move {
+                                        let body = work.await;
+                                        // Keep only what the answer takes: the rest of a read's frame
+                                        // goes back to the connection's budget now.
+                                        let mut bytes = bytes;
+                                        if let Some(held) = bytes.as_mut() {
+                                            let excess = held.num_permits().saturating_sub(answer_bytes(&body));
+                                            drop(held.split(excess));
+                                        }
+                                        if let Some((m, t0)) = started {
+                                            m.request(op.unwrap_or(Op::Ping), Outcome::of(&body), t0.elapsed());
+                                        }
+                                        let done = Done {
+                                            response: Response { id, body },
+                                            _slot: slot,
+                                            _bytes: bytes,
+                                            _in_flight: in_flight,
+                                        };
+                                        let _ = tx.send(done).await;
+                                    });
                                 }
-                                if let Some((m, t0)) = started {
-                                    m.request(op.unwrap_or(Op::Ping), Outcome::of(&body), t0.elapsed());
-                                }
-                                let done = Done {
-                                    response: Response { id, body },
-                                    _slot: slot,
-                                    _bytes: bytes,
-                                    _in_flight: in_flight,
-                                };
-                                let _ = tx.send(done).await;
-                            });
+                            }
+                        }
+                        Some(Err(err)) => {
+                            refuse_frame(&mut framed, &err).await;
+                            result = Err(err.into());
+                            break 'conn;
                         }
                     }
+                    if !has_complete_frame(framed.read_buffer()) {
+                        break;
+                    }
+                    frame = framed.next().await;
                 }
-                Some(Err(err)) => {
-                    refuse_frame(&mut framed, &err).await;
-                    result = Err(err.into());
-                    break;
-                }
-            },
+            }
         }
         // Flush only when the next request is not already buffered: answers to a pipelined
         // burst leave together.
