@@ -19,21 +19,27 @@
 //! A cached record must never be older than what a client could already have seen. Each
 //! shard group holds a [`GroupCache`] with two counters:
 //! - **changes** is odd while the group's state machine is changing its tree. A write batch
-//!   calls [`GroupCache::begin`] before its sled transaction and [`Change::end`] after it,
-//!   which removes the keys it wrote and makes the counter even again.
+//!   calls [`GroupCache::begin`] with the keys it writes before its sled transaction, which
+//!   makes the counter odd and removes those keys; dropping the [`Change`] after the
+//!   transaction makes it even again.
 //! - **epoch** names the group's entries. A change that touches keys it does not list (a
-//!   slot move's import or release, a snapshot install) takes a fresh epoch when it begins,
-//!   so every entry of the old one is unreachable at once (they age out with evictions).
+//!   slot move's import or release, a snapshot install) takes a fresh epoch when it begins
+//!   ([`GroupCache::begin_whole`]), so every entry of the old one is unreachable at once
+//!   (they age out with evictions).
 //!
 //! A reader looks up `(epoch, key)`. On a miss it reads sled, then fills the entry only if
 //! the change counter it saw before the read was even and is unchanged, checked under the
-//! part's lock. So a fill is either of a read that finished before the next change began
-//! (the change's `end`, which takes the same lock, removes it afterwards) or it does not
-//! happen. While a change runs nothing is filled, so a reader that missed and read the new
-//! record from sled cannot be followed by one that hits an older copy: the old copy was
-//! already cached (and is removed at `end`, before the write is acknowledged), or it was not
-//! and cannot appear. A reader that hits an entry a running change is about to remove began
-//! before that change could be acknowledged, so serving it is linearizable.
+//! part's lock. So while a change runs, none of its keys is in the cache and none can be put
+//! there: a fill that checked the counter before the change began inserted before the
+//! change's removal (both under the part's lock) and is removed by it. Every reader of those
+//! keys during the change reads sled, which is linearizable on its own, so once one reader
+//! has seen the new record no later reader can be served the old one. After the change a
+//! read fills again, from the tree as it now is. A reader that hits an entry just before a
+//! change removes it began before the change could be acknowledged, so serving it is
+//! linearizable. (Removing the keys only at the end is not enough: a reader that missed
+//! before the change and read the new record from sled during it would be followed by
+//! readers hitting an older copy filled just before the change; the unit test
+//! `concurrent_reads_and_writes_never_go_back_in_time` caught exactly that.)
 //!
 //! Cached values are plaintext even when the node encrypts at rest: encryption at rest
 //! protects the disk, and the process holds plaintext while it serves a value anyway.
@@ -256,47 +262,38 @@ impl GroupCache {
         part.entries.insert_unique(hash, entry, |e| e.hash);
     }
 
-    /// Begin changing the group's tree. `whole` when the change touches keys it will not name
-    /// at its end (an import, a release, a snapshot install): every entry is dropped at once.
-    /// The state machine applies one change at a time per group.
-    pub(crate) fn begin(&self, whole: bool) -> Change<'_> {
+    /// Begin changing `keys` in the group's tree (a write batch): they are forgotten now, and
+    /// nothing is filled until the change is dropped. The state machine applies one change at
+    /// a time per group.
+    pub(crate) fn begin<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Change<'_> {
         self.changes.fetch_add(1, Ordering::SeqCst);
-        if whole {
-            self.epoch.store(self.cache.fresh_epoch(), Ordering::SeqCst);
-        }
-        Change {
-            group: self,
-            ended: false,
-        }
-    }
-}
-
-/// A change to a group's tree under way: ends when dropped, and then forgets every entry of
-/// the group when [`Change::end`] did not say which keys it changed (it failed half-way).
-#[must_use = "a change must end after the tree is changed"]
-pub(crate) struct Change<'a> {
-    group: &'a GroupCache,
-    ended: bool,
-}
-
-impl Change<'_> {
-    /// The tree is changed: forget `keys`, then let fills happen again.
-    pub(crate) fn end<'k>(mut self, keys: impl IntoIterator<Item = &'k [u8]>) {
+        // After the counter: a fill that saw the old counter inserted before this removal
+        // (both under the part's lock), so it is removed here.
         for key in keys {
-            let (hash, mut part) = self.group.cache.part(key);
+            let (hash, mut part) = self.cache.part(key);
             part.remove(hash, key);
         }
-        self.ended = true;
+        Change { group: self }
     }
+
+    /// Begin a change that touches keys it does not name (an import, a release, a snapshot
+    /// install): every entry of the group is hidden now, under a fresh epoch.
+    pub(crate) fn begin_whole(&self) -> Change<'_> {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.epoch.store(self.cache.fresh_epoch(), Ordering::SeqCst);
+        Change { group: self }
+    }
+}
+
+/// A change to a group's tree under way; it ends when dropped (on every path, errors
+/// included), and reads fill the cache again.
+#[must_use = "the change ends when this is dropped: hold it while the tree changes"]
+pub(crate) struct Change<'a> {
+    group: &'a GroupCache,
 }
 
 impl Drop for Change<'_> {
     fn drop(&mut self) {
-        if !self.ended {
-            self.group
-                .epoch
-                .store(self.group.cache.fresh_epoch(), Ordering::SeqCst);
-        }
         self.group.changes.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -335,7 +332,7 @@ mod tests {
         let group = cache.group();
         read(&group, "a", (1, "x"));
         read(&group, "b", (2, "y"));
-        group.begin(false).end([&b"a"[..]]);
+        drop(group.begin([&b"a"[..]]));
         assert!(group.get(group.look(), b"a").is_none());
         assert_eq!(group.get(group.look(), b"b"), Some((2, b("y"))));
     }
@@ -347,14 +344,14 @@ mod tests {
         // Looked before the change began, filled after it ended: the value read may be the
         // old one, so it is not kept.
         let before = group.look();
-        group.begin(false).end([&b"k"[..]]);
+        drop(group.begin([&b"k"[..]]));
         group.fill(before, b"k", 1, &b("old"));
         assert!(group.get(group.look(), b"k").is_none());
         // Looked while a change runs: nothing is filled either, even after it ends.
-        let change = group.begin(false);
+        let change = group.begin([]);
         let during = group.look();
         group.fill(during, b"k", 2, &b("new?"));
-        change.end([]);
+        drop(change);
         group.fill(during, b"k", 2, &b("new?"));
         assert!(group.get(group.look(), b"k").is_none());
         // A read after the change fills.
@@ -368,21 +365,31 @@ mod tests {
         let (one, two) = (cache.group(), cache.group());
         read(&one, "k", (1, "one"));
         read(&two, "j", (1, "two"));
-        one.begin(true).end([]);
+        drop(one.begin_whole());
         assert!(one.get(one.look(), b"k").is_none());
         assert_eq!(two.get(two.look(), b"j"), Some((1, b("two"))));
     }
 
     #[test]
-    fn a_change_dropped_without_its_keys_forgets_the_group() {
+    fn a_change_forgets_its_keys_when_it_begins_and_fills_nothing_until_it_ends() {
         let cache = ReadCache::new(1 << 20);
         let group = cache.group();
         read(&group, "k", (1, "v"));
-        drop(group.begin(false));
-        assert!(group.get(group.look(), b"k").is_none());
-        // And fills work again.
-        read(&group, "k", (2, "w"));
-        assert_eq!(group.get(group.look(), b"k"), Some((2, b("w"))));
+        read(&group, "j", (1, "w"));
+        let change = group.begin([&b"k"[..]]);
+        assert!(
+            group.get(group.look(), b"k").is_none(),
+            "forgotten at the start"
+        );
+        assert!(group.get(group.look(), b"j").is_some(), "other keys stay");
+        read(&group, "k", (2, "v2"));
+        assert!(
+            group.get(group.look(), b"k").is_none(),
+            "no fill while it runs"
+        );
+        drop(change);
+        read(&group, "k", (2, "v2"));
+        assert_eq!(group.get(group.look(), b"k"), Some((2, b("v2"))));
     }
 
     #[test]
@@ -451,9 +458,13 @@ mod tests {
             })
             .collect();
         for v in 1..=20_000u64 {
-            let change = group.begin(v % 97 == 0);
+            let change = if v % 97 == 0 {
+                group.begin_whole()
+            } else {
+                group.begin([&b"k"[..]])
+            };
             *tree.lock().unwrap() = v;
-            change.end([&b"k"[..]]);
+            drop(change);
         }
         stop.store(true, Ordering::SeqCst);
         for r in readers {

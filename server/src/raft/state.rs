@@ -538,9 +538,15 @@ struct Shared {
 }
 
 impl Shared {
-    /// Begin changing the keyspace tree, when there is a cache to keep exact.
-    fn change(&self, whole: bool) -> Option<Change<'_>> {
-        self.cache.as_ref().map(|c| c.begin(whole))
+    /// Begin changing `keys` of the keyspace tree, when there is a cache to keep exact; the
+    /// change ends when the result is dropped.
+    fn change<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Option<Change<'_>> {
+        self.cache.as_ref().map(|c| c.begin(keys))
+    }
+
+    /// Begin a change to keys it does not name (import, release, install).
+    fn change_whole(&self) -> Option<Change<'_>> {
+        self.cache.as_ref().map(GroupCache::begin_whole)
     }
 }
 
@@ -798,14 +804,12 @@ impl ShardInner {
     ) -> Result<Outcome, StoreError> {
         let core_ref: &Core = core;
         let seal = &self.shared.seal;
-        let change = self.shared.change(false);
+        let change = self.shared.change(writes.iter().map(|w| &w.op.key()[..]));
         let result = (&trees.ks, &self.sm, &trees.sessions).transaction(|(ks, sm, sess)| {
             writes_tx(core_ref, seal, ks, sm, sess, log_id, at_ms, writes)
         });
+        drop(change);
         let done = tx_result(result, ErrorSubject::Apply(log_id), ErrorVerb::Write)?;
-        if let Some(change) = change {
-            change.end(writes.iter().map(|w| &w.op.key()[..]));
-        }
         for e in &done.expired {
             core.sessions.remove(e);
         }
@@ -827,7 +831,7 @@ impl ShardInner {
         let log_id = st.applied;
         let base = st.clone();
         let seal = &self.shared.seal;
-        let _change = self.shared.change(true);
+        let _change = self.shared.change_whole();
         let result = (&trees.ks, &self.sm).transaction(|(ks, sm)| {
             let mut st = base.clone();
             for e in entries {
@@ -867,7 +871,7 @@ impl ShardInner {
         let subject = st
             .applied
             .map_or(ErrorSubject::StateMachine, ErrorSubject::Apply);
-        let _change = self.shared.change(true);
+        let _change = self.shared.change_whole();
         // Delete the slots' keys in bounded transactions, each persisting the key count with
         // the deletions (the applied log id is not advanced until the last one).
         let mut chunk: Vec<sled::IVec> = Vec::new();
@@ -1026,7 +1030,7 @@ impl ShardInner {
         let old_generation = core.st.generation;
         core.st = st;
         core.sessions = sessions;
-        let change = self.shared.change(true);
+        let change = self.shared.change_whole();
         let mut old = self.shared.trees.swap(Arc::new(trees));
         drop(change);
         self.publish_slots(&mut core);
