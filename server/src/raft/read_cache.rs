@@ -3,8 +3,8 @@
 //!
 //! A GET served from sled walks its page cache, pins an epoch and copies the value out:
 //! measured with perf at inflight 16, about 40 % of the node's CPU per request went there
-//! (docs/BENCHMARKS.md, "The pipelined path"). A hit here is one keyed hash, one uncontended
-//! lock and a copy of the value.
+//! (docs/BENCHMARKS.md, "The pipelined path"). A hit here is one keyed hash, the lock of one
+//! part of sixteen and a copy of the value.
 //!
 //! # Bounds
 //! One cache serves every shard group of the node (`--read-cache-bytes`). It is split into
