@@ -230,7 +230,7 @@ impl GroupCache {
     }
 
     /// Cache what a read found in sled, unless a change began since `look` (or was running).
-    pub(crate) fn fill(&self, look: Look, key: &[u8], version: u64, value: &Bytes) {
+    pub(crate) fn fill(&self, look: Look, key: &[u8], version: u64, value: &[u8]) {
         if look.changes % 2 == 1 {
             return;
         }
@@ -239,8 +239,9 @@ impl GroupCache {
             return;
         }
         let (hash, mut part) = self.cache.part(key);
-        // Under the part's lock: a change's `end` removes its keys under the same lock, so
-        // either this fill comes first and is removed, or it sees the counter moved.
+        // Under the part's lock: a change's `begin` makes the counter odd, then removes its
+        // keys under the same lock, so either this fill comes first and is removed, or it
+        // sees the counter moved.
         if self.changes.load(Ordering::SeqCst) != look.changes {
             return;
         }
