@@ -262,6 +262,10 @@ pub struct LadderRow {
     pub ops_per_sec: Option<f64>,
     /// ops/s of every run of the case, in the order they ran (one for variants).
     pub ops_per_sec_runs: Vec<f64>,
+    /// Every run of the case by round, failed ones included (one for variants): a ratio
+    /// between two rows pairs the runs of one round, which ran minutes apart at most, rather
+    /// than two fastest runs that may have run in different spells of the machine.
+    pub rounds: Vec<RoundFigures>,
     /// Latency percentiles of successful requests, µs.
     pub p50_us: Option<u64>,
     /// 90th percentile, µs.
@@ -308,6 +312,27 @@ pub struct LadderRow {
     /// Connections whose TLS handshake resumed a session (rows that resume, `--resume`),
     /// out of every connection the run opened.
     pub handshakes_resumed: Option<u64>,
+}
+
+/// One run of a case, as its round saw it: `None` where the run failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RoundFigures {
+    /// Successful requests per second.
+    pub ops_per_sec: Option<f64>,
+    /// Node CPU µs per successful request.
+    pub server_cpu_us_per_op: Option<f64>,
+}
+
+impl RoundFigures {
+    fn of(row: &LadderRow) -> RoundFigures {
+        if row.status != RowStatus::Ok {
+            return RoundFigures::default();
+        }
+        RoundFigures {
+            ops_per_sec: row.ops_per_sec,
+            server_cpu_us_per_op: row.server_cpu_us_per_op,
+        }
+    }
 }
 
 /// A finished ladder.
@@ -700,6 +725,7 @@ pub(crate) fn empty_row() -> LadderRow {
         reconnect_every: None,
         ops_per_sec: None,
         ops_per_sec_runs: Vec::new(),
+        rounds: Vec::new(),
         p50_us: None,
         p90_us: None,
         p99_us: None,
@@ -1058,6 +1084,7 @@ fn fill_measured(row: &mut LadderRow, report: &BenchReport, window: &Window) {
 /// whichever cluster got three of five runs.
 fn best_run(mut runs: Vec<LadderRow>) -> Option<LadderRow> {
     let all_ops: Vec<f64> = runs.iter().filter_map(|r| r.ops_per_sec).collect();
+    let rounds: Vec<RoundFigures> = runs.iter().map(RoundFigures::of).collect();
     let errors: Vec<String> = runs.iter().filter_map(|r| r.error.clone()).collect();
     let total = runs.len();
     let best = runs
@@ -1075,6 +1102,7 @@ fn best_run(mut runs: Vec<LadderRow>) -> Option<LadderRow> {
         None => runs.drain(..).next()?,
     };
     row.ops_per_sec_runs = all_ops;
+    row.rounds = rounds;
     if !errors.is_empty() && row.status == RowStatus::Ok {
         row.error = Some(format!(
             "{} of {total} runs failed: {}",
@@ -1193,6 +1221,7 @@ mod tests {
             reconnect_every: None,
             ops_per_sec: ops,
             ops_per_sec_runs: Vec::new(),
+            rounds: Vec::new(),
             p50_us: None,
             p90_us: None,
             p99_us: None,
@@ -1278,6 +1307,9 @@ mod tests {
         let best = best_run(runs).unwrap();
         assert_eq!(best.ops_per_sec, Some(120.0));
         assert_eq!(best.ops_per_sec_runs, vec![90.0, 120.0, 100.0]);
+        // Rounds keep their places, the failed run's included, so rows can be paired.
+        let round_ops: Vec<Option<f64>> = best.rounds.iter().map(|r| r.ops_per_sec).collect();
+        assert_eq!(round_ops, vec![Some(90.0), Some(120.0), None, Some(100.0)]);
         assert_eq!(best.status, RowStatus::Ok);
         assert!(best.error.unwrap().contains("1 of 4 runs failed: boom"));
         let mut only = row("L2", "", 1, None);
