@@ -1290,6 +1290,14 @@ mod tests {
         row
     }
 
+    /// The target of L5's cost over L0 at inflight 16, evaluated on `rows`.
+    fn l5_cost_at_16(rows: &[LadderRow]) -> Target {
+        targets(rows)
+            .into_iter()
+            .find(|t| t.goal.starts_with("L5 (full request-path stack)") && t.goal.contains("16"))
+            .unwrap()
+    }
+
     #[test]
     fn ratio_targets_pair_the_runs_of_each_round() {
         // Round 3 is a slow spell for L5 alone: its fastest-run figures are L5's round 1 and
@@ -1343,11 +1351,7 @@ mod tests {
                 &[Some((300_000.0, 2.4)), Some((380_000.0, 2.0)), None],
             ),
         ];
-        let t = targets(&rows);
-        let l5 = t
-            .iter()
-            .find(|t| t.goal.starts_with("L5 (full request-path stack)") && t.goal.contains("16"))
-            .unwrap();
+        let l5 = l5_cost_at_16(&rows);
         // Fastest runs: 5.0 % (met); the one paired round would say 25 %.
         assert_eq!(l5.verdict, Verdict::Met, "{}", l5.measured);
         assert!(!l5.measured.contains("paired"), "{}", l5.measured);
@@ -1363,11 +1367,7 @@ mod tests {
                 &[Some((300_000.0, 2.4)), Some((380_000.0, 2.0))],
             ),
         ];
-        let t = targets(&rows);
-        let l5 = t
-            .iter()
-            .find(|t| t.goal.starts_with("L5 (full request-path stack)") && t.goal.contains("16"))
-            .unwrap();
+        let l5 = l5_cost_at_16(&rows);
         // Rounds: 25 % and 2.6 %: median 13.8 %, past 10 %.
         assert_eq!(l5.verdict, Verdict::Missed, "{}", l5.measured);
         assert!(
