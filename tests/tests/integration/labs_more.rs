@@ -310,8 +310,8 @@ fn lab16_price() -> anyhow::Result<()> {
            --out ladder >/dev/null 2>&1\n\
          awk -F': ' '\n\
            /\"rung\":/ { r = ($2 ~ /L4/) ? \"l5\" : \"l4\" }\n\
-           /\"ops_per_sec\":/ { v = $2; sub(/,$/, \"\", v); printf \"%s_ops_per_sec = %.0f\\n\", r, v }\n\
-           /\"server_cpu_us_per_op\":/ { v = $2; sub(/,$/, \"\", v); printf \"%s_server_us_per_op = %.1f\\n\", r, v }\n\
+           /\"ops_per_sec\":/ && !seen[r, \"o\"]++ { v = $2; sub(/,$/, \"\", v); printf \"%s_ops_per_sec = %.0f\\n\", r, v }\n\
+           /\"server_cpu_us_per_op\":/ && !seen[r, \"c\"]++ { v = $2; sub(/,$/, \"\", v); printf \"%s_server_us_per_op = %.1f\\n\", r, v }\n\
          ' ladder/results.json > price.toml",
     )?;
     let near = lab.check()?;
