@@ -369,6 +369,7 @@ where
                 // measurable share of a request (docs/BENCHMARKS.md). Answers worked out beside the connection
                 // wait for the next turn, so they are at most one read buffer late.
                 let mut frame = frame;
+                session.begin_batch();
                 loop {
                     match frame {
                         None => break 'conn,
@@ -500,6 +501,7 @@ where
                     }
                     frame = framed.next().await;
                 }
+                session.end_batch();
             }
         }
         // Flush only when the next request is not already buffered: answers to a pipelined
