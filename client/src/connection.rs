@@ -20,8 +20,10 @@ use skv_proto::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
+use tokio_util::either::Either;
 
 use crate::config::{tls_config, ConnectOptions, ExpectedNode, Security};
 use crate::error::ClientError;
@@ -103,49 +105,15 @@ impl Connection {
         opts: &ConnectOptions,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Connection, ClientError> {
-        let server_name = match tls {
-            Some(_) => Some(opts.server_name()?),
-            None => None,
-        };
-        let socket = TcpStream::connect(&opts.addr)
-            .await
-            .map_err(|e| ClientError::Connect {
-                addr: opts.addr.clone(),
-                reason: e.to_string(),
-            })?;
-        socket.set_nodelay(true).map_err(|e| ClientError::Connect {
-            addr: opts.addr.clone(),
-            reason: e.to_string(),
-        })?;
-        let ca = match &opts.security {
-            Security::Tls { ca, .. } => Some(ca.display().to_string()),
-            Security::Plaintext => None,
-        };
-        match (tls, server_name) {
-            (Some(tls), Some(name)) => {
-                let stream = TlsConnector::from(tls)
-                    .connect(name, socket)
-                    .await
-                    .map_err(|e| ClientError::from_io(&opts.addr, &e, ca.as_deref()))?;
-                let spiffe = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .map(|leaf| spiffe_ids(leaf.as_ref()))
-                    .unwrap_or_default();
-                // Before HELLO: nothing, not even a token, goes to a node that is not the
-                // one the map names at this address.
-                if let Some(expected) = &opts.expect_node {
-                    check_node(&opts.addr, &spiffe, expected)?;
-                }
-                let resumed =
-                    stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-                let mut conn = Self::start(stream, opts, ca, 0, Some(spiffe.into())).await?;
-                conn.resumed = resumed;
+        let secured = secure(opts, tls).await?;
+        match secured.stream {
+            Either::Right(stream) => {
+                let mut conn =
+                    Self::start(stream, opts, secured.ca, 0, Some(secured.spiffe)).await?;
+                conn.resumed = secured.resumed;
                 Ok(conn)
             }
-            _ => Self::start(socket, opts, None, 0, None).await,
+            Either::Left(socket) => Self::start(socket, opts, None, 0, None).await,
         }
     }
 
@@ -188,81 +156,22 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let addr = opts.addr.clone();
-        let token = opts.token.clone().map(Bytes::from);
-        let mut framed = Framed::new(stream, FrameCodec::new(DEFAULT_MAX_FRAME));
-        let hello = Request {
-            id: 0,
-            token: token.clone(),
-            handle: None,
-            session: None,
-            consistency: skv_proto::Consistency::Linearizable,
-            body: RequestBody::Hello {
-                min_version: MIN_PROTOCOL_VERSION,
-                max_version: PROTOCOL_VERSION,
-            },
-        };
-        // With TLS 1.3 the node checks our certificate only after our side of the handshake
-        // is done, so a refused certificate shows up here, as an alert on the first read.
-        let io_err = |e: FrameError| frame_error(&addr, e, ca.as_deref());
-        framed.send(&hello).await.map_err(io_err)?;
-        let answer = match framed.next().await {
-            Some(Ok(payload)) => Response::decode(payload).map_err(|e| {
-                ClientError::Protocol(format!(
-                    "{addr} answered HELLO with something that is not skv: {e}"
-                ))
-            })?,
-            Some(Err(e)) => return Err(io_err(e)),
-            None => {
-                return Err(ClientError::Disconnected {
-                    addr,
-                    reason: "the node closed the connection during the handshake; if the node \
-                             uses TLS, drop --plaintext, and check the node's log"
-                        .into(),
-                })
-            }
-        };
-        let (node, max_frame, placement, version) = match answer.body {
-            ResponseBody::HelloOk {
-                node,
-                max_frame,
-                token: placement,
-                version,
-            } => (node, max_frame as usize, placement, version),
-            ResponseBody::Error(err) => return Err(ClientError::from_wire(err)),
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "{addr} answered HELLO with {other:?}; is it an skv node?"
-                )))
-            }
-        };
-        // Keep bytes the node may have sent after HELLO_OK: the new codec only changes limits.
-        let limit = max_frame.max(skv_proto::MIN_MAX_FRAME) + frame_slack;
-        let mut framed = framed.map_codec(|_| FrameCodec::new(limit));
+        let greeted = hello(stream, opts, ca.as_deref(), frame_slack).await?;
         let (calls, rx) = mpsc::channel(QUEUE);
-        // Send the token only where the node reads it: per-connection nodes had it in HELLO,
-        // and bytes a node ignores still cost TLS, copies and syscalls on every request.
-        let request_token = match placement {
-            TokenPlacement::PerRequest => token,
-            TokenPlacement::PerConnection | TokenPlacement::None => None,
-        };
-        // Where the node speaks version 2, the token is sent once more and then named.
-        let credential = match request_token {
-            Some(token) if opts.token_handles && version >= HANDLES_VERSION => {
-                match register_token(&mut framed, token.clone(), &addr, ca.as_deref()).await? {
-                    Some(handle) => Credential::Handle(handle),
-                    None => Credential::Token(Some(token)),
-                }
-            }
-            other => Credential::Token(other),
-        };
-        tokio::spawn(drive(framed, rx, credential, addr.clone(), ca));
+        let addr = opts.addr.clone();
+        tokio::spawn(drive(
+            greeted.framed,
+            rx,
+            greeted.credential,
+            addr.clone(),
+            ca,
+        ));
         Ok(Connection {
             calls,
-            node,
+            node: greeted.node,
             addr,
             request_timeout: opts.request_timeout,
-            max_frame: limit,
+            max_frame: greeted.max_frame,
             spiffe,
             resumed: false,
         })
@@ -357,30 +266,7 @@ impl Connection {
                 waiting_for: "an answer",
             })?
             .map_err(|_| lost())??;
-        match answer {
-            ResponseBody::Error(err) => Err(ClientError::from_wire(err)),
-            ResponseBody::Moved {
-                slot,
-                epoch,
-                node,
-                addr,
-            } => Err(ClientError::Moved {
-                slot,
-                epoch,
-                node,
-                addr,
-            }),
-            ResponseBody::NotLeader {
-                shard,
-                epoch,
-                leader,
-            } => Err(ClientError::NotLeader {
-                shard,
-                epoch,
-                leader,
-            }),
-            other => Ok(other),
-        }
+        answer_of(answer)
     }
 
     /// The node's cluster map (validated).
@@ -498,6 +384,202 @@ impl Connection {
 // The answers of the key operations, apart so the cluster client can send requests with
 // `call` and read the answers the same way.
 
+/// A stream to a node with HELLO done (and the token registered where the node takes
+/// handles): what [`Connection`] and [`crate::Pipeline`] speak requests on.
+pub(crate) struct Greeted<S> {
+    pub(crate) framed: Framed<S, FrameCodec>,
+    /// The node's name, from HELLO_OK.
+    pub(crate) node: String,
+    /// The frame limit from here on (the node's, plus the caller's slack).
+    pub(crate) max_frame: usize,
+    /// What every request carries to say who sends it.
+    pub(crate) credential: Credential,
+}
+
+/// Say HELLO over `stream`, then register the token where the node reads one per request
+/// and speaks version 2 (and `opts.token_handles` asks for it).
+pub(crate) async fn hello<S>(
+    stream: S,
+    opts: &ConnectOptions,
+    ca: Option<&str>,
+    frame_slack: usize,
+) -> Result<Greeted<S>, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let addr = opts.addr.clone();
+    let token = opts.token.clone().map(Bytes::from);
+    let mut framed = Framed::new(stream, FrameCodec::new(DEFAULT_MAX_FRAME));
+    let hello = Request {
+        id: 0,
+        token: token.clone(),
+        handle: None,
+        session: None,
+        consistency: skv_proto::Consistency::Linearizable,
+        body: RequestBody::Hello {
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+        },
+    };
+    // With TLS 1.3 the node checks our certificate only after our side of the handshake
+    // is done, so a refused certificate shows up here, as an alert on the first read.
+    let io_err = |e: FrameError| frame_error(&addr, e, ca);
+    framed.send(&hello).await.map_err(io_err)?;
+    let answer = match framed.next().await {
+        Some(Ok(payload)) => Response::decode(payload).map_err(|e| {
+            ClientError::Protocol(format!(
+                "{addr} answered HELLO with something that is not skv: {e}"
+            ))
+        })?,
+        Some(Err(e)) => return Err(io_err(e)),
+        None => {
+            return Err(ClientError::Disconnected {
+                addr,
+                reason: "the node closed the connection during the handshake; if the node \
+                         uses TLS, drop --plaintext, and check the node's log"
+                    .into(),
+            })
+        }
+    };
+    let (node, max_frame, placement, version) = match answer.body {
+        ResponseBody::HelloOk {
+            node,
+            max_frame,
+            token: placement,
+            version,
+        } => (node, max_frame as usize, placement, version),
+        ResponseBody::Error(err) => return Err(ClientError::from_wire(err)),
+        other => {
+            return Err(ClientError::Protocol(format!(
+                "{addr} answered HELLO with {other:?}; is it an skv node?"
+            )))
+        }
+    };
+    // Keep bytes the node may have sent after HELLO_OK: the new codec only changes limits.
+    let limit = max_frame.max(skv_proto::MIN_MAX_FRAME) + frame_slack;
+    let mut framed = framed.map_codec(|_| FrameCodec::new(limit));
+    // Send the token only where the node reads it: per-connection nodes had it in HELLO,
+    // and bytes a node ignores still cost TLS, copies and syscalls on every request.
+    let request_token = match placement {
+        TokenPlacement::PerRequest => token,
+        TokenPlacement::PerConnection | TokenPlacement::None => None,
+    };
+    // Where the node speaks version 2, the token is sent once more and then named.
+    let credential = match request_token {
+        Some(token) if opts.token_handles && version >= HANDLES_VERSION => {
+            match register_token(&mut framed, token.clone(), &addr, ca).await? {
+                Some(handle) => Credential::Handle(handle),
+                None => Credential::Token(Some(token)),
+            }
+        }
+        other => Credential::Token(other),
+    };
+    Ok(Greeted {
+        framed,
+        node,
+        max_frame: limit,
+        credential,
+    })
+}
+
+/// A TCP connection to `opts.addr`, secured with `tls` where given, the node's certificate
+/// checked against `opts.expect_node`; nothing spoken on it yet.
+pub(crate) struct Secured {
+    pub(crate) stream: Either<TcpStream, TlsStream<TcpStream>>,
+    /// The CA's path, for messages about certificates.
+    pub(crate) ca: Option<String>,
+    /// The `spiffe://` URI SANs of the node's certificate (empty on plaintext).
+    pub(crate) spiffe: Arc<[String]>,
+    /// Whether the TLS handshake resumed an earlier session.
+    pub(crate) resumed: bool,
+}
+
+/// Connect to `opts.addr` and run the TLS handshake (with `tls`; plaintext without).
+pub(crate) async fn secure(
+    opts: &ConnectOptions,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Secured, ClientError> {
+    let server_name = match tls {
+        Some(_) => Some(opts.server_name()?),
+        None => None,
+    };
+    let socket = TcpStream::connect(&opts.addr)
+        .await
+        .map_err(|e| ClientError::Connect {
+            addr: opts.addr.clone(),
+            reason: e.to_string(),
+        })?;
+    socket.set_nodelay(true).map_err(|e| ClientError::Connect {
+        addr: opts.addr.clone(),
+        reason: e.to_string(),
+    })?;
+    let ca = match &opts.security {
+        Security::Tls { ca, .. } => Some(ca.display().to_string()),
+        Security::Plaintext => None,
+    };
+    let (Some(tls), Some(name)) = (tls, server_name) else {
+        return Ok(Secured {
+            stream: Either::Left(socket),
+            ca: None,
+            spiffe: Arc::from(Vec::new()),
+            resumed: false,
+        });
+    };
+    let stream = TlsConnector::from(tls)
+        .connect(name, socket)
+        .await
+        .map_err(|e| ClientError::from_io(&opts.addr, &e, ca.as_deref()))?;
+    let spiffe = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| spiffe_ids(leaf.as_ref()))
+        .unwrap_or_default();
+    // Before HELLO: nothing, not even a token, goes to a node that is not the one the map
+    // names at this address.
+    if let Some(expected) = &opts.expect_node {
+        check_node(&opts.addr, &spiffe, expected)?;
+    }
+    let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    Ok(Secured {
+        stream: Either::Right(stream),
+        ca,
+        spiffe: spiffe.into(),
+        resumed,
+    })
+}
+
+/// What an answer's body means to a caller: the node's refusals and redirections as errors
+/// (MOVED as [`ClientError::Moved`], NOT_LEADER as [`ClientError::NotLeader`]), anything
+/// else as the answer.
+pub(crate) fn answer_of(body: ResponseBody) -> Result<ResponseBody, ClientError> {
+    match body {
+        ResponseBody::Error(err) => Err(ClientError::from_wire(err)),
+        ResponseBody::Moved {
+            slot,
+            epoch,
+            node,
+            addr,
+        } => Err(ClientError::Moved {
+            slot,
+            epoch,
+            node,
+            addr,
+        }),
+        ResponseBody::NotLeader {
+            shard,
+            epoch,
+            leader,
+        } => Err(ClientError::NotLeader {
+            shard,
+            epoch,
+            leader,
+        }),
+        other => Ok(other),
+    }
+}
+
 pub(crate) fn get_answer(body: ResponseBody) -> Result<Option<(u64, Bytes)>, ClientError> {
     match body {
         ResponseBody::Value { version, value } => Ok(Some((version, value))),
@@ -601,7 +683,7 @@ fn unexpected(op: &str, body: &ResponseBody) -> ClientError {
     ClientError::Protocol(format!("the node answered {op} with {kind}"))
 }
 
-fn frame_error(addr: &str, err: FrameError, ca: Option<&str>) -> ClientError {
+pub(crate) fn frame_error(addr: &str, err: FrameError, ca: Option<&str>) -> ClientError {
     match err {
         FrameError::Io(io) => ClientError::from_io(addr, &io, ca),
         FrameError::TooLarge { .. } | FrameError::Empty if ca.is_none() => {
@@ -616,7 +698,7 @@ fn frame_error(addr: &str, err: FrameError, ca: Option<&str>) -> ClientError {
 
 /// What every request of a connection carries to say who sends it. (No `Debug`: it holds
 /// the token.)
-enum Credential {
+pub(crate) enum Credential {
     /// The whole token, or nothing (nodes that read no token per request).
     Token(Option<Bytes>),
     /// The handle the node gave the token at REGISTER_TOKEN.

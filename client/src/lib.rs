@@ -8,9 +8,11 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod pipeline;
 pub mod raw;
 
 pub use cluster::{ClusterClient, ClusterScan, Failover};
 pub use config::{ConnectOptions, ExpectedNode, Profile, Security, DEFAULT_ADDR};
 pub use connection::{CasResult, Connection, ScanPage};
 pub use error::{exit, ClientError};
+pub use pipeline::Pipeline;

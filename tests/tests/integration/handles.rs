@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use skv_client::{ClientError, Connection};
+use skv_client::{ClientError, Connection, Pipeline};
 use skv_proto::{ErrorCode, Request, RequestBody, ResponseBody, PROTOCOL_VERSION};
 use skv_tests::Secured;
 
@@ -224,5 +224,84 @@ fn registrations_are_charged_to_the_identitys_request_rate() -> anyhow::Result<(
         handles <= 12,
         "{handles} of 30 registrations admitted under 5/s"
     );
+    Ok(())
+}
+
+/// The load generator's direct path (`skv bench --direct`) speaks on a [`Pipeline`]: the same
+/// registration, then a batch of requests written at once. The node judges each request of
+/// the batch by the handle's scopes and expiry on its own, and the answers find their
+/// requests by id.
+#[test]
+fn a_pipelined_batch_is_judged_request_by_request_through_its_handle() -> anyhow::Result<()> {
+    let s = Secured::start(&["--leeway", "0", "--audit-allows"])?;
+    let token = s.issue(&["--sub", "pia", "--allow", "read:pia/", "--ttl", "3s"])?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let mut opts = s.pki.alice(&s.node.addr);
+        opts.token = Some(token.clone());
+        let mut pipeline = Pipeline::connect(&opts).await?;
+        let first = skv_client::pipeline::FIRST_REQUEST_ID;
+        let batch = [
+            RequestBody::Get {
+                key: Bytes::from_static(b"pia/a"),
+            },
+            RequestBody::Get {
+                key: Bytes::from_static(b"quinn/a"),
+            },
+            RequestBody::Put {
+                key: Bytes::from_static(b"pia/a"),
+                value: Bytes::from_static(b"v"),
+            },
+            RequestBody::Get {
+                key: Bytes::from_static(b"pia/b"),
+            },
+        ];
+        for (i, body) in batch.into_iter().enumerate() {
+            pipeline.feed(first + 10 * i as u64, body).await?;
+        }
+        pipeline.flush().await?;
+        let mut answers = std::collections::BTreeMap::new();
+        while answers.len() < 4 {
+            let (id, body) = pipeline.answer().await?;
+            assert!(answers.insert(id, body).is_none(), "id {id} answered twice");
+        }
+        let ids: Vec<u64> = answers.keys().copied().collect();
+        assert_eq!(ids, vec![first, first + 10, first + 20, first + 30]);
+        assert!(
+            matches!(answers[&first], Ok(ResponseBody::NotFound)),
+            "in the grant"
+        );
+        refused_with(answers.remove(&(first + 10)).unwrap(), ErrorCode::Forbidden);
+        let msg = refused_with(answers.remove(&(first + 20)).unwrap(), ErrorCode::Forbidden);
+        assert!(msg.contains("write on this key"), "{msg}");
+        assert!(matches!(answers[&(first + 30)], Ok(ResponseBody::NotFound)));
+
+        // Past exp, every request of the next batch is refused, on the same connection.
+        tokio::time::sleep(Duration::from_millis(3300)).await;
+        for i in 0..3 {
+            let key = Bytes::from(format!("pia/{i}"));
+            pipeline
+                .feed(first + 100 + i, RequestBody::Get { key })
+                .await?;
+        }
+        pipeline.flush().await?;
+        for _ in 0..3 {
+            let (id, body) = pipeline.answer().await?;
+            assert!((first + 100..first + 103).contains(&id), "id {id}");
+            let msg = refused_with(body, ErrorCode::Unauthenticated);
+            assert!(msg.contains("expired"), "{msg}");
+        }
+        assert!(
+            pipeline.buffered_answer().is_none(),
+            "nothing more was sent"
+        );
+        anyhow::Ok(())
+    })?;
+    // One registration; the refused GET audited with pia's name and the key it asked for.
+    assert!(audited(&s, |l| l["op"] == "register_token" && l["sub"] == "pia"));
+    assert!(audited(&s, |l| l["op"] == "get"
+        && l["key"] == "quinn/a"
+        && l["decision"] == "deny"
+        && l["sub"] == "pia"));
     Ok(())
 }
