@@ -55,6 +55,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chart;
+mod direct;
 pub mod ladder;
 mod options;
 mod progress;
@@ -84,7 +85,7 @@ pub use series::{full_seconds, SecondSample};
 
 use report::TaskStats;
 use series::Seconds;
-use skv_client::{ClientError, ClusterClient};
+use skv_client::{ClientError, ClusterClient, Pipeline};
 use zipf::Zipf;
 
 /// Every key of a bench starts with this; SCAN uses it as the prefix.
@@ -150,17 +151,44 @@ async fn run_inner(
     let mut totals = TaskStats::new();
 
     progress.set_phase(Phase::Connecting);
-    let clients = connect_all(&opts).await?;
-    let nodes = clients.first().map_or(0, ClusterClient::serving_nodes);
-
     let value = make_value(opts.value_size, opts.seed);
-    let (preloaded_keys, preload_time) = if opts.preload && opts.workload.reads() {
-        progress.set_phase(Phase::Preloading);
-        let began = Instant::now();
-        preload(&clients, opts.keys, &value, progress).await?;
-        (opts.keys, began.elapsed())
+    let loaded = opts.preload && opts.workload.reads();
+    let (connections, nodes, preloaded_keys, preload_time) = if opts.direct {
+        // The preload goes through cluster clients (a few, dropped once it is done); the
+        // measured load through one pipeline per task.
+        let (preloaded_keys, preload_time) = if loaded {
+            let loaders = connect_n(&opts, PRELOAD_CONNS.min(opts.conns)).await?;
+            progress.set_phase(Phase::Preloading);
+            let began = Instant::now();
+            preload(&loaders, opts.keys, &value, progress).await?;
+            (opts.keys, began.elapsed())
+        } else {
+            (0, Duration::ZERO)
+        };
+        let pipelines = connect_pipelines(&opts, &mut totals).await?;
+        (
+            Connections::Direct(pipelines),
+            1,
+            preloaded_keys,
+            preload_time,
+        )
     } else {
-        (0, Duration::ZERO)
+        let clients = connect_all(&opts).await?;
+        let nodes = clients.first().map_or(0, ClusterClient::serving_nodes);
+        let (preloaded_keys, preload_time) = if loaded {
+            progress.set_phase(Phase::Preloading);
+            let began = Instant::now();
+            preload(&clients, opts.keys, &value, progress).await?;
+            (opts.keys, began.elapsed())
+        } else {
+            (0, Duration::ZERO)
+        };
+        (
+            Connections::Cluster(clients),
+            nodes,
+            preloaded_keys,
+            preload_time,
+        )
     };
 
     let start = Instant::now();
@@ -201,8 +229,17 @@ async fn run_inner(
         }
     });
     let mut tasks = JoinSet::new();
-    for (index, client) in clients.into_iter().enumerate() {
-        tasks.spawn(worker::drive(plan.clone(), index, client));
+    match connections {
+        Connections::Cluster(clients) => {
+            for (index, client) in clients.into_iter().enumerate() {
+                tasks.spawn(worker::drive(plan.clone(), index, client));
+            }
+        }
+        Connections::Direct(pipelines) => {
+            for (index, pipeline) in pipelines.into_iter().enumerate() {
+                tasks.spawn(direct::drive(plan.clone(), index, pipeline));
+            }
+        }
     }
     while let Some(joined) = tasks.join_next().await {
         match joined {
@@ -222,6 +259,53 @@ async fn run_inner(
         hook.call(WindowEdge::End);
     }
     Ok(report(&plan, totals, nodes, preloaded_keys, preload_time))
+}
+
+/// What the tasks of a run drive.
+enum Connections {
+    /// A cluster client per task (the default).
+    Cluster(Vec<ClusterClient>),
+    /// A pipeline per task (`--direct`).
+    Direct(Vec<Pipeline>),
+}
+
+/// `n` cluster clients, connected (for the preload of a `--direct` run).
+async fn connect_n(opts: &BenchOptions, n: usize) -> Result<Vec<ClusterClient>, ClientError> {
+    let mut fewer = opts.clone();
+    fewer.conns = n;
+    connect_all(&fewer).await
+}
+
+/// Every task's pipeline, opened concurrently; the first failure fails the run. Their
+/// handshakes are counted into `totals` (all before the measured window).
+async fn connect_pipelines(
+    opts: &BenchOptions,
+    totals: &mut TaskStats,
+) -> Result<Vec<Pipeline>, ClientError> {
+    let mut pending = JoinSet::new();
+    for index in 0..opts.conns {
+        let connect = opts.connect.clone();
+        pending.spawn(async move {
+            let began = Instant::now();
+            let opened = Pipeline::connect(&connect).await;
+            (index, opened, began.elapsed())
+        });
+    }
+    let mut pipelines: Vec<Option<Pipeline>> = (0..opts.conns).map(|_| None).collect();
+    while let Some(joined) = pending.join_next().await {
+        match joined {
+            Ok((index, opened, took)) => {
+                let pipeline = opened?;
+                totals.handshakes += 1;
+                totals.handshakes_resumed += u64::from(pipeline.resumed_tls());
+                totals.handshake_time += took;
+                pipelines[index] = Some(pipeline);
+            }
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => {}
+        }
+    }
+    Ok(pipelines.into_iter().flatten().collect())
 }
 
 /// Make every task's client, each connected to every node that serves slots; the first

@@ -221,6 +221,11 @@ pub struct BenchOptions {
     /// attempt timeout to answer a queued request; the ladder gives a longer one, so that
     /// saturation is measured as latency rather than turned into retries on other replicas.
     pub failover: Option<Failover>,
+    /// Drive each connection directly (see [`crate::direct`]): one [`skv_client::Pipeline`]
+    /// per task to `connect.addr`, which must serve every slot, instead of a cluster client.
+    /// The load generator then costs the machine about what redis-benchmark does, so a node
+    /// sharing that machine is measured at its ceiling. Closed loop, get/put/mixed only.
+    pub direct: bool,
 }
 
 impl BenchOptions {
@@ -248,6 +253,7 @@ impl BenchOptions {
             variant: String::new(),
             on_window: None,
             failover: None,
+            direct: false,
         }
     }
 
@@ -296,6 +302,30 @@ impl BenchOptions {
             return bad(
                 "--resume needs --reconnect-every (only replacement connections resume)".into(),
             );
+        }
+        if self.direct {
+            if self.rate.is_some() {
+                return bad("--direct runs a closed loop only: drop --rate".into());
+            }
+            if self.reconnect_every.is_some() {
+                return bad("--direct keeps its connections: drop --reconnect-every".into());
+            }
+            if self.workload == Workload::Scan {
+                return bad("--direct sends GET and PUT only: use get, put or mixed".into());
+            }
+            if !self.seeds.is_empty() {
+                return bad(
+                    "--direct talks to the one node at --addr (which must serve every slot): \
+                     drop the other seeds"
+                        .into(),
+                );
+            }
+            if self.inflight > crate::direct::MAX_WINDOW {
+                return bad(format!(
+                    "--direct keeps at most {} requests in flight per connection",
+                    crate::direct::MAX_WINDOW
+                ));
+            }
         }
         if self.scan_limit == 0 || self.scan_limit > MAX_SCAN_LIMIT {
             return bad(format!("--scan-limit must be within 1..={MAX_SCAN_LIMIT}"));

@@ -110,6 +110,14 @@ impl Progress {
         self.preloaded.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// `ok + failed` requests at once (one add per batch of answers, not per answer).
+    pub(crate) fn add_requests(&self, ok: u64, failed: u64) {
+        self.requests.fetch_add(ok + failed, Ordering::Relaxed);
+        if failed > 0 {
+            self.errors.fetch_add(failed, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn add_request(&self, failed: bool) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if failed {

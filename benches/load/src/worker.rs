@@ -106,7 +106,7 @@ enum Renew {
 }
 
 /// A SplitMix64 step: turns (seed, task index) into well-spread, independent stream seeds.
-fn mix(seed: u64, index: usize) -> u64 {
+pub(crate) fn mix(seed: u64, index: usize) -> u64 {
     let mut z = seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

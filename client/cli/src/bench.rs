@@ -66,6 +66,13 @@ pub(crate) struct BenchArgs {
     /// handshake; the report counts the resumed ones.
     #[arg(long, requires = "reconnect_every")]
     resume: bool,
+    /// Drive each connection directly: requests written back to back on one connection per
+    /// task to the node at --addr, answers read as they come, with no routing, channel or
+    /// timer per request. The load generator then costs about what redis-benchmark does, so
+    /// a node on the same machine is measured at its ceiling rather than waiting for load.
+    /// The node must serve every slot; closed loop, get/put/mixed only, no reconnects.
+    #[arg(long, conflicts_with_all = ["rate", "reconnect_every"])]
+    direct: bool,
     /// Entries per SCAN (scan workload).
     #[arg(long, default_value_t = 10, value_name = "N")]
     scan_limit: u32,
@@ -277,6 +284,7 @@ fn options(connect: skv_client::ConnectOptions, args: &BenchArgs) -> BenchOption
     opts.rate = args.rate;
     opts.reconnect_every = args.reconnect_every;
     opts.resume = args.resume;
+    opts.direct = args.direct;
     opts.scan_limit = args.scan_limit;
     opts.seed = args.seed;
     opts

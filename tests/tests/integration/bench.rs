@@ -318,6 +318,97 @@ fn bench_per_second_shows_a_stalled_node_as_a_dip() -> anyhow::Result<()> {
 }
 
 #[test]
+fn bench_direct_counts_exactly_and_reports_what_a_token_does_not_grant() -> anyhow::Result<()> {
+    let s = skv_tests::Secured::start(&[])?;
+    let tokens = s.pki.dir().join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    let token_file = |name: &str, allow: &str| -> anyhow::Result<String> {
+        let token = s.issue(&["--sub", "alice", "--allow", allow, "--ttl", "10m"])?;
+        let path = tokens.join(name);
+        std::fs::write(&path, token)?;
+        Ok(path.display().to_string())
+    };
+    let writer = token_file("rw", "read,write:bench/")?;
+    let reader = token_file("r", "read:bench/")?;
+    let alice = s.pki.alice_args(&s.node.addr);
+
+    // GETs of preloaded keys over 3 directly driven connections, 8 in flight each.
+    let get = bench_json(
+        &with(alice.clone(), &["--token-file", &writer]),
+        &[
+            "--direct",
+            "--conns",
+            "3",
+            "--inflight",
+            "8",
+            "--requests",
+            "3001",
+            "--keys",
+            "300",
+            "--warmup",
+            "100ms",
+            "--json",
+        ],
+    )?;
+    assert_sane(&get);
+    assert_eq!(get["requests"], 3001, "exactly the requested count: {get}");
+    assert_eq!(
+        get["not_found"], 0,
+        "every read finds a preloaded key: {get}"
+    );
+    assert_eq!(get["preloaded_keys"], 300);
+    assert_eq!(get["handshakes"], 3, "one connection per task: {get}");
+
+    // A tenant asking for more than it is granted: every PUT is refused, counted, and the
+    // run still reports.
+    let put = bench_json(
+        &with(alice.clone(), &["--token-file", &reader]),
+        &[
+            "--direct",
+            "--workload",
+            "put",
+            "--conns",
+            "2",
+            "--inflight",
+            "4",
+            "--requests",
+            "200",
+            "--warmup",
+            "0s",
+            "--json",
+        ],
+    )?;
+    assert_eq!(put["requests"], 200, "{put}");
+    assert_eq!(put["ops_per_sec"], 0.0, "{put}");
+    let errors = put["errors"].as_object().expect("errors by kind");
+    assert_eq!(
+        errors.values().filter_map(Value::as_u64).sum::<u64>(),
+        200,
+        "{put}"
+    );
+    assert!(errors.keys().all(|k| k.contains("forbidden")), "{put}");
+
+    // What the direct path cannot do is a usage error, before anything connects.
+    for (args, needle) in [
+        (&["--direct", "--workload", "scan"][..], "GET and PUT"),
+        (&["--direct", "--rate", "100"][..], "cannot be used with"),
+        (
+            &["--direct", "--reconnect-every", "5"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = skv(&with(with(alice.clone(), &["bench"]), args), None)?;
+        assert_eq!(code(&out), 2, "{args:?}: {}", err_text(&out));
+        assert!(
+            err_text(&out).contains(needle),
+            "{args:?}: {}",
+            err_text(&out)
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn bench_usage_and_connection_errors() -> anyhow::Result<()> {
     let pki = Pki::new()?;
     // Nothing listens here: the port was free a moment ago.
