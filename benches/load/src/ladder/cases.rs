@@ -281,6 +281,17 @@ impl Case {
         Ok(opts)
     }
 
+    /// Whether the load generator drives each connection directly (`skv bench --direct`)
+    /// rather than through cluster clients: on a single node, wherever connections are
+    /// kept. The cluster client costs the shared machine more CPU per request than the node
+    /// spends answering it, so the node would be measured waiting for load while Redis,
+    /// driven by redis-benchmark, is measured at its ceiling; the direct path costs about
+    /// what redis-benchmark does. Clusters need routing, and churn rows reconnect, so they
+    /// keep the cluster client.
+    pub(crate) fn direct(&self) -> bool {
+        self.nodes == 1 && self.reconnect_every.is_none()
+    }
+
     /// What the case runs, for the report: certificate key type and token algorithm where
     /// they apply.
     pub(crate) fn key_type_label(&self) -> Option<&'static str> {
@@ -442,6 +453,21 @@ pub(crate) fn all() -> Vec<Case> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_node_rows_that_keep_their_connections_are_driven_directly() {
+        let main = cases(CaseSet::Main, 1, 1);
+        assert!(!main.is_empty());
+        assert!(main.iter().all(Case::direct), "every main row of one node");
+        let all = cases(CaseSet::All, 1, 1);
+        let churn: Vec<&Case> = all.iter().filter(|c| c.reconnect_every.is_some()).collect();
+        assert!(!churn.is_empty());
+        assert!(churn.iter().all(|c| !c.direct()), "churn rows reconnect");
+        assert!(
+            cases(CaseSet::Main, 3, 1).iter().all(|c| !c.direct()),
+            "clusters route"
+        );
+    }
 
     #[test]
     fn l6_is_l5_plus_a_private_random_master_key() {

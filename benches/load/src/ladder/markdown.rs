@@ -900,7 +900,12 @@ pub(crate) fn render(
         md,
         "Every row is one `skv-node` process started for that case alone and driven by a \
          closed-loop load generator: {} connections, each keeping `inflight` requests \
-         outstanding, measured after a preload and a warmup. **ops/s** and the latency \
+         outstanding, measured after a preload and a warmup. On a single node (every row but \
+         the churn and handshake rows) it drives each connection directly (`skv bench \
+         --direct`: requests written back to back, answers read as they come, no routing, \
+         channel or timer per request), so that it costs the shared machine about what \
+         redis-benchmark costs it for Redis and the node is measured at its ceiling, not \
+         waiting for load. **ops/s** and the latency \
          percentiles are what the load generator saw. **Server CPU µs/op** is the node's \
          user + system CPU time over the measured window (from /proc) divided by the requests \
          it answered: what a layer costs per request, whoever the bottleneck was. Client CPU \

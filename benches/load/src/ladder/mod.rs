@@ -814,6 +814,7 @@ fn run_case(ctx: &Ctx<'_>, index: usize, case: &Case) -> LadderRow {
     opts.warmup = ctx.opts.warm();
     opts.reconnect_every = case.reconnect_every;
     opts.resume = case.resume;
+    opts.direct = case.direct();
     opts.rung = row.rung.clone();
     opts.variant = row.variant.clone();
     opts.failover = Some(BENCH_FAILOVER);
