@@ -14,6 +14,9 @@
 #                          once per connection and named by its handle (protocol version 2)
 #              l5-full     l5 with the whole token in every request (--token-in-every-request)
 #              null        mutual TLS in front of --engine null: the transport's ceiling
+#            any of them with +direct appended (l5+direct): the same node driven by
+#            `skv bench --direct` (one task per connection, no client-library machinery per
+#            request), so `l5 l5+direct` shows what the load generator's path costs the node
 #            default: null l2 l5 l5-full
 # Environment: INFLIGHT (16), CONNS (50), SECS (4, per run), ROUNDS (3), KEYS (10000).
 # The load generator runs on the same machine; niceness is left as it is, so run both at the
@@ -34,7 +37,8 @@ tls=(--ca "$work/pki/ca.pem" --cert "$work/pki/nodes/n1.pem" --key "$work/pki/no
 
 # One run of configuration $1 on port $2: prints "ops_per_sec node_cpu_us_per_op".
 run() {
-  local config=$1 port=$2 engine=sled node_args=() client=()
+  local config=${1%+direct} port=$2 engine=sled node_args=() client=() bench_flags=()
+  if [ "$config" != "$1" ]; then bench_flags=(--direct); fi
   case $config in
     l0) node_args=(--insecure-plaintext --auth off); client=(--plaintext) ;;
     l2) node_args=("${tls[@]}" --auth off) ;;
@@ -57,7 +61,8 @@ run() {
   done
   local addr=(--addr "127.0.0.1:$port") t0 t1
   # skv bench writes every key first; the node's clock starts when it says it measures.
-  "$bin/skv" "${client[@]}" "${addr[@]}" bench --workload get --keys "$keys" --conns "$conns" \
+  "$bin/skv" "${client[@]}" "${addr[@]}" bench "${bench_flags[@]}" --workload get --keys "$keys" \
+    --conns "$conns" \
     --inflight "$inflight" --duration "${secs}s" --warmup 0s --json >"$work/bench.json" \
     2>"$work/bench.err" &
   local load=$!
