@@ -33,6 +33,10 @@ use crate::ClientError;
 /// answer with id 0 is the node speaking about the connection itself.
 pub const FIRST_REQUEST_ID: u64 = 2;
 
+/// An answer read back: the request's id, and its body through [`answer_of`] (a refusal of
+/// that one request is an `Err` here, not the connection's end).
+pub type Answer = (u64, Result<ResponseBody, ClientError>);
+
 /// One connection to one node, driven by its owner. See the module docs.
 pub struct Pipeline {
     framed: Framed<Either<TcpStream, TlsStream<TcpStream>>, FrameCodec>,
@@ -127,9 +131,7 @@ impl Pipeline {
     /// The next answer, waiting for it: `(id, body)`, the body through [`answer_of`]. An
     /// `Err` is the connection's end (closed, undecodable, or refused as a whole by the
     /// node); the pipeline is of no further use after it.
-    pub async fn answer(
-        &mut self,
-    ) -> Result<(u64, Result<ResponseBody, ClientError>), ClientError> {
+    pub async fn answer(&mut self) -> Result<Answer, ClientError> {
         let frame = self.framed.next().await;
         self.decode(frame)
     }
@@ -137,9 +139,7 @@ impl Pipeline {
     /// An answer already received, without waiting: `None` when none is buffered (or the
     /// socket has nothing ready). Draining these after [`Pipeline::answer`] lets the caller
     /// answer a whole batch before it writes again.
-    pub fn buffered_answer(
-        &mut self,
-    ) -> Option<Result<(u64, Result<ResponseBody, ClientError>), ClientError>> {
+    pub fn buffered_answer(&mut self) -> Option<Result<Answer, ClientError>> {
         // Polled once with a waker that does nothing: the next `answer` polls again with the
         // task's own, so no wake-up is lost.
         let mut cx = Context::from_waker(Waker::noop());
@@ -153,7 +153,7 @@ impl Pipeline {
     fn decode(
         &self,
         frame: Option<Result<bytes::Bytes, FrameError>>,
-    ) -> Result<(u64, Result<ResponseBody, ClientError>), ClientError> {
+    ) -> Result<Answer, ClientError> {
         let payload = match frame {
             Some(Ok(payload)) => payload,
             Some(Err(e)) => return Err(self.broken(e)),
