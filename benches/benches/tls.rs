@@ -18,6 +18,9 @@
 //!   node pays per connection.
 //! - `tls/record/100B`: seal on the client, open on the server, of one 100-byte record over an
 //!   established connection.
+//! - `tls/record_suite/<suite>/<bytes>`: the same round trip under each TLS 1.3 suite, for
+//!   one 100-byte answer and for a 2 KiB record (sixteen answers: what one record carries at
+//!   inflight 16).
 //! - `tls/primitive/...`: the public-key operations a node's side of a full P-256 mutual
 //!   handshake is built from, one at a time, so the handshake's floor can be accounted for:
 //!   an X25519 key pair and agreement, an ECDSA P-256 signature (the node's CertificateVerify)
@@ -62,8 +65,9 @@ struct Material {
     client: Leaf,
 }
 
+/// The node's provider, suite order included.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    skv_server::net::tls::provider()
 }
 
 fn chain(leaf: &Leaf) -> Result<Vec<CertificateDer<'static>>, BoxError> {
@@ -90,11 +94,20 @@ fn material(kt: KeyType) -> Result<Material, BoxError> {
 }
 
 fn configs(m: &Material, mutual: bool) -> Result<Pair, BoxError> {
-    let builder = ServerConfig::builder_with_provider(provider())
+    configs_with(m, mutual, provider())
+}
+
+fn configs_with(
+    m: &Material,
+    mutual: bool,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Pair, BoxError> {
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = if mutual {
         let verifier =
-            WebPkiClientVerifier::builder_with_provider(m.roots.clone(), provider()).build()?;
+            WebPkiClientVerifier::builder_with_provider(m.roots.clone(), provider.clone())
+                .build()?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()
@@ -103,7 +116,7 @@ fn configs(m: &Material, mutual: bool) -> Result<Pair, BoxError> {
     server.alpn_protocols = vec![b"skv/1".to_vec()];
     server.ticketer = rustls::crypto::ring::Ticketer::new()?;
 
-    let builder = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(m.roots.clone());
     let mut client = if mutual {
@@ -273,6 +286,39 @@ fn record(c: &mut Criterion) {
     });
     group.finish();
     assert_eq!(out, payload);
+
+    // The same round trip under each TLS 1.3 suite, at one answer's size and at a batch of
+    // sixteen (what a record carries at inflight 16): the order the node and the client
+    // prefer (`skv_client::tls_provider`) is chosen from these figures.
+    let mut group = c.benchmark_group("tls/record_suite");
+    for suite in rustls::crypto::ring::DEFAULT_CIPHER_SUITES
+        .iter()
+        .filter(|s| s.tls13().is_some())
+    {
+        let name = format!("{:?}", suite.suite()).replace("TLS13_", "");
+        let provider = Arc::new(rustls::crypto::CryptoProvider {
+            cipher_suites: vec![*suite],
+            ..rustls::crypto::ring::default_provider()
+        });
+        let pair = configs_with(&m, true, provider).expect("valid TLS configs");
+        let (mut client, mut server, _) = handshake(&pair.client_fresh, &pair.server, &mut buf);
+        assert_eq!(server.negotiated_cipher_suite(), Some(*suite));
+        for size in [100usize, 2048] {
+            let payload = vec![0x5au8; size];
+            let mut out = vec![0u8; size];
+            group.throughput(Throughput::Bytes(size as u64));
+            group.bench_with_input(BenchmarkId::new(&name, size), &size, |b, _| {
+                b.iter(|| {
+                    client.writer().write_all(&payload).expect("write");
+                    send(&mut client, &mut buf);
+                    receive(&mut server, &mut buf);
+                    server.reader().read_exact(&mut out).expect("read");
+                })
+            });
+            assert_eq!(out, payload);
+        }
+    }
+    group.finish();
 }
 
 fn primitives(c: &mut Criterion) {

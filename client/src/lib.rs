@@ -12,7 +12,7 @@ pub mod pipeline;
 pub mod raw;
 
 pub use cluster::{ClusterClient, ClusterScan, Failover};
-pub use config::{ConnectOptions, ExpectedNode, Profile, Security, DEFAULT_ADDR};
+pub use config::{tls_provider, ConnectOptions, ExpectedNode, Profile, Security, DEFAULT_ADDR};
 pub use connection::{CasResult, Connection, ScanPage};
 pub use error::{exit, ClientError};
 pub use pipeline::Pipeline;

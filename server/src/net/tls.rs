@@ -41,9 +41,11 @@ pub enum TlsSetupError {
     },
 }
 
-/// The ring provider, shared by every TLS config in the process.
+/// The ring provider, shared by every TLS config in the process: the client library's, so a
+/// node and its clients (and a node dialling its peers) prefer the same suites
+/// ([`skv_client::tls_provider`] says which and why).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    skv_client::tls_provider()
 }
 
 /// Every certificate in a PEM file, in order.

@@ -22,18 +22,32 @@ pub(crate) fn client_config(
     cert: &Path,
     key: &Path,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    client_config_with(
+        pki,
+        cert,
+        key,
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+}
+
+/// [`client_config`] with another crypto provider: to offer other cipher suites than a
+/// default rustls client does.
+pub(crate) fn client_config_with(
+    pki: &Pki,
+    cert: &Path,
+    key: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(pki.layout.ca_cert())? {
         roots.add(ca?)?;
     }
     let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(key)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
     config.alpn_protocols = vec![b"skv/1".to_vec()];
     Ok(Arc::new(config))
 }

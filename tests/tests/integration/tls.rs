@@ -1,6 +1,12 @@
 //! Checkpoint 1: every way a peer's TLS can be wrong is refused, with a message saying who
 //! refused whom, and never a hang.
 
+use std::sync::Arc;
+
+use rustls::crypto::ring::{cipher_suite, default_provider};
+use rustls::crypto::CryptoProvider;
+use rustls::{CipherSuite, SupportedCipherSuite};
+use rustls_pki_types::ServerName;
 use skv_certs::{LeafKind, LeafSpec};
 use skv_tests::{code, err_text, skv, strs, with, Node, Pki};
 use time::{Duration, OffsetDateTime};
@@ -21,6 +27,38 @@ fn tls_args(
         "--key",
         &key.display().to_string(),
     ])
+}
+
+/// The suite a node picks for a client offering `offered` (in that order).
+fn negotiated(
+    rt: &tokio::runtime::Runtime,
+    pki: &Pki,
+    addr: &str,
+    offered: Vec<SupportedCipherSuite>,
+) -> anyhow::Result<Option<CipherSuite>> {
+    let provider = Arc::new(CryptoProvider {
+        cipher_suites: offered,
+        ..default_provider()
+    });
+    let config = crate::raw_tls::client_config_with(
+        pki,
+        &pki.layout.client_cert("alice"),
+        &pki.layout.client_key("alice"),
+        provider,
+    )?;
+    rt.block_on(async {
+        let socket = tokio::net::TcpStream::connect(addr).await?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(ServerName::try_from("127.0.0.1")?, socket)
+            .await?;
+        anyhow::Ok(
+            stream
+                .get_ref()
+                .1
+                .negotiated_cipher_suite()
+                .map(|s| s.suite()),
+        )
+    })
 }
 
 fn assert_refused(out: &std::process::Output, needle: &str) {
@@ -252,5 +290,45 @@ fn missing_credentials_are_usage_errors_that_name_the_file() -> anyhow::Result<(
         "{}",
         err_text(&out)
     );
+    Ok(())
+}
+
+/// skv's clients and nodes prefer AES-128-GCM (`skv_client::tls_provider`, where the reason
+/// is written down), and a node still serves a client that insists on either other TLS 1.3
+/// suite: the preference is an order, not a restriction.
+#[test]
+fn clients_get_aes_128_gcm_first_and_a_node_serves_every_tls13_suite() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    let node = Node::start_tls(&pki, &pki.dir().join("data"), &[])?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let skv_order = skv_client::tls_provider().cipher_suites.clone();
+    assert_eq!(
+        negotiated(&rt, &pki, &node.addr, skv_order)?,
+        Some(CipherSuite::TLS13_AES_128_GCM_SHA256),
+        "the client library's order"
+    );
+    for only in [
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+    ] {
+        assert_eq!(
+            negotiated(&rt, &pki, &node.addr, vec![only])?,
+            Some(only.suite()),
+            "a client offering only {:?}",
+            only.suite()
+        );
+    }
+    // The node's answers still arrive over the suite it picked: a whole request through the
+    // client library, whose config is built on the same provider.
+    let mut args = tls_args(
+        &node.addr,
+        &pki.layout.ca_cert(),
+        &pki.layout.client_cert("alice"),
+        &pki.layout.client_key("alice"),
+    );
+    args.push("ping".into());
+    let out = skv(&args, None)?;
+    assert_eq!(code(&out), 0, "{}", err_text(&out));
     Ok(())
 }
