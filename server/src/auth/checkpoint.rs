@@ -130,6 +130,37 @@ pub(crate) enum Presented<'a> {
     Handle(u32),
 }
 
+/// Who an authorized request proved to be, handed to the per-identity rate limit that runs
+/// next.
+#[derive(Debug)]
+pub(crate) enum Granted {
+    /// No token was asked for: PING, or a node without a checkpoint.
+    Nothing,
+    /// A token verified for this request (carried in it, the connection's HELLO token, or
+    /// just registered).
+    Token(Arc<Verified>),
+    /// A token this connection registered, named by its handle. The verified token stays in
+    /// the session and is read from there: every connection presenting the same token shares
+    /// one `Arc<Verified>` through the verified-token cache, so cloning it per request would
+    /// bounce its reference count between the cores on every request.
+    Handle(u32),
+}
+
+impl Granted {
+    /// The verified token behind this grant, if any.
+    pub(crate) fn verified<'a>(&'a self, session: &'a Session) -> Option<&'a Verified> {
+        match self {
+            Granted::Nothing => None,
+            Granted::Token(verified) => Some(verified),
+            Granted::Handle(handle) => session
+                .handles
+                .as_ref()
+                .and_then(|h| h.get(*handle))
+                .map(|r| &*r.verified),
+        }
+    }
+}
+
 /// What a request naming a handle this connection does not hold is told.
 const UNKNOWN_HANDLE: Refusal = Refusal {
     code: ErrorCode::UnknownHandle,
@@ -486,7 +517,8 @@ impl Checkpoint {
         token: Option<&Bytes>,
         body: &RequestBody,
     ) -> Result<Option<Arc<Verified>>, Refusal> {
-        self.authorize_presented(session, Presented::Token(token), body)
+        let granted = self.authorize_presented(session, Presented::Token(token), body)?;
+        Ok(granted.verified(session).map(|v| Arc::new(v.clone())))
     }
 
     /// Decide one request, by the token it carries or the handle it names.
@@ -495,10 +527,10 @@ impl Checkpoint {
         session: &mut Session,
         presented: Presented<'_>,
         body: &RequestBody,
-    ) -> Result<Option<Arc<Verified>>, Refusal> {
+    ) -> Result<Granted, Refusal> {
         let op = body.op();
         let Some(required) = ScopeOp::required_for(op) else {
-            return Ok(None);
+            return Ok(Granted::Nothing);
         };
         let target = target_of(body);
         // A handle this connection never registered (or a handle on a version-1 connection)
@@ -531,24 +563,38 @@ impl Checkpoint {
             );
             return Err(RATE_LIMITED);
         }
-        let verified = match (self.mode, presented) {
-            (AuthMode::PerConnection, _) => self.connection_verified(session, now),
-            (_, Presented::Token(token)) => self.request_verified(session, token, now),
-            (_, Presented::Handle(handle)) => self.handle_verified(session, handle, now),
+        let granted = match (self.mode, presented) {
+            (AuthMode::PerConnection, _) => {
+                self.connection_verified(session, now).map(Granted::Token)
+            }
+            (_, Presented::Token(token)) => self
+                .request_verified(session, token, now)
+                .map(Granted::Token),
+            (_, Presented::Handle(handle)) => self
+                .handle_verified(session, handle, now)
+                .map(|()| Granted::Handle(handle)),
         };
-        let verified = match verified {
-            Ok(v) => v,
+        let granted = match granted {
+            Ok(g) => g,
             Err(err) => {
                 self.refusals.failed(&session.peers);
                 self.deny(session, None, op.as_str(), target, &err);
                 return Err(Refusal::from(err.category()));
             }
         };
+        // From here on the session is only read, so the token a handle names is borrowed
+        // from it rather than cloned.
+        let session = &*session;
+        let Some(verified) = granted.verified(session) else {
+            // `handle_verified` just found the handle; kept total rather than trusted.
+            self.deny(session, None, op.as_str(), target, &AuthError::MissingToken);
+            return Err(UNKNOWN_HANDLE);
+        };
         // After every way of getting `verified` (fresh, cached, memo, HELLO token): a
         // revocation must reach tokens that were verified before it.
-        if let Err(err) = self.revocations.load().check(&verified, now) {
+        if let Err(err) = self.revocations.load().check(verified, now) {
             self.refusals.failed(&session.peers);
-            self.deny(session, Some(&verified), op.as_str(), target, &err);
+            self.deny(session, Some(verified), op.as_str(), target, &err);
             return Err(Refusal::from(err.category()));
         }
         let scoped = match body {
@@ -560,18 +606,18 @@ impl Checkpoint {
                 if let Some(audit) = self.audit.as_ref().filter(|a| a.logs_allows()) {
                     audit.record(self.record(
                         session,
-                        Some(&verified),
+                        Some(verified),
                         op.as_str(),
                         target,
                         Decision::Allow,
                         "allowed",
                     ));
                 }
-                // Handed back (not dropped here) for the per-identity rate limit's subject.
-                Ok(Some(verified))
+                // Handed back for the per-identity rate limit's subject.
+                Ok(granted)
             }
             Err(err) => {
-                self.deny(session, Some(&verified), op.as_str(), target, &err);
+                self.deny(session, Some(verified), op.as_str(), target, &err);
                 let mut refusal = Refusal::from(err.category());
                 if err.category() == AuthCategory::Forbidden {
                     refusal.message = scope_refusal(body);
@@ -686,7 +732,7 @@ impl Checkpoint {
         session: &mut Session,
         handle: u32,
         now: i64,
-    ) -> Result<Arc<Verified>, AuthError> {
+    ) -> Result<(), AuthError> {
         let generation = self.generation.load(Ordering::Acquire);
         // Checked by the caller; kept total rather than trusted.
         let Some(entry) = session.handles.as_mut().and_then(|h| h.get_mut(handle)) else {
@@ -697,8 +743,7 @@ impl Checkpoint {
             if let Some(m) = crate::metrics::get() {
                 m.token_cache(true);
             }
-            entry.verified.check_live(now)?;
-            return Ok(entry.verified.clone());
+            return entry.verified.check_live(now);
         }
         // The keyset changed since: verify again in full. A refusal leaves the entry stale,
         // so every later request naming the handle is refused the same way (through the
@@ -706,10 +751,10 @@ impl Checkpoint {
         let token = entry.token.clone();
         let fresh = self.verify_fresh(session, Some(&token), now)?;
         if let Some(r) = session.handles.as_mut().and_then(|h| h.get_mut(handle)) {
-            r.verified = fresh.clone();
+            r.verified = fresh;
             r.generation = generation;
         }
-        Ok(fresh)
+        Ok(())
     }
 
     /// REGISTER_TOKEN (protocol version 2): verify `token` as a request carrying it would be
@@ -1149,7 +1194,8 @@ mod tests {
         handle: u32,
         body: &RequestBody,
     ) -> Result<Option<Arc<Verified>>, Refusal> {
-        cp.authorize_presented(session, Presented::Handle(handle), body)
+        let granted = cp.authorize_presented(session, Presented::Handle(handle), body)?;
+        Ok(granted.verified(session).map(|v| Arc::new(v.clone())))
     }
 
     fn handle_session() -> Session {

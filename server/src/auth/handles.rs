@@ -61,6 +61,14 @@ pub(crate) struct Handles {
 
 impl Handles {
     /// The token behind `handle`, if this connection registered it and still holds it.
+    pub(crate) fn get(&self, handle: u32) -> Option<&Registered> {
+        self.entries
+            .iter()
+            .find(|(h, _)| *h == handle)
+            .map(|(_, r)| r)
+    }
+
+    /// The same, to re-verify it in place.
     pub(crate) fn get_mut(&mut self, handle: u32) -> Option<&mut Registered> {
         self.entries
             .iter_mut()

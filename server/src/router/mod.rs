@@ -29,7 +29,7 @@ use std::sync::Arc;
 use skv_proto::cluster::{hash_slot, ControlRequest};
 use skv_proto::{ErrorCode, Request, RequestBody, ResponseBody, WireError};
 
-use crate::auth::checkpoint::{Checkpoint, Presented, Refusal, Session};
+use crate::auth::checkpoint::{Checkpoint, Granted, Presented, Refusal, Session};
 use crate::cluster::{Cluster, View};
 use crate::limits::rate::{IdentityRef, Meter, RateLimiter};
 use crate::net::identity::PeerKind;
@@ -143,10 +143,10 @@ impl Router {
         }
         // A registration is verified like a request carrying its token, and charged to the
         // same identity's rate below; a handle comes back only if both pass.
-        let (verified, registered) = match (&self.checkpoint, &body) {
+        let (granted, registered) = match (&self.checkpoint, &body) {
             (Some(checkpoint), RequestBody::RegisterToken { token }) => {
                 match checkpoint.register(session, token) {
-                    Ok((handle, verified)) => (Some(verified), Some(handle)),
+                    Ok((handle, verified)) => (Granted::Token(verified), Some(handle)),
                     Err(Refusal { code, message }) => return refuse(code, message),
                 }
             }
@@ -162,16 +162,16 @@ impl Router {
                     None => Presented::Token(request.token.as_ref()),
                 };
                 match checkpoint.authorize_presented(session, presented, &body) {
-                    Ok(verified) => (verified, None),
+                    Ok(granted) => (granted, None),
                     Err(Refusal { code, message }) => return refuse(code, message),
                 }
             }
-            (None, _) => (None, None),
+            (None, _) => (Granted::Nothing, None),
         };
         // After the checkpoints, so the charge goes to who the token proves the caller is
         // (a refused request is the failure limiter's business, not this one's).
         if let Some(rate) = &self.rate {
-            let identity = match (&verified, session.thumbprint()) {
+            let identity = match (granted.verified(session), session.thumbprint()) {
                 (Some(v), _) => IdentityRef::Subject(v.sub()),
                 (None, Some(cert)) => IdentityRef::Certificate(cert),
                 (None, None) => IdentityRef::Source(meter.source),
@@ -196,7 +196,7 @@ impl Router {
                 )));
             }
         }
-        drop(verified);
+        drop(granted);
         if let Some(handle) = registered {
             return Answer::Now(ResponseBody::TokenHandle { handle });
         }

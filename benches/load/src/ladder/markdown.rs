@@ -729,7 +729,7 @@ pub(crate) fn render(
     let _ = writeln!(
         md,
         "- **Load:** closed loop, {} connections, {:?} warmup then {:?} measured per case \
-         (main-ladder cases {} times each, in rounds, each against a fresh node, keeping the fastest run; variants once), \
+         (main-ladder cases {} times each, in rounds, every other round in reverse order, each against a fresh node, keeping the fastest run; variants once), \
          uniform keys ({} per case unless noted; preloaded before GETs), {} per case on \
          127.0.0.1. The load generator (`skv` itself) runs on the same {} CPUs as the \
          node{}.",
@@ -867,8 +867,9 @@ pub(crate) fn render(
          more about the machine than about skv. A ratio between two rows of the main ladder \
          is judged on its median over the rounds, each round's ratio taken between the two \
          runs of that round (which ran a minute or two apart, so a slow spell of the machine \
-         slows both); the ratio of the two fastest runs, which may come from different \
-         spells, is shown beside it.",
+         slows both; every other round runs its rows in the reverse order, so a machine \
+         drifting within a round favours neither row of a pair); the ratio of the two \
+         fastest runs, which may come from different spells, is shown beside it.",
         ratio_met + abs_met,
         targets.len()
     );

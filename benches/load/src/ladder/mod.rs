@@ -442,17 +442,11 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
     // so a slow spell of the machine hits all rows alike rather than one), then each variant
     // once.
     let repeat = opts.repeats();
-    let mut schedule: Vec<Job> = Vec::new();
-    for round in 0..repeat {
-        for (index, case) in all.iter().enumerate() {
-            if case.repeated && case.rung.built() {
-                schedule.push(Job::Skv { index, round });
-            }
-        }
-        if redis_runnable {
-            schedule.extend((0..redis_cases.len()).map(|index| Job::Redis { index, round }));
-        }
-    }
+    let repeated: Vec<usize> = (0..all.len())
+        .filter(|&i| all[i].repeated && all[i].rung.built())
+        .collect();
+    let redis_count = if redis_runnable { redis_cases.len() } else { 0 };
+    let mut schedule = main_rounds(&repeated, redis_count, repeat);
     for (index, case) in all.iter().enumerate() {
         if !case.repeated || !case.rung.built() {
             schedule.push(Job::Skv { index, round: 0 });
@@ -586,6 +580,28 @@ pub fn run(opts: &LadderOptions, log: &mut dyn FnMut(&str)) -> Result<LadderOutc
 
 /// `system` of skv's own rows.
 pub(crate) const SKV: &str = "skv";
+
+/// The main ladder's jobs: `rounds` rounds, each running the skv cases `repeated` (indices
+/// into the run's cases) and then the `redis` Redis rows, every other round in the reverse
+/// order. A machine that slows down (or speeds up) over a round would otherwise always
+/// favour the rows that run first, and the rows that run first are L0 and the plaintext
+/// rungs every ratio is taken against; alternating the order moves that drift to both sides
+/// of each pair, and the median over rounds cancels it.
+fn main_rounds(repeated: &[usize], redis: usize, rounds: usize) -> Vec<Job> {
+    let mut schedule = Vec::new();
+    for round in 0..rounds {
+        let mut jobs: Vec<Job> = repeated
+            .iter()
+            .map(|&index| Job::Skv { index, round })
+            .chain((0..redis).map(|index| Job::Redis { index, round }))
+            .collect();
+        if round % 2 == 1 {
+            jobs.reverse();
+        }
+        schedule.extend(jobs);
+    }
+    schedule
+}
 
 /// One step of a ladder run.
 #[derive(Debug, Clone, Copy)]
@@ -1191,6 +1207,33 @@ pub fn default_node_bin(exe: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_other_round_runs_in_reverse_so_no_row_always_runs_first() {
+        let name = |job: &Job| match *job {
+            Job::Skv { index, .. } => format!("s{index}"),
+            Job::Redis { index, .. } => format!("r{index}"),
+        };
+        let schedule = main_rounds(&[0, 2, 5], 2, 3);
+        let order: Vec<String> = schedule.iter().map(name).collect();
+        assert_eq!(
+            order,
+            [
+                "s0", "s2", "s5", "r0", "r1", // round 0, forward
+                "r1", "r0", "s5", "s2", "s0", // round 1, reversed
+                "s0", "s2", "s5", "r0", "r1", // round 2, forward
+            ]
+        );
+        // Each job still names the round it belongs to.
+        let rounds: Vec<usize> = schedule
+            .iter()
+            .map(|job| match *job {
+                Job::Skv { round, .. } | Job::Redis { round, .. } => round,
+            })
+            .collect();
+        assert_eq!(rounds, [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2]);
+        assert!(main_rounds(&[0], 0, 0).is_empty());
+    }
 
     fn row(rung: &str, variant: &str, inflight: usize, ops: Option<f64>) -> LadderRow {
         LadderRow {
