@@ -6,13 +6,21 @@
 #   BIN_DIR  a directory holding skv and skv-node (e.g. target/release)
 #   ENGINE   null (transport, router and shard without storage) or sled; default: null sled
 #
-# The node runs under callgrind on 127.0.0.1 with mutual TLS; the load generator (skv bench:
-# 50 connections, inflight 16 or $INFLIGHT, 100 keys) runs natively. Each figure is a run of 22,000 GETs
-# minus a run of 2,000, divided by 20,000, so start-up and shutdown cancel out. Compare two
-# builds by running the script once per BIN_DIR. Needs valgrind (apt-get install valgrind).
+# The node runs under callgrind on 127.0.0.1 (with mutual TLS unless RUNG=l0); the load generator (skv bench:
+# 50 connections, inflight 16 or $INFLIGHT, 100 keys) runs natively. Each figure is what a
+# bench of 22,000 GETs cost the node minus what one of 2,000 did, over 20,000, both counted
+# inside one node's run (see count below). Compare two builds by running the script once per
+# BIN_DIR. Needs valgrind (apt-get install valgrind).
 # NODE_ARGS adds flags to every node run, e.g. NODE_ARGS="--rate-limit-rps 100000000" for
 # what a limit costs when it is paid but never hit. INFLIGHT=1 counts unpipelined requests,
 # where per-turn costs of the connection loop show most.
+# RUNG picks the security layers, as the ladder names them: l2 (the default: mutual TLS, no
+# tokens), l0 (plaintext) or l5 (mutual TLS and a JWT per request, registered once per
+# connection and named by its handle). DIRECT=1 drives the node with `skv bench --direct`
+# (one task per connection, no client-library machinery), as the ladder's single-node rows
+# are. `RUNG=l0 ... sled`, `RUNG=l2` and `RUNG=l5` side by side give what TLS and the token
+# layer cost in instructions, a figure that repeats where their wall-clock cost is lost in
+# the noise.
 set -euo pipefail
 bin=$(cd "${1:?usage: $0 BIN_DIR [ENGINE...]}" && pwd)
 shift
@@ -22,34 +30,71 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$bin/skv" certs init --dir "$work/pki" --cluster dev --nodes n1 --clients alice >/dev/null
 client=(--profile "$work/pki/clients/alice.toml")
+tls=(--ca "$work/pki/ca.pem" --cert "$work/pki/nodes/n1.pem" --key "$work/pki/nodes/n1-key.pem")
 
-# No tokens: this counts the transport, router and shard. Builds since the fail-safe default
-# (a node without --keyset refuses to start) need that said out loud; older ones lack the flag.
+# l0 and l2 check no tokens: they count the transport, router and shard. Builds since the
+# fail-safe default (a node without --keyset refuses to start) need that said out loud; older
+# ones lack the flag.
 auth=()
 if "$bin/skv-node" --help | grep -q -- '--auth'; then auth=(--auth off); fi
+case ${RUNG:-l2} in
+  l2) ;;
+  l0)
+    tls=(--insecure-plaintext)
+    client=(--plaintext)
+    ;;
+  l5)
+    "$bin/skv" keys init --dir "$work/keys" >/dev/null
+    "$bin/skv" token issue --key "$work/keys/issuer-key.pem" --sub alice --allow "read,write:" \
+      --ttl 1h >"$work/token"
+    auth=(--keyset "$work/keys/keyset.json" --auth per-request)
+    client+=(--token-file "$work/token")
+    ;;
+  *) echo "RUNG is l0, l2 or l5, not ${RUNG}" >&2; exit 2 ;;
+esac
+bench_flags=()
+if [ -n "${DIRECT:-}" ]; then bench_flags=(--direct); fi
 read -r -a node_args <<<"${NODE_ARGS:-}"
 
-# Total instructions of one node run serving $2 GETs on engine $1.
+# Instructions per GET of one node on engine $1: the node serves a first bench (the preload
+# and a warm-up), then callgrind's counters are zeroed and dumped around a bench of 2,000
+# GETs and again around one of 22,000; the difference, over 20,000, is what the extra GETs
+# cost. Each bench connects anew, so its handshakes are in both windows and cancel out, as
+# do start-up and shutdown, which fall in neither. (Subtracting two whole node runs instead
+# swung by hundreds of millions of instructions between runs on the sled engine with
+# --direct: start-up work is not the same from one run to the next.)
 count() {
-  local engine=$1 requests=$2 port=$3 out="$work/callgrind.$1.$2"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$bin/skv-node" \
-    --listen "127.0.0.1:$port" --data-dir "$work/data-$engine-$requests" --engine "$engine" \
-    --ca "$work/pki/ca.pem" --cert "$work/pki/nodes/n1.pem" --key "$work/pki/nodes/n1-key.pem" \
-    "${auth[@]}" "${node_args[@]}" >"$work/node.log" 2>&1 &
+  local engine=$1 port=$2 out="$work/callgrind.$1"
+  valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$bin/skv-node" \
+    --listen "127.0.0.1:$port" --data-dir "$work/data-$engine" --engine "$engine" \
+    "${tls[@]}" "${auth[@]}" "${node_args[@]}" >"$work/node.log" 2>&1 &
   local pid=$!
   for _ in $(seq 300); do
     "$bin/skv" "${client[@]}" --addr "127.0.0.1:$port" ping >/dev/null 2>&1 && break
     sleep 0.2
   done
-  "$bin/skv" "${client[@]}" --addr "127.0.0.1:$port" bench --workload get --conns 50 \
-    --inflight "${INFLIGHT:-16}" --requests "$requests" --warmup 0s --keys 100 >/dev/null 2>&1
+  bench() {
+    "$bin/skv" "${client[@]}" --addr "127.0.0.1:$port" bench "${bench_flags[@]}" --workload get \
+      --conns 50 --inflight "${INFLIGHT:-16}" --requests "$1" --warmup 0s --keys 100 \
+      >"$work/bench.log" 2>&1 || { cat "$work/bench.log" >&2; exit 1; }
+  }
+  # The instructions of the node while it serves a bench of $1 GETs.
+  window() {
+    callgrind_control --zero "$pid" >/dev/null 2>&1
+    bench "$1"
+    callgrind_control --dump "$pid" >/dev/null 2>&1
+    awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$out.$pid".* | head -1)"
+  }
+  bench 2000
+  local small large
+  small=$(window 2000)
+  large=$(window 22000)
   kill -INT "$pid"
   wait "$pid" || true
-  awk '/^(summary|totals):/ { print $2; exit }' "$out"
+  echo $(( (large - small) / 20000 ))
 }
 
 for engine in "${engines[@]}"; do
-  small=$(count "$engine" 2000 7861)
-  large=$(count "$engine" 22000 7862)
-  echo "$engine: $(( (large - small) / 20000 )) instructions per GET ($bin)"
+  port=$((7860 + RANDOM % 100))
+  echo "${RUNG:-l2} $engine${DIRECT:+ (direct)}: $(count "$engine" "$port") instructions per GET ($bin)"
 done
