@@ -52,6 +52,18 @@ pub(crate) fn client_config_with(
     Ok(Arc::new(config))
 }
 
+/// A TCP connection to `addr` with a finished TLS handshake under `config`, the node's
+/// certificate checked for 127.0.0.1 (the name every test node is dialled by).
+pub(crate) async fn connect(
+    config: Arc<rustls::ClientConfig>,
+    addr: &str,
+) -> anyhow::Result<TlsStream<TcpStream>> {
+    let socket = TcpStream::connect(addr).await?;
+    Ok(tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("127.0.0.1")?, socket)
+        .await?)
+}
+
 /// One framed mutual-TLS connection as alice, speaking requests and responses by hand.
 pub(crate) struct RawConnection {
     framed: Framed<TlsStream<TcpStream>, FrameCodec>,
@@ -65,10 +77,7 @@ impl RawConnection {
             &pki.layout.client_cert("alice"),
             &pki.layout.client_key("alice"),
         )?;
-        let socket = TcpStream::connect(addr).await?;
-        let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(ServerName::try_from("127.0.0.1")?, socket)
-            .await?;
+        let stream = connect(config, addr).await?;
         Ok(RawConnection {
             framed: Framed::new(stream, FrameCodec::new(DEFAULT_MAX_FRAME)),
         })

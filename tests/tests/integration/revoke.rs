@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::CertificateDer;
 use skv_certs::{Ca, KeyType, LeafSpec};
 use skv_client::{ClientError, ClusterClient, ConnectOptions, Connection, ExpectedNode, Security};
 use skv_tests::{bin, code, err_text, skv, strs, with, Node, Pki};
 
-use crate::raw_tls::client_config;
+use crate::raw_tls::{client_config, connect};
 
 /// Wait until `check` holds, polling; the node sees file changes within about a second.
 fn eventually(what: &str, mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
@@ -68,10 +68,7 @@ fn served_serial(pki: &Pki, addr: &str) -> anyhow::Result<String> {
     let addr = addr.to_owned();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let socket = tokio::net::TcpStream::connect(&addr).await?;
-        let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(ServerName::try_from("127.0.0.1")?, socket)
-            .await?;
+        let stream = connect(config, &addr).await?;
         let leaf = stream
             .get_ref()
             .1
@@ -117,10 +114,7 @@ async fn handshake_then_listen(
     wait: Duration,
 ) -> anyhow::Result<(Option<rustls::HandshakeKind>, Option<String>)> {
     use tokio::io::AsyncReadExt;
-    let socket = tokio::net::TcpStream::connect(addr).await?;
-    let mut stream = tokio_rustls::TlsConnector::from(config.clone())
-        .connect(ServerName::try_from("127.0.0.1")?, socket)
-        .await?;
+    let mut stream = connect(config.clone(), addr).await?;
     let kind = stream.get_ref().1.handshake_kind();
     // Reading takes in the node's session tickets, or its verdict on our certificate (TLS
     // 1.3 sends a refusal after the client's last handshake flight).
@@ -159,10 +153,7 @@ fn a_session_resumed_after_its_certificate_is_revoked_is_refused() -> anyhow::Re
     assert_eq!(heard, None);
     // X25519 is what a default rustls client and the node agree on.
     let group = rt.block_on(async {
-        let socket = tokio::net::TcpStream::connect(&node.addr).await?;
-        let stream = tokio_rustls::TlsConnector::from(client_config(&pki, &cert, &key)?)
-            .connect(ServerName::try_from("127.0.0.1")?, socket)
-            .await?;
+        let stream = connect(client_config(&pki, &cert, &key)?, &node.addr).await?;
         anyhow::Ok(
             stream
                 .get_ref()

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use rustls::crypto::ring::{cipher_suite, default_provider};
 use rustls::crypto::CryptoProvider;
 use rustls::{CipherSuite, SupportedCipherSuite};
-use rustls_pki_types::ServerName;
 use skv_certs::{LeafKind, LeafSpec};
 use skv_tests::{code, err_text, skv, strs, with, Node, Pki};
 use time::{Duration, OffsetDateTime};
@@ -47,10 +46,7 @@ fn negotiated(
         provider,
     )?;
     rt.block_on(async {
-        let socket = tokio::net::TcpStream::connect(addr).await?;
-        let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(ServerName::try_from("127.0.0.1")?, socket)
-            .await?;
+        let stream = crate::raw_tls::connect(config, addr).await?;
         anyhow::Ok(
             stream
                 .get_ref()
