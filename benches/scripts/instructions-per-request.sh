@@ -6,8 +6,9 @@
 #   BIN_DIR  a directory holding skv and skv-node (e.g. target/release)
 #   ENGINE   null (transport, router and shard without storage) or sled; default: null sled
 #
-# The node runs under callgrind on 127.0.0.1 (with mutual TLS unless RUNG=l0); the load generator (skv bench:
-# 50 connections, inflight 16 or $INFLIGHT, 100 keys) runs natively. Each figure is what a
+# The node runs under callgrind on 127.0.0.1 (with mutual TLS unless RUNG=l0); the load
+# generator (skv bench: 50 connections, inflight 16 or $INFLIGHT, 100 keys) runs natively.
+# Each figure is what a
 # bench of 22,000 GETs cost the node minus what one of 2,000 did, over 20,000, both counted
 # inside one node's run (see count below). Compare two builds by running the script once per
 # BIN_DIR. Needs valgrind (apt-get install valgrind).
@@ -22,6 +23,8 @@
 # layer cost in instructions, a figure that repeats where their wall-clock cost is lost in
 # the noise.
 set -euo pipefail
+# A failed bench inside count (run in a command substitution) must end the script.
+shopt -s inherit_errexit
 bin=$(cd "${1:?usage: $0 BIN_DIR [ENGINE...]}" && pwd)
 shift
 if [ $# -gt 0 ]; then engines=("$@"); else engines=(null sled); fi
@@ -76,19 +79,24 @@ count() {
   bench() {
     "$bin/skv" "${client[@]}" --addr "127.0.0.1:$port" bench "${bench_flags[@]}" --workload get \
       --conns 50 --inflight "${INFLIGHT:-16}" --requests "$1" --warmup 0s --keys 100 \
-      >"$work/bench.log" 2>&1 || { cat "$work/bench.log" >&2; exit 1; }
+      >"$work/bench.log" 2>&1 || {
+      cat "$work/bench.log" >&2
+      kill -INT "$pid"
+      exit 1
+    }
   }
-  # The instructions of the node while it serves a bench of $1 GETs.
+  # The instructions of the node while it serves a bench of $1 GETs; callgrind numbers its
+  # dumps from 1, and this is dump $2.
   window() {
     callgrind_control --zero "$pid" >/dev/null 2>&1
     bench "$1"
     callgrind_control --dump "$pid" >/dev/null 2>&1
-    awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$out.$pid".* | head -1)"
+    awk '/^(summary|totals):/ { print $2; exit }' "$out.$pid.$2"
   }
   bench 2000
   local small large
-  small=$(window 2000)
-  large=$(window 22000)
+  small=$(window 2000 1)
+  large=$(window 22000 2)
   kill -INT "$pid"
   wait "$pid" || true
   echo $(( (large - small) / 20000 ))
@@ -96,5 +104,6 @@ count() {
 
 for engine in "${engines[@]}"; do
   port=$((7860 + RANDOM % 100))
-  echo "${RUNG:-l2} $engine${DIRECT:+ (direct)}: $(count "$engine" "$port") instructions per GET ($bin)"
+  per_get=$(count "$engine" "$port")
+  echo "${RUNG:-l2} $engine${DIRECT:+ (direct)}: $per_get instructions per GET ($bin)"
 done
