@@ -125,13 +125,19 @@ impl Pipeline {
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         SinkExt::<&Request>::flush(&mut self.framed)
             .await
-            .map_err(|e| self.broken(e))
+            .map_err(|e| self.broken(e))?;
+        // Each batch is written into the lines the last one warmed (skv_proto::rewind).
+        skv_proto::rewind(self.framed.write_buffer_mut());
+        Ok(())
     }
 
     /// The next answer, waiting for it: `(id, body)`, the body through [`answer_of`]. An
     /// `Err` is the connection's end (closed, undecodable, or refused as a whole by the
     /// node); the pipeline is of no further use after it.
     pub async fn answer(&mut self) -> Result<Answer, ClientError> {
+        // With nothing buffered (between two batches), the next answers arrive in the lines
+        // the last batch's warmed (skv_proto::rewind).
+        skv_proto::rewind(self.framed.read_buffer_mut());
         let frame = self.framed.next().await;
         self.decode(frame)
     }

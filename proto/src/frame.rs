@@ -108,6 +108,25 @@ impl Decoder for FrameCodec {
     }
 }
 
+/// What [`rewind`] makes room for from a buffer's start: tokio-util's initial capacity for a
+/// `Framed`'s buffers, so a buffer that never grew past it is always rewound when it can be.
+pub const REWIND_BYTES: usize = 8 * 1024;
+
+/// Move an empty connection buffer's cursor back to the start of its allocation, so the
+/// next batch is written (or read) into the lines the last one used. Never allocates: when a
+/// frame split off earlier still shares the allocation, the buffer is left as it is.
+///
+/// Why: a `BytesMut` appends after what was consumed until its allocation runs out, so each
+/// batch of a pipelined connection lands `REWIND_BYTES` further on, and every connection's
+/// two buffers each keep 8 KiB warm instead of one batch's 2 KiB. With 50 connections that
+/// is 800 KiB, more than a core's 512 KiB L2, which the node's read cache also needs.
+pub fn rewind(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        // `false` only when the allocation is still shared; then the cursor moves on.
+        let _ = buf.try_reclaim(REWIND_BYTES);
+    }
+}
+
 /// A message that can be written as one frame payload.
 pub trait EncodeFrame {
     /// Append the payload (without the length prefix) to `dst`.
@@ -152,6 +171,42 @@ pub fn encode_frame<M: EncodeFrame + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_emptied_buffer_is_rewound_unless_a_frame_still_shares_it() {
+        let mut buf = BytesMut::with_capacity(REWIND_BYTES);
+        let start = buf.as_ptr();
+        buf.extend_from_slice(&[1u8; 3000]);
+        buf.advance(3000);
+        assert_eq!(
+            buf.capacity(),
+            REWIND_BYTES - 3000,
+            "consumed bytes are not reused yet"
+        );
+        rewind(&mut buf);
+        assert_eq!((buf.as_ptr(), buf.capacity()), (start, REWIND_BYTES));
+
+        // A frame split off and still alive shares the allocation: no rewind, no allocation.
+        buf.extend_from_slice(&[2u8; 3000]);
+        let frame = buf.split_to(3000).freeze();
+        let cursor = buf.as_ptr();
+        rewind(&mut buf);
+        assert_eq!(
+            buf.as_ptr(),
+            cursor,
+            "rewinding would overwrite a live frame"
+        );
+        drop(frame);
+        rewind(&mut buf);
+        assert_eq!(buf.as_ptr(), start);
+
+        // A buffer holding bytes is never moved.
+        buf.extend_from_slice(&[3u8; 10]);
+        buf.advance(5);
+        let holding = buf.as_ptr();
+        rewind(&mut buf);
+        assert_eq!((buf.as_ptr(), &buf[..]), (holding, &[3u8; 5][..]));
+    }
 
     struct Raw(&'static [u8]);
     impl EncodeFrame for Raw {

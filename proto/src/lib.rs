@@ -16,8 +16,8 @@ pub mod message;
 
 pub use cluster::{hash_slot, ClusterMap, ControlRequest, ControlResponse, SlotRange, SLOT_COUNT};
 pub use frame::{
-    encode_frame, EncodeFrame, FrameCodec, FrameError, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN,
-    MIN_MAX_FRAME,
+    encode_frame, rewind, EncodeFrame, FrameCodec, FrameError, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN,
+    MIN_MAX_FRAME, REWIND_BYTES,
 };
 pub use message::{
     peek_request_id, scan_entry_wire_len, Consistency, DecodeError, ErrorCode, Op, Request,

@@ -517,6 +517,10 @@ where
                 }
             }
             flush(&mut framed).await?;
+            // Both buffers are usually empty here, between a burst's answers and the next
+            // burst: the next one reuses the lines this one warmed (skv_proto::rewind).
+            skv_proto::rewind(framed.write_buffer_mut());
+            skv_proto::rewind(framed.read_buffer_mut());
         }
     }
 
