@@ -19,6 +19,9 @@
 #            request), so `l5 l5+direct` shows what the load generator's path costs the node
 #            default: null l2 l5 l5-full
 # Environment: INFLIGHT (16), CONNS (50), SECS (4, per run), ROUNDS (3), KEYS (10000).
+# At the end, each configuration against the first, paired by round: its cost in ops/s and
+# its node CPU per GET as a ratio, the median over rounds with a 95 % interval (six rounds
+# at least for one; twenty or more to resolve a few percent on a noisy machine).
 # The load generator runs on the same machine; niceness is left as it is, so run both at the
 # same priority, or give the load generator less (nice) to favour the node.
 set -euo pipefail
@@ -86,16 +89,71 @@ PY
 
 declare -A results
 port=7840
+runs="$work/runs"
 for round in $(seq "$rounds"); do
   for config in "${configs[@]}"; do
     port=$((port + 1))
     read -r ops cpu < <(run "$config" "$port")
     results[$config]+="$cpu "
+    echo "$round $config $ops $cpu" >>"$runs"
     printf 'round %d  %-8s %8s ops/s  %6s node CPU us/op\n' "$round" "$config" "$ops" "$cpu"
   done
 done
 echo "median node CPU us/op over $rounds rounds (GET, $conns connections, inflight $inflight):"
-for config in "${configs[@]}"; do
+for config in $(printf '%s\n' "${configs[@]}" | awk '!seen[$0]++'); do
   median=$(tr ' ' '\n' <<<"${results[$config]}" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
   printf '  %-8s %s\n' "$config" "$median"
 done
+# Paired within each round: a configuration named twice in a round (l0 l5 l5 l0) counts as
+# the mean of its runs there, so each round gives one ratio per configuration against the
+# first, and the machine's drift between rounds cancels. The interval is the distribution-free
+# one for a median (order statistics of the rounds' ratios, binomial coverage), so it makes
+# no assumption about how this machine's noise is shaped.
+python3 - "$runs" "${configs[0]%+direct}" <<'PY'
+import collections, math, sys
+rounds = collections.defaultdict(lambda: collections.defaultdict(list))
+order = []
+for line in open(sys.argv[1]):
+    r, config, ops, cpu = line.split()
+    config = config.removesuffix('+direct')
+    if config not in order:
+        order.append(config)
+    rounds[int(r)][config].append((float(ops), float(cpu)))
+base = sys.argv[2]
+def mean(xs):
+    return sum(xs) / len(xs)
+def median_interval(xs, coverage=0.95):
+    xs = sorted(xs)
+    n = len(xs)
+    median = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+    # The widest k with P(Binomial(n, 1/2) < k) <= (1 - coverage) / 2 gives the interval
+    # [x_(k), x_(n+1-k)] (1-based); too few rounds for any such k gives none.
+    tail, k = 0.0, 0
+    while True:
+        tail += math.comb(n, k) / 2**n
+        if tail > (1 - coverage) / 2:
+            break
+        k += 1
+    if k == 0:
+        return median, None
+    return median, (xs[k - 1], xs[n - k])
+def show(name, median, interval, fmt):
+    span = f'{fmt(interval[0])} .. {fmt(interval[1])}' if interval else 'none: too few rounds'
+    return f'{fmt(median)} (95 % interval of the median: {span})'
+print(f'paired by round, against {base} ({len(rounds)} rounds):')
+for config in order:
+    if config == base:
+        continue
+    cost, cpu = [], []
+    for runs in rounds.values():
+        if base in runs and config in runs:
+            b, c = runs[base], runs[config]
+            cost.append(100 * (1 - mean([o for o, _ in c]) / mean([o for o, _ in b])))
+            cpu.append(mean([u for _, u in c]) / mean([u for _, u in b]))
+    if not cost:
+        continue
+    pct = lambda v: f'{v:.1f} %'
+    times = lambda v: f'{v:.3f}x'
+    print(f'  {config:8} ops/s cost {show(config, *median_interval(cost), pct)}')
+    print(f'  {"":8} node CPU per GET {show(config, *median_interval(cpu), times)}')
+PY

@@ -73,6 +73,10 @@ pub(crate) struct BenchArgs {
     /// The node must serve every slot; closed loop, get/put/mixed only, no reconnects.
     #[arg(long, conflicts_with_all = ["rate", "reconnect_every"])]
     direct: bool,
+    /// Skip the preload: the keys were written by an earlier run against the same cluster
+    /// (same --keys). A key that is not there is counted as not found, not as an error.
+    #[arg(long)]
+    no_preload: bool,
     /// Entries per SCAN (scan workload).
     #[arg(long, default_value_t = 10, value_name = "N")]
     scan_limit: u32,
@@ -285,6 +289,7 @@ fn options(connect: skv_client::ConnectOptions, args: &BenchArgs) -> BenchOption
     opts.reconnect_every = args.reconnect_every;
     opts.resume = args.resume;
     opts.direct = args.direct;
+    opts.preload = !args.no_preload;
     opts.scan_limit = args.scan_limit;
     opts.seed = args.seed;
     opts

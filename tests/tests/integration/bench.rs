@@ -359,6 +359,38 @@ fn bench_direct_counts_exactly_and_reports_what_a_token_does_not_grant() -> anyh
     assert_eq!(get["preloaded_keys"], 300);
     assert_eq!(get["handshakes"], 3, "one connection per task: {get}");
 
+    // --no-preload writes nothing: over twice the key space, the 300 keys written above are
+    // found and the others are counted as not found, not as errors.
+    let again = bench_json(
+        &with(alice.clone(), &["--token-file", &writer]),
+        &[
+            "--direct",
+            "--no-preload",
+            "--conns",
+            "2",
+            "--inflight",
+            "4",
+            "--requests",
+            "1000",
+            "--keys",
+            "600",
+            "--warmup",
+            "0s",
+            "--json",
+        ],
+    )?;
+    assert_eq!(again["preloaded_keys"], 0, "{again}");
+    assert_eq!(again["requests"], 1000, "{again}");
+    let not_found = again["not_found"].as_u64().expect("a count");
+    assert!(
+        (1..1000).contains(&not_found),
+        "some keys exist, some do not: {again}"
+    );
+    assert!(
+        again["errors"].as_object().is_some_and(|e| e.is_empty()),
+        "{again}"
+    );
+
     // A tenant asking for more than it is granted: every PUT is refused, counted, and the
     // run still reports.
     let put = bench_json(
