@@ -17,11 +17,15 @@
 #            any of them with +direct appended (l5+direct): the same node driven by
 #            `skv bench --direct` (one task per connection, no client-library machinery per
 #            request), so `l5 l5+direct` shows what the load generator's path costs the node
+#            and any of those with @DIR appended (l5+direct@/tmp/old/release): the same run
+#            with the skv and skv-node of DIR instead of BIN_DIR, to compare two builds
+#            paired by round (`l0@OLD l5@OLD l0 l5 l5 l0 l5@OLD l0@OLD`)
 #            default: null l2 l5 l5-full
 # Environment: INFLIGHT (16), CONNS (50), SECS (4, per run), ROUNDS (3), KEYS (10000).
-# At the end, each configuration against the first, paired by round: its cost in ops/s and
-# its node CPU per GET as a ratio, the median over rounds with a 95 % interval (six rounds
-# at least for one; twenty or more to resolve a few percent on a noisy machine).
+# At the end, every configuration against each one named before it, paired by round: its
+# cost in ops/s and its node CPU per GET as a ratio, the median over rounds with a 95 %
+# interval (six rounds at least for one; twenty or more to resolve a few percent on a noisy
+# machine).
 # The load generator runs on the same machine; niceness is left as it is, so run both at the
 # same priority, or give the load generator less (nice) to favour the node.
 set -euo pipefail
@@ -40,8 +44,13 @@ tls=(--ca "$work/pki/ca.pem" --cert "$work/pki/nodes/n1.pem" --key "$work/pki/no
 
 # One run of configuration $1 on port $2: prints "ops_per_sec node_cpu_us_per_op".
 run() {
-  local config=${1%+direct} port=$2 engine=sled node_args=() client=() bench_flags=()
-  if [ "$config" != "$1" ]; then bench_flags=(--direct); fi
+  local spec=$1 port=$2 engine=sled node_args=() client=() bench_flags=() use=$bin
+  if [[ $spec == *@* ]]; then
+    use=$(cd "${spec#*@}" && pwd)
+    spec=${spec%%@*}
+  fi
+  local config=${spec%+direct}
+  if [ "$config" != "$spec" ]; then bench_flags=(--direct); fi
   case $config in
     l0) node_args=(--insecure-plaintext --auth off); client=(--plaintext) ;;
     l2) node_args=("${tls[@]}" --auth off) ;;
@@ -55,16 +64,17 @@ run() {
     l5-full) client+=(--token-file "$work/token" --token-in-every-request) ;;
   esac
   local data="$work/data-$config-$port"
-  "$bin/skv-node" --name n1 --cluster dev --listen "127.0.0.1:$port" --data-dir "$data" \
+  "$use/skv-node" --name n1 --cluster dev --listen "127.0.0.1:$port" --data-dir "$data" \
     --engine "$engine" "${node_args[@]}" >"$work/node.log" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do
-    "$bin/skv" "${client[@]}" --addr "127.0.0.1:$port" ping >/dev/null 2>&1 && break
+    "$use/skv" "${client[@]}" --addr "127.0.0.1:$port" ping >/dev/null 2>&1 && break
     sleep 0.1
   done
   local addr=(--addr "127.0.0.1:$port") t0 t1
-  # skv bench writes every key first; the node's clock starts when it says it measures.
-  "$bin/skv" "${client[@]}" "${addr[@]}" bench "${bench_flags[@]}" --workload get --keys "$keys" \
+  # skv bench writes every key first; the node's clock starts when it says it measures. The
+  # load generator is the build's own: a build's client library is part of what it changes.
+  "$use/skv" "${client[@]}" "${addr[@]}" bench "${bench_flags[@]}" --workload get --keys "$keys" \
     --conns "$conns" \
     --inflight "$inflight" --duration "${secs}s" --warmup 0s --json >"$work/bench.json" \
     2>"$work/bench.err" &
@@ -105,21 +115,20 @@ for config in $(printf '%s\n' "${configs[@]}" | awk '!seen[$0]++'); do
   printf '  %-8s %s\n' "$config" "$median"
 done
 # Paired within each round: a configuration named twice in a round (l0 l5 l5 l0) counts as
-# the mean of its runs there, so each round gives one ratio per configuration against the
-# first, and the machine's drift between rounds cancels. The interval is the distribution-free
+# the mean of its runs there, so each round gives one ratio per pair of configurations, and
+# the machine's drift between rounds cancels. The interval is the distribution-free
 # one for a median (order statistics of the rounds' ratios, binomial coverage), so it makes
 # no assumption about how this machine's noise is shaped.
-python3 - "$runs" "${configs[0]%+direct}" <<'PY'
+python3 - "$runs" <<'PY'
 import collections, math, sys
 rounds = collections.defaultdict(lambda: collections.defaultdict(list))
 order = []
 for line in open(sys.argv[1]):
     r, config, ops, cpu = line.split()
-    config = config.removesuffix('+direct')
+    config = config.replace('+direct', '')
     if config not in order:
         order.append(config)
     rounds[int(r)][config].append((float(ops), float(cpu)))
-base = sys.argv[2]
 def mean(xs):
     return sum(xs) / len(xs)
 def median_interval(xs, coverage=0.95):
@@ -140,20 +149,20 @@ def median_interval(xs, coverage=0.95):
 def show(name, median, interval, fmt):
     span = f'{fmt(interval[0])} .. {fmt(interval[1])}' if interval else 'none: too few rounds'
     return f'{fmt(median)} (95 % interval of the median: {span})'
-print(f'paired by round, against {base} ({len(rounds)} rounds):')
-for config in order:
-    if config == base:
-        continue
-    cost, cpu = [], []
-    for runs in rounds.values():
-        if base in runs and config in runs:
-            b, c = runs[base], runs[config]
-            cost.append(100 * (1 - mean([o for o, _ in c]) / mean([o for o, _ in b])))
-            cpu.append(mean([u for _, u in c]) / mean([u for _, u in b]))
-    if not cost:
-        continue
-    pct = lambda v: f'{v:.1f} %'
-    times = lambda v: f'{v:.3f}x'
-    print(f'  {config:8} ops/s cost {show(config, *median_interval(cost), pct)}')
-    print(f'  {"":8} node CPU per GET {show(config, *median_interval(cpu), times)}')
+print(f'paired by round ({len(rounds)} rounds), each configuration against each before it:')
+pct = lambda v: f'{v:.1f} %'
+times = lambda v: f'{v:.3f}x'
+for i, base in enumerate(order):
+    for config in order[i + 1:]:
+        cost, cpu = [], []
+        for runs in rounds.values():
+            if base in runs and config in runs:
+                b, c = runs[base], runs[config]
+                cost.append(100 * (1 - mean([o for o, _ in c]) / mean([o for o, _ in b])))
+                cpu.append(mean([u for _, u in c]) / mean([u for _, u in b]))
+        if not cost:
+            continue
+        print(f'  {config} against {base}:')
+        print(f'    ops/s cost {show(config, *median_interval(cost), pct)}')
+        print(f'    node CPU per GET {show(config, *median_interval(cpu), times)}')
 PY
