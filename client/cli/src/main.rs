@@ -24,7 +24,12 @@ use clap::Parser;
 
 use args::{Cli, Command};
 
+/// Exit status for a reader that went away: what a shell reports for a process killed by
+/// SIGPIPE (128 + 13), which is how `cat` or `grep` end in the same place.
+const BROKEN_PIPE_STATUS: i32 = 141;
+
 fn main() -> ExitCode {
+    quiet_when_the_reader_goes_away();
     let cli = Cli::parse();
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -44,4 +49,27 @@ fn main() -> ExitCode {
         command => data::run(&cli.conn, cli.json, command),
     };
     ExitCode::from(code)
+}
+
+/// `skv token inspect T | head -1` closes the pipe after one line. Rust ignores SIGPIPE, so
+/// the next `println!` fails with EPIPE and panics, and the user saw a panic message and
+/// status 101 for a pipeline that did what they asked. This hook ends such a process quietly
+/// with [`BROKEN_PIPE_STATUS`]; every other panic, and every other failure to print (a full
+/// disk behind a redirect), still reports as before. It matches the OS error number, which
+/// std appends to the message untranslated, rather than its text.
+fn quiet_when_the_reader_goes_away() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        // EPIPE is 32 on Linux, macOS and the BSDs.
+        if message.starts_with("failed printing to stdout") && message.ends_with("(os error 32)") {
+            std::process::exit(BROKEN_PIPE_STATUS);
+        }
+        report(info);
+    }));
 }

@@ -1,6 +1,7 @@
 //! The first hour of a new user, through the CLI: the README's walkthrough leaves nothing
 //! for git to pick up, `--json` always prints JSON, a plain scan is readable and unambiguous,
-//! and a mistyped address is a usage error that says what is missing.
+//! a mistyped address is a usage error that says what is missing, and output piped into a
+//! reader that stops early (`| head`) ends quietly instead of panicking.
 
 use std::path::Path;
 
@@ -143,6 +144,48 @@ fn the_readme_walkthrough_leaves_nothing_for_git() -> anyhow::Result<()> {
     assert!(
         missing.is_empty(),
         ".gitignore does not cover {missing:?}, which the README creates"
+    );
+    Ok(())
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_like_a_unix_tool() -> anyhow::Result<()> {
+    // `skv token inspect T | head -0`: the reader is gone before skv prints. The read end is
+    // closed before skv starts, so its first line always meets EPIPE (no race with a reader).
+    let keys = tempfile::tempdir()?;
+    let dir = keys.path().display().to_string();
+    let out = skv(&strs(&["keys", "init", "--dir", &dir]), None)?;
+    assert_eq!(code(&out), 0, "{}", err_text(&out));
+    let key = keys.path().join("issuer-key.pem").display().to_string();
+    let out = skv(
+        &strs(&[
+            "token", "issue", "--key", &key, "--sub", "alice", "--allow", "read:a/", "--ttl", "5m",
+        ]),
+        None,
+    )?;
+    assert_eq!(code(&out), 0, "{}", err_text(&out));
+    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let out = std::process::Command::new(skv_tests::bin("skv"))
+        .args(["token", "inspect", &token])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "a closed pipe is not a crash: {stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(141),
+        "the status of a SIGPIPE'd tool: {stderr}"
+    );
+    assert!(
+        stderr.is_empty(),
+        "nothing to say about it either: {stderr}"
     );
     Ok(())
 }
