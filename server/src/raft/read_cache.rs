@@ -70,10 +70,14 @@ const HEADER: usize = 8 + 8 + 4;
 /// it (48 bytes as it was). A hit is two dependent loads, the slot and then the record, and
 /// on a working set larger than the caches both miss: `perf annotate` at inflight 16 put
 /// about 20 % of a node's CPU on those two loads. Slots a third the size keep the table of
-/// a 10,000-key working set (16 parts of 1,024 buckets) at 256 KiB, inside a core's 512 KiB
-/// L2, where 768 KiB was not. Without the hash in the slot, a lookup compares keys wherever
-/// the table's 7-bit tag matches (one slot in 128 by chance besides the key's own, whose
-/// record a hit reads anyway), and a table that grows hashes its keys again.
+/// a 10,000-key working set (16 parts of 1,024 buckets) at 256 KiB, half a core's 512 KiB
+/// L2, where 768 KiB was more than all of it. The gain is small, as the L2 is shared with
+/// everything else the node touches: in a cache simulation (docs/BENCHMARKS.md,
+/// "Instructions per request") it took 0.15 of 8.07 data misses per GET away, where
+/// rewinding the connections' buffers took 0.71. Without the hash in the slot, a lookup
+/// compares keys wherever the table's 7-bit tag matches (one slot in 128 by chance besides
+/// the key's own, whose record a hit reads anyway), and a table that grows hashes its keys
+/// again.
 struct Entry {
     record: Box<[u8]>,
 }
