@@ -7,7 +7,7 @@
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
@@ -30,6 +30,12 @@ pub(crate) struct ProcRecord {
 }
 
 /// Start `program args...` in `cwd` with stdout and stderr appended to `log`.
+///
+/// The `Child` comes back too: while this `skv` waits for a process it just started, only
+/// `Child::try_wait` says for sure whether it died. /proc can show an empty command line for
+/// a moment after `spawn` returns (the kernel releases the parent during `execve`, before it
+/// records where the new arguments live), and [`is_alive`] would call that process dead.
+/// Dropping the `Child` leaves the process running.
 pub(crate) fn spawn(
     name: &str,
     program: &Path,
@@ -37,7 +43,7 @@ pub(crate) fn spawn(
     cwd: &Path,
     log: &Path,
     env: &[(&str, &str)],
-) -> Result<ProcRecord> {
+) -> Result<(ProcRecord, Child)> {
     if let Some(parent) = log.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| Failure::usage(format!("cannot create {}: {e}", parent.display())))?;
@@ -66,11 +72,12 @@ pub(crate) fn spawn(
         .map_err(|e| Failure::usage(format!("cannot start {} ({name}): {e}", program.display())))?;
     let mut cmdline = vec![program.display().to_string()];
     cmdline.extend(args.iter().cloned());
-    Ok(ProcRecord {
+    let rec = ProcRecord {
         name: name.to_owned(),
         pid: child.id(),
         cmdline,
-    })
+    };
+    Ok((rec, child))
 }
 
 /// Whether `rec` still names a live process with the recorded command line.
